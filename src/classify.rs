@@ -1,0 +1,436 @@
+//! What an answer means: the one place that turns a response head or an error into an [`Outcome`].
+//!
+//! Both layers ask this module and nothing else. A classifier sees the status and headers of a
+//! response — never its body — so the decision is made before anything could release the
+//! response, which is the bug this crate exists to make impossible.
+//!
+//! # Example
+//!
+//! ```
+//! use http::{HeaderMap, StatusCode};
+//! use tower_negative_cache::classify::{Classify, DefaultClassifier, Outcome};
+//!
+//! let c = DefaultClassifier::default();
+//! assert_eq!(c.classify_response(StatusCode::NOT_FOUND, &HeaderMap::new()), Outcome::Missing);
+//! assert!(c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new()).is_retryable());
+//!
+//! // A closure is a classifier too: here 400 means "no such record" for this upstream.
+//! let custom = |status: StatusCode, headers: &HeaderMap| match status {
+//!     StatusCode::BAD_REQUEST => Outcome::Missing,
+//!     _ => DefaultClassifier::default().classify_response(status, headers),
+//! };
+//! assert_eq!(custom.classify_response(StatusCode::BAD_REQUEST, &HeaderMap::new()), Outcome::Missing);
+//! ```
+
+use std::any::Any;
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode, header};
+
+use crate::BuildError;
+use crate::headers;
+
+/// What an answer means to the layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// 1xx-3xx by default: return it.
+    Success,
+    /// The resource does not exist (404, 410 by default): final. Never retried; remembered by
+    /// the negative cache.
+    Missing,
+    /// A transient failure (408, 429, 500, 502, 503, 504, transport errors by default): another
+    /// attempt may succeed.
+    Retryable {
+        /// The server's own hint of when to try again (`Retry-After`), if it gave a valid one.
+        after: Option<RetryAfter>,
+    },
+    /// Any other failure: return it, do not retry, do not remember.
+    Fatal,
+}
+
+impl Outcome {
+    /// A [`Retryable`](Outcome::Retryable) outcome without a server hint.
+    pub const RETRYABLE: Outcome = Outcome::Retryable { after: None };
+
+    /// Whether this is [`Outcome::Retryable`], with or without a hint.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Outcome::Retryable { .. })
+    }
+
+    /// Whether this is [`Outcome::Missing`].
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Outcome::Missing)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Success => "success",
+            Outcome::Missing => "missing",
+            Outcome::Retryable { .. } => "retryable",
+            Outcome::Fatal => "fatal",
+        })
+    }
+}
+
+/// A server's `Retry-After` hint, as sent: a delay, or a point in wall-clock time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RetryAfter {
+    /// `Retry-After: <delta-seconds>`.
+    Delay(Duration),
+    /// `Retry-After: <HTTP-date>`.
+    At(SystemTime),
+}
+
+impl RetryAfter {
+    /// The wait this hint asks for, seen from `now`; a date in the past asks for no wait.
+    pub fn delay_from(&self, now: SystemTime) -> Duration {
+        match *self {
+            RetryAfter::Delay(d) => d,
+            RetryAfter::At(at) => at.duration_since(now).unwrap_or(Duration::ZERO),
+        }
+    }
+}
+
+/// Decides what an answer means.
+///
+/// Implemented for [`DefaultClassifier`] and for every closure
+/// `Fn(StatusCode, &HeaderMap) -> Outcome + Clone`; errors of the inner service are then
+/// classified by [`transport_error_outcome`].
+///
+/// Whatever a classifier returns, 404 and 410 are never retried: a `Retryable` verdict on either
+/// is read as [`Outcome::Missing`] (see [`response_outcome`]).
+pub trait Classify {
+    /// The outcome of a response, from its head only.
+    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Outcome;
+
+    /// The outcome of an error of the inner service. Defaults to [`transport_error_outcome`].
+    fn classify_error(&self, error: &(dyn Error + 'static)) -> Outcome {
+        transport_error_outcome(error)
+    }
+}
+
+impl<F> Classify for F
+where
+    F: Fn(StatusCode, &HeaderMap) -> Outcome,
+{
+    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Outcome {
+        self(status, headers)
+    }
+}
+
+/// The outcome of a response as both layers see it: the classifier's verdict, except that a
+/// final status (404, 410) is never [`Outcome::Retryable`], whatever the classifier says.
+pub fn response_outcome<C: Classify + ?Sized>(
+    classifier: &C,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Outcome {
+    let outcome = classifier.classify_response(status, headers);
+    if outcome.is_retryable() && is_final_status(status) {
+        return Outcome::Missing;
+    }
+    outcome
+}
+
+/// The outcome of an error of the inner service as both layers see it.
+///
+/// Errors are typed by the inner service, so they are recognised by type: `Box<dyn Error>` (as
+/// returned by `tower::timeout` and most middleware), hyper-util's client error, hyper's error,
+/// `std::io::Error` and the timeout errors of tower and tokio are walked through their `source()`
+/// chains and given to [`Classify::classify_error`]. An error of any other type is
+/// [`Outcome::Fatal`]: map it into a `Box<dyn Error + Send + Sync>` to have it classified.
+pub fn error_outcome<C: Classify + ?Sized, E: 'static>(classifier: &C, error: &E) -> Outcome {
+    match as_dyn_error(error) {
+        Some(e) => classifier.classify_error(e),
+        None => Outcome::Fatal,
+    }
+}
+
+/// 404 and 410: answers that say the resource does not exist, and that no configuration may retry.
+pub fn is_final_status(status: StatusCode) -> bool {
+    status == StatusCode::NOT_FOUND || status == StatusCode::GONE
+}
+
+fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+    let any: &dyn Any = error;
+    macro_rules! try_as {
+        ($($t:ty),* $(,)?) => {$(
+            if let Some(e) = any.downcast_ref::<$t>() {
+                return Some(e);
+            }
+        )*};
+    }
+    if let Some(e) = any.downcast_ref::<Box<dyn Error + Send + Sync>>() {
+        return Some(&**e);
+    }
+    if let Some(e) = any.downcast_ref::<Box<dyn Error + Send>>() {
+        return Some(&**e);
+    }
+    if let Some(e) = any.downcast_ref::<Box<dyn Error>>() {
+        return Some(&**e);
+    }
+    try_as!(
+        io::Error,
+        tower::timeout::error::Elapsed,
+        tokio::time::error::Elapsed,
+    );
+    #[cfg(feature = "hyper")]
+    try_as!(hyper::Error, hyper_util::client::legacy::Error);
+    None
+}
+
+/// The default verdict on an error: [`Outcome::Retryable`] when anything in its `source()` chain
+/// is a transient transport failure, [`Outcome::Fatal`] otherwise.
+///
+/// Transient: an `io::Error` of kind `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`,
+/// `BrokenPipe`, `TimedOut`, `NotConnected` or `UnexpectedEof`; a timeout of tower or tokio;
+/// with the `hyper` feature, hyper-util's connect errors and hyper's incomplete-message,
+/// canceled, closed and timeout errors.
+pub fn transport_error_outcome(error: &(dyn Error + 'static)) -> Outcome {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if is_transient(e) {
+            return Outcome::RETRYABLE;
+        }
+        next = e.source();
+    }
+    Outcome::Fatal
+}
+
+fn is_transient(e: &(dyn Error + 'static)) -> bool {
+    if let Some(io) = e.downcast_ref::<io::Error>() {
+        return matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::UnexpectedEof
+        );
+    }
+    if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
+        return true;
+    }
+    #[cfg(feature = "hyper")]
+    {
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            return h.is_connect();
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled() || h.is_closed() || h.is_timeout();
+        }
+    }
+    false
+}
+
+/// The statuses [`DefaultClassifier`] retries unless told otherwise: 408, 429, 500, 502, 503, 504.
+pub const DEFAULT_RETRYABLE: [StatusCode; 6] = [
+    StatusCode::REQUEST_TIMEOUT,
+    StatusCode::TOO_MANY_REQUESTS,
+    StatusCode::INTERNAL_SERVER_ERROR,
+    StatusCode::BAD_GATEWAY,
+    StatusCode::SERVICE_UNAVAILABLE,
+    StatusCode::GATEWAY_TIMEOUT,
+];
+
+/// The classifier both layers use unless given another.
+///
+/// | status | outcome |
+/// |---|---|
+/// | 1xx, 2xx, 3xx | [`Outcome::Success`] |
+/// | 404, 410 | [`Outcome::Missing`] |
+/// | 408, 429, 500, 502, 503, 504 (configurable) | [`Outcome::Retryable`], with `Retry-After` parsed |
+/// | any other | [`Outcome::Fatal`] |
+///
+/// Errors are classified by [`transport_error_outcome`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefaultClassifier {
+    // One bit per status 400..=599: small, Copy, and a lookup is a shift.
+    retryable: [u64; 4],
+}
+
+impl Default for DefaultClassifier {
+    fn default() -> Self {
+        Self::with_retryable(DEFAULT_RETRYABLE).expect("the default set is valid")
+    }
+}
+
+impl DefaultClassifier {
+    /// A classifier that retries exactly `statuses` (instead of [`DEFAULT_RETRYABLE`]).
+    ///
+    /// Valid: 4xx and 5xx statuses other than 404 and 410. Anything else is a [`BuildError`]:
+    /// a final answer can't be made retryable.
+    pub fn with_retryable(
+        statuses: impl IntoIterator<Item = StatusCode>,
+    ) -> Result<Self, BuildError> {
+        let mut retryable = [0u64; 4];
+        for s in statuses {
+            if is_final_status(s) {
+                return Err(BuildError::new(
+                    "retry_statuses",
+                    format!("{} is final and is never retried", s.as_u16()),
+                ));
+            }
+            let Some(bit) = s.as_u16().checked_sub(400).filter(|b| *b < 200) else {
+                return Err(BuildError::new(
+                    "retry_statuses",
+                    format!("{} is not an error status; valid: 400..=599 except 404, 410", s.as_u16()),
+                ));
+            };
+            retryable[usize::from(bit / 64)] |= 1 << (bit % 64);
+        }
+        Ok(DefaultClassifier { retryable })
+    }
+
+    fn is_retryable_status(&self, status: StatusCode) -> bool {
+        match status.as_u16().checked_sub(400) {
+            Some(bit) if bit < 200 => self.retryable[usize::from(bit / 64)] & (1 << (bit % 64)) != 0,
+            _ => false,
+        }
+    }
+}
+
+impl Classify for DefaultClassifier {
+    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Outcome {
+        if status.as_u16() < 400 {
+            Outcome::Success
+        } else if is_final_status(status) {
+            Outcome::Missing
+        } else if self.is_retryable_status(status) {
+            Outcome::Retryable {
+                after: headers::retry_after(headers.get(header::RETRY_AFTER)),
+            }
+        } else {
+            Outcome::Fatal
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: u16) -> Outcome {
+        DefaultClassifier::default()
+            .classify_response(StatusCode::from_u16(status).unwrap(), &HeaderMap::new())
+    }
+
+    #[test]
+    fn default_status_table() {
+        for s in 100..=399 {
+            assert_eq!(outcome(s), Outcome::Success, "{s}");
+        }
+        for s in [404, 410] {
+            assert_eq!(outcome(s), Outcome::Missing, "{s}");
+        }
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(outcome(s), Outcome::RETRYABLE, "{s}");
+        }
+        for s in [400, 401, 403, 405, 409, 418, 422, 501, 505, 599] {
+            assert_eq!(outcome(s), Outcome::Fatal, "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_carried() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, "7".parse().unwrap());
+        let o = DefaultClassifier::default().classify_response(StatusCode::TOO_MANY_REQUESTS, &h);
+        assert_eq!(
+            o,
+            Outcome::Retryable { after: Some(RetryAfter::Delay(Duration::from_secs(7))) }
+        );
+    }
+
+    #[test]
+    fn final_statuses_are_refused_in_retry_set() {
+        for s in [StatusCode::NOT_FOUND, StatusCode::GONE] {
+            let e = DefaultClassifier::with_retryable([StatusCode::BAD_GATEWAY, s]).unwrap_err();
+            assert_eq!(e.setting(), "retry_statuses");
+            assert!(e.to_string().contains(s.as_str()), "{e}");
+        }
+        let e = DefaultClassifier::with_retryable([StatusCode::OK]).unwrap_err();
+        assert!(e.to_string().contains("400..=599"), "{e}");
+    }
+
+    #[test]
+    fn a_classifier_cannot_make_404_retryable() {
+        let rogue = |_: StatusCode, _: &HeaderMap| Outcome::RETRYABLE;
+        let h = HeaderMap::new();
+        assert_eq!(response_outcome(&rogue, StatusCode::NOT_FOUND, &h), Outcome::Missing);
+        assert_eq!(response_outcome(&rogue, StatusCode::GONE, &h), Outcome::Missing);
+        assert_eq!(response_outcome(&rogue, StatusCode::BAD_GATEWAY, &h), Outcome::RETRYABLE);
+    }
+
+    #[test]
+    fn io_errors_by_kind() {
+        let c = DefaultClassifier::default();
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::TimedOut,
+        ] {
+            assert_eq!(error_outcome(&c, &io::Error::from(kind)), Outcome::RETRYABLE, "{kind:?}");
+        }
+        assert_eq!(
+            error_outcome(&c, &io::Error::from(io::ErrorKind::PermissionDenied)),
+            Outcome::Fatal
+        );
+    }
+
+    #[derive(Debug)]
+    struct Wrapper(io::Error);
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl Error for Wrapper {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn boxed_errors_are_walked_through_their_source_chain() {
+        let c = DefaultClassifier::default();
+        let boxed: Box<dyn Error + Send + Sync> =
+            Box::new(Wrapper(io::Error::from(io::ErrorKind::ConnectionReset)));
+        assert_eq!(error_outcome(&c, &boxed), Outcome::RETRYABLE);
+        let boxed: Box<dyn Error + Send + Sync> = "plain message".into();
+        assert_eq!(error_outcome(&c, &boxed), Outcome::Fatal);
+        // An unknown error type can't be walked: Fatal, as documented.
+        assert_eq!(
+            error_outcome(&c, &Wrapper(io::Error::from(io::ErrorKind::ConnectionReset))),
+            Outcome::Fatal
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_of_tower_and_tokio_are_retryable() {
+        use tower::{Service, ServiceExt};
+        let c = DefaultClassifier::default();
+        let slow = tower::service_fn(|()| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, io::Error>(())
+        });
+        let mut svc = tower::timeout::Timeout::new(slow, Duration::from_millis(1));
+        let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+        assert!(err.is::<tower::timeout::error::Elapsed>());
+        assert_eq!(error_outcome(&c, &err), Outcome::RETRYABLE);
+
+        let err = tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        assert_eq!(error_outcome(&c, &err), Outcome::RETRYABLE);
+    }
+}

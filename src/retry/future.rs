@@ -1,0 +1,241 @@
+//! The response future: sequences attempts, releases discarded answers, waits.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use bytes::Buf;
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+use tower::util::rng::{HasherRng, Rng};
+
+use super::layer::Shared;
+use super::policy::{Attempt, Decision, Stop};
+use super::replay::{ReplayBody, clone_request};
+use super::stats::bump;
+use crate::RetryInfo;
+use crate::classify::{Classify, Outcome, error_outcome, response_outcome};
+
+mod sealed {
+    /// Names the body type of the inner service's response, so the future can hold a body
+    /// being drained without a type parameter of its own.
+    pub trait HttpResponse {
+        type Body;
+    }
+    impl<B> HttpResponse for http::Response<B> {
+        type Body = B;
+    }
+}
+use sealed::HttpResponse;
+
+type BodyOf<S, ReqB> = <<S as Service<Request<ReqB>>>::Response as HttpResponse>::Body;
+
+pin_project! {
+    /// The future of [`StatusAwareRetry`](super::StatusAwareRetry).
+    pub struct ResponseFuture<S, C, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+        S::Response: HttpResponse,
+    {
+        #[pin]
+        state: State<S::Future, BodyOf<S, ReqB>>,
+        // A service for the next attempt; None when the request can't be retried.
+        service: Option<S>,
+        // The copy the next attempt sends.
+        replay: Option<Request<ReqB>>,
+        shared: Arc<Shared<C>>,
+        started: Instant,
+        attempts: u32,
+        prev_delay: Duration,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Called { #[pin] future: F },
+        // A discarded answer's body, read up to the drain limit so its connection is reused.
+        Releasing {
+            #[pin] body: B,
+            #[pin] timer: Sleep,
+            drained: usize,
+            delay: Duration,
+        },
+        Waiting { #[pin] sleep: Sleep },
+        Ready,
+    }
+}
+
+impl<S, C, ReqB> ResponseFuture<S, C, ReqB>
+where
+    S: Service<Request<ReqB>>,
+    S::Response: HttpResponse,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: Option<S>,
+        replay: Option<Request<ReqB>>,
+        shared: Arc<Shared<C>>,
+        started: Instant,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            service,
+            replay,
+            shared,
+            started,
+            attempts: 1,
+            prev_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl<S, C, ReqB, ResB> Future for ResponseFuture<S, C, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: 'static,
+    C: Classify,
+    ReqB: ReplayBody,
+    ResB: Body,
+{
+    type Output = Result<Response<ResB>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared = &**this.shared;
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let result = ready!(future.poll(cx));
+                    let outcome = match &result {
+                        Ok(res) => response_outcome(&shared.classifier, res.status(), res.headers()),
+                        Err(e) => error_outcome(&shared.classifier, e),
+                    };
+                    let decision = if !outcome.is_retryable() {
+                        Decision::Stop(Stop::Final)
+                    } else if this.replay.is_none() {
+                        Decision::Stop(Stop::NotEligible)
+                    } else {
+                        let at = Attempt {
+                            retries: *this.attempts - 1,
+                            elapsed: this.started.elapsed(),
+                            prev_delay: *this.prev_delay,
+                        };
+                        let u = HasherRng::new().next_f64();
+                        let budget = shared.budget.as_ref();
+                        shared.policy.decide(&outcome, at, SystemTime::now(), u, || {
+                            budget.is_none_or(|b| b.withdraw_at(Instant::now()))
+                        })
+                    };
+                    let delay = match decision {
+                        Decision::Stop(stop) => {
+                            return Poll::Ready(finish(shared, result, outcome, stop, *this.attempts));
+                        }
+                        Decision::Retry(delay) => delay,
+                    };
+                    bump(&shared.stats.retries);
+                    *this.prev_delay = delay;
+                    match &result {
+                        Ok(res) => tracing::debug!(status = %res.status(), attempt = *this.attempts, ?delay, "retrying"),
+                        Err(_) => tracing::debug!(error = true, attempt = *this.attempts, ?delay, "retrying"),
+                    }
+                    match result {
+                        Ok(res) => {
+                            let body = res.into_body();
+                            let too_long = body.size_hint().lower() > shared.drain_limit as u64;
+                            if body.is_end_stream() || too_long || shared.drain_timeout.is_zero() {
+                                drop(body);
+                                this.state.set(wait(delay));
+                            } else {
+                                let timer = tokio::time::sleep(shared.drain_timeout);
+                                this.state.set(State::Releasing { body, timer, drained: 0, delay });
+                            }
+                        }
+                        Err(e) => {
+                            drop(e);
+                            this.state.set(wait(delay));
+                        }
+                    }
+                }
+                StateProj::Releasing { mut body, timer, drained, delay } => {
+                    let delay = *delay;
+                    let done = loop {
+                        match body.as_mut().poll_frame(cx) {
+                            Poll::Ready(Some(Ok(frame))) => {
+                                if let Some(data) = frame.data_ref() {
+                                    *drained += data.remaining();
+                                    if *drained > shared.drain_limit {
+                                        break true;
+                                    }
+                                }
+                            }
+                            Poll::Ready(_) => break true,
+                            Poll::Pending => break timer.poll(cx).is_ready(),
+                        }
+                    };
+                    if !done {
+                        return Poll::Pending;
+                    }
+                    shared.stats.drained_bytes.fetch_add(*drained as u64, Relaxed);
+                    // Replacing the state drops the body before the wait begins.
+                    this.state.set(wait(delay));
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    let service = this.service.as_mut().expect("a retry always has a service");
+                    ready!(service.poll_ready(cx))?;
+                    let mut req = this.replay.take().expect("a retry always has a request");
+                    *this.attempts += 1;
+                    if *this.attempts <= shared.policy.max_retries {
+                        *this.replay = clone_request(&req);
+                    }
+                    if let Some(name) = &shared.attempt_header {
+                        req.headers_mut().insert(name.clone(), HeaderValue::from(*this.attempts));
+                    }
+                    bump(&shared.stats.attempts);
+                    let future = service.call(req);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+fn wait<F, B>(delay: Duration) -> State<F, B> {
+    if delay.is_zero() {
+        State::Ready
+    } else {
+        State::Waiting { sleep: tokio::time::sleep(delay) }
+    }
+}
+
+fn finish<C, B, E>(
+    shared: &Shared<C>,
+    result: Result<Response<B>, E>,
+    outcome: Outcome,
+    stop: Stop,
+    attempts: u32,
+) -> Result<Response<B>, E> {
+    match stop {
+        Stop::Final if outcome.is_missing() => bump(&shared.stats.missing),
+        Stop::Budget => bump(&shared.stats.budget_exhausted),
+        Stop::Exhausted | Stop::HintTooLong | Stop::Deadline => bump(&shared.stats.gave_up),
+        Stop::Final | Stop::NotEligible => {}
+    }
+    if stop != Stop::Final {
+        tracing::debug!(?stop, attempts, "returning a retryable answer");
+    }
+    result.map(|mut res| {
+        res.extensions_mut().insert(RetryInfo { outcome, attempts });
+        res
+    })
+}

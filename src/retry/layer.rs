@@ -1,0 +1,352 @@
+//! The layer and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use tower::Layer;
+
+use super::budget::RetryBudget;
+use super::policy::{Backoff, Jitter, Policy};
+use super::stats::{Counters, RetryStats};
+use super::StatusAwareRetry;
+use crate::BuildError;
+use crate::classify::DefaultClassifier;
+
+/// Applies [`StatusAwareRetry`] to a service: retries transient failures, never 404 or 410.
+///
+/// Cloning the layer shares its retry budget and its stats: build it once per upstream and
+/// apply it to every client that calls that upstream.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_negative_cache::StatusAwareRetryLayer;
+/// use tower_negative_cache::retry::Jitter;
+///
+/// let layer = StatusAwareRetryLayer::builder()
+///     .max_retries(3)
+///     .backoff_base(Duration::from_millis(50))
+///     .jitter(Jitter::Equal)
+///     .deadline(Duration::from_secs(5))
+///     .build()
+///     .expect("valid settings");
+/// # let _ = layer;
+/// ```
+pub struct StatusAwareRetryLayer<C = DefaultClassifier> {
+    shared: Arc<Shared<C>>,
+}
+
+/// What every clone of a layer, its services and their futures share.
+pub(crate) struct Shared<C> {
+    pub(crate) classifier: C,
+    pub(crate) policy: Policy,
+    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) stats: Counters,
+    pub(crate) retry_non_idempotent: bool,
+    pub(crate) drain_limit: usize,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) attempt_header: Option<HeaderName>,
+}
+
+impl StatusAwareRetryLayer {
+    /// A layer with every default (see [`Builder`]).
+    pub fn new() -> Self {
+        Self::builder().build().expect("the defaults are valid")
+    }
+
+    /// A builder starting from the defaults.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl Default for StatusAwareRetryLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C> StatusAwareRetryLayer<C> {
+    /// A snapshot of the counters of this layer and all its clones.
+    pub fn stats(&self) -> RetryStats {
+        self.shared.stats.snapshot()
+    }
+}
+
+impl<C> Clone for StatusAwareRetryLayer<C> {
+    fn clone(&self) -> Self {
+        StatusAwareRetryLayer { shared: self.shared.clone() }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for StatusAwareRetryLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.fmt(f)
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for Shared<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatusAwareRetryLayer")
+            .field("classifier", &self.classifier)
+            .field("policy", &self.policy)
+            .field("budget", &self.budget)
+            .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("drain_limit", &self.drain_limit)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("attempt_header", &self.attempt_header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C> Layer<S> for StatusAwareRetryLayer<C> {
+    type Service = StatusAwareRetry<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StatusAwareRetry::from_shared(inner, self.shared.clone())
+    }
+}
+
+/// Configures a [`StatusAwareRetryLayer`]. Every setter states its default and valid range;
+/// a value outside it makes [`build`](Builder::build) return a [`BuildError`] naming the setter.
+#[must_use]
+#[derive(Debug)]
+pub struct Builder<C = DefaultClassifier> {
+    classifier: C,
+    policy: Policy,
+    budget: Option<(f64, u32, Duration)>,
+    retry_non_idempotent: bool,
+    drain_limit: usize,
+    drain_timeout: Duration,
+    attempt_header: Option<HeaderName>,
+    error: Option<BuildError>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            classifier: DefaultClassifier::default(),
+            policy: Policy {
+                max_retries: 2,
+                backoff: Backoff {
+                    base: Duration::from_millis(100),
+                    factor: 2.0,
+                    cap: Duration::from_secs(10),
+                    jitter: Jitter::Full,
+                },
+                max_retry_after: Duration::from_secs(30),
+                deadline: None,
+            },
+            budget: Some(DEFAULT_BUDGET),
+            retry_non_idempotent: false,
+            drain_limit: 64 * 1024,
+            drain_timeout: Duration::from_millis(100),
+            attempt_header: None,
+            error: None,
+        }
+    }
+}
+
+impl Builder<DefaultClassifier> {
+    /// The statuses retried by the default classifier. Default: 408, 429, 500, 502, 503, 504.
+    /// Valid: 4xx and 5xx except 404 and 410, which are final and never retried.
+    pub fn retry_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        match DefaultClassifier::with_retryable(statuses) {
+            Ok(c) => self.classifier = c,
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+}
+
+impl<C> Builder<C> {
+    fn fail(&mut self, e: BuildError) {
+        self.error.get_or_insert(e);
+    }
+
+    fn check<T: PartialOrd + fmt::Debug>(
+        &mut self,
+        setting: &'static str,
+        value: T,
+        range: std::ops::RangeInclusive<T>,
+        shown: &str,
+    ) -> bool {
+        let ok = range.contains(&value);
+        if !ok {
+            self.fail(BuildError::range(setting, value, shown));
+        }
+        ok
+    }
+
+    /// Replaces the classifier that decides what an answer means (and so
+    /// [`retry_statuses`](Builder::retry_statuses)). Default: [`DefaultClassifier`].
+    /// Whatever it says, 404 and 410 are never retried.
+    pub fn classifier<C2>(self, classifier: C2) -> Builder<C2> {
+        Builder {
+            classifier,
+            policy: self.policy,
+            budget: self.budget,
+            retry_non_idempotent: self.retry_non_idempotent,
+            drain_limit: self.drain_limit,
+            drain_timeout: self.drain_timeout,
+            attempt_header: self.attempt_header,
+            error: self.error,
+        }
+    }
+
+    /// Retries after the first attempt. Default: 2 (3 attempts). Valid: `0..=10`.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        if self.check("max_retries", n, 0..=10, "0..=10") {
+            self.policy.max_retries = n;
+        }
+        self
+    }
+
+    /// The base of the exponential backoff: the n-th retry waits up to `base × factor^n`.
+    /// Default: 100 ms. Valid: `0..=60 s` (0 retries at once).
+    pub fn backoff_base(mut self, base: Duration) -> Self {
+        if self.check("backoff_base", base, Duration::ZERO..=Duration::from_secs(60), "0s..=60s") {
+            self.policy.backoff.base = base;
+        }
+        self
+    }
+
+    /// The growth of the backoff per retry. Default: 2.0. Valid: `1.0..=10.0`.
+    pub fn backoff_factor(mut self, factor: f64) -> Self {
+        if self.check("backoff_factor", factor, 1.0..=10.0, "1.0..=10.0") {
+            self.policy.backoff.factor = factor;
+        }
+        self
+    }
+
+    /// The longest backoff wait. Default: 10 s. Valid: `0..=1 h`, and at least `backoff_base`.
+    pub fn backoff_cap(mut self, cap: Duration) -> Self {
+        if self.check("backoff_cap", cap, Duration::ZERO..=Duration::from_secs(3600), "0s..=3600s") {
+            self.policy.backoff.cap = cap;
+        }
+        self
+    }
+
+    /// How backoff waits are spread. Default: [`Jitter::Full`].
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.policy.backoff.jitter = jitter;
+        self
+    }
+
+    /// The longest `Retry-After` honoured. A longer hint stops retrying and returns that
+    /// answer. Default: 30 s. Valid: `0..=1 day`.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        let day = Duration::from_secs(86_400);
+        if self.check("max_retry_after", max, Duration::ZERO..=day, "0s..=86400s") {
+            self.policy.max_retry_after = max;
+        }
+        self
+    }
+
+    /// An overall deadline from the first attempt: no retry starts whose wait would end past it
+    /// (the last answer is returned instead). Default: none. Valid: `1 ms..=1 day`.
+    ///
+    /// It bounds waits, not attempts: put a `tower::timeout::TimeoutLayer` under this layer to
+    /// bound each attempt.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        let range = Duration::from_millis(1)..=Duration::from_secs(86_400);
+        if self.check("deadline", deadline, range, "1ms..=86400s") {
+            self.policy.deadline = Some(deadline);
+        }
+        self
+    }
+
+    /// Retries allowed per request, on top of the per-second allowance. Default: 0.2 (20%).
+    /// Valid: `0.0..=1000.0`, exact to 1/1000.
+    pub fn budget_ratio(mut self, ratio: f64) -> Self {
+        self.budget.get_or_insert(DEFAULT_BUDGET).0 = ratio;
+        self
+    }
+
+    /// Retries per second always allowed, whatever the ratio. Default: 10. Valid:
+    /// `0..=1_000_000`.
+    pub fn budget_min_per_sec(mut self, n: u32) -> Self {
+        self.budget.get_or_insert(DEFAULT_BUDGET).1 = n;
+        self
+    }
+
+    /// The window over which the budget counts requests and retries. Default: 10 s. Valid:
+    /// `1 s..=60 s`.
+    pub fn budget_window(mut self, window: Duration) -> Self {
+        self.budget.get_or_insert(DEFAULT_BUDGET).2 = window;
+        self
+    }
+
+    /// Turns the retry budget off: only `max_retries` bounds retries. Default: the budget is on.
+    pub fn no_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// Retry POST and PATCH even without an `Idempotency-Key` header. Default: `false`
+    /// (GET, HEAD, OPTIONS, TRACE, PUT and DELETE are retried; POST and PATCH only with
+    /// `Idempotency-Key`).
+    pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
+        self.retry_non_idempotent = yes;
+        self
+    }
+
+    /// How many bytes of a discarded answer's body are read so its connection can be reused;
+    /// a longer body is dropped (closing an HTTP/1 connection). Default: 64 KiB. Valid:
+    /// `0..=16 MiB`.
+    pub fn drain_limit(mut self, bytes: usize) -> Self {
+        if self.check("drain_limit", bytes, 0..=16 << 20, "0..=16777216") {
+            self.drain_limit = bytes;
+        }
+        self
+    }
+
+    /// How long reading a discarded body may take before it is dropped. Default: 100 ms.
+    /// Valid: `0..=10 s` (0 drops at once).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        let range = Duration::ZERO..=Duration::from_secs(10);
+        if self.check("drain_timeout", timeout, range, "0s..=10s") {
+            self.drain_timeout = timeout;
+        }
+        self
+    }
+
+    /// Sends the attempt number (1, 2, ...) in this request header. Default: no header.
+    pub fn attempt_header(mut self, name: HeaderName) -> Self {
+        self.attempt_header = Some(name);
+        self
+    }
+
+    /// The layer, or the first setting given an invalid value.
+    pub fn build(self) -> Result<StatusAwareRetryLayer<C>, BuildError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let b = self.policy.backoff;
+        if b.cap < b.base {
+            return Err(BuildError::new(
+                "backoff_cap",
+                format!("{:?} is below backoff_base ({:?})", b.cap, b.base),
+            ));
+        }
+        let budget = match self.budget {
+            Some((ratio, min, window)) => Some(RetryBudget::new(ratio, min, window)?),
+            None => None,
+        };
+        Ok(StatusAwareRetryLayer {
+            shared: Arc::new(Shared {
+                classifier: self.classifier,
+                policy: self.policy,
+                budget,
+                stats: Counters::default(),
+                retry_non_idempotent: self.retry_non_idempotent,
+                drain_limit: self.drain_limit,
+                drain_timeout: self.drain_timeout,
+                attempt_header: self.attempt_header,
+            }),
+        })
+    }
+}
+
+const DEFAULT_BUDGET: (f64, u32, Duration) = (0.2, 10, Duration::from_secs(10));

@@ -1,0 +1,224 @@
+//! The retry decision: pure functions of the outcome, the attempt, the clock and a random sample.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Method};
+
+use crate::classify::Outcome;
+
+/// How a backoff delay is spread, so that clients failing together do not retry together.
+///
+/// See AWS's "Exponential Backoff and Jitter". With `e = min(cap, base × factor^n)` for the
+/// n-th retry (1-based) and `u` uniform in `[0, 1)`:
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Jitter {
+    /// `e`: deterministic, for tests.
+    None,
+    /// `u × e` (the default): the least contention.
+    #[default]
+    Full,
+    /// `e/2 + u × e/2`: never less than half the backoff.
+    Equal,
+    /// `min(cap, base + u × (3 × previous − base))`: grows from the previous delay.
+    Decorrelated,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Backoff {
+    pub(crate) base: Duration,
+    pub(crate) factor: f64,
+    pub(crate) cap: Duration,
+    pub(crate) jitter: Jitter,
+}
+
+impl Backoff {
+    /// The wait before retry `n` (1-based); `prev` the wait before the last one; `u` in [0, 1).
+    /// Always within `[0, cap]`.
+    pub(crate) fn delay(&self, n: u32, prev: Duration, u: f64) -> Duration {
+        let u = if (0.0..1.0).contains(&u) { u } else { 0.0 };
+        let cap = self.cap.as_secs_f64();
+        let base = self.base.as_secs_f64();
+        let exp = (base * self.factor.powi(n.min(1024) as i32)).min(cap);
+        let secs = match self.jitter {
+            Jitter::None => exp,
+            Jitter::Full => exp * u,
+            Jitter::Equal => exp / 2.0 + u * exp / 2.0,
+            Jitter::Decorrelated => {
+                let hi = (prev.as_secs_f64() * 3.0).max(base);
+                (base + u * (hi - base)).min(cap)
+            }
+        };
+        // `exp` is finite (capped); clamp again so float rounding can't leave [0, cap].
+        Duration::from_secs_f64(secs.clamp(0.0, cap))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Policy {
+    pub(crate) max_retries: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) deadline: Option<Duration>,
+}
+
+/// Why an answer was returned rather than retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Success, Missing or Fatal: nothing to retry.
+    Final,
+    /// The request can't be retried (method, or a body that can't be replayed).
+    NotEligible,
+    /// `max_retries` used up.
+    Exhausted,
+    /// `Retry-After` beyond `max_retry_after`.
+    HintTooLong,
+    /// The next attempt would begin past the deadline.
+    Deadline,
+    /// The retry budget is spent.
+    Budget,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Retry(Duration),
+    Stop(Stop),
+}
+
+/// What the policy knows of the request so far.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Attempt {
+    /// Retries already made (0 after the first attempt).
+    pub(crate) retries: u32,
+    /// Time since the request was first sent.
+    pub(crate) elapsed: Duration,
+    /// The last wait, for decorrelated jitter.
+    pub(crate) prev_delay: Duration,
+}
+
+impl Policy {
+    /// Decide whether to retry after `outcome`. `withdraw` is asked last, only when everything
+    /// else allows a retry, so a refused retry never spends budget.
+    pub(crate) fn decide(
+        &self,
+        outcome: &Outcome,
+        at: Attempt,
+        wall_now: SystemTime,
+        u: f64,
+        withdraw: impl FnOnce() -> bool,
+    ) -> Decision {
+        // The only way to another attempt: a Retryable outcome. Missing (404/410, whatever the
+        // classifier said — see `classify::response_outcome`) stops here.
+        let Outcome::Retryable { after } = outcome else {
+            return Decision::Stop(Stop::Final);
+        };
+        if at.retries >= self.max_retries {
+            return Decision::Stop(Stop::Exhausted);
+        }
+        let delay = match after {
+            Some(hint) => {
+                let hint = hint.delay_from(wall_now);
+                if hint > self.max_retry_after {
+                    return Decision::Stop(Stop::HintTooLong);
+                }
+                // Jitter only above the hint: spread by up to one base delay.
+                let spread = match self.backoff.jitter {
+                    Jitter::None => Duration::ZERO,
+                    _ => self.backoff.base.mul_f64(u.clamp(0.0, 1.0)),
+                };
+                hint.saturating_add(spread)
+            }
+            None => self.backoff.delay(at.retries + 1, at.prev_delay, u),
+        };
+        if let Some(deadline) = self.deadline {
+            if at.elapsed.saturating_add(delay) > deadline {
+                return Decision::Stop(Stop::Deadline);
+            }
+        }
+        if !withdraw() {
+            return Decision::Stop(Stop::Budget);
+        }
+        Decision::Retry(delay)
+    }
+}
+
+/// Whether a request may be sent more than once: idempotent methods (RFC 9110 §9.2.2) always;
+/// POST and PATCH when they carry `Idempotency-Key` or the user opted in; other methods never.
+pub(crate) fn may_retry_request(method: &Method, headers: &HeaderMap, non_idempotent: bool) -> bool {
+    match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE => true,
+        Method::POST | Method::PATCH => non_idempotent || headers.contains_key("idempotency-key"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::RetryAfter;
+
+    fn policy(jitter: Jitter) -> Policy {
+        Policy {
+            max_retries: 2,
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                factor: 2.0,
+                cap: Duration::from_secs(10),
+                jitter,
+            },
+            max_retry_after: Duration::from_secs(30),
+            deadline: None,
+        }
+    }
+
+    fn first() -> Attempt {
+        Attempt { retries: 0, elapsed: Duration::ZERO, prev_delay: Duration::ZERO }
+    }
+
+    #[test]
+    fn the_incidents_waits_are_200_and_400_ms_without_jitter() {
+        let b = policy(Jitter::None).backoff;
+        assert_eq!(b.delay(1, Duration::ZERO, 0.5), Duration::from_millis(200));
+        assert_eq!(b.delay(2, Duration::ZERO, 0.5), Duration::from_millis(400));
+        assert_eq!(b.delay(20, Duration::ZERO, 0.5), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn retry_after_beyond_the_cap_stops() {
+        let p = policy(Jitter::Full);
+        let o = Outcome::Retryable { after: Some(RetryAfter::Delay(Duration::from_secs(31))) };
+        assert_eq!(
+            p.decide(&o, first(), SystemTime::now(), 0.5, || true),
+            Decision::Stop(Stop::HintTooLong)
+        );
+        let o = Outcome::Retryable { after: Some(RetryAfter::Delay(Duration::from_secs(3))) };
+        assert_eq!(
+            p.decide(&o, first(), SystemTime::now(), 0.5, || true),
+            Decision::Retry(Duration::from_millis(3050))
+        );
+    }
+
+    #[test]
+    fn budget_is_asked_last() {
+        let p = Policy { deadline: Some(Duration::from_millis(50)), ..policy(Jitter::None) };
+        let d = p.decide(&Outcome::RETRYABLE, first(), SystemTime::now(), 0.0, || {
+            panic!("asked the budget for a retry the deadline refuses")
+        });
+        assert_eq!(d, Decision::Stop(Stop::Deadline));
+    }
+
+    #[test]
+    fn methods() {
+        let h = HeaderMap::new();
+        let mut key = HeaderMap::new();
+        key.insert("idempotency-key", "k1".parse().unwrap());
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE] {
+            assert!(may_retry_request(&m, &h, false), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH] {
+            assert!(!may_retry_request(&m, &h, false), "{m}");
+            assert!(may_retry_request(&m, &key, false), "{m}");
+            assert!(may_retry_request(&m, &h, true), "{m}");
+        }
+        assert!(!may_retry_request(&Method::CONNECT, &h, true));
+    }
+}

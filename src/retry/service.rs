@@ -1,0 +1,116 @@
+//! The retry service: sends the request, and again while the policy says so.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower::Service;
+
+use super::future::ResponseFuture;
+use super::layer::Shared;
+use super::policy::may_retry_request;
+use super::replay::{ReplayBody, clone_request};
+use super::stats::{RetryStats, bump};
+use crate::classify::{Classify, DefaultClassifier};
+
+/// Retries transient failures of an HTTP service; returns final answers (404, 410) at once.
+///
+/// Built by [`StatusAwareRetryLayer`](crate::StatusAwareRetryLayer). Each response carries a
+/// [`RetryInfo`](crate::RetryInfo) extension with its outcome and the attempts it took.
+///
+/// Like `tower::retry::Retry`, every attempt after the first is sent through a clone of the
+/// inner service made ready in the response future, so `S` must be `Clone` (a hyper-util
+/// `Client` is).
+pub struct StatusAwareRetry<S, C = DefaultClassifier> {
+    inner: S,
+    shared: Arc<Shared<C>>,
+}
+
+impl<S, C> StatusAwareRetry<S, C> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<C>>) -> Self {
+        StatusAwareRetry { inner, shared }
+    }
+
+    /// The counters shared with the layer that made this service and all its clones.
+    pub fn stats(&self) -> RetryStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C> Clone for StatusAwareRetry<S, C> {
+    fn clone(&self) -> Self {
+        StatusAwareRetry { inner: self.inner.clone(), shared: self.shared.clone() }
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for StatusAwareRetry<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatusAwareRetry")
+            .field("inner", &self.inner)
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl<S, C, ReqB, ResB> Service<Request<ReqB>> for StatusAwareRetry<S, C>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    S::Error: 'static,
+    C: Classify,
+    ReqB: ReplayBody,
+    ResB: Body,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, C, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        let now = Instant::now();
+        bump(&shared.stats.requests);
+        bump(&shared.stats.attempts);
+        if let Some(budget) = &shared.budget {
+            budget.deposit_at(now);
+        }
+        let replay = if shared.policy.max_retries > 0
+            && may_retry_request(req.method(), req.headers(), shared.retry_non_idempotent)
+        {
+            let copy = clone_request(&req);
+            if copy.is_none() {
+                bump(&shared.stats.not_replayable);
+            }
+            copy
+        } else {
+            None
+        };
+        if let Some(name) = &shared.attempt_header {
+            req.headers_mut().insert(name.clone(), http::HeaderValue::from_static("1"));
+        }
+        let future = self.inner.call(req);
+        // Only a request that may be retried needs a service for its later attempts.
+        let service = replay.as_ref().map(|_| self.inner.clone());
+        ResponseFuture::new(future, service, replay, shared.clone(), now)
+    }
+}
