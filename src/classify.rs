@@ -281,7 +281,10 @@ impl DefaultClassifier {
             let Some(bit) = s.as_u16().checked_sub(400).filter(|b| *b < 200) else {
                 return Err(BuildError::new(
                     "retry_statuses",
-                    format!("{} is not an error status; valid: 400..=599 except 404, 410", s.as_u16()),
+                    format!(
+                        "{} is not an error status; valid: 400..=599 except 404, 410",
+                        s.as_u16()
+                    ),
                 ));
             };
             retryable[usize::from(bit / 64)] |= 1 << (bit % 64);
@@ -291,7 +294,9 @@ impl DefaultClassifier {
 
     fn is_retryable_status(&self, status: StatusCode) -> bool {
         match status.as_u16().checked_sub(400) {
-            Some(bit) if bit < 200 => self.retryable[usize::from(bit / 64)] & (1 << (bit % 64)) != 0,
+            Some(bit) if bit < 200 => {
+                self.retryable[usize::from(bit / 64)] & (1 << (bit % 64)) != 0
+            }
             _ => false,
         }
     }
@@ -345,7 +350,9 @@ mod tests {
         let o = DefaultClassifier::default().classify_response(StatusCode::TOO_MANY_REQUESTS, &h);
         assert_eq!(
             o,
-            Outcome::Retryable { after: Some(RetryAfter::Delay(Duration::from_secs(7))) }
+            Outcome::Retryable {
+                after: Some(RetryAfter::Delay(Duration::from_secs(7)))
+            }
         );
     }
 
@@ -364,9 +371,18 @@ mod tests {
     fn a_classifier_cannot_make_404_retryable() {
         let rogue = |_: StatusCode, _: &HeaderMap| Outcome::RETRYABLE;
         let h = HeaderMap::new();
-        assert_eq!(response_outcome(&rogue, StatusCode::NOT_FOUND, &h), Outcome::Missing);
-        assert_eq!(response_outcome(&rogue, StatusCode::GONE, &h), Outcome::Missing);
-        assert_eq!(response_outcome(&rogue, StatusCode::BAD_GATEWAY, &h), Outcome::RETRYABLE);
+        assert_eq!(
+            response_outcome(&rogue, StatusCode::NOT_FOUND, &h),
+            Outcome::Missing
+        );
+        assert_eq!(
+            response_outcome(&rogue, StatusCode::GONE, &h),
+            Outcome::Missing
+        );
+        assert_eq!(
+            response_outcome(&rogue, StatusCode::BAD_GATEWAY, &h),
+            Outcome::RETRYABLE
+        );
     }
 
     #[test]
@@ -379,7 +395,11 @@ mod tests {
             io::ErrorKind::BrokenPipe,
             io::ErrorKind::TimedOut,
         ] {
-            assert_eq!(error_outcome(&c, &io::Error::from(kind)), Outcome::RETRYABLE, "{kind:?}");
+            assert_eq!(
+                error_outcome(&c, &io::Error::from(kind)),
+                Outcome::RETRYABLE,
+                "{kind:?}"
+            );
         }
         assert_eq!(
             error_outcome(&c, &io::Error::from(io::ErrorKind::PermissionDenied)),
@@ -410,7 +430,10 @@ mod tests {
         assert_eq!(error_outcome(&c, &boxed), Outcome::Fatal);
         // An unknown error type can't be walked: Fatal, as documented.
         assert_eq!(
-            error_outcome(&c, &Wrapper(io::Error::from(io::ErrorKind::ConnectionReset))),
+            error_outcome(
+                &c,
+                &Wrapper(io::Error::from(io::ErrorKind::ConnectionReset))
+            ),
             Outcome::Fatal
         );
     }

@@ -22,7 +22,10 @@ pub struct BuildError {
 
 impl BuildError {
     pub(crate) fn new(setting: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
-        BuildError { setting, reason: reason.into() }
+        BuildError {
+            setting,
+            reason: reason.into(),
+        }
     }
 
     /// `value` is outside `range` (both as the user would write them).

@@ -1,72 +1,105 @@
 //! Status-aware retry and negative caching for Tower HTTP clients.
 //!
 //! Clients that fan out — resolving references, crawling graphs, fetching records by id — melt
-//! down when they retry answers that are final. This crate gives any Tower HTTP client two
-//! layers that make that class of bug impossible to write:
+//! down when they retry answers that are final. In the incident this crate was written after,
+//! a retry loop released the error response and only then asked whether it was a 404: the
+//! check was always false, every 404 was retried twice, 61 fetches became 183 requests and the
+//! discarded buffers crashed the node daily. This crate gives any Tower HTTP client two layers
+//! that make that class of bug impossible to write and cheap to avoid:
 //!
 //! - [`StatusAwareRetryLayer`] retries transient failures (connect errors, 408, 429, 500, 502,
 //!   503, 504) with backoff, jitter, `Retry-After`, a shared retry budget and an idempotency
-//!   rule. It reads each answer's status *before* the answer can be released, and never retries
-//!   404 or 410.
-//!
-//! # Architecture
-//!
-//! ```text
-//! caller ──> StatusAwareRetry ──> [Timeout] ──> hyper-util Client / any Service
-//!               │ classify(head) ─> Outcome: Success | Missing | Retryable | Fatal
-//!               │ policy(outcome, attempt, clock, rng) ─> Retry(delay) | Stop
-//!               └ release the discarded body, then wait, then replay a copy of the request
-//! ```
-//!
-//! - [`classify`] is the one place that decides what an answer means. It sees the status and
-//!   headers only. Both layers use it; the retry layer leaves its verdict on the response as a
-//!   [`RetryInfo`] extension so outer layers need not decide again.
-//! - Policy is apart from mechanism: the retry decision, backoff, budget and header parsing are
-//!   pure functions of their inputs (time is an argument) and are property-tested; the service
-//!   and its future only sequence calls.
+//!   rule. It reads each answer's status *before* the answer can be released, and never
+//!   retries 404 or 410.
+//! - [`NegativeCacheLayer`] remembers keys that answered 404 or 410 in a bounded store with
+//!   TTLs and answers them without touching the network, forgets them on writes, and reports
+//!   stats.
 //!
 //! # Example
 //!
-//! A hyper-util client that retries transient failures:
+//! Both layers over a hyper-util client:
 //!
 //! ```no_run
+//! use std::time::Duration;
 //! use bytes::Bytes;
 //! use http_body_util::Empty;
 //! use hyper_util::client::legacy::Client;
 //! use hyper_util::rt::TokioExecutor;
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_negative_cache::StatusAwareRetryLayer;
+//! use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let cache = NegativeCacheLayer::builder().ttl(Duration::from_secs(3600)).build()?;
 //! let retry = StatusAwareRetryLayer::new();
 //! let client = ServiceBuilder::new()
+//!     .layer(cache.clone()) // outside: a remembered 404 costs nothing, not even a retry decision
 //!     .layer(retry.clone())
 //!     .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
 //!
 //! let req = http::Request::get("http://127.0.0.1:8080/records/42").body(Empty::new())?;
 //! let res = client.oneshot(req).await?;
-//! println!("{} after {:?}", res.status(), retry.stats());
+//! println!("{} {:?} {:?}", res.status(), retry.stats(), cache.handle().stats());
 //! # Ok(()) }
 //! ```
+//!
+//! # Architecture
+//!
+//! ```text
+//! caller ──> NegativeCache ──> StatusAwareRetry ──> [Timeout] ──> hyper-util Client / any Service
+//!               │  hit: synthesized 404/410, 0 upstream calls
+//!               │  miss: call through; a Missing answer is remembered
+//!               └─ handle(): stats, invalidate, clear
+//! ```
+//!
+//! - [`classify`] is the one place that decides what an answer means: Success, Missing,
+//!   Retryable or Fatal. It sees the status and headers only — never the body — and no
+//!   classifier can make 404 or 410 retryable. The retry layer leaves its verdict on the
+//!   response as a [`RetryInfo`] extension; the negative cache reads it instead of deciding
+//!   again, so the two layers never disagree.
+//! - Policy is apart from mechanism: the retry decision, backoff, budget, TTL arithmetic and
+//!   header parsing are pure functions of their inputs (time is an argument) and are
+//!   property-tested; services and futures only sequence calls.
+//! - The retry layer releases a discarded answer (its body drained up to a bound, then
+//!   dropped) *before* its backoff wait, so the connection returns to the pool and no buffer
+//!   is held through the wait.
+//! - One file owns the negative cache's store ([`quick_cache`](https://docs.rs/quick_cache):
+//!   bounded, sharded, scan-resistant). Entries carry their expiry; nothing runs in the
+//!   background.
+//!
+//! # Layer ordering
+//!
+//! Put [`NegativeCacheLayer`] **outside** [`StatusAwareRetryLayer`]:
+//!
+//! - a remembered key is answered before any retry machinery runs (no request clone, no
+//!   budget deposit);
+//! - the cache sees the *final* answer of the retry loop: a 503 that became a 404 on the
+//!   second attempt is remembered, and a 503 that never recovered is not;
+//! - the cache reads the retry layer's [`RetryInfo`] verdict instead of classifying again.
+//!
+//! The other order works, but every hit then goes through the retry layer (and counts in its
+//! budget as a request), and the cache sees each attempt, not the final answer.
 //!
 //! # Feature flags
 //!
 //! | feature | default | what it adds | cost |
 //! |---|---|---|---|
 //! | `hyper` | yes | recognises hyper's and hyper-util's error types as transient transport errors | hyper and hyper-util (which a hyper client has anyway) |
+//! | `serde` | no | `serde::Serialize` for [`cache::CacheStats`] and [`retry::RetryStats`] | serde |
 //!
 //! # Runtime
 //!
-//! Backoff waits and drain time bounds use tokio's timer: run the layers inside a tokio runtime
-//! with time enabled.
+//! Backoff waits, drain bounds and coalescing bounds use tokio's timer: run the layers inside a
+//! tokio runtime with time enabled.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod cache;
 pub mod classify;
 mod error;
 mod headers;
 pub mod retry;
 
+pub use cache::NegativeCacheLayer;
 pub use classify::Outcome;
 pub use error::BuildError;
 pub use retry::StatusAwareRetryLayer;

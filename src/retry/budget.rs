@@ -70,7 +70,11 @@ impl RetryBudget {
             return Err(BuildError::range("budget_ratio", ratio, "0.0..=1000.0"));
         }
         if min_per_sec > 1_000_000 {
-            return Err(BuildError::range("budget_min_per_sec", min_per_sec, "0..=1000000"));
+            return Err(BuildError::range(
+                "budget_min_per_sec",
+                min_per_sec,
+                "0..=1000000",
+            ));
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&window) {
             return Err(BuildError::range("budget_window", window, "1s..=60s"));
@@ -80,7 +84,11 @@ impl RetryBudget {
             deposit: (ratio * UNIT as f64).round() as i64,
             reserve,
             slot_len: window / SLOTS as u32,
-            state: Mutex::new(Slots { balance: [0; SLOTS], current: 0, started: None }),
+            state: Mutex::new(Slots {
+                balance: [0; SLOTS],
+                current: 0,
+                started: None,
+            }),
         })
     }
 
@@ -96,7 +104,10 @@ impl RetryBudget {
     pub fn withdraw_at(&self, now: Instant) -> bool {
         let mut s = self.lock();
         self.rotate(&mut s, now);
-        let sum = s.balance.iter().fold(self.reserve, |a, b| a.saturating_add(*b));
+        let sum = s
+            .balance
+            .iter()
+            .fold(self.reserve, |a, b| a.saturating_add(*b));
         if sum < UNIT {
             return false;
         }

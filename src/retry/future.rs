@@ -114,13 +114,17 @@ where
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
                     let outcome = match &result {
-                        Ok(res) => response_outcome(&shared.classifier, res.status(), res.headers()),
+                        Ok(res) => {
+                            response_outcome(&shared.classifier, res.status(), res.headers())
+                        }
                         Err(e) => error_outcome(&shared.classifier, e),
                     };
                     let decision = if !outcome.is_retryable() {
                         Decision::Stop(Stop::Final)
                     } else if this.replay.is_none() {
-                        Decision::Stop(Stop::NotEligible)
+                        // An eligible request keeps a service; its copy is gone only when
+                        // `max_retries` is used up.
+                        Decision::Stop(if this.service.is_some() { Stop::Exhausted } else { Stop::NotEligible })
                     } else {
                         let at = Attempt {
                             retries: *this.attempts - 1,
@@ -129,21 +133,36 @@ where
                         };
                         let u = HasherRng::new().next_f64();
                         let budget = shared.budget.as_ref();
-                        shared.policy.decide(&outcome, at, SystemTime::now(), u, || {
-                            budget.is_none_or(|b| b.withdraw_at(Instant::now()))
-                        })
+                        shared
+                            .policy
+                            .decide(&outcome, at, SystemTime::now(), u, || {
+                                budget.is_none_or(|b| b.withdraw_at(Instant::now()))
+                            })
                     };
                     let delay = match decision {
                         Decision::Stop(stop) => {
-                            return Poll::Ready(finish(shared, result, outcome, stop, *this.attempts));
+                            return Poll::Ready(finish(
+                                shared,
+                                result,
+                                outcome,
+                                stop,
+                                *this.attempts,
+                            ));
                         }
                         Decision::Retry(delay) => delay,
                     };
                     bump(&shared.stats.retries);
                     *this.prev_delay = delay;
                     match &result {
-                        Ok(res) => tracing::debug!(status = %res.status(), attempt = *this.attempts, ?delay, "retrying"),
-                        Err(_) => tracing::debug!(error = true, attempt = *this.attempts, ?delay, "retrying"),
+                        Ok(res) => {
+                            tracing::debug!(status = %res.status(), attempt = *this.attempts, ?delay, "retrying")
+                        }
+                        Err(_) => tracing::debug!(
+                            error = true,
+                            attempt = *this.attempts,
+                            ?delay,
+                            "retrying"
+                        ),
                     }
                     match result {
                         Ok(res) => {
@@ -154,7 +173,12 @@ where
                                 this.state.set(wait(delay));
                             } else {
                                 let timer = tokio::time::sleep(shared.drain_timeout);
-                                this.state.set(State::Releasing { body, timer, drained: 0, delay });
+                                this.state.set(State::Releasing {
+                                    body,
+                                    timer,
+                                    drained: 0,
+                                    delay,
+                                });
                             }
                         }
                         Err(e) => {
@@ -163,7 +187,12 @@ where
                         }
                     }
                 }
-                StateProj::Releasing { mut body, timer, drained, delay } => {
+                StateProj::Releasing {
+                    mut body,
+                    timer,
+                    drained,
+                    delay,
+                } => {
                     let delay = *delay;
                     let done = loop {
                         match body.as_mut().poll_frame(cx) {
@@ -182,7 +211,10 @@ where
                     if !done {
                         return Poll::Pending;
                     }
-                    shared.stats.drained_bytes.fetch_add(*drained as u64, Relaxed);
+                    shared
+                        .stats
+                        .drained_bytes
+                        .fetch_add(*drained as u64, Relaxed);
                     // Replacing the state drops the body before the wait begins.
                     this.state.set(wait(delay));
                 }
@@ -199,7 +231,8 @@ where
                         *this.replay = clone_request(&req);
                     }
                     if let Some(name) = &shared.attempt_header {
-                        req.headers_mut().insert(name.clone(), HeaderValue::from(*this.attempts));
+                        req.headers_mut()
+                            .insert(name.clone(), HeaderValue::from(*this.attempts));
                     }
                     bump(&shared.stats.attempts);
                     let future = service.call(req);
@@ -214,7 +247,9 @@ fn wait<F, B>(delay: Duration) -> State<F, B> {
     if delay.is_zero() {
         State::Ready
     } else {
-        State::Waiting { sleep: tokio::time::sleep(delay) }
+        State::Waiting {
+            sleep: tokio::time::sleep(delay),
+        }
     }
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tower::Layer;
 
+use super::StatusAwareRetry;
 use super::budget::RetryBudget;
 use super::policy::{Backoff, Jitter, Policy};
 use super::stats::{Counters, RetryStats};
-use super::StatusAwareRetry;
 use crate::BuildError;
 use crate::classify::DefaultClassifier;
 
@@ -76,7 +76,9 @@ impl<C> StatusAwareRetryLayer<C> {
 
 impl<C> Clone for StatusAwareRetryLayer<C> {
     fn clone(&self) -> Self {
-        StatusAwareRetryLayer { shared: self.shared.clone() }
+        StatusAwareRetryLayer {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -206,7 +208,12 @@ impl<C> Builder<C> {
     /// The base of the exponential backoff: the n-th retry waits up to `base × factor^n`.
     /// Default: 100 ms. Valid: `0..=60 s` (0 retries at once).
     pub fn backoff_base(mut self, base: Duration) -> Self {
-        if self.check("backoff_base", base, Duration::ZERO..=Duration::from_secs(60), "0s..=60s") {
+        if self.check(
+            "backoff_base",
+            base,
+            Duration::ZERO..=Duration::from_secs(60),
+            "0s..=60s",
+        ) {
             self.policy.backoff.base = base;
         }
         self
@@ -222,7 +229,12 @@ impl<C> Builder<C> {
 
     /// The longest backoff wait. Default: 10 s. Valid: `0..=1 h`, and at least `backoff_base`.
     pub fn backoff_cap(mut self, cap: Duration) -> Self {
-        if self.check("backoff_cap", cap, Duration::ZERO..=Duration::from_secs(3600), "0s..=3600s") {
+        if self.check(
+            "backoff_cap",
+            cap,
+            Duration::ZERO..=Duration::from_secs(3600),
+            "0s..=3600s",
+        ) {
             self.policy.backoff.cap = cap;
         }
         self

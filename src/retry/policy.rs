@@ -111,6 +111,9 @@ impl Policy {
         let Outcome::Retryable { after } = outcome else {
             return Decision::Stop(Stop::Final);
         };
+        // Whatever the caller's random source gave, a sample outside [0, 1) (NaN included)
+        // must not reach `Duration::mul_f64`, which panics on it.
+        let u = if (0.0..1.0).contains(&u) { u } else { 0.0 };
         if at.retries >= self.max_retries {
             return Decision::Stop(Stop::Exhausted);
         }
@@ -123,7 +126,7 @@ impl Policy {
                 // Jitter only above the hint: spread by up to one base delay.
                 let spread = match self.backoff.jitter {
                     Jitter::None => Duration::ZERO,
-                    _ => self.backoff.base.mul_f64(u.clamp(0.0, 1.0)),
+                    _ => self.backoff.base.mul_f64(u),
                 };
                 hint.saturating_add(spread)
             }
@@ -143,9 +146,18 @@ impl Policy {
 
 /// Whether a request may be sent more than once: idempotent methods (RFC 9110 §9.2.2) always;
 /// POST and PATCH when they carry `Idempotency-Key` or the user opted in; other methods never.
-pub(crate) fn may_retry_request(method: &Method, headers: &HeaderMap, non_idempotent: bool) -> bool {
+pub(crate) fn may_retry_request(
+    method: &Method,
+    headers: &HeaderMap,
+    non_idempotent: bool,
+) -> bool {
     match *method {
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE => true,
+        Method::GET
+        | Method::HEAD
+        | Method::OPTIONS
+        | Method::TRACE
+        | Method::PUT
+        | Method::DELETE => true,
         Method::POST | Method::PATCH => non_idempotent || headers.contains_key("idempotency-key"),
         _ => false,
     }
@@ -171,7 +183,11 @@ mod tests {
     }
 
     fn first() -> Attempt {
-        Attempt { retries: 0, elapsed: Duration::ZERO, prev_delay: Duration::ZERO }
+        Attempt {
+            retries: 0,
+            elapsed: Duration::ZERO,
+            prev_delay: Duration::ZERO,
+        }
     }
 
     #[test]
@@ -185,12 +201,16 @@ mod tests {
     #[test]
     fn retry_after_beyond_the_cap_stops() {
         let p = policy(Jitter::Full);
-        let o = Outcome::Retryable { after: Some(RetryAfter::Delay(Duration::from_secs(31))) };
+        let o = Outcome::Retryable {
+            after: Some(RetryAfter::Delay(Duration::from_secs(31))),
+        };
         assert_eq!(
             p.decide(&o, first(), SystemTime::now(), 0.5, || true),
             Decision::Stop(Stop::HintTooLong)
         );
-        let o = Outcome::Retryable { after: Some(RetryAfter::Delay(Duration::from_secs(3))) };
+        let o = Outcome::Retryable {
+            after: Some(RetryAfter::Delay(Duration::from_secs(3))),
+        };
         assert_eq!(
             p.decide(&o, first(), SystemTime::now(), 0.5, || true),
             Decision::Retry(Duration::from_millis(3050))
@@ -199,7 +219,10 @@ mod tests {
 
     #[test]
     fn budget_is_asked_last() {
-        let p = Policy { deadline: Some(Duration::from_millis(50)), ..policy(Jitter::None) };
+        let p = Policy {
+            deadline: Some(Duration::from_millis(50)),
+            ..policy(Jitter::None)
+        };
         let d = p.decide(&Outcome::RETRYABLE, first(), SystemTime::now(), 0.0, || {
             panic!("asked the budget for a retry the deadline refuses")
         });
@@ -211,7 +234,14 @@ mod tests {
         let h = HeaderMap::new();
         let mut key = HeaderMap::new();
         key.insert("idempotency-key", "k1".parse().unwrap());
-        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE] {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ] {
             assert!(may_retry_request(&m, &h, false), "{m}");
         }
         for m in [Method::POST, Method::PATCH] {

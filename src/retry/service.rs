@@ -57,7 +57,10 @@ impl<S, C> StatusAwareRetry<S, C> {
 
 impl<S: Clone, C> Clone for StatusAwareRetry<S, C> {
     fn clone(&self) -> Self {
-        StatusAwareRetry { inner: self.inner.clone(), shared: self.shared.clone() }
+        StatusAwareRetry {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -106,7 +109,8 @@ where
             None
         };
         if let Some(name) = &shared.attempt_header {
-            req.headers_mut().insert(name.clone(), http::HeaderValue::from_static("1"));
+            req.headers_mut()
+                .insert(name.clone(), http::HeaderValue::from_static("1"));
         }
         let future = self.inner.call(req);
         // Only a request that may be retried needs a service for its later attempts.

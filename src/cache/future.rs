@@ -1,0 +1,320 @@
+//! The response future: a synthesized answer, a call upstream, or a wait on another's call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::header::{AGE, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use super::NegativeCacheHit;
+use super::body::ResponseBody;
+use super::coalesce::{Flight, Landing, Leader};
+use super::key::Key;
+use super::layer::State;
+use super::stats::bump;
+use super::store::Fresh;
+use super::ttl::ttl;
+use crate::RetryInfo;
+use crate::classify::{Classify, Outcome, response_outcome};
+
+/// What to do with the answer once it comes.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// A read's key: remembered if the answer is Missing, forgotten if it is Success.
+    key: Option<Key>,
+    /// This request leads a flight: its answer is shared with the waiters.
+    leader: Option<Leader>,
+    /// A write's target: forgotten (with `Location`, `Content-Location`) on 2xx/3xx.
+    written: Option<Uri>,
+}
+
+impl Pending {
+    pub(crate) fn none() -> Self {
+        Pending {
+            key: None,
+            leader: None,
+            written: None,
+        }
+    }
+
+    pub(crate) fn read(key: Option<Key>, leader: Option<Leader>) -> Self {
+        Pending {
+            key,
+            leader,
+            written: None,
+        }
+    }
+
+    pub(crate) fn write(written: Option<Uri>) -> Self {
+        Pending {
+            key: None,
+            leader: None,
+            written,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`NegativeCache`](super::NegativeCache).
+    pub struct ResponseFuture<S, C, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        step: Step<S, S::Future, ReqB>,
+        pending: Pending,
+        state: Arc<State>,
+        classifier: C,
+    }
+}
+
+pin_project! {
+    #[project = StepProj]
+    enum Step<S, F, ReqB> {
+        Hit { fresh: Fresh },
+        Called { #[pin] future: F },
+        Waiting {
+            #[pin] notified: OwnedNotified,
+            #[pin] timer: Sleep,
+            flight: Arc<Flight>,
+            request: Option<Request<ReqB>>,
+            service: Option<S>,
+        },
+        Calling { request: Option<Request<ReqB>>, service: Option<S> },
+        Done,
+    }
+}
+
+impl<S, C, ReqB> ResponseFuture<S, C, ReqB>
+where
+    S: Service<Request<ReqB>>,
+{
+    pub(crate) fn hit(fresh: Fresh, state: Arc<State>, classifier: C) -> Self {
+        ResponseFuture {
+            step: Step::Hit { fresh },
+            pending: Pending::none(),
+            state,
+            classifier,
+        }
+    }
+
+    pub(crate) fn called(
+        future: S::Future,
+        pending: Pending,
+        state: Arc<State>,
+        classifier: C,
+    ) -> Self {
+        ResponseFuture {
+            step: Step::Called { future },
+            pending,
+            state,
+            classifier,
+        }
+    }
+
+    pub(crate) fn wait(
+        flight: Arc<Flight>,
+        bound: Duration,
+        request: Request<ReqB>,
+        service: S,
+        pending: Pending,
+        state: Arc<State>,
+        classifier: C,
+    ) -> Self {
+        let step = Step::Waiting {
+            notified: flight.notified(),
+            timer: tokio::time::sleep(bound),
+            flight,
+            request: Some(request),
+            service: Some(service),
+        };
+        ResponseFuture {
+            step,
+            pending,
+            state,
+            classifier,
+        }
+    }
+}
+
+impl<S, C, ReqB, ResB> Future for ResponseFuture<S, C, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    C: Classify,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.step.as_mut().project() {
+                StepProj::Hit { fresh } => {
+                    let fresh = *fresh;
+                    this.step.set(Step::Done);
+                    return Poll::Ready(Ok(synthesize(fresh)));
+                }
+                StepProj::Called { future } => {
+                    let res = ready!(future.poll(cx))?;
+                    this.step.set(Step::Done);
+                    settle(this.state, this.classifier, this.pending, &res);
+                    return Poll::Ready(Ok(res.map(ResponseBody::upstream)));
+                }
+                StepProj::Waiting {
+                    notified,
+                    timer,
+                    flight,
+                    request,
+                    service,
+                } => {
+                    let mut landing = flight.landing();
+                    if landing == Landing::InFlight {
+                        if notified.poll(cx).is_ready() {
+                            landing = flight.landing();
+                        } else if timer.poll(cx).is_ready() {
+                            bump(&this.state.stats.wait_timeouts);
+                        } else {
+                            return Poll::Pending;
+                        }
+                    }
+                    if let Landing::Missing { status, ttl } = landing {
+                        this.step.set(Step::Done);
+                        let fresh = Fresh {
+                            status,
+                            age: Duration::ZERO,
+                            remaining: ttl,
+                        };
+                        return Poll::Ready(Ok(synthesize(fresh)));
+                    }
+                    let (request, service) = (request.take(), service.take());
+                    this.step.set(Step::Calling { request, service });
+                }
+                StepProj::Calling { request, service } => {
+                    let svc = service.as_mut().expect("a released waiter has its service");
+                    ready!(svc.poll_ready(cx))?;
+                    let req = request.take().expect("a released waiter has its request");
+                    let future = svc.call(req);
+                    this.step.set(Step::Called { future });
+                }
+                StepProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+/// The answer the cache gives for a remembered key.
+fn synthesize<B>(fresh: Fresh) -> Response<ResponseBody<B>> {
+    let mut res = Response::new(ResponseBody::synthesized());
+    *res.status_mut() = fresh.status;
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    headers.insert(AGE, HeaderValue::from(fresh.age.as_secs()));
+    res.extensions_mut().insert(NegativeCacheHit {
+        age: fresh.age,
+        remaining: fresh.remaining,
+    });
+    res
+}
+
+/// Acts on an upstream answer: remember, forget, and tell the waiters.
+fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, res: &Response<B>) {
+    let leader = pending.leader.take();
+    if let Some(uri) = pending.written.take() {
+        if res.status().is_success() || res.status().is_redirection() {
+            forget_written(state, &uri, res.headers());
+        }
+        return;
+    }
+    let Some(key) = pending.key.take() else {
+        return;
+    };
+    // The retry layer has already classified this answer: use its verdict.
+    let outcome = match res.extensions().get::<RetryInfo>() {
+        Some(info) => info.outcome,
+        None => response_outcome(classifier, res.status(), res.headers()),
+    };
+    match outcome {
+        Outcome::Missing => match ttl(&state.ttl, res.status(), res.headers()) {
+            Some(ttl) => {
+                tracing::debug!(key = key.as_str(), status = %res.status(), ?ttl, "negative cache: remembered");
+                state.store.insert(key, res.status(), ttl, Instant::now());
+                bump(&state.stats.inserts);
+                if let Some(leader) = leader {
+                    leader.land(Landing::Missing {
+                        status: res.status(),
+                        ttl,
+                    });
+                }
+            }
+            // `no-store`/`no-cache`: whatever was remembered is not to be used either.
+            None => drop(state.store.remove(&key)),
+        },
+        Outcome::Success => {
+            state.forget(&key);
+        }
+        _ => {}
+    }
+}
+
+/// A successful write: forget its target and the same-origin `Location`, `Content-Location`
+/// of its answer (RFC 9111 §4.4).
+fn forget_written(state: &State, target: &Uri, headers: &HeaderMap) {
+    if let Some(k) = state.key_for(target, 0).and_then(|l| l.to_key()) {
+        state.forget(&k);
+    }
+    for name in [LOCATION, CONTENT_LOCATION] {
+        let Some(uri) = headers.get(&name).and_then(|v| same_origin(target, v)) else {
+            continue;
+        };
+        if let Some(k) = state.key_for(&uri, 0).and_then(|l| l.to_key()) {
+            state.forget(&k);
+        }
+    }
+}
+
+/// `value` as a URI of `base`'s origin: an absolute URI with the same scheme and authority,
+/// or an absolute path resolved against `base`. Anything else is `None`.
+fn same_origin(base: &Uri, value: &HeaderValue) -> Option<Uri> {
+    let uri: Uri = value.to_str().ok()?.parse().ok()?;
+    match (uri.scheme(), uri.authority()) {
+        (Some(s), Some(a)) => {
+            let same = Some(s) == base.scheme()
+                && base
+                    .authority()
+                    .is_some_and(|b| b.as_str().eq_ignore_ascii_case(a.as_str()));
+            same.then_some(uri)
+        }
+        (None, None) if uri.path().starts_with('/') => {
+            let mut parts = uri.into_parts();
+            parts.scheme = base.scheme().cloned();
+            parts.authority = base.authority().cloned();
+            Uri::from_parts(parts).ok()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_origin_rules() {
+        let base: Uri = "http://api.example/records".parse().unwrap();
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(
+            same_origin(&base, &v("/records/7")).unwrap(),
+            "http://api.example/records/7".parse::<Uri>().unwrap()
+        );
+        assert!(same_origin(&base, &v("http://API.example/records/7")).is_some());
+        assert!(same_origin(&base, &v("http://evil.example/records/7")).is_none());
+        assert!(same_origin(&base, &v("https://api.example/records/7")).is_none());
+        assert!(same_origin(&base, &v("7")).is_none());
+    }
+}

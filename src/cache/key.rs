@@ -1,0 +1,318 @@
+//! Cache keys: the normalised request target, or the application's own id.
+//!
+//! A lookup of the default key borrows from the request's URI (no allocation): [`KeyRef`]
+//! hashes and compares like the stored [`Key`] it stands for. Only a URI that needs rewriting
+//! to be normalised (an upper-case scheme or host, an absolute URI without a path) is copied.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use http::{HeaderMap, Uri, header};
+use quick_cache::Equivalent;
+
+/// A stored key: `{scheme}://{host}{:port}{path?query}` (or just `{path?query}` for an
+/// origin-form URI, or the application's id), plus the fingerprint of the credentials it was
+/// fetched with (0: none).
+#[derive(Clone, Debug)]
+pub(crate) struct Key {
+    text: Box<str>,
+    scheme_end: u16,
+    host: (u16, u16),
+    pq_start: u16,
+    port: u16,
+    cred: u64,
+}
+
+/// The parts of a key, borrowed: what hashing and equality look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyRef<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    port: u16,
+    pq: &'a str,
+    cred: u64,
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.scheme.hash(state);
+        self.host.hash(state);
+        state.write_u16(self.port);
+        self.pq.hash(state);
+        state.write_u64(self.cred);
+    }
+}
+
+impl Key {
+    fn parts(&self) -> KeyRef<'_> {
+        let t = &*self.text;
+        KeyRef {
+            scheme: &t[..usize::from(self.scheme_end)],
+            host: &t[usize::from(self.host.0)..usize::from(self.host.1)],
+            port: self.port,
+            pq: &t[usize::from(self.pq_start)..],
+            cred: self.cred,
+        }
+    }
+
+    /// The key as text: what `invalidate_if` predicates see.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether both keys name the same target, whatever their credentials.
+    pub(crate) fn same_target(&self, other: &Key) -> bool {
+        KeyRef {
+            cred: 0,
+            ..self.parts()
+        } == KeyRef {
+            cred: 0,
+            ..other.parts()
+        }
+    }
+
+    /// The application's own id as a key.
+    pub(crate) fn id(id: String, cred: u64) -> Option<Key> {
+        u16::try_from(id.len()).ok()?;
+        Some(Key {
+            text: id.into(),
+            scheme_end: 0,
+            host: (0, 0),
+            pq_start: 0,
+            port: 0,
+            cred,
+        })
+    }
+
+    fn from_parts(p: KeyRef<'_>) -> Option<Key> {
+        let mut text = String::with_capacity(p.scheme.len() + p.host.len() + p.pq.len() + 9);
+        let (scheme_end, host, pq_start);
+        if p.scheme.is_empty() && p.host.is_empty() {
+            (scheme_end, host, pq_start) = (0, (0, 0), 0);
+        } else {
+            text.push_str(p.scheme);
+            scheme_end = text.len();
+            text.push_str("://");
+            let h0 = text.len();
+            text.push_str(p.host);
+            host = (h0, text.len());
+            if p.port != 0 {
+                use std::fmt::Write;
+                let _ = write!(text, ":{}", p.port);
+            }
+            pq_start = text.len();
+        }
+        text.push_str(p.pq);
+        let small = |n: usize| u16::try_from(n).ok();
+        Some(Key {
+            scheme_end: small(scheme_end)?,
+            host: (small(host.0)?, small(host.1)?),
+            pq_start: small(pq_start)?,
+            port: p.port,
+            cred: p.cred,
+            text: {
+                small(text.len())?;
+                text.into_boxed_str()
+            },
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_text(text: &str) -> Key {
+        Key::id(text.to_owned(), 0).unwrap()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state)
+    }
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *self == key.parts()
+    }
+}
+
+/// A key to look up: borrowed from the request where possible.
+#[derive(Debug)]
+pub(crate) enum Lookup<'a> {
+    Borrowed(KeyRef<'a>),
+    Owned(Key),
+}
+
+impl Lookup<'_> {
+    pub(crate) fn to_key(&self) -> Option<Key> {
+        match self {
+            Lookup::Borrowed(r) => Key::from_parts(*r),
+            Lookup::Owned(k) => Some(k.clone()),
+        }
+    }
+}
+
+impl Hash for Lookup<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            Lookup::Borrowed(r) => r.hash(state),
+            Lookup::Owned(k) => k.hash(state),
+        }
+    }
+}
+
+impl Equivalent<Key> for Lookup<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        match self {
+            Lookup::Borrowed(r) => r.equivalent(key),
+            Lookup::Owned(k) => k == key,
+        }
+    }
+}
+
+/// The normalised target of `uri`: scheme and host lower-case, default port elided, an empty
+/// path as `/`. `None` when the URI is too long to key (over 64 KiB).
+pub(crate) fn uri_key(uri: &Uri, cred: u64) -> Option<Lookup<'_>> {
+    let scheme = uri.scheme_str().unwrap_or("");
+    let host = uri.host().unwrap_or("");
+    let port = match (scheme, uri.port_u16()) {
+        ("http", Some(80)) | ("https", Some(443)) | (_, None) => 0,
+        (_, Some(p)) => p,
+    };
+    let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
+    if scheme.len() + host.len() + pq.len() + 9 > usize::from(u16::MAX) {
+        return None;
+    }
+    let absolute = !scheme.is_empty() || !host.is_empty();
+    let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
+    if !upper(scheme) && !upper(host) && !(absolute && !pq.starts_with('/')) {
+        return Some(Lookup::Borrowed(KeyRef {
+            scheme,
+            host,
+            port,
+            pq,
+            cred,
+        }));
+    }
+    let (scheme, host) = (scheme.to_ascii_lowercase(), host.to_ascii_lowercase());
+    let pq = if absolute && !pq.starts_with('/') {
+        format!("/{pq}")
+    } else {
+        pq.to_owned()
+    };
+    Key::from_parts(KeyRef {
+        scheme: &scheme,
+        host: &host,
+        port,
+        pq: &pq,
+        cred,
+    })
+    .map(Lookup::Owned)
+}
+
+/// Whether the request carries credentials (`Authorization`, `Cookie`).
+pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE)
+}
+
+/// A fingerprint of the request's credentials, keyed by a per-cache random secret; 0 means none.
+///
+/// Two different credentials share a fingerprint with probability 2^-64 per pair, and the
+/// secret keeps anyone from choosing a colliding credential on purpose.
+pub(crate) fn credential_fingerprint<S: BuildHasher>(headers: &HeaderMap, secret: &S) -> u64 {
+    if !has_credentials(headers) {
+        return 0;
+    }
+    let mut h = secret.build_hasher();
+    for name in [header::AUTHORIZATION, header::COOKIE] {
+        for v in headers.get_all(&name) {
+            h.write(v.as_bytes());
+            h.write_u8(0xff);
+        }
+        h.write_u8(0xfe);
+    }
+    h.finish() | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::RandomState;
+
+    fn hash_of<T: Hash>(t: &T) -> u64 {
+        // One hasher state for both sides of a comparison.
+        thread_local!(static S: RandomState = RandomState::new());
+        S.with(|s| s.hash_one(t))
+    }
+
+    fn key(uri: &str) -> Key {
+        let uri: Uri = uri.parse().unwrap();
+        uri_key(&uri, 0).unwrap().to_key().unwrap()
+    }
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(
+            key("HTTP://Example.COM:80/a?b=1").as_str(),
+            "http://example.com/a?b=1"
+        );
+        assert_eq!(
+            key("https://example.com:443/a").as_str(),
+            "https://example.com/a"
+        );
+        assert_eq!(
+            key("https://example.com:8443/a").as_str(),
+            "https://example.com:8443/a"
+        );
+        assert_eq!(key("http://example.com").as_str(), "http://example.com/");
+        assert_eq!(
+            key("http://example.com?q").as_str(),
+            "http://example.com/?q"
+        );
+        assert_eq!(key("/records/1?x=2").as_str(), "/records/1?x=2");
+        assert_ne!(key("http://a/x"), key("http://a/x?"));
+        assert_ne!(key("http://a:81/x"), key("http://a/x"));
+    }
+
+    #[test]
+    fn borrowed_lookup_matches_the_stored_key() {
+        for s in [
+            "http://example.com:80/a?b",
+            "HTTP://EXAMPLE.com/a?b",
+            "http://example.com/a?b",
+        ] {
+            let uri: Uri = s.parse().unwrap();
+            let lookup = uri_key(&uri, 0).unwrap();
+            let stored = key("http://example.com/a?b");
+            assert!(lookup.equivalent(&stored), "{s}");
+            assert_eq!(hash_of(&lookup), hash_of(&stored), "{s}");
+        }
+        let plain: Uri = "http://example.com/a?b".parse().unwrap();
+        assert!(matches!(uri_key(&plain, 0), Some(Lookup::Borrowed(_))));
+    }
+
+    #[test]
+    fn credentials_separate_keys() {
+        let secret = RandomState::new();
+        let mut a = HeaderMap::new();
+        a.insert(header::AUTHORIZATION, "Bearer alice".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.insert(header::AUTHORIZATION, "Bearer bob".parse().unwrap());
+        let (fa, fb) = (
+            credential_fingerprint(&a, &secret),
+            credential_fingerprint(&b, &secret),
+        );
+        assert_ne!(fa, 0);
+        assert_ne!(fa, fb);
+        assert_eq!(credential_fingerprint(&HeaderMap::new(), &secret), 0);
+        let uri: Uri = "http://x/r/1".parse().unwrap();
+        let ka = uri_key(&uri, fa).unwrap().to_key().unwrap();
+        assert!(!uri_key(&uri, fb).unwrap().equivalent(&ka));
+        assert!(!uri_key(&uri, 0).unwrap().equivalent(&ka));
+    }
+}

@@ -1,0 +1,407 @@
+//! The layer, its builder, and the state its clones share.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use http::Uri;
+use tower::Layer;
+
+use super::NegativeCache;
+use super::coalesce::Flights;
+use super::handle::NegativeCacheHandle;
+use super::key::{Key, Lookup, uri_key};
+use super::stats::{CacheStats, Counters};
+use super::store::Store;
+use super::ttl::TtlConfig;
+use crate::BuildError;
+use crate::classify::DefaultClassifier;
+
+/// Maps a request target to the application's own key; `None` leaves the request uncached.
+pub(crate) type KeyFn = Arc<dyn Fn(&Uri) -> Option<String> + Send + Sync>;
+
+/// What to do with requests that carry credentials (`Authorization` or `Cookie`).
+///
+/// A 404 can mean "not yours" (GitHub answers 404 for private resources), so a negative
+/// answer must never be shared across credentials.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credentials {
+    /// Neither served from nor stored in the cache (the default).
+    #[default]
+    Bypass,
+    /// Cached under a fingerprint of the credentials: a 64-bit hash keyed by a random secret
+    /// of the cache, so two credentials collide with probability 2^-64 and nobody can pick a
+    /// colliding one.
+    Fingerprint,
+}
+
+/// State shared by a layer, its clones, their services and the handle.
+pub(crate) struct State {
+    pub(crate) store: Store,
+    pub(crate) stats: Counters,
+    pub(crate) evictions: Arc<AtomicU64>,
+    pub(crate) ttl: TtlConfig,
+    pub(crate) key_fn: Option<KeyFn>,
+    pub(crate) credentials: Credentials,
+    pub(crate) secret: RandomState,
+    pub(crate) coalesce: Option<Duration>,
+    pub(crate) flights: Arc<Flights>,
+}
+
+impl State {
+    /// The key of a request target, as the layer computes it.
+    pub(crate) fn key_for<'a>(&self, uri: &'a Uri, cred: u64) -> Option<Lookup<'a>> {
+        match &self.key_fn {
+            Some(f) => Key::id(f(uri)?, cred).map(Lookup::Owned),
+            None => uri_key(uri, cred),
+        }
+    }
+
+    /// Forgets `key` under every credential it was stored with; whether anything was there.
+    pub(crate) fn forget(&self, key: &Key) -> bool {
+        let n = match self.credentials {
+            Credentials::Bypass => u64::from(self.store.remove(key)),
+            Credentials::Fingerprint => self.store.remove_where(|k| k.same_target(key)),
+        };
+        if n > 0 {
+            self.stats
+                .invalidations
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(key = key.as_str(), "negative cache: invalidated");
+        }
+        n > 0
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let evictions = self.evictions.load(std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .snapshot(self.store.len(), self.store.capacity(), evictions)
+    }
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NegativeCache")
+            .field("len", &self.store.len())
+            .field("capacity", &self.store.capacity())
+            .field("ttl", &self.ttl)
+            .field("key_fn", &self.key_fn.is_some())
+            .field("credentials", &self.credentials)
+            .field("coalesce", &self.coalesce)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Applies [`NegativeCache`] to a service: remembers keys that answered Missing (404, 410)
+/// and answers them without calling upstream until their TTL ends or they are invalidated.
+///
+/// Cloning the layer shares its store and stats: every service it makes sees the same
+/// entries, and [`handle`](NegativeCacheLayer::handle) reaches them all.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_negative_cache::NegativeCacheLayer;
+///
+/// // The incident's settings: 10,000 entries, remembered for an hour.
+/// let layer = NegativeCacheLayer::builder()
+///     .ttl(Duration::from_secs(3600))
+///     .build()
+///     .unwrap();
+/// assert_eq!(layer.handle().stats().capacity, 10_000);
+/// ```
+pub struct NegativeCacheLayer<C = DefaultClassifier> {
+    pub(crate) state: Arc<State>,
+    pub(crate) classifier: C,
+}
+
+impl NegativeCacheLayer {
+    /// A layer with every default (see [`Builder`]).
+    pub fn new() -> Self {
+        Self::builder().build().expect("the defaults are valid")
+    }
+
+    /// A builder starting from the defaults.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl Default for NegativeCacheLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C> NegativeCacheLayer<C> {
+    /// A handle on the shared store: stats, invalidation, clearing.
+    pub fn handle(&self) -> NegativeCacheHandle {
+        NegativeCacheHandle::new(self.state.clone())
+    }
+}
+
+impl<C: Clone> Clone for NegativeCacheLayer<C> {
+    fn clone(&self) -> Self {
+        NegativeCacheLayer {
+            state: self.state.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for NegativeCacheLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NegativeCacheLayer")
+            .field("state", &self.state)
+            .field("classifier", &self.classifier)
+            .finish()
+    }
+}
+
+impl<S, C: Clone> Layer<S> for NegativeCacheLayer<C> {
+    type Service = NegativeCache<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        NegativeCache::from_parts(inner, self.state.clone(), self.classifier.clone())
+    }
+}
+
+/// Configures a [`NegativeCacheLayer`]. Every setter states its default and valid range; a
+/// value outside it makes [`build`](Builder::build) return a [`BuildError`] naming the setter.
+#[must_use]
+pub struct Builder<C = DefaultClassifier> {
+    classifier: C,
+    capacity: u64,
+    ttl: TtlConfig,
+    key_fn: Option<KeyFn>,
+    credentials: Credentials,
+    coalesce: Option<Duration>,
+    error: Option<BuildError>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            classifier: DefaultClassifier::default(),
+            capacity: 10_000,
+            ttl: TtlConfig::default(),
+            key_fn: None,
+            credentials: Credentials::Bypass,
+            coalesce: None,
+            error: None,
+        }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for Builder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("classifier", &self.classifier)
+            .field("capacity", &self.capacity)
+            .field("ttl", &self.ttl)
+            .field("key_fn", &self.key_fn.is_some())
+            .field("credentials", &self.credentials)
+            .field("coalesce", &self.coalesce)
+            .finish()
+    }
+}
+
+const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+impl<C> Builder<C> {
+    fn check<T: PartialOrd + fmt::Debug>(
+        &mut self,
+        setting: &'static str,
+        value: T,
+        range: std::ops::RangeInclusive<T>,
+        shown: &str,
+    ) -> bool {
+        let ok = range.contains(&value);
+        if !ok {
+            self.error
+                .get_or_insert(BuildError::range(setting, value, shown));
+        }
+        ok
+    }
+
+    fn check_ttl(&mut self, setting: &'static str, ttl: Duration) -> bool {
+        self.check(
+            setting,
+            ttl,
+            Duration::from_millis(1)..=MAX_TTL,
+            "1ms..=365d",
+        )
+    }
+
+    /// Replaces the classifier that decides which answers are Missing. Default:
+    /// [`DefaultClassifier`] (404 and 410). When the inner service is a
+    /// [`StatusAwareRetry`](crate::retry::StatusAwareRetry), its [`RetryInfo`](crate::RetryInfo)
+    /// verdict is used instead, so the two layers never disagree.
+    pub fn classifier<C2>(self, classifier: C2) -> Builder<C2> {
+        Builder {
+            classifier,
+            capacity: self.capacity,
+            ttl: self.ttl,
+            key_fn: self.key_fn,
+            credentials: self.credentials,
+            coalesce: self.coalesce,
+            error: self.error,
+        }
+    }
+
+    /// The most entries held: a hard bound. Default: 10,000. Valid: `1..=100_000_000`.
+    ///
+    /// The store is split into shards (for a capacity of 4,096 or more), each with an equal
+    /// share, so an entry can be evicted slightly before the total is reached.
+    pub fn capacity(mut self, entries: u64) -> Self {
+        if self.check("capacity", entries, 1..=100_000_000, "1..=100000000") {
+            self.capacity = entries;
+        }
+        self
+    }
+
+    /// How long a Missing answer is remembered when the origin says nothing, for 404 and 410
+    /// alike (and any other status a custom classifier calls Missing). Default: 60 s for 404,
+    /// 1 h for 410. Valid: within `min_ttl..=max_ttl`.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        if self.check_ttl("ttl", ttl) {
+            self.ttl.ttl_404 = ttl;
+            self.ttl.ttl_410 = ttl;
+        }
+        self
+    }
+
+    /// How long a 404 (or another Missing status but 410) is remembered when the origin says
+    /// nothing. Default: 60 s. Valid: within `min_ttl..=max_ttl`.
+    pub fn ttl_404(mut self, ttl: Duration) -> Self {
+        if self.check_ttl("ttl_404", ttl) {
+            self.ttl.ttl_404 = ttl;
+        }
+        self
+    }
+
+    /// How long a 410 is remembered when the origin says nothing. Default: 1 h. Valid: within
+    /// `min_ttl..=max_ttl`.
+    pub fn ttl_410(mut self, ttl: Duration) -> Self {
+        if self.check_ttl("ttl_410", ttl) {
+            self.ttl.ttl_410 = ttl;
+        }
+        self
+    }
+
+    /// The shortest time an origin's freshness (`max-age`, `Expires`) can set. Default: 1 s.
+    /// Valid: `1 ms..=365 d`, at most `max_ttl`.
+    pub fn min_ttl(mut self, ttl: Duration) -> Self {
+        if self.check_ttl("min_ttl", ttl) {
+            self.ttl.min = ttl;
+        }
+        self
+    }
+
+    /// The longest time anything is remembered. Default: 1 day. Valid: `1 ms..=365 d`.
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        if self.check_ttl("max_ttl", ttl) {
+            self.ttl.max = ttl;
+        }
+        self
+    }
+
+    /// Whether the origin's own freshness on the 404/410 (`max-age`, `Expires` − `Date`, less
+    /// `Age`) sets the TTL, clamped to `min_ttl..=max_ttl`. `no-store` and `no-cache` forbid
+    /// remembering either way. Default: `true`.
+    pub fn respect_cache_headers(mut self, yes: bool) -> Self {
+        self.ttl.respect_headers = yes;
+        self
+    }
+
+    /// Shared-cache mode (RFC 9111): `s-maxage` takes precedence and `private` answers are
+    /// not remembered. Default: `false` (a client's private cache).
+    pub fn shared(mut self, yes: bool) -> Self {
+        self.ttl.shared = yes;
+        self
+    }
+
+    /// Maps request targets to the application's own key, so several URLs share one entry;
+    /// `None` leaves a request uncached. Default: the normalised target (scheme and host
+    /// lower-case, default port elided, path and query). A key function allocates its key.
+    ///
+    /// ```
+    /// use tower_negative_cache::NegativeCacheLayer;
+    ///
+    /// let layer = NegativeCacheLayer::builder()
+    ///     .key_fn(|uri: &http::Uri| {
+    ///         uri.path().strip_prefix("/records/").map(|id| format!("record:{id}"))
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn key_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Uri) -> Option<String> + Send + Sync + 'static,
+    {
+        self.key_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// What to do with requests carrying `Authorization` or `Cookie`. Default:
+    /// [`Credentials::Bypass`].
+    pub fn credentials(mut self, c: Credentials) -> Self {
+        self.credentials = c;
+        self
+    }
+
+    /// Turns burst coalescing on: while a GET or HEAD for a key is upstream, other misses for
+    /// it wait up to `bound` for its answer instead of calling upstream too. A Missing answer
+    /// is shared with every waiter; any other end (success, error, cancellation) releases all
+    /// of them at once to go upstream. Default: off. Valid: `1 ms..=60 s`.
+    pub fn coalesce(mut self, bound: Duration) -> Self {
+        let range = Duration::from_millis(1)..=Duration::from_secs(60);
+        if self.check("coalesce", bound, range, "1ms..=60s") {
+            self.coalesce = Some(bound);
+        }
+        self
+    }
+
+    /// The layer, or the first setting given an invalid value.
+    pub fn build(self) -> Result<NegativeCacheLayer<C>, BuildError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let t = self.ttl;
+        if t.min > t.max {
+            return Err(BuildError::new(
+                "min_ttl",
+                format!("{:?} is above max_ttl ({:?})", t.min, t.max),
+            ));
+        }
+        for (setting, ttl) in [("ttl_404", t.ttl_404), ("ttl_410", t.ttl_410)] {
+            if ttl < t.min || ttl > t.max {
+                return Err(BuildError::new(
+                    setting,
+                    format!(
+                        "{ttl:?} is outside min_ttl..=max_ttl ({:?}..={:?})",
+                        t.min, t.max
+                    ),
+                ));
+            }
+        }
+        let evictions = Arc::new(AtomicU64::new(0));
+        Ok(NegativeCacheLayer {
+            state: Arc::new(State {
+                store: Store::new(self.capacity, evictions.clone()),
+                stats: Counters::default(),
+                evictions,
+                ttl: t,
+                key_fn: self.key_fn,
+                credentials: self.credentials,
+                secret: RandomState::new(),
+                coalesce: self.coalesce,
+                flights: Arc::default(),
+            }),
+            classifier: self.classifier,
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! Counters of a negative cache, shared by every clone of its layer.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a negative cache's counters and size.
+///
+/// `lookups == hits + misses`; requests that can't use the cache (other methods, credentials,
+/// bypass) are counted as `bypasses`, not lookups.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// GET and HEAD requests looked up in the cache.
+    pub lookups: u64,
+    /// Lookups answered from the cache, without an upstream call.
+    pub hits: u64,
+    /// Lookups that went upstream (or waited on a request already in flight).
+    pub misses: u64,
+    /// Missing answers remembered.
+    pub inserts: u64,
+    /// Entries evicted to stay within capacity.
+    pub evictions: u64,
+    /// Entries found expired and dropped.
+    pub expirations: u64,
+    /// Entries forgotten because of a write or a handle call.
+    pub invalidations: u64,
+    /// Requests that could not use the cache: other methods, credentials, bypass requests.
+    pub bypasses: u64,
+    /// Misses that waited for a request in flight for the same key (coalescing).
+    pub coalesced: u64,
+    /// Waits that reached their bound and went upstream themselves.
+    pub wait_timeouts: u64,
+    /// Entries now in the cache (expired ones included until they are read).
+    pub len: u64,
+    /// The capacity: a hard bound on `len`.
+    pub capacity: u64,
+    /// `hits / lookups`, 0 when nothing was looked up.
+    pub hit_rate: f64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) lookups: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) inserts: AtomicU64,
+    pub(crate) expirations: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) bypasses: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) wait_timeouts: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, len: u64, capacity: u64, evictions: u64) -> CacheStats {
+        let lookups = self.lookups.load(Relaxed);
+        let hits = self.hits.load(Relaxed);
+        CacheStats {
+            lookups,
+            hits,
+            misses: self.misses.load(Relaxed),
+            inserts: self.inserts.load(Relaxed),
+            evictions,
+            expirations: self.expirations.load(Relaxed),
+            invalidations: self.invalidations.load(Relaxed),
+            bypasses: self.bypasses.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            wait_timeouts: self.wait_timeouts.load(Relaxed),
+            len,
+            capacity,
+            hit_rate: if lookups == 0 {
+                0.0
+            } else {
+                hits as f64 / lookups as f64
+            },
+        }
+    }
+}

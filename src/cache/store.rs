@@ -1,0 +1,207 @@
+//! The store: the one file that knows the entries live in `quick_cache`.
+//!
+//! A bounded, sharded, scan-resistant (CLOCK-Pro) map from [`Key`] to a small [`Entry`]. Each
+//! entry carries its expiry; an expired entry is dropped when it is next read. No timers, no
+//! background task.
+
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use http::StatusCode;
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, UnitWeighter};
+use tokio::time::Instant;
+
+use super::key::Key;
+use super::stats::bump;
+
+/// What is remembered of a Missing answer. Times are milliseconds since the store's epoch,
+/// to keep entries small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) status: StatusCode,
+    stored_ms: u64,
+    expires_ms: u64,
+}
+
+/// A fresh entry, read at `now`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fresh {
+    pub(crate) status: StatusCode,
+    pub(crate) age: Duration,
+    pub(crate) remaining: Duration,
+}
+
+#[derive(Clone, Debug)]
+struct CountEvictions(Arc<AtomicU64>);
+
+impl Lifecycle<Key, Entry> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: Key, _: Entry) {
+        bump(&self.0);
+    }
+}
+
+pub(crate) struct Store {
+    cache: Cache<Key, Entry, UnitWeighter, DefaultHashBuilder, CountEvictions>,
+    epoch: Instant,
+    capacity: u64,
+}
+
+impl Store {
+    /// A store of at most `capacity` entries (>= 1). `evictions` counts entries pushed out.
+    pub(crate) fn new(capacity: u64, evictions: Arc<AtomicU64>) -> Store {
+        let mut options = OptionsBuilder::new();
+        options
+            .estimated_items_capacity(usize::try_from(capacity).unwrap_or(usize::MAX))
+            .weight_capacity(capacity);
+        // Each shard gets an equal share of the capacity; small caches would get shares too
+        // small to hold anything, so they get one shard.
+        if capacity < 4096 {
+            options.shards(1);
+        }
+        let options = options.build().expect("capacity and shards are valid");
+        Store {
+            cache: Cache::with_options(
+                options,
+                UnitWeighter,
+                DefaultHashBuilder::default(),
+                CountEvictions(evictions),
+            ),
+            epoch: Instant::now(),
+            capacity,
+        }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The fresh entry for `key` at `now`. An expired entry is removed and reported through
+    /// `expired`.
+    pub(crate) fn get<Q>(&self, key: &Q, now: Instant, expired: impl FnOnce()) -> Option<Fresh>
+    where
+        Q: Hash + Equivalent<Key> + ?Sized,
+    {
+        let e = self.cache.get(key)?;
+        let now_ms = self.ms(now);
+        if e.expires_ms <= now_ms {
+            // Only if it is still the same expired entry: a fresh one may have replaced it.
+            if self
+                .cache
+                .remove_if(key, |v| v.expires_ms <= now_ms)
+                .is_some()
+            {
+                expired();
+            }
+            return None;
+        }
+        Some(Fresh {
+            status: e.status,
+            age: Duration::from_millis(now_ms.saturating_sub(e.stored_ms)),
+            remaining: Duration::from_millis(e.expires_ms - now_ms),
+        })
+    }
+
+    pub(crate) fn insert(&self, key: Key, status: StatusCode, ttl: Duration, now: Instant) {
+        let stored_ms = self.ms(now);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let entry = Entry {
+            status,
+            stored_ms,
+            expires_ms: stored_ms.saturating_add(ttl_ms),
+        };
+        self.cache.insert(key, entry);
+    }
+
+    /// Forgets `key`; whether it was there.
+    pub(crate) fn remove<Q>(&self, key: &Q) -> bool
+    where
+        Q: Hash + Equivalent<Key> + ?Sized,
+    {
+        self.cache.remove(key).is_some()
+    }
+
+    /// Forgets every key for which `forget` is true; how many.
+    pub(crate) fn remove_where(&self, forget: impl Fn(&Key) -> bool) -> u64 {
+        let removed = AtomicU64::new(0);
+        self.cache.retain(|k, _| {
+            let f = forget(k);
+            if f {
+                bump(&removed);
+            }
+            !f
+        });
+        removed.into_inner()
+    }
+
+    pub(crate) fn clear(&self) -> u64 {
+        let n = self.cache.len() as u64;
+        self.cache.clear();
+        n
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.cache.len() as u64
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes the store's tables hold (entries and index), excluding keys' own heap.
+    pub(crate) fn memory_used(&self) -> usize {
+        self.cache.memory_used().total()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn bounded_at_every_small_capacity() {
+        for cap in [1u64, 2, 3, 10, 100, 5000] {
+            let ev = Arc::new(AtomicU64::new(0));
+            let s = Store::new(cap, ev.clone());
+            let now = Instant::now();
+            for i in 0..cap * 3 {
+                s.insert(
+                    Key::with_text(&format!("k{i}")),
+                    StatusCode::NOT_FOUND,
+                    Duration::from_secs(60),
+                    now,
+                );
+                assert!(s.len() <= cap, "cap {cap}: {}", s.len());
+            }
+            assert!(s.len() >= 1, "cap {cap} holds nothing");
+            assert_eq!(ev.load(Relaxed), cap * 3 - s.len(), "cap {cap}");
+        }
+    }
+
+    #[test]
+    fn expiry_is_lazy_and_counted() {
+        let s = Store::new(10, Arc::new(AtomicU64::new(0)));
+        let t0 = Instant::now();
+        let k = Key::with_text("a");
+        s.insert(k.clone(), StatusCode::GONE, Duration::from_secs(2), t0);
+        let f = s
+            .get(&k, t0 + Duration::from_millis(500), || {
+                panic!("not expired")
+            })
+            .unwrap();
+        assert_eq!(f.status, StatusCode::GONE);
+        assert_eq!(f.age, Duration::from_millis(500));
+        assert_eq!(f.remaining, Duration::from_millis(1500));
+        let mut expired = 0;
+        assert!(
+            s.get(&k, t0 + Duration::from_secs(2), || expired += 1)
+                .is_none()
+        );
+        assert_eq!((expired, s.len()), (1, 0));
+    }
+}

@@ -1,0 +1,642 @@
+//! How long the negative cache remembers a Missing answer. Pure: no clock (the origin's
+//! `Date` is the only time it reads), no I/O, no panics on any header bytes.
+//!
+//! The ladder, after RFC 9111 §4.2.1 (freshness lifetime) and RFC 2308 §5 (a negative answer is
+//! remembered for a bounded time):
+//!
+//! 1. `no-store` or `no-cache` on the answer (and `private` in shared mode): not remembered.
+//! 2. With `respect_headers`, the origin's freshness lifetime: `s-maxage` (shared mode only),
+//!    else `max-age`, else `Expires − Date`; minus `Age`.
+//! 3. Otherwise the per-status default (`ttl_410` for 410, `ttl_404` for any other status).
+//!
+//! Whatever rung answers, the result is clamped to `[min, max]`.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode, header};
+
+use crate::headers::{self, CacheControl};
+
+/// TTL settings of the negative cache (validated by its builder: min <= defaults <= max).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TtlConfig {
+    /// Default for 404 (and any other Missing status but 410): 60 s.
+    pub(crate) ttl_404: Duration,
+    /// Default for 410: 1 h.
+    pub(crate) ttl_410: Duration,
+    /// Lower clamp: 1 s.
+    pub(crate) min: Duration,
+    /// Upper clamp: 1 day.
+    pub(crate) max: Duration,
+    /// Use the origin's own freshness (`s-maxage`, `max-age`, `Expires`, `Age`): true.
+    pub(crate) respect_headers: bool,
+    /// Shared-cache mode: `s-maxage` wins, `private` forbids storing: false.
+    pub(crate) shared: bool,
+}
+
+impl Default for TtlConfig {
+    fn default() -> Self {
+        TtlConfig {
+            ttl_404: Duration::from_secs(60),
+            ttl_410: Duration::from_secs(60 * 60),
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(24 * 60 * 60),
+            respect_headers: true,
+            shared: false,
+        }
+    }
+}
+
+/// How long to remember a Missing answer, or None when it must not be remembered.
+pub(crate) fn ttl(cfg: &TtlConfig, status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    let cc = headers::cache_control(headers);
+    // Checked whatever `respect_headers` says: these directives are not about *how long* an
+    // answer stays fresh (which `respect_headers` lets the operator override) but about whether
+    // it may be stored at all. `no-cache` forbids reuse without revalidation, and the negative
+    // cache never revalidates, so it can't keep such an answer either.
+    if cc.no_store || cc.no_cache || (cfg.shared && cc.private) {
+        return None;
+    }
+    let ttl = cfg
+        .respect_headers
+        .then(|| origin_lifetime(cfg.shared, &cc, headers))
+        .flatten()
+        .unwrap_or(if status == StatusCode::GONE {
+            cfg.ttl_410
+        } else {
+            cfg.ttl_404
+        });
+    // Not `Duration::clamp`: it panics when min > max, and a policy must not panic even on a
+    // configuration its builder should have refused.
+    Some(ttl.max(cfg.min).min(cfg.max))
+}
+
+/// The time the origin says its answer stays fresh from now on, if it says so: the freshness
+/// lifetime less the answer's `Age` (saturating at zero). `None` when no rung applies.
+fn origin_lifetime(shared: bool, cc: &CacheControl, headers: &HeaderMap) -> Option<Duration> {
+    let lifetime = match cc.s_maxage.filter(|_| shared).or(cc.max_age) {
+        // max-age (and s-maxage) override Expires (RFC 9111 §5.3).
+        Some(secs) => Duration::from_secs(secs),
+        None => expires_lifetime(headers)?,
+    };
+    // Without a clock the current age is what the upstream says it is (RFC 9111 §4.2.3 less
+    // the local delays, which the caller's own time-keeping covers).
+    let age = headers::age(headers.get(header::AGE)).map_or(Duration::ZERO, Duration::from_secs);
+    Some(lifetime.saturating_sub(age))
+}
+
+/// `Expires − Date`. `None` (rung skipped) without an `Expires` field, or with a valid one but
+/// no valid `Date` to measure it from.
+///
+/// An `Expires` that doesn't parse ("0", "-1", garbage) means "already expired" (RFC 9111 §5.3:
+/// a cache MUST read invalid dates as in the past): zero, whatever the `Date`. Of several
+/// `Expires` lines the earliest counts (the most conservative, like the smallest `max-age`).
+fn expires_lifetime(headers: &HeaderMap) -> Option<Duration> {
+    let mut earliest: Option<SystemTime> = None;
+    for value in headers.get_all(header::EXPIRES) {
+        let Some(at) = headers::http_date(Some(value)) else {
+            return Some(Duration::ZERO);
+        };
+        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+    }
+    let expires = earliest?;
+    let date = headers::http_date(headers.get(header::DATE))?;
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http::header::HeaderName;
+    use proptest::prelude::*;
+    use std::time::UNIX_EPOCH;
+
+    const SEC: Duration = Duration::from_secs(1);
+    const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+    fn h(pairs: &[(HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn cfg() -> TtlConfig {
+        TtlConfig::default()
+    }
+
+    fn shared() -> TtlConfig {
+        TtlConfig {
+            shared: true,
+            ..cfg()
+        }
+    }
+
+    fn ignoring() -> TtlConfig {
+        TtlConfig {
+            respect_headers: false,
+            ..cfg()
+        }
+    }
+
+    fn not_found(cfg: &TtlConfig, headers: &HeaderMap) -> Option<Duration> {
+        ttl(cfg, StatusCode::NOT_FOUND, headers)
+    }
+
+    fn secs(n: u64) -> Option<Duration> {
+        Some(Duration::from_secs(n))
+    }
+
+    /// `DATE` plus `offset` seconds, as an HTTP-date.
+    fn date_plus(offset: i64) -> String {
+        let base = httpdate::parse_http_date(DATE).unwrap();
+        let at = if offset >= 0 {
+            base + Duration::from_secs(offset.unsigned_abs())
+        } else {
+            base - Duration::from_secs(offset.unsigned_abs())
+        };
+        httpdate::fmt_http_date(at)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg();
+        assert_eq!(
+            (
+                c.ttl_404,
+                c.ttl_410,
+                c.min,
+                c.max,
+                c.respect_headers,
+                c.shared
+            ),
+            (60 * SEC, 3600 * SEC, SEC, 86400 * SEC, true, false)
+        );
+    }
+
+    #[test]
+    fn per_status_defaults_without_headers() {
+        let none = HeaderMap::new();
+        assert_eq!(ttl(&cfg(), StatusCode::NOT_FOUND, &none), secs(60));
+        assert_eq!(ttl(&cfg(), StatusCode::GONE, &none), secs(3600));
+        // Any other status a classifier calls Missing gets the 404 default.
+        assert_eq!(ttl(&cfg(), StatusCode::BAD_REQUEST, &none), secs(60));
+        assert_eq!(ttl(&cfg(), StatusCode::OK, &none), secs(60));
+    }
+
+    #[test]
+    fn no_store_and_no_cache_are_never_remembered() {
+        for cc in [
+            "no-store",
+            "no-cache",
+            "max-age=60, No-Store",
+            "no-cache=\"Set-Cookie\"",
+        ] {
+            let headers = h(&[(header::CACHE_CONTROL, cc)]);
+            for c in [cfg(), shared(), ignoring()] {
+                assert_eq!(not_found(&c, &headers), None, "{cc} {c:?}");
+                assert_eq!(ttl(&c, StatusCode::GONE, &headers), None, "{cc} {c:?}");
+            }
+        }
+        // Also when the directive comes in a second field line.
+        let headers = h(&[
+            (header::CACHE_CONTROL, "max-age=60"),
+            (header::CACHE_CONTROL, "no-store"),
+        ]);
+        assert_eq!(not_found(&cfg(), &headers), None);
+    }
+
+    #[test]
+    fn private_forbids_storing_only_in_shared_mode() {
+        let headers = h(&[(header::CACHE_CONTROL, "private, max-age=30")]);
+        assert_eq!(not_found(&shared(), &headers), None);
+        let ignoring_shared = TtlConfig {
+            shared: true,
+            ..ignoring()
+        };
+        assert_eq!(not_found(&ignoring_shared, &headers), None);
+        assert_eq!(not_found(&cfg(), &headers), secs(30));
+        assert_eq!(not_found(&ignoring(), &headers), secs(60));
+    }
+
+    #[test]
+    fn max_age_rung() {
+        let headers = h(&[(header::CACHE_CONTROL, "max-age=300")]);
+        assert_eq!(not_found(&cfg(), &headers), secs(300));
+        assert_eq!(ttl(&cfg(), StatusCode::GONE, &headers), secs(300));
+        // Duplicates: the smallest.
+        let headers = h(&[(header::CACHE_CONTROL, "max-age=300, max-age=200")]);
+        assert_eq!(not_found(&cfg(), &headers), secs(200));
+        // An invalid max-age is ignored: the next rung (here the default) answers.
+        for bad in ["max-age=abc", "max-age=-1", "max-age=1.5", "max-age="] {
+            let headers = h(&[(header::CACHE_CONTROL, bad)]);
+            assert_eq!(not_found(&cfg(), &headers), secs(60), "{bad}");
+            assert_eq!(ttl(&cfg(), StatusCode::GONE, &headers), secs(3600), "{bad}");
+        }
+    }
+
+    #[test]
+    fn s_maxage_wins_in_shared_mode_only() {
+        let headers = h(&[(header::CACHE_CONTROL, "max-age=300, s-maxage=600")]);
+        assert_eq!(not_found(&shared(), &headers), secs(600));
+        assert_eq!(not_found(&cfg(), &headers), secs(300));
+        let headers = h(&[(header::CACHE_CONTROL, "s-maxage=600")]);
+        assert_eq!(not_found(&shared(), &headers), secs(600));
+        assert_eq!(not_found(&cfg(), &headers), secs(60)); // private cache: no rung applies
+        // An invalid s-maxage falls back to max-age.
+        let headers = h(&[(header::CACHE_CONTROL, "s-maxage=x, max-age=300")]);
+        assert_eq!(not_found(&shared(), &headers), secs(300));
+    }
+
+    #[test]
+    fn expires_rung() {
+        let lifetime = |expires: &str, date: Option<&str>| {
+            let mut headers = h(&[(header::EXPIRES, expires)]);
+            if let Some(date) = date {
+                headers.insert(header::DATE, HeaderValue::from_str(date).unwrap());
+            }
+            not_found(&cfg(), &headers)
+        };
+        assert_eq!(lifetime(&date_plus(120), Some(DATE)), secs(120));
+        assert_eq!(lifetime(&date_plus(7200), Some(DATE)), secs(7200));
+        // Expires earlier than Date: zero, clamped up to min.
+        assert_eq!(lifetime(&date_plus(-120), Some(DATE)), secs(1));
+        assert_eq!(lifetime(DATE, Some(DATE)), secs(1));
+        // Without a valid Date the rung is skipped.
+        assert_eq!(lifetime(&date_plus(120), None), secs(60));
+        assert_eq!(lifetime(&date_plus(120), Some("yesterday")), secs(60));
+        assert_eq!(lifetime(&date_plus(120), Some("")), secs(60));
+        // An invalid Expires is "already expired" (RFC 9111 §5.3), Date or not.
+        for bad in ["0", "-1", "never", ""] {
+            assert_eq!(lifetime(bad, Some(DATE)), secs(1), "{bad}");
+            assert_eq!(lifetime(bad, None), secs(1), "{bad}");
+        }
+        // Several Expires lines: the earliest; any invalid one: expired.
+        let headers = h(&[
+            (header::DATE, DATE),
+            (header::EXPIRES, &date_plus(500)),
+            (header::EXPIRES, &date_plus(90)),
+        ]);
+        assert_eq!(not_found(&cfg(), &headers), secs(90));
+        let headers = h(&[
+            (header::DATE, DATE),
+            (header::EXPIRES, &date_plus(500)),
+            (header::EXPIRES, "0"),
+        ]);
+        assert_eq!(not_found(&cfg(), &headers), secs(1));
+    }
+
+    #[test]
+    fn max_age_overrides_expires() {
+        let headers = h(&[
+            (header::CACHE_CONTROL, "max-age=300"),
+            (header::DATE, DATE),
+            (header::EXPIRES, &date_plus(5000)),
+        ]);
+        assert_eq!(not_found(&cfg(), &headers), secs(300));
+        let headers = h(&[
+            (header::CACHE_CONTROL, "max-age=300"),
+            (header::EXPIRES, "0"),
+        ]);
+        assert_eq!(not_found(&cfg(), &headers), secs(300));
+        // A max-age that is ignored does not hide Expires.
+        let headers = h(&[
+            (header::CACHE_CONTROL, "max-age=soon"),
+            (header::DATE, DATE),
+            (header::EXPIRES, &date_plus(500)),
+        ]);
+        assert_eq!(not_found(&cfg(), &headers), secs(500));
+    }
+
+    #[test]
+    fn age_is_subtracted() {
+        let headers = h(&[(header::CACHE_CONTROL, "max-age=100"), (header::AGE, "30")]);
+        assert_eq!(not_found(&cfg(), &headers), secs(70));
+        let headers = h(&[(header::CACHE_CONTROL, "s-maxage=100"), (header::AGE, "30")]);
+        assert_eq!(not_found(&shared(), &headers), secs(70));
+        let headers = h(&[
+            (header::DATE, DATE),
+            (header::EXPIRES, &date_plus(100)),
+            (header::AGE, "40"),
+        ]);
+        assert_eq!(not_found(&cfg(), &headers), secs(60));
+        // Older than its lifetime: stale, zero, clamped up to min.
+        let headers = h(&[(header::CACHE_CONTROL, "max-age=100"), (header::AGE, "500")]);
+        assert_eq!(not_found(&cfg(), &headers), secs(1));
+        let headers = h(&[
+            (header::CACHE_CONTROL, "max-age=100"),
+            (header::AGE, "99999999999999999999"),
+        ]);
+        assert_eq!(not_found(&cfg(), &headers), secs(1));
+        // An invalid Age is ignored.
+        for bad in ["-5", "1.5", "abc", ""] {
+            let headers = h(&[(header::CACHE_CONTROL, "max-age=100"), (header::AGE, bad)]);
+            assert_eq!(not_found(&cfg(), &headers), secs(100), "{bad}");
+        }
+        // Age alone (no rung) leaves the default as it is.
+        let headers = h(&[(header::AGE, "30")]);
+        assert_eq!(not_found(&cfg(), &headers), secs(60));
+    }
+
+    #[test]
+    fn results_are_clamped() {
+        let max_age = |v: &str| {
+            not_found(
+                &cfg(),
+                &h(&[(header::CACHE_CONTROL, &format!("max-age={v}"))]),
+            )
+        };
+        assert_eq!(max_age("0"), secs(1));
+        assert_eq!(max_age("86400"), secs(86400));
+        assert_eq!(max_age("86401"), secs(86400));
+        assert_eq!(max_age("18446744073709551615"), secs(86400));
+        assert_eq!(max_age("99999999999999999999999999999"), secs(86400));
+        // Dates at the ends of what an HTTP-date can say.
+        let far = h(&[
+            (header::DATE, "Thu, 01 Jan 1970 00:00:00 GMT"),
+            (header::EXPIRES, "Fri, 31 Dec 9999 23:59:59 GMT"),
+        ]);
+        assert_eq!(not_found(&cfg(), &far), secs(86400));
+        let backwards = h(&[
+            (header::DATE, "Fri, 31 Dec 9999 23:59:59 GMT"),
+            (header::EXPIRES, "Thu, 01 Jan 1970 00:00:00 GMT"),
+        ]);
+        assert_eq!(not_found(&cfg(), &backwards), secs(1));
+        // The defaults are clamped too.
+        let narrow = TtlConfig {
+            min: 90 * SEC,
+            max: 120 * SEC,
+            ..cfg()
+        };
+        assert_eq!(not_found(&narrow, &HeaderMap::new()), secs(90));
+        assert_eq!(ttl(&narrow, StatusCode::GONE, &HeaderMap::new()), secs(120));
+        // A sub-second lifetime is possible when min allows it.
+        let fine = TtlConfig {
+            min: Duration::ZERO,
+            ..cfg()
+        };
+        assert_eq!(
+            not_found(&fine, &h(&[(header::CACHE_CONTROL, "max-age=0")])),
+            secs(0)
+        );
+    }
+
+    #[test]
+    fn respect_headers_false_uses_the_defaults() {
+        let headers = h(&[
+            (header::CACHE_CONTROL, "max-age=300, s-maxage=900"),
+            (header::DATE, DATE),
+            (header::EXPIRES, &date_plus(5000)),
+            (header::AGE, "30"),
+        ]);
+        assert_eq!(not_found(&ignoring(), &headers), secs(60));
+        assert_eq!(ttl(&ignoring(), StatusCode::GONE, &headers), secs(3600));
+        let ignoring_shared = TtlConfig {
+            shared: true,
+            ..ignoring()
+        };
+        assert_eq!(not_found(&ignoring_shared, &headers), secs(60));
+    }
+
+    #[test]
+    fn a_config_with_min_above_max_does_not_panic() {
+        // The builder refuses it; the policy still must not panic on it.
+        let inverted = TtlConfig {
+            min: 100 * SEC,
+            max: 10 * SEC,
+            ..cfg()
+        };
+        assert_eq!(not_found(&inverted, &HeaderMap::new()), secs(10));
+        let extreme = TtlConfig {
+            min: Duration::MAX,
+            max: Duration::MAX,
+            ..cfg()
+        };
+        assert_eq!(not_found(&extreme, &HeaderMap::new()), Some(Duration::MAX));
+    }
+
+    // ---- properties ----
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            (0u64..200_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+        ]
+    }
+
+    /// Any configuration the builder accepts: min <= both defaults <= max.
+    fn config() -> impl Strategy<Value = TtlConfig> {
+        (
+            prop::array::uniform4(duration()),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(mut d, swap, respect_headers, shared)| {
+                d.sort();
+                let (ttl_404, ttl_410) = if swap { (d[2], d[1]) } else { (d[1], d[2]) };
+                TtlConfig {
+                    ttl_404,
+                    ttl_410,
+                    min: d[0],
+                    max: d[3],
+                    respect_headers,
+                    shared,
+                }
+            })
+    }
+
+    fn garbage() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..40)
+    }
+
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..100_000).prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<u128>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (any::<u32>(), any::<u16>()).prop_map(|(a, b)| format!("{a}.{b}")),
+            prop::sample::select(vec![
+                "", "-0", "+1", "1e9", "0x10", " 5", "5 ", "inf", "NaN"
+            ])
+            .prop_map(String::from),
+        ]
+    }
+
+    fn cache_control_value() -> impl Strategy<Value = Vec<u8>> {
+        let fragment = prop_oneof![
+            prop::sample::select(vec![
+                "no-store",
+                "No-Store",
+                "no-cache",
+                "NO-CACHE",
+                "private",
+                "Private",
+                "public",
+                "no-cache=\"Set-Cookie\"",
+                "private=\"a, b\"",
+                "must-revalidate",
+                "x=\"no-store",
+                "ext=\"a,\\\"no-cache\"",
+                "",
+                " ",
+                "\"",
+                ",",
+                "=",
+                "\\",
+            ])
+            .prop_map(String::from),
+            (
+                prop::sample::select(vec!["max-age", "MAX-AGE", "s-maxage", "S-MaxAge"]),
+                number(),
+                any::<bool>()
+            )
+                .prop_map(|(n, v, q)| if q {
+                    format!("{n}=\"{v}\"")
+                } else {
+                    format!("{n}={v}")
+                }),
+        ];
+        prop_oneof![
+            3 => prop::collection::vec((fragment, prop::sample::select(vec![",", ", ", " ,\t", ""])), 0..6)
+                .prop_map(|fs| fs.into_iter().flat_map(|(f, sep)| [f, sep.to_string()]).collect::<String>().into_bytes()),
+            1 => garbage(),
+        ]
+    }
+
+    /// Last second an HTTP-date can say: 9999-12-31T23:59:59Z.
+    const LAST: u64 = 253_402_300_799;
+
+    fn date_value() -> impl Strategy<Value = Vec<u8>> {
+        let at = prop_oneof![
+            // Near one another, so that Expires − Date is often within the clamps.
+            1_700_000_000u64..1_700_200_000,
+            0..=LAST,
+            Just(0),
+            Just(LAST),
+        ];
+        prop_oneof![
+            4 => at.prop_map(|s| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(s)).into_bytes()),
+            1 => prop::sample::select(vec![
+                "0", "-1", "", "Wed, 31 Dec 1969 23:59:59 GMT", "Sat, 01 Jan 10000 00:00:00 GMT",
+                "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994",
+                "Sun, 06 Nov 1994 08:49:37 UTC", "Mon, 30 Feb 2015 00:00:00 GMT",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            1 => number().prop_map(String::into_bytes),
+            1 => garbage(),
+        ]
+    }
+
+    fn entry() -> impl Strategy<Value = (HeaderName, Vec<u8>)> {
+        let name = prop::sample::select(vec![
+            header::CACHE_CONTROL,
+            header::EXPIRES,
+            header::DATE,
+            header::AGE,
+            header::PRAGMA,
+        ]);
+        prop_oneof![
+            3 => cache_control_value().prop_map(|v| (header::CACHE_CONTROL, v)),
+            2 => date_value().prop_map(|v| (header::EXPIRES, v)),
+            2 => date_value().prop_map(|v| (header::DATE, v)),
+            2 => number().prop_map(|v| (header::AGE, v.into_bytes())),
+            1 => (name, garbage()),
+        ]
+    }
+
+    fn headers() -> impl Strategy<Value = HeaderMap> {
+        prop::collection::vec(entry(), 0..8).prop_map(|entries| {
+            let mut map = HeaderMap::new();
+            for (name, value) in entries {
+                // Bytes no HeaderValue can hold can't reach the policy: skip them.
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    map.append(name, value);
+                }
+            }
+            map
+        })
+    }
+
+    fn status() -> impl Strategy<Value = StatusCode> {
+        prop_oneof![
+            prop::sample::select(vec![StatusCode::NOT_FOUND, StatusCode::GONE]),
+            (100u16..1000).prop_map(|s| StatusCode::from_u16(s).unwrap()),
+        ]
+    }
+
+    fn mentions(headers: &HeaderMap, word: &[u8]) -> bool {
+        headers.get_all(header::CACHE_CONTROL).iter().any(|v| {
+            v.as_bytes()
+                .to_ascii_lowercase()
+                .windows(word.len())
+                .any(|w| w == word)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// None only when the answer says not to store it; otherwise always within [min, max].
+        #[test]
+        fn ttl_always_within_clamps(cfg in config(), status in status(), headers in headers()) {
+            let got = ttl(&cfg, status, &headers);
+            let cc = headers::cache_control(&headers);
+            let refused = cc.no_store || cc.no_cache || (cfg.shared && cc.private);
+            match got {
+                None => prop_assert!(refused, "None without a refusing directive: {:?}", headers),
+                Some(d) => {
+                    prop_assert!(!refused, "{:?} despite {:?}", d, cc);
+                    prop_assert!(cfg.min <= d && d <= cfg.max, "{:?} outside [{:?}, {:?}]", d, cfg.min, cfg.max);
+                }
+            }
+            // The same, checked against the raw bytes rather than the parser: no field line
+            // that names a refusing directive, no None.
+            let could_refuse = mentions(&headers, b"no-store")
+                || mentions(&headers, b"no-cache")
+                || (cfg.shared && mentions(&headers, b"private"));
+            if !could_refuse {
+                prop_assert!(got.is_some());
+            }
+        }
+
+        /// A clean `no-store` (or `no-cache`) line refuses, whatever else the answer says.
+        #[test]
+        fn refusal_wins_over_everything(
+            cfg in config(),
+            status in status(),
+            mut headers in headers(),
+            directive in prop::sample::select(vec!["no-store", "no-cache", "NO-STORE", "No-Cache"]),
+        ) {
+            headers.append(header::CACHE_CONTROL, HeaderValue::from_static(directive));
+            prop_assert_eq!(ttl(&cfg, status, &headers), None);
+        }
+
+        /// With respect_headers off, only the per-status default (clamped) or a refusal.
+        #[test]
+        fn ignoring_headers_gives_the_default(cfg in config(), status in status(), headers in headers()) {
+            let cfg = TtlConfig { respect_headers: false, ..cfg };
+            let default = if status == StatusCode::GONE { cfg.ttl_410 } else { cfg.ttl_404 };
+            if let Some(d) = ttl(&cfg, status, &headers) {
+                prop_assert_eq!(d, default);
+            }
+        }
+
+        /// A clean, lone max-age is the answer, clamped; an Age shortens it, never lengthens it.
+        #[test]
+        fn max_age_is_honoured(cfg in config(), secs in any::<u64>(), age in proptest::option::of(any::<u64>())) {
+            let cfg = TtlConfig { respect_headers: true, ..cfg };
+            let mut headers = h(&[(header::CACHE_CONTROL, &format!("max-age={secs}"))]);
+            if let Some(age) = age {
+                headers.insert(header::AGE, HeaderValue::from(age));
+            }
+            let fresh = Duration::from_secs(secs.saturating_sub(age.unwrap_or(0)));
+            prop_assert_eq!(not_found(&cfg, &headers), Some(fresh.max(cfg.min).min(cfg.max)));
+        }
+    }
+}
