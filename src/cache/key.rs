@@ -188,9 +188,10 @@ pub(crate) fn uri_key(uri: &Uri, cred: u64) -> Option<Lookup<'_>> {
     if scheme.len() + host.len() + pq.len() + 9 > usize::from(u16::MAX) {
         return None;
     }
-    let absolute = !scheme.is_empty() || !host.is_empty();
+    // An absolute URI's path-and-query must start with '/' ("http://a" and "http://a?q" don't).
+    let pq_ok = (scheme.is_empty() && host.is_empty()) || pq.starts_with('/');
     let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
-    if !upper(scheme) && !upper(host) && !(absolute && !pq.starts_with('/')) {
+    if pq_ok && !upper(scheme) && !upper(host) {
         return Some(Lookup::Borrowed(KeyRef {
             scheme,
             host,
@@ -200,10 +201,10 @@ pub(crate) fn uri_key(uri: &Uri, cred: u64) -> Option<Lookup<'_>> {
         }));
     }
     let (scheme, host) = (scheme.to_ascii_lowercase(), host.to_ascii_lowercase());
-    let pq = if absolute && !pq.starts_with('/') {
-        format!("/{pq}")
-    } else {
+    let pq = if pq_ok {
         pq.to_owned()
+    } else {
+        format!("/{pq}")
     };
     Key::from_parts(KeyRef {
         scheme: &scheme,
