@@ -91,6 +91,7 @@
 //! Backoff waits, drain bounds and coalescing bounds use tokio's timer: run the layers inside a
 //! tokio runtime with time enabled.
 
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod cache;

@@ -34,7 +34,8 @@ pub enum Credentials {
     Bypass,
     /// Cached under a fingerprint of the credentials: a 64-bit hash keyed by a random secret
     /// of the cache, so two credentials collide with probability 2^-64 and nobody can pick a
-    /// colliding one.
+    /// colliding one. An invalidation (a successful write, a handle call) must then find the
+    /// entry under every credential, so it visits every entry: O(capacity) per write.
     Fingerprint,
 }
 

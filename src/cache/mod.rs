@@ -81,6 +81,9 @@ pub use service::{BypassNegativeCache, NegativeCache};
 pub use stats::CacheStats;
 
 /// Marks an answer synthesized by the negative cache (in the response's extensions).
+///
+/// A synthesized answer never went through an inner retry layer, so it carries no
+/// [`RetryInfo`](crate::RetryInfo): this extension is how to tell it from a real answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NegativeCacheHit {

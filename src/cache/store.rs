@@ -114,6 +114,10 @@ impl Store {
             stored_ms,
             expires_ms: stored_ms.saturating_add(ttl_ms),
         };
+        // quick_cache reports the value an insert replaces through `on_evict`, as if it had
+        // been evicted; removing it first (which reports nothing) keeps `evictions` to
+        // entries pushed out for capacity.
+        self.cache.remove(&key);
         self.cache.insert(key, entry);
     }
 
@@ -181,6 +185,17 @@ mod tests {
             assert!(s.len() >= 1, "cap {cap} holds nothing");
             assert_eq!(ev.load(Relaxed), cap * 3 - s.len(), "cap {cap}");
         }
+    }
+
+    #[test]
+    fn replacing_an_entry_is_not_an_eviction() {
+        let ev = Arc::new(AtomicU64::new(0));
+        let s = Store::new(10, ev.clone());
+        let now = Instant::now();
+        for status in [StatusCode::NOT_FOUND, StatusCode::GONE, StatusCode::NOT_FOUND] {
+            s.insert(Key::with_text("k"), status, Duration::from_secs(1), now);
+        }
+        assert_eq!((s.len(), ev.load(Relaxed)), (1, 0));
     }
 
     #[test]
