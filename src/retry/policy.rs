@@ -38,7 +38,8 @@ impl Backoff {
         let u = if (0.0..1.0).contains(&u) { u } else { 0.0 };
         let cap = self.cap.as_secs_f64();
         let base = self.base.as_secs_f64();
-        let exp = (base * self.factor.powi(n.min(1024) as i32)).min(cap);
+        // factor <= 10, so factor^64 <= 1e64 stays finite: no `0 × inf = NaN` for a zero base.
+        let exp = (base * self.factor.powi(n.min(64) as i32)).min(cap);
         let secs = match self.jitter {
             Jitter::None => exp,
             Jitter::Full => exp * u,
@@ -196,6 +197,8 @@ mod tests {
         assert_eq!(b.delay(1, Duration::ZERO, 0.5), Duration::from_millis(200));
         assert_eq!(b.delay(2, Duration::ZERO, 0.5), Duration::from_millis(400));
         assert_eq!(b.delay(20, Duration::ZERO, 0.5), Duration::from_secs(10));
+        let zero = Backoff { base: Duration::ZERO, ..b };
+        assert_eq!(zero.delay(400, Duration::ZERO, 0.5), Duration::ZERO);
     }
 
     #[test]
