@@ -501,6 +501,23 @@ pub fn get(url: &str) -> Request<Empty<Bytes>> {
         .expect("a valid request")
 }
 
+/// `method url` with an empty body (HEAD, PUT, DELETE... through a client for `Empty` bodies).
+pub fn request(method: Method, url: &str) -> Request<Empty<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Empty::new())
+        .expect("a valid request")
+}
+
+/// `GET url` with one extra header.
+pub fn get_with(url: &str, name: &str, value: &str) -> Request<Empty<Bytes>> {
+    Request::get(url)
+        .header(name, value)
+        .body(Empty::new())
+        .expect("a valid request")
+}
+
 /// `method url` with `body`.
 pub fn with_body(method: Method, url: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
     Request::builder()
