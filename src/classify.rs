@@ -99,8 +99,14 @@ impl RetryAfter {
 /// Decides what an answer means.
 ///
 /// Implemented for [`DefaultClassifier`] and for every closure
-/// `Fn(StatusCode, &HeaderMap) -> Outcome + Clone`; errors of the inner service are then
-/// classified by [`transport_error_outcome`].
+/// `Fn(StatusCode, &HeaderMap) -> Outcome`; errors of the inner service are then classified by
+/// [`transport_error_outcome`]. The negative cache clones its classifier into each service and
+/// each request that goes upstream, so there it must be `Clone` and should be cheap to clone
+/// (a closure capturing nothing, or an `Arc`).
+///
+/// To use one classifier with both layers, give it to both builders: when the negative cache
+/// sits outside the retry layer it reads the retry layer's verdict ([`RetryInfo`](crate::RetryInfo))
+/// rather than its own classifier.
 ///
 /// Whatever a classifier returns, 404 and 410 are never retried: a `Retryable` verdict on either
 /// is read as [`Outcome::Missing`] (see [`response_outcome`]).
@@ -275,7 +281,10 @@ impl DefaultClassifier {
             if is_final_status(s) {
                 return Err(BuildError::new(
                     "retry_statuses",
-                    format!("{} is final and is never retried", s.as_u16()),
+                    format!(
+                        "{} is final and is never retried; valid: 400..=599 except 404, 410",
+                        s.as_u16()
+                    ),
                 ));
             }
             let Some(bit) = s.as_u16().checked_sub(400).filter(|b| *b < 200) else {

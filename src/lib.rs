@@ -79,6 +79,19 @@
 //! The other order works, but every hit then goes through the retry layer (and counts in its
 //! budget as a request), and the cache sees each attempt, not the final answer.
 //!
+//! # Guarantees
+//!
+//! Each holds by a test (the README lists which):
+//!
+//! 1. A 404 or 410 reaches upstream exactly once per request, whatever the configuration.
+//! 2. Upstream calls per request ≤ 1 + `max_retries`; retries overall ≤ the budget.
+//! 3. A discarded answer's body is released before the next attempt's wait begins.
+//! 4. A remembered key is answered without an upstream call until its TTL ends or it is
+//!    invalidated; 404 stays 404, 410 stays 410.
+//! 5. Entries never exceed capacity; memory stays bounded under a flood of missing keys.
+//! 6. No input — status, header bytes, URI, timing, cancellation — makes the stack panic,
+//!    hang, or leave a waiter stranded; every wait and TTL stays within its configured clamps.
+//!
 //! # Feature flags
 //!
 //! | feature | default | what it adds | cost |
@@ -97,6 +110,9 @@
 pub mod cache;
 pub mod classify;
 mod error;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 mod headers;
 pub mod retry;
 

@@ -74,7 +74,10 @@ async fn dropped_during_the_upstream_call() {
         let fut = pin!(svc.ready().await.unwrap().call(Request::new(Empty::new())));
         assert!(!poll_once(fut).await);
     }
-    assert!(released.load(SeqCst), "the upstream call was dropped with the caller's future");
+    assert!(
+        released.load(SeqCst),
+        "the upstream call was dropped with the caller's future"
+    );
     let s = layer.stats();
     assert_eq!((s.requests, s.attempts, s.retries), (1, 1, 0));
 }
@@ -99,8 +102,15 @@ async fn dropped_during_the_drain() {
         assert!(!poll_once(fut).await);
         assert!(!released.load(SeqCst), "still draining");
     }
-    assert!(released.load(SeqCst), "the body being drained was dropped with the future");
-    assert_eq!(layer.stats().retries, 1, "the retry was decided (and spent) before the drain");
+    assert!(
+        released.load(SeqCst),
+        "the body being drained was dropped with the future"
+    );
+    assert_eq!(
+        layer.stats().retries,
+        1,
+        "the retry was decided (and spent) before the drain"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -130,21 +140,37 @@ async fn dropped_during_the_backoff_wait_spends_only_its_own_retry() {
         assert!(!poll_once(fut).await, "waiting out the backoff");
     }
     tokio::time::advance(Duration::from_secs(10)).await;
-    assert_eq!(calls.load(SeqCst), 1, "a cancelled wait never becomes an attempt");
+    assert_eq!(
+        calls.load(SeqCst),
+        1,
+        "a cancelled wait never becomes an attempt"
+    );
     let s = layer.stats();
     assert_eq!((s.requests, s.attempts, s.retries), (1, 1, 1));
     // The next request gets its own deposit and can retry; the cancelled one spent its own.
-    let res = svc.ready().await.unwrap().call(Request::new(Empty::new())).await.unwrap();
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(Empty::new()))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     let s = layer.stats();
     assert_eq!(s.requests, 2);
     assert_eq!(s.retries, 2, "one retry for the second request: {s:?}");
-    assert_eq!(s.budget_exhausted, 1, "its second retry had no budget: {s:?}");
+    assert_eq!(
+        s.budget_exhausted, 1,
+        "its second retry had no budget: {s:?}"
+    );
 }
 
 /// An upstream for the cache tests: 404 after `delay`, counting calls; `hold` keeps every call
 /// pending until it is set.
-fn slow_404(calls: Arc<AtomicUsize>, delay: Duration) -> impl Service<
+fn slow_404(
+    calls: Arc<AtomicUsize>,
+    delay: Duration,
+) -> impl Service<
     Request<Empty<Bytes>>,
     Response = Response<Empty<Bytes>>,
     Error = Infallible,
@@ -164,13 +190,18 @@ fn slow_404(calls: Arc<AtomicUsize>, delay: Duration) -> impl Service<
 }
 
 fn get() -> Request<Empty<Bytes>> {
-    Request::get("http://origin.test/records/gone").body(Empty::new()).unwrap()
+    Request::get("http://origin.test/records/gone")
+        .body(Empty::new())
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_dropped_while_waiting_leaves_the_flight_intact() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = NegativeCacheLayer::builder().coalesce(Duration::from_secs(5)).build().unwrap();
+    let layer = NegativeCacheLayer::builder()
+        .coalesce(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let svc = tower::Layer::layer(&layer, slow_404(calls.clone(), Duration::from_millis(100)));
 
     let leader = tokio::spawn(svc.clone().oneshot(get()));
@@ -184,13 +215,19 @@ async fn a_waiter_dropped_while_waiting_leaves_the_flight_intact() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(calls.load(SeqCst), 1);
     let s = layer.handle().stats();
-    assert_eq!((s.lookups, s.hits + s.misses, s.coalesced, s.len), (2, 2, 1, 1));
+    assert_eq!(
+        (s.lookups, s.hits + s.misses, s.coalesced, s.len),
+        (2, 2, 1, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_leader_releases_every_waiter_at_once() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = NegativeCacheLayer::builder().coalesce(Duration::from_secs(30)).build().unwrap();
+    let layer = NegativeCacheLayer::builder()
+        .coalesce(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let svc = tower::Layer::layer(&layer, slow_404(calls.clone(), Duration::from_millis(100)));
 
     let mut leader_svc = svc.clone();
@@ -209,7 +246,11 @@ async fn a_dropped_leader_releases_every_waiter_at_once() {
     }
     // Released together, they all went upstream in parallel: one origin delay, not twenty,
     // and far below the 30 s wait bound.
-    assert!(dropped_at.elapsed() < Duration::from_millis(200), "{:?}", dropped_at.elapsed());
+    assert!(
+        dropped_at.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        dropped_at.elapsed()
+    );
     assert_eq!(calls.load(SeqCst), 1 + 20);
     let s = layer.handle().stats();
     assert_eq!(s.wait_timeouts, 0);
@@ -220,8 +261,10 @@ async fn a_dropped_leader_releases_every_waiter_at_once() {
 #[tokio::test(start_paused = true)]
 async fn waiters_never_outlive_their_bound() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer =
-        NegativeCacheLayer::builder().coalesce(Duration::from_millis(250)).build().unwrap();
+    let layer = NegativeCacheLayer::builder()
+        .coalesce(Duration::from_millis(250))
+        .build()
+        .unwrap();
     // The leader's answer takes 10 s; waiters give up on it after 250 ms.
     let svc = tower::Layer::layer(&layer, slow_404(calls.clone(), Duration::from_secs(10)));
     let leader = tokio::spawn(svc.clone().oneshot(get()));
@@ -229,7 +272,11 @@ async fn waiters_never_outlive_their_bound() {
     let started = tokio::time::Instant::now();
     let waiter = tokio::spawn(svc.clone().oneshot(get()));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(calls.load(SeqCst), 2, "the waiter went upstream itself at its bound");
+    assert_eq!(
+        calls.load(SeqCst),
+        2,
+        "the waiter went upstream itself at its bound"
+    );
     assert_eq!(layer.handle().stats().wait_timeouts, 1);
     waiter.await.unwrap().unwrap();
     leader.await.unwrap().unwrap();

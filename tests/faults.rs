@@ -65,7 +65,9 @@ async fn origin(fault: Fault) -> Origin {
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
             count.fetch_add(1, SeqCst);
             if !read_head(&mut stream).await {
                 continue;
@@ -95,14 +97,19 @@ async fn origin(fault: Fault) -> Origin {
                     held.push(stream);
                 }
                 Fault::CloseAfterAnswer => {
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
                     let _ = stream.write_all(answer).await;
                     let _ = stream.shutdown().await;
                 }
             }
         }
     });
-    Origin { addr, connections, task }
+    Origin {
+        addr,
+        connections,
+        task,
+    }
 }
 
 /// Reads up to the end of a request head; false if the peer went away first.
@@ -124,7 +131,11 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-type Outcome = (Result<http::Response<hyper::body::Incoming>, BoxError>, RetryStats, Duration);
+type Outcome = (
+    Result<http::Response<hyper::body::Incoming>, BoxError>,
+    RetryStats,
+    Duration,
+);
 
 /// One GET through retry(deadline) -> timeout(per attempt) -> hyper-util client.
 async fn get(addr: std::net::SocketAddr) -> Outcome {
@@ -141,7 +152,9 @@ async fn get(addr: std::net::SocketAddr) -> Outcome {
         .layer(TimeoutLayer::new(PER_ATTEMPT))
         .map_err(BoxError::from)
         .service(support::client());
-    let req = Request::get(format!("http://{addr}/r/1")).body(Empty::<Bytes>::new()).unwrap();
+    let req = Request::get(format!("http://{addr}/r/1"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let t = Instant::now();
     let res = svc.ready().await.unwrap().call(req).await;
     (res, retry.stats(), t.elapsed())
@@ -156,7 +169,9 @@ fn within_bounds(stats: &RetryStats, elapsed: Duration) {
 async fn refused_connections_end_in_a_connect_error_after_every_attempt() {
     let (res, stats, elapsed) = get(support::refused_addr()).await;
     let err = res.unwrap_err();
-    let e = err.downcast_ref::<hyper_util::client::legacy::Error>().expect("hyper-util error");
+    let e = err
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .expect("hyper-util error");
     assert!(e.is_connect(), "{e:?}");
     assert_eq!(stats.attempts, u64::from(1 + MAX_RETRIES));
     within_bounds(&stats, elapsed);
@@ -236,7 +251,9 @@ async fn a_silent_origin_stops_at_the_deadline() {
         .layer(TimeoutLayer::new(PER_ATTEMPT))
         .map_err(BoxError::from)
         .service(support::client());
-    let req = Request::get(format!("http://{}/r/1", o.addr)).body(Empty::<Bytes>::new()).unwrap();
+    let req = Request::get(format!("http://{}/r/1", o.addr))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let t = Instant::now();
     let res = svc.ready().await.unwrap().call(req).await;
     let elapsed = t.elapsed();
@@ -245,7 +262,10 @@ async fn a_silent_origin_stops_at_the_deadline() {
     // 300 ms + 100 ms wait + 300 ms = 700 ms: a third attempt would begin past the deadline.
     assert_eq!(stats.attempts, 2, "{stats:?}");
     assert_eq!(stats.gave_up, 1, "{stats:?}");
-    assert!(elapsed < Duration::from_millis(700) + MARGIN, "took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(700) + MARGIN,
+        "took {elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -253,9 +273,14 @@ async fn a_malformed_status_line_is_a_fatal_typed_error() {
     let o = origin(Fault::MalformedStatus).await;
     let (res, stats, elapsed) = get(o.addr).await;
     let err = res.unwrap_err();
-    let e = err.downcast_ref::<hyper_util::client::legacy::Error>().expect("hyper-util error");
+    let e = err
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .expect("hyper-util error");
     assert!(!e.is_connect(), "{e:?}");
-    assert_eq!(stats.attempts, 1, "a parse error is not transient: {stats:?}");
+    assert_eq!(
+        stats.attempts, 1,
+        "a parse error is not transient: {stats:?}"
+    );
     within_bounds(&stats, elapsed);
 }
 
@@ -272,9 +297,16 @@ async fn a_keep_alive_connection_closed_between_requests_costs_no_error() {
         .map_err(BoxError::from)
         .service(support::client());
     for i in 0..5 {
-        let req =
-            Request::get(format!("http://{}/r/{i}", o.addr)).body(Empty::<Bytes>::new()).unwrap();
-        let res = svc.ready().await.unwrap().call(req).await.expect("an answer every time");
+        let req = Request::get(format!("http://{}/r/{i}", o.addr))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req)
+            .await
+            .expect("an answer every time");
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
         // Give the client time to see (or not) the close before reusing the connection.

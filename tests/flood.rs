@@ -53,13 +53,18 @@ async fn a_flood_of_missing_keys_stays_bounded_and_spares_the_hot_set() {
         *res.status_mut() = StatusCode::NOT_FOUND;
         Ok::<_, Infallible>(res)
     });
-    let layer = NegativeCacheLayer::builder().capacity(CAPACITY).build().unwrap();
+    let layer = NegativeCacheLayer::builder()
+        .capacity(CAPACITY)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let mut svc = tower::Layer::layer(&layer, upstream);
     let before = LIVE.load(Relaxed);
 
     let mut call = async |path: String| {
-        let req = Request::get(format!("http://flood.test{path}")).body(Empty::new()).unwrap();
+        let req = Request::get(format!("http://flood.test{path}"))
+            .body(Empty::new())
+            .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::NOT_FOUND);
         res.extensions().get::<NegativeCacheHit>().is_some()
@@ -85,7 +90,10 @@ async fn a_flood_of_missing_keys_stays_bounded_and_spares_the_hot_set() {
         }
         if i % 1_000 == 0 {
             let len = handle.stats().len;
-            assert!(len <= CAPACITY, "{len} entries > capacity {CAPACITY} after {i} keys");
+            assert!(
+                len <= CAPACITY,
+                "{len} entries > capacity {CAPACITY} after {i} keys"
+            );
         }
     }
     let at_end = LIVE.load(Relaxed);
@@ -108,6 +116,12 @@ async fn a_flood_of_missing_keys_stays_bounded_and_spares_the_hot_set() {
         "live heap grew by {growth} B after warm-up (warm-up took {warm_up} B)"
     );
     let per_entry = (at_end - before) / CAPACITY as isize;
-    assert!(per_entry <= 250, "{per_entry} B per entry, key text included");
-    assert!(hot_rate > 0.9, "the flood evicted the hot set: hit rate {hot_rate:.3}");
+    assert!(
+        per_entry <= 250,
+        "{per_entry} B per entry, key text included"
+    );
+    assert!(
+        hot_rate > 0.9,
+        "the flood evicted the hot set: hit rate {hot_rate:.3}"
+    );
 }

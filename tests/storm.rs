@@ -54,7 +54,10 @@ async fn a_503_storm_is_amplified_at_most_by_the_budget() {
     let attempts = origin.total_hits();
     let stats = retry.stats();
     assert_eq!(stats.requests, REQUESTS as u64);
-    assert_eq!(stats.attempts, attempts as u64, "the layer's count agrees with the origin's");
+    assert_eq!(
+        stats.attempts, attempts as u64,
+        "the layer's count agrees with the origin's"
+    );
     // A spent retry comes back when its tenth-of-a-window slot is recycled (after 0.9 to 1.0
     // window), so the 10/s reserve can refill once per 0.9 window at most.
     let window = 10.0;
@@ -66,5 +69,8 @@ async fn a_503_storm_is_amplified_at_most_by_the_budget() {
          amplification {amplification:.3}x (naive 3x), bound {bound:.0}; {stats:?}"
     );
     assert!(attempts as f64 <= bound, "{attempts} attempts > {bound}");
-    assert!(stats.budget_exhausted > 0, "the budget, not max_retries, stopped the storm");
+    assert!(
+        stats.budget_exhausted > 0,
+        "the budget, not max_retries, stopped the storm"
+    );
 }

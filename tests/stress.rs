@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use tokio::task::JoinSet;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_negative_cache::retry::Jitter;
 use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
 
@@ -27,7 +27,14 @@ async fn mixed_traffic_on_overlapping_keys_neither_deadlocks_nor_miscounts() {
     // Even keys are missing; odd keys present; every seventh call is a transient 503.
     let upstream = tower::service_fn(move |req: Request<Empty<Bytes>>| {
         let n = calls.fetch_add(1, Relaxed);
-        let key: u64 = req.uri().path().rsplit('/').next().unwrap().parse().unwrap();
+        let key: u64 = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         async move {
             tokio::task::yield_now().await;
             let status = match (req.method(), n % 7, key % 2) {
@@ -53,7 +60,10 @@ async fn mixed_traffic_on_overlapping_keys_neither_deadlocks_nor_miscounts() {
         .jitter(Jitter::Full)
         .build()
         .unwrap();
-    let svc = ServiceBuilder::new().layer(cache.clone()).layer(retry).service(upstream);
+    let svc = ServiceBuilder::new()
+        .layer(cache.clone())
+        .layer(retry)
+        .service(upstream);
     let handle = cache.handle();
     let requests = Arc::new(AtomicU64::new(0));
 
@@ -80,7 +90,11 @@ async fn mixed_traffic_on_overlapping_keys_neither_deadlocks_nor_miscounts() {
                             assert!(res.is_ok());
                         }
                         _ => {
-                            let method = if x % 3 == 0 { Method::HEAD } else { Method::GET };
+                            let method = if x % 3 == 0 {
+                                Method::HEAD
+                            } else {
+                                Method::GET
+                            };
                             let req = Request::builder().method(method).uri(&uri);
                             let res = svc.clone().oneshot(req.body(Empty::new()).unwrap()).await;
                             let status = res.unwrap().status();
@@ -111,7 +125,11 @@ async fn mixed_traffic_on_overlapping_keys_neither_deadlocks_nor_miscounts() {
         upstream_calls.load(Relaxed)
     );
     assert_eq!(s.lookups, s.hits + s.misses, "{s:?}");
-    assert_eq!(s.lookups, requests.load(Relaxed), "every read was looked up: {s:?}");
+    assert_eq!(
+        s.lookups,
+        requests.load(Relaxed),
+        "every read was looked up: {s:?}"
+    );
     assert!(s.hits > 0 && s.misses > 0 && s.invalidations > 0, "{s:?}");
     assert!(s.len <= CAPACITY);
 }

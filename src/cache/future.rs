@@ -10,7 +10,7 @@ use http::header::{AGE, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tower::Service;
 
 use super::NegativeCacheHit;
@@ -216,6 +216,7 @@ fn synthesize<B>(fresh: Fresh) -> Response<ResponseBody<B>> {
     headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
     headers.insert(AGE, HeaderValue::from(fresh.age.as_secs()));
     res.extensions_mut().insert(NegativeCacheHit {
+        status: fresh.status,
         age: fresh.age,
         remaining: fresh.remaining,
     });
@@ -242,9 +243,7 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
     match outcome {
         Outcome::Missing => match ttl(&state.ttl, res.status(), res.headers()) {
             Some(ttl) => {
-                tracing::debug!(key = key.as_str(), status = %res.status(), ?ttl, "negative cache: remembered");
-                state.store.insert(key, res.status(), ttl, Instant::now());
-                bump(&state.stats.inserts);
+                state.remember(key, res.status(), ttl);
                 if let Some(leader) = leader {
                     leader.land(Landing::Missing {
                         status: res.status(),

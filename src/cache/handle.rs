@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use http::Uri;
 
-use super::key::Key;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::NegativeCacheHit;
 use super::layer::State;
+use super::peers::PeerEvent;
 use super::stats::CacheStats;
 
 /// Reaches the store shared by a [`NegativeCacheLayer`](super::NegativeCacheLayer), its clones
@@ -41,6 +44,21 @@ impl NegativeCacheHandle {
         self.state.store.memory_used()
     }
 
+    /// What the cache would answer a GET for `uri` without credentials: the remembered
+    /// entry's age and remaining freshness, or `None`. Counts nothing and changes nothing.
+    pub fn peek(&self, uri: &Uri) -> Option<NegativeCacheHit> {
+        let lookup = self.state.key_for(uri, 0)?;
+        let fresh = self
+            .state
+            .store
+            .peek(&lookup, tokio::time::Instant::now())?;
+        Some(NegativeCacheHit {
+            status: fresh.status,
+            age: fresh.age,
+            remaining: fresh.remaining,
+        })
+    }
+
     /// Forgets the entry a request to `uri` would use (through the key function, if any),
     /// under every credential; whether there was one.
     pub fn invalidate_uri(&self, uri: &Uri) -> bool {
@@ -53,33 +71,43 @@ impl NegativeCacheHandle {
     /// Forgets the entry stored under `key`, as [`invalidate_if`](Self::invalidate_if) sees
     /// keys: the normalised target (`http://host/path?query`) or the key function's id.
     pub fn invalidate(&self, key: &str) -> bool {
-        let parsed = match &self.state.key_fn {
-            Some(_) => Key::id(key.to_owned(), 0),
-            None => key
-                .parse::<Uri>()
-                .ok()
-                .and_then(|u| self.state.key_for(&u, 0)?.to_key()),
-        };
-        parsed.is_some_and(|k| self.state.forget(&k))
+        let key = self.state.key_from_text(key);
+        key.is_some_and(|k| self.state.forget(&k))
     }
 
     /// Forgets every entry whose key `forget` accepts; how many. Visits every entry.
     pub fn invalidate_if(&self, forget: impl Fn(&str) -> bool) -> u64 {
-        let n = self.state.store.remove_where(|k| forget(k.as_str()));
-        self.state
-            .stats
-            .invalidations
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let st = &*self.state;
+        let n = if st.peers.attached() {
+            let forgotten = std::sync::Mutex::new(Vec::new());
+            let n = st.store.remove_where(|k| {
+                let f = forget(k.as_str());
+                if f {
+                    forgotten
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(k.as_str().into());
+                }
+                f
+            });
+            for key in forgotten.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                st.peers.send(|| PeerEvent::Forget { key });
+            }
+            n
+        } else {
+            st.store.remove_where(|k| forget(k.as_str()))
+        };
+        st.stats.invalidations.fetch_add(n, Relaxed);
         n
     }
 
     /// Forgets everything; how many entries there were.
     pub fn clear(&self) -> u64 {
-        let n = self.state.store.clear();
-        self.state
-            .stats
-            .invalidations
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        n
+        self.state.clear(true)
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn state(&self) -> &Arc<State> {
+        &self.state
     }
 }

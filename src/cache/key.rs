@@ -54,6 +54,11 @@ impl Key {
         }
     }
 
+    /// The credential fingerprint the key was stored under (0: none).
+    pub(crate) fn cred(&self) -> u64 {
+        self.cred
+    }
+
     /// The key as text: what `invalidate_if` predicates see.
     pub(crate) fn as_str(&self) -> &str {
         &self.text

@@ -3,16 +3,18 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use http::Uri;
+use http::{StatusCode, Uri};
+use tokio::time::Instant;
 use tower::Layer;
 
 use super::NegativeCache;
 use super::coalesce::Flights;
 use super::handle::NegativeCacheHandle;
 use super::key::{Key, Lookup, uri_key};
+use super::peers::{PeerEvent, Peers};
 use super::stats::{CacheStats, Counters};
 use super::store::Store;
 use super::ttl::TtlConfig;
@@ -50,6 +52,7 @@ pub(crate) struct State {
     pub(crate) secret: RandomState,
     pub(crate) coalesce: Option<Duration>,
     pub(crate) flights: Arc<Flights>,
+    pub(crate) peers: Peers,
 }
 
 impl State {
@@ -61,23 +64,75 @@ impl State {
         }
     }
 
-    /// Forgets `key` under every credential it was stored with; whether anything was there.
+    /// The stored key for `text`, as [`NegativeCacheHandle::invalidate`] takes it.
+    pub(crate) fn key_from_text(&self, text: &str) -> Option<Key> {
+        match &self.key_fn {
+            Some(_) => Key::id(text.to_owned(), 0),
+            None => self.key_for(&text.parse::<Uri>().ok()?, 0)?.to_key(),
+        }
+    }
+
+    /// Forgets `key` under every credential it was stored with, and tells the peers; whether
+    /// anything was there.
     pub(crate) fn forget(&self, key: &Key) -> bool {
+        self.peers.send(|| PeerEvent::Forget {
+            key: key.as_str().into(),
+        });
+        self.forget_here(key)
+    }
+
+    /// Forgets `key` in this cache only.
+    pub(crate) fn forget_here(&self, key: &Key) -> bool {
         let n = match self.credentials {
             Credentials::Bypass => u64::from(self.store.remove(key)),
             Credentials::Fingerprint => self.store.remove_where(|k| k.same_target(key)),
         };
         if n > 0 {
-            self.stats
-                .invalidations
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            self.stats.invalidations.fetch_add(n, Relaxed);
             tracing::debug!(key = key.as_str(), "negative cache: invalidated");
         }
         n > 0
     }
 
+    /// Remembers a Missing answer, and tells the peers (only for entries without
+    /// credentials: a credential's fingerprint means nothing to another replica).
+    pub(crate) fn remember(&self, key: Key, status: StatusCode, ttl: Duration) {
+        tracing::debug!(key = key.as_str(), %status, ?ttl, "negative cache: remembered");
+        if key.cred() == 0 {
+            self.peers.send(|| PeerEvent::Missing {
+                key: key.as_str().into(),
+                status,
+                ttl,
+            });
+        }
+        self.store.insert(key, status, ttl, Instant::now());
+        self.stats.inserts.fetch_add(1, Relaxed);
+    }
+
+    /// Remembers what a peer learned, clamped to this cache's `max_ttl`; whether the key
+    /// could be read.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn learn(&self, text: &str, status: StatusCode, ttl: Duration) -> bool {
+        let Some(key) = self.key_from_text(text) else {
+            return false;
+        };
+        self.store
+            .insert(key, status, ttl.min(self.ttl.max), Instant::now());
+        true
+    }
+
+    /// Forgets everything, and tells the peers; how many entries there were.
+    pub(crate) fn clear(&self, tell_peers: bool) -> u64 {
+        if tell_peers {
+            self.peers.send(|| PeerEvent::Clear);
+        }
+        let n = self.store.clear();
+        self.stats.invalidations.fetch_add(n, Relaxed);
+        n
+    }
+
     pub(crate) fn stats(&self) -> CacheStats {
-        let evictions = self.evictions.load(std::sync::atomic::Ordering::Relaxed);
+        let evictions = self.evictions.load(Relaxed);
         self.stats
             .snapshot(self.store.len(), self.store.capacity(), evictions)
     }
@@ -179,6 +234,9 @@ pub struct Builder<C = DefaultClassifier> {
     key_fn: Option<KeyFn>,
     credentials: Credentials,
     coalesce: Option<Duration>,
+    /// The setter that last set each of ttl_404, ttl_410, min_ttl, max_ttl (None: default), so
+    /// a conflict found at build names a setting the caller used.
+    set_by: [Option<&'static str>; 4],
     error: Option<BuildError>,
 }
 
@@ -191,6 +249,7 @@ impl Default for Builder {
             key_fn: None,
             credentials: Credentials::Bypass,
             coalesce: None,
+            set_by: [None; 4],
             error: None,
         }
     }
@@ -237,9 +296,16 @@ impl<C> Builder<C> {
     }
 
     /// Replaces the classifier that decides which answers are Missing. Default:
-    /// [`DefaultClassifier`] (404 and 410). When the inner service is a
-    /// [`StatusAwareRetry`](crate::retry::StatusAwareRetry), its [`RetryInfo`](crate::RetryInfo)
-    /// verdict is used instead, so the two layers never disagree.
+    /// [`DefaultClassifier`] (404 and 410).
+    ///
+    /// **Over a [`StatusAwareRetry`](crate::retry::StatusAwareRetry), this classifier is not
+    /// consulted:** the answer carries the retry layer's [`RetryInfo`](crate::RetryInfo) verdict
+    /// and the cache uses it, so the two layers never disagree. Give a custom classifier to
+    /// *both* builders.
+    ///
+    /// A hit answers with the remembered status only (`content-length: 0`, `Age`); the headers
+    /// that made the answer Missing are not kept. Tell a hit from a real answer by its
+    /// [`NegativeCacheHit`](super::NegativeCacheHit) extension.
     pub fn classifier<C2>(self, classifier: C2) -> Builder<C2> {
         Builder {
             classifier,
@@ -248,6 +314,7 @@ impl<C> Builder<C> {
             key_fn: self.key_fn,
             credentials: self.credentials,
             coalesce: self.coalesce,
+            set_by: self.set_by,
             error: self.error,
         }
     }
@@ -270,6 +337,8 @@ impl<C> Builder<C> {
         if self.check_ttl("ttl", ttl) {
             self.ttl.ttl_404 = ttl;
             self.ttl.ttl_410 = ttl;
+            self.set_by[0] = Some("ttl");
+            self.set_by[1] = Some("ttl");
         }
         self
     }
@@ -279,6 +348,7 @@ impl<C> Builder<C> {
     pub fn ttl_404(mut self, ttl: Duration) -> Self {
         if self.check_ttl("ttl_404", ttl) {
             self.ttl.ttl_404 = ttl;
+            self.set_by[0] = Some("ttl_404");
         }
         self
     }
@@ -288,6 +358,7 @@ impl<C> Builder<C> {
     pub fn ttl_410(mut self, ttl: Duration) -> Self {
         if self.check_ttl("ttl_410", ttl) {
             self.ttl.ttl_410 = ttl;
+            self.set_by[1] = Some("ttl_410");
         }
         self
     }
@@ -297,6 +368,7 @@ impl<C> Builder<C> {
     pub fn min_ttl(mut self, ttl: Duration) -> Self {
         if self.check_ttl("min_ttl", ttl) {
             self.ttl.min = ttl;
+            self.set_by[2] = Some("min_ttl");
         }
         self
     }
@@ -305,6 +377,7 @@ impl<C> Builder<C> {
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
         if self.check_ttl("max_ttl", ttl) {
             self.ttl.max = ttl;
+            self.set_by[3] = Some("max_ttl");
         }
         self
     }
@@ -371,24 +444,8 @@ impl<C> Builder<C> {
         if let Some(e) = self.error {
             return Err(e);
         }
+        check_ttls(&self.ttl, self.set_by)?;
         let t = self.ttl;
-        if t.min > t.max {
-            return Err(BuildError::new(
-                "min_ttl",
-                format!("{:?} is above max_ttl ({:?})", t.min, t.max),
-            ));
-        }
-        for (setting, ttl) in [("ttl_404", t.ttl_404), ("ttl_410", t.ttl_410)] {
-            if ttl < t.min || ttl > t.max {
-                return Err(BuildError::new(
-                    setting,
-                    format!(
-                        "{ttl:?} is outside min_ttl..=max_ttl ({:?}..={:?})",
-                        t.min, t.max
-                    ),
-                ));
-            }
-        }
         let evictions = Arc::new(AtomicU64::new(0));
         Ok(NegativeCacheLayer {
             state: Arc::new(State {
@@ -401,8 +458,53 @@ impl<C> Builder<C> {
                 secret: RandomState::new(),
                 coalesce: self.coalesce,
                 flights: Arc::default(),
+                peers: Peers::default(),
             }),
             classifier: self.classifier,
         })
     }
+}
+
+/// Checks `min_ttl <= ttl_404, ttl_410 <= max_ttl`, blaming a setting the caller used.
+fn check_ttls(t: &TtlConfig, set_by: [Option<&'static str>; 4]) -> Result<(), BuildError> {
+    let (min_by, max_by) = (set_by[2], set_by[3]);
+    let shown = |by: Option<&str>, d: Duration| match by {
+        Some(_) => format!("{d:?}"),
+        None => format!("{d:?}, the default"),
+    };
+    if t.min > t.max {
+        let setting = if min_by.is_some() {
+            "min_ttl"
+        } else {
+            "max_ttl"
+        };
+        return Err(BuildError::new(
+            setting,
+            format!("min_ttl ({:?}) is above max_ttl ({:?})", t.min, t.max),
+        ));
+    }
+    for (i, (ttl, label)) in [(t.ttl_404, "the 404 TTL"), (t.ttl_410, "the 410 TTL")]
+        .into_iter()
+        .enumerate()
+    {
+        if (t.min..=t.max).contains(&ttl) {
+            continue;
+        }
+        let clamp_by = if ttl > t.max {
+            max_by.map(|_| "max_ttl")
+        } else {
+            min_by.map(|_| "min_ttl")
+        };
+        let setting = set_by[i].or(clamp_by).unwrap_or("ttl");
+        return Err(BuildError::new(
+            setting,
+            format!(
+                "{label} ({}) is outside min_ttl..=max_ttl ({:?}..={:?})",
+                shown(set_by[i], ttl),
+                t.min,
+                t.max
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -66,6 +66,7 @@ mod future;
 mod handle;
 mod key;
 mod layer;
+mod peers;
 mod service;
 mod stats;
 mod store;
@@ -80,6 +81,11 @@ pub use layer::{Builder, Credentials, NegativeCacheLayer};
 pub use service::{BypassNegativeCache, NegativeCache};
 pub use stats::CacheStats;
 
+#[cfg(feature = "redis")]
+pub(crate) use layer::State;
+#[cfg(feature = "redis")]
+pub(crate) use peers::PeerEvent;
+
 /// Marks an answer synthesized by the negative cache (in the response's extensions).
 ///
 /// A synthesized answer never went through an inner retry layer, so it carries no
@@ -87,7 +93,9 @@ pub use stats::CacheStats;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NegativeCacheHit {
-    /// How long ago the Missing answer was received.
+    /// The remembered status (404, 410, or what a custom classifier called Missing).
+    pub status: http::StatusCode,
+    /// How long ago the Missing answer was received (millisecond resolution).
     pub age: Duration,
     /// How long the entry stays fresh.
     pub remaining: Duration,

@@ -106,9 +106,24 @@ impl Store {
         })
     }
 
+    /// The fresh entry for `key` at `now`, without touching its recency or removing it.
+    pub(crate) fn peek<Q>(&self, key: &Q, now: Instant) -> Option<Fresh>
+    where
+        Q: Hash + Equivalent<Key> + ?Sized,
+    {
+        let e = self.cache.peek(key)?;
+        let now_ms = self.ms(now);
+        (e.expires_ms > now_ms).then(|| Fresh {
+            status: e.status,
+            age: Duration::from_millis(now_ms.saturating_sub(e.stored_ms)),
+            remaining: Duration::from_millis(e.expires_ms - now_ms),
+        })
+    }
+
     pub(crate) fn insert(&self, key: Key, status: StatusCode, ttl: Duration, now: Instant) {
         let stored_ms = self.ms(now);
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        // Rounded up: an entry never expires before its TTL (a 1.5 ms TTL lasts 2 ms).
+        let ttl_ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         let entry = Entry {
             status,
             stored_ms,
@@ -192,7 +207,11 @@ mod tests {
         let ev = Arc::new(AtomicU64::new(0));
         let s = Store::new(10, ev.clone());
         let now = Instant::now();
-        for status in [StatusCode::NOT_FOUND, StatusCode::GONE, StatusCode::NOT_FOUND] {
+        for status in [
+            StatusCode::NOT_FOUND,
+            StatusCode::GONE,
+            StatusCode::NOT_FOUND,
+        ] {
             s.insert(Key::with_text("k"), status, Duration::from_secs(1), now);
         }
         assert_eq!((s.len(), ev.load(Relaxed)), (1, 0));

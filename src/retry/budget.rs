@@ -66,6 +66,24 @@ impl RetryBudget {
     /// A budget of `ratio` retries per request (`0.0..=1000.0`), plus `min_per_sec` retries per
     /// second (`0..=1_000_000`), counted over `window` (`1 s..=60 s`).
     pub fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Result<Self, BuildError> {
+        Self::validate((ratio, min_per_sec, window))?;
+        let reserve = (f64::from(min_per_sec) * window.as_secs_f64() * UNIT as f64) as i64;
+        Ok(RetryBudget {
+            deposit: (ratio * UNIT as f64).round() as i64,
+            reserve,
+            slot_len: window / SLOTS as u32,
+            state: Mutex::new(Slots {
+                balance: [0; SLOTS],
+                current: 0,
+                started: None,
+            }),
+        })
+    }
+
+    /// The settings' one check, shared with the layer builder's setters.
+    pub(crate) fn validate(
+        (ratio, min_per_sec, window): (f64, u32, Duration),
+    ) -> Result<(), BuildError> {
         if !(0.0..=1000.0).contains(&ratio) {
             return Err(BuildError::range("budget_ratio", ratio, "0.0..=1000.0"));
         }
@@ -79,17 +97,7 @@ impl RetryBudget {
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&window) {
             return Err(BuildError::range("budget_window", window, "1s..=60s"));
         }
-        let reserve = (f64::from(min_per_sec) * window.as_secs_f64() * UNIT as f64) as i64;
-        Ok(RetryBudget {
-            deposit: (ratio * UNIT as f64).round() as i64,
-            reserve,
-            slot_len: window / SLOTS as u32,
-            state: Mutex::new(Slots {
-                balance: [0; SLOTS],
-                current: 0,
-                started: None,
-            }),
-        })
+        Ok(())
     }
 
     /// Records a request at `now`.

@@ -124,7 +124,11 @@ where
                     } else if this.replay.is_none() {
                         // An eligible request keeps a service; its copy is gone only when
                         // `max_retries` is used up.
-                        Decision::Stop(if this.service.is_some() { Stop::Exhausted } else { Stop::NotEligible })
+                        Decision::Stop(if this.service.is_some() {
+                            Stop::Exhausted
+                        } else {
+                            Stop::NotEligible
+                        })
                     } else {
                         let at = Attempt {
                             retries: *this.attempts - 1,

@@ -122,6 +122,8 @@ pub struct Builder<C = DefaultClassifier> {
     drain_limit: usize,
     drain_timeout: Duration,
     attempt_header: Option<HeaderName>,
+    /// Whether `backoff_cap` was set, so a base above the cap blames a setting the caller used.
+    cap_set: bool,
     error: Option<BuildError>,
 }
 
@@ -145,6 +147,7 @@ impl Default for Builder {
             drain_limit: 64 * 1024,
             drain_timeout: Duration::from_millis(100),
             attempt_header: None,
+            cap_set: false,
             error: None,
         }
     }
@@ -193,6 +196,7 @@ impl<C> Builder<C> {
             drain_limit: self.drain_limit,
             drain_timeout: self.drain_timeout,
             attempt_header: self.attempt_header,
+            cap_set: self.cap_set,
             error: self.error,
         }
     }
@@ -236,6 +240,7 @@ impl<C> Builder<C> {
             "0s..=3600s",
         ) {
             self.policy.backoff.cap = cap;
+            self.cap_set = true;
         }
         self
     }
@@ -272,21 +277,36 @@ impl<C> Builder<C> {
     /// Retries allowed per request, on top of the per-second allowance. Default: 0.2 (20%).
     /// Valid: `0.0..=1000.0`, exact to 1/1000.
     pub fn budget_ratio(mut self, ratio: f64) -> Self {
-        self.budget.get_or_insert(DEFAULT_BUDGET).0 = ratio;
+        let budget = self.budget.get_or_insert(DEFAULT_BUDGET);
+        budget.0 = ratio;
+        let budget = *budget;
+        if let Err(e) = RetryBudget::validate(budget) {
+            self.fail(e);
+        }
         self
     }
 
     /// Retries per second always allowed, whatever the ratio. Default: 10. Valid:
     /// `0..=1_000_000`.
     pub fn budget_min_per_sec(mut self, n: u32) -> Self {
-        self.budget.get_or_insert(DEFAULT_BUDGET).1 = n;
+        let budget = self.budget.get_or_insert(DEFAULT_BUDGET);
+        budget.1 = n;
+        let budget = *budget;
+        if let Err(e) = RetryBudget::validate(budget) {
+            self.fail(e);
+        }
         self
     }
 
     /// The window over which the budget counts requests and retries. Default: 10 s. Valid:
     /// `1 s..=60 s`.
     pub fn budget_window(mut self, window: Duration) -> Self {
-        self.budget.get_or_insert(DEFAULT_BUDGET).2 = window;
+        let budget = self.budget.get_or_insert(DEFAULT_BUDGET);
+        budget.2 = window;
+        let budget = *budget;
+        if let Err(e) = RetryBudget::validate(budget) {
+            self.fail(e);
+        }
         self
     }
 
@@ -337,10 +357,20 @@ impl<C> Builder<C> {
         }
         let b = self.policy.backoff;
         if b.cap < b.base {
-            return Err(BuildError::new(
-                "backoff_cap",
-                format!("{:?} is below backoff_base ({:?})", b.cap, b.base),
-            ));
+            return Err(if self.cap_set {
+                BuildError::new(
+                    "backoff_cap",
+                    format!("{:?} is below backoff_base ({:?})", b.cap, b.base),
+                )
+            } else {
+                BuildError::new(
+                    "backoff_base",
+                    format!(
+                        "{:?} is above backoff_cap ({:?}, the default)",
+                        b.base, b.cap
+                    ),
+                )
+            });
         }
         let budget = match self.budget {
             Some((ratio, min, window)) => Some(RetryBudget::new(ratio, min, window)?),

@@ -197,7 +197,10 @@ mod tests {
         assert_eq!(b.delay(1, Duration::ZERO, 0.5), Duration::from_millis(200));
         assert_eq!(b.delay(2, Duration::ZERO, 0.5), Duration::from_millis(400));
         assert_eq!(b.delay(20, Duration::ZERO, 0.5), Duration::from_secs(10));
-        let zero = Backoff { base: Duration::ZERO, ..b };
+        let zero = Backoff {
+            base: Duration::ZERO,
+            ..b
+        };
         assert_eq!(zero.delay(400, Duration::ZERO, 0.5), Duration::ZERO);
     }
 

@@ -1,0 +1,283 @@
+//! Fleet: replicas share what is missing through Redis (the `redis` feature).
+//!
+//! Each replica keeps its own [`NegativeCacheLayer`](crate::NegativeCacheLayer). With a fleet
+//! tier attached, a Missing answer one replica remembers is published to Redis — key, status
+//! and *remaining* TTL, relative so clock skew doesn't matter — and every subscribed replica
+//! inserts it into its own cache. Forgetting (a successful write, a handle call) propagates
+//! the same way. R replicas then cost about one upstream 404 per key per TTL instead of R.
+//!
+//! - **The request path stays local.** A lookup never waits on Redis; events are handed to a
+//!   bounded queue (default 1,024) that a background task publishes from. When the queue is
+//!   full the event is dropped and counted, never blocking and never growing.
+//! - **Redis down, slow, restarted or unreachable at start:** requests work exactly as without
+//!   the tier. The tasks reconnect with exponential backoff; [`FleetStats`] counts publish
+//!   failures, received messages, entries learned from peers and malformed messages.
+//! - **Late starters warm up** (optional, bounded): remembered keys are also stored in Redis
+//!   with their TTL (`SET … PX`); a replica scans up to `warm` of them when it connects.
+//! - **Namespaced:** every Redis key and the channel start with a prefix, so services can
+//!   share a Redis.
+//! - **Not shared:** entries of credentialed requests (their fingerprint is secret to each
+//!   replica), hits, and stats. Delivery is best effort (Redis pub/sub): a replica that is
+//!   disconnected when a message is sent misses it, and just asks upstream itself.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tower_negative_cache::NegativeCacheLayer;
+//! use tower_negative_cache::fleet::Fleet;
+//!
+//! # async fn run() -> Result<(), tower_negative_cache::BuildError> {
+//! let cache = NegativeCacheLayer::new();
+//! let fleet = Fleet::builder("redis://127.0.0.1:6379")
+//!     .prefix("records-service")
+//!     .warm(10_000)
+//!     .start(&cache.handle())?;
+//! // ... build the client with `cache`; keep `fleet` alive as long as sharing should go on.
+//! println!("{:?}", fleet.stats());
+//! # Ok(()) }
+//! ```
+//!
+//! Why Redis pub/sub and the `redis` crate: an engine replicas already run, no protocol of our
+//! own; `redis` (redis-rs) is the maintained async client for tokio, and its connection manager
+//! reconnects by itself.
+
+mod tasks;
+mod wire;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::BuildError;
+use crate::cache::NegativeCacheHandle;
+
+/// Starts a fleet tier: see [`Fleet::builder`].
+#[derive(Debug)]
+pub struct Fleet;
+
+impl Fleet {
+    /// A builder for a tier talking to the Redis at `url` (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> FleetBuilder {
+        FleetBuilder {
+            url: url.into(),
+            prefix: "tower-negative-cache".to_owned(),
+            queue: 1024,
+            warm: 1000,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            timeout: Duration::from_millis(500),
+            error: None,
+        }
+    }
+}
+
+/// Configures a fleet tier. Every setter states its default and valid range.
+#[must_use]
+#[derive(Debug)]
+pub struct FleetBuilder {
+    url: String,
+    prefix: String,
+    queue: usize,
+    warm: usize,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    timeout: Duration,
+    error: Option<BuildError>,
+}
+
+impl FleetBuilder {
+    fn fail(&mut self, e: BuildError) {
+        self.error.get_or_insert(e);
+    }
+
+    /// The namespace of every Redis key and of the channel. Default: `tower-negative-cache`.
+    /// Valid: 1 to 128 bytes of printable ASCII without spaces.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        let ok = (1..=128).contains(&prefix.len()) && prefix.bytes().all(|b| b.is_ascii_graphic());
+        if ok {
+            self.prefix = prefix;
+        } else {
+            self.fail(BuildError::new(
+                "prefix",
+                "1 to 128 bytes of printable ASCII without spaces",
+            ));
+        }
+        self
+    }
+
+    /// Events waiting to be published; more are dropped and counted. Default: 1,024. Valid:
+    /// `1..=1_000_000`.
+    pub fn queue(mut self, events: usize) -> Self {
+        if (1..=1_000_000).contains(&events) {
+            self.queue = events;
+        } else {
+            self.fail(BuildError::range("queue", events, "1..=1000000"));
+        }
+        self
+    }
+
+    /// How many remembered keys a replica reads from Redis when it first connects (0: no
+    /// warm-up). Default: 1,000. Valid: `0..=1_000_000`.
+    pub fn warm(mut self, keys: usize) -> Self {
+        if keys <= 1_000_000 {
+            self.warm = keys;
+        } else {
+            self.fail(BuildError::range("warm", keys, "0..=1000000"));
+        }
+        self
+    }
+
+    /// The first and the longest wait between reconnection attempts (doubling in between).
+    /// Default: 100 ms and 5 s. Valid: `1 ms..=60 s`, min at most max.
+    pub fn reconnect(mut self, min: Duration, max: Duration) -> Self {
+        let range = Duration::from_millis(1)..=Duration::from_secs(60);
+        if range.contains(&min) && range.contains(&max) && min <= max {
+            (self.reconnect_min, self.reconnect_max) = (min, max);
+        } else {
+            self.fail(BuildError::new("reconnect", "1ms..=60s each, min <= max"));
+        }
+        self
+    }
+
+    /// How long connecting or one Redis command may take. Default: 500 ms. Valid:
+    /// `1 ms..=60 s`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        if (Duration::from_millis(1)..=Duration::from_secs(60)).contains(&timeout) {
+            self.timeout = timeout;
+        } else {
+            self.fail(BuildError::range("timeout", timeout, "1ms..=60s"));
+        }
+        self
+    }
+
+    /// Attaches the tier to `cache` and starts its tasks on the current tokio runtime. It
+    /// returns at once, whether or not Redis is up. Fails on an invalid setting or URL, outside
+    /// a tokio runtime, or when the cache already has a tier.
+    pub fn start(self, cache: &NegativeCacheHandle) -> Result<FleetHandle, BuildError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| BuildError::new("url", format!("not a Redis URL: {e}")))?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| BuildError::new("start", "must be called within a tokio runtime"))?;
+        let (tx, rx) = mpsc::channel(self.queue);
+        let state = cache.state().clone();
+        if !state.peers.attach(tx) {
+            return Err(BuildError::new(
+                "start",
+                "this cache already has a fleet tier",
+            ));
+        }
+        let config = Arc::new(tasks::Config {
+            client,
+            replica: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+            },
+            channel: format!("{}:events", self.prefix),
+            key_prefix: format!("{}:k:", self.prefix),
+            warm: self.warm,
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
+            timeout: self.timeout,
+        });
+        let counters = Arc::new(Counters::default());
+        let tasks = [
+            runtime.spawn(tasks::publish(config.clone(), rx, counters.clone())),
+            runtime.spawn(tasks::subscribe(config, state.clone(), counters.clone())),
+        ];
+        Ok(FleetHandle {
+            counters,
+            cache: cache.clone(),
+            tasks,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    published: AtomicU64,
+    publish_failures: AtomicU64,
+    received: AtomicU64,
+    learned: AtomicU64,
+    forgotten: AtomicU64,
+    malformed: AtomicU64,
+    warmed: AtomicU64,
+    reconnects: AtomicU64,
+    connected: AtomicBool,
+}
+
+/// A snapshot of a fleet tier's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct FleetStats {
+    /// Events published to Redis.
+    pub published: u64,
+    /// Events that could not be published (Redis down, slow or failing); they are dropped.
+    pub publish_failures: u64,
+    /// Events dropped because the publish queue was full.
+    pub queue_full: u64,
+    /// Messages received from other replicas.
+    pub received: u64,
+    /// Missing keys learned from other replicas.
+    pub learned: u64,
+    /// Keys (or whole caches) forgotten because another replica said so.
+    pub forgotten: u64,
+    /// Messages that were not understood (ignored).
+    pub malformed: u64,
+    /// Entries read from Redis when warming up.
+    pub warmed: u64,
+    /// Subscriptions lost and re-established.
+    pub reconnects: u64,
+    /// Whether the subscription is up now.
+    pub connected: bool,
+}
+
+/// The running tier. Dropping it stops sharing (the cache goes on alone).
+pub struct FleetHandle {
+    counters: Arc<Counters>,
+    cache: NegativeCacheHandle,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl FleetHandle {
+    /// A snapshot of the tier's counters.
+    pub fn stats(&self) -> FleetStats {
+        let c = &self.counters;
+        FleetStats {
+            published: c.published.load(Relaxed),
+            publish_failures: c.publish_failures.load(Relaxed),
+            queue_full: self.cache.state().peers.dropped.load(Relaxed),
+            received: c.received.load(Relaxed),
+            learned: c.learned.load(Relaxed),
+            forgotten: c.forgotten.load(Relaxed),
+            malformed: c.malformed.load(Relaxed),
+            warmed: c.warmed.load(Relaxed),
+            reconnects: c.reconnects.load(Relaxed),
+            connected: c.connected.load(Relaxed),
+        }
+    }
+}
+
+impl Drop for FleetHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl fmt::Debug for FleetHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetHandle")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

@@ -1,0 +1,305 @@
+//! Fleet: replicas share what is missing through a real `redis-server` (started by the test on
+//! a free loopback port; `redis-server` must be on PATH).
+
+#[path = "support/redis.rs"]
+mod redis_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_negative_cache::cache::{NegativeCache, NegativeCacheHandle, NegativeCacheHit};
+use tower_negative_cache::fleet::{Fleet, FleetHandle};
+use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
+
+use redis_support::RedisServer;
+use support::{Reply, TestServer};
+
+type Stack = NegativeCache<
+    tower_negative_cache::retry::StatusAwareRetry<Client<HttpConnector, Empty<Bytes>>>,
+>;
+
+/// A replica: its own cache, retry layer and client, and its fleet tier.
+struct Replica {
+    client: Stack,
+    cache: NegativeCacheHandle,
+    fleet: FleetHandle,
+}
+
+fn replica(redis_url: &str) -> Replica {
+    let cache = NegativeCacheLayer::builder()
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let fleet = Fleet::builder(redis_url)
+        .prefix("fleet-test")
+        .reconnect(Duration::from_millis(20), Duration::from_millis(200))
+        .timeout(Duration::from_millis(300))
+        .start(&cache.handle())
+        .unwrap();
+    let retry = StatusAwareRetryLayer::builder()
+        .backoff_base(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(cache.clone())
+        .layer(retry)
+        .service(support::client());
+    Replica {
+        client,
+        cache: cache.handle(),
+        fleet,
+    }
+}
+
+impl Replica {
+    async fn get(
+        &self,
+        url: &str,
+    ) -> http::Response<tower_negative_cache::cache::ResponseBody<hyper::body::Incoming>> {
+        let req = Request::get(url).body(Empty::new()).unwrap();
+        self.client
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("an answer, Redis or not")
+    }
+
+    async fn put(&self, url: &str) -> StatusCode {
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(url)
+            .body(Empty::new())
+            .unwrap();
+        self.client
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("an answer")
+            .status()
+    }
+
+    async fn wait_connected(&self) {
+        wait_until(Duration::from_secs(5), || self.fleet.stats().connected).await;
+    }
+}
+
+/// Polls `f` every millisecond until it holds; how long that took. Panics after `limit`.
+async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    t.elapsed()
+}
+
+async fn origin() -> TestServer {
+    TestServer::builder()
+        .handler(|r| {
+            let present = r.path.starts_with("/present/") || r.method != Method::GET;
+            Some(if present {
+                Reply::ok("here")
+            } else {
+                Reply::status(404)
+            })
+        })
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn a_404_seen_by_one_replica_costs_the_others_nothing() {
+    let redis = RedisServer::start();
+    let origin = origin().await;
+    let (a, b) = (replica(&redis.url()), replica(&redis.url()));
+    a.wait_connected().await;
+    b.wait_connected().await;
+
+    let url = origin.url("/records/k1");
+    assert_eq!(a.get(&url).await.status(), StatusCode::NOT_FOUND);
+    let uri: Uri = url.parse().unwrap();
+    let took = wait_until(Duration::from_millis(100), || b.cache.peek(&uri).is_some()).await;
+    println!("propagated to replica B in {took:?}");
+
+    let res = b.get(&url).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(
+        res.extensions().get::<NegativeCacheHit>().is_some(),
+        "B answered from its cache"
+    );
+    assert_eq!(
+        origin.hits("/records/k1"),
+        1,
+        "one upstream 404 for two replicas"
+    );
+    assert_eq!(b.fleet.stats().learned, 1);
+    assert_eq!(a.fleet.stats().published, 1);
+    assert_eq!(
+        a.fleet.stats().learned,
+        0,
+        "a replica ignores its own messages"
+    );
+}
+
+#[tokio::test]
+async fn invalidation_on_one_replica_reaches_the_others() {
+    let redis = RedisServer::start();
+    let origin = origin().await;
+    let (a, b) = (replica(&redis.url()), replica(&redis.url()));
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let uri: Uri = origin.url("/records/k2").parse().unwrap();
+
+    a.get(&uri.to_string()).await;
+    wait_until(Duration::from_millis(100), || b.cache.peek(&uri).is_some()).await;
+    assert!(a.cache.invalidate_uri(&uri));
+    wait_until(Duration::from_millis(100), || b.cache.peek(&uri).is_none()).await;
+
+    // A successful write through B is forgotten on A as well.
+    b.get(&uri.to_string()).await;
+    wait_until(Duration::from_millis(100), || a.cache.peek(&uri).is_some()).await;
+    assert_eq!(b.put(&uri.to_string()).await, StatusCode::OK);
+    wait_until(Duration::from_millis(100), || a.cache.peek(&uri).is_none()).await;
+    assert!(b.fleet.stats().forgotten >= 1 && a.fleet.stats().forgotten >= 1);
+}
+
+#[tokio::test]
+async fn requests_work_while_redis_is_down_and_sharing_resumes_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let origin = origin().await;
+    let (a, b) = (replica(&redis.url()), replica(&redis.url()));
+    a.wait_connected().await;
+    b.wait_connected().await;
+
+    redis.stop();
+    wait_until(Duration::from_secs(2), || !a.fleet.stats().connected).await;
+    for i in 0..10 {
+        let present = origin.url(&format!("/present/{i}"));
+        let missing = origin.url(&format!("/records/down-{i}"));
+        for r in [&a, &b] {
+            assert_eq!(r.get(&present).await.status(), StatusCode::OK);
+            assert_eq!(r.get(&missing).await.status(), StatusCode::NOT_FOUND);
+        }
+    }
+    // The events queued while Redis was down fail (counted), and never reach a request.
+    wait_until(Duration::from_secs(2), || {
+        a.fleet.stats().publish_failures > 0
+    })
+    .await;
+
+    redis.restart();
+    a.wait_connected().await;
+    b.wait_connected().await;
+    assert!(a.fleet.stats().reconnects >= 1);
+    let uri: Uri = origin.url("/records/after").parse().unwrap();
+    // The publisher reconnects on its next event; allow it one backoff.
+    let shared = async {
+        for _ in 0..50 {
+            a.cache.invalidate_uri(&uri);
+            a.get(&uri.to_string()).await;
+            if wait_until_soft(Duration::from_millis(100), || b.cache.peek(&uri).is_some()).await {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(
+        shared.await,
+        "sharing resumed: {:?} / {:?}",
+        a.fleet.stats(),
+        b.fleet.stats()
+    );
+}
+
+async fn wait_until_soft(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn malformed_messages_are_ignored_and_counted() {
+    let redis = RedisServer::start();
+    let origin = origin().await;
+    let b = replica(&redis.url());
+    b.wait_connected().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for garbage in [
+        &b"hello"[..],
+        b"tnc1 0000000000000001 m 404 0 k",
+        b"\xff\xfe\xfd",
+        b"",
+    ] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("fleet-test:events")
+            .arg(garbage)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    wait_until(Duration::from_secs(1), || b.fleet.stats().malformed == 4).await;
+    assert_eq!(b.cache.stats().len, 0);
+    // And the replica still works and still shares.
+    assert_eq!(
+        b.get(&origin.url("/records/x")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(b.fleet.stats().learned, 0);
+}
+
+#[tokio::test]
+async fn a_late_replica_warms_up_from_redis() {
+    let redis = RedisServer::start();
+    let origin = origin().await;
+    let a = replica(&redis.url());
+    a.wait_connected().await;
+    for i in 0..20 {
+        a.get(&origin.url(&format!("/records/early-{i}"))).await;
+    }
+    wait_until(Duration::from_secs(2), || a.fleet.stats().published == 20).await;
+
+    let late = replica(&redis.url());
+    wait_until(Duration::from_secs(2), || late.fleet.stats().warmed == 20).await;
+    let uri: Uri = origin.url("/records/early-7").parse().unwrap();
+    let hit = late.cache.peek(&uri).expect("warmed");
+    assert!(hit.remaining > Duration::from_secs(50) && hit.remaining <= Duration::from_secs(60));
+    assert_eq!(
+        late.get(&uri.to_string()).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(origin.hits("/records/early-7"), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_changes_nothing_for_requests() {
+    let origin = origin().await;
+    let addr = support::refused_addr();
+    let a = replica(&format!("redis://{addr}"));
+    let url = origin.url("/records/alone");
+    for _ in 0..3 {
+        assert_eq!(a.get(&url).await.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(
+        origin.hits("/records/alone"),
+        1,
+        "the local cache still works"
+    );
+    let s = a.fleet.stats();
+    assert!(!s.connected);
+    wait_until(Duration::from_secs(2), || {
+        a.fleet.stats().publish_failures == 1
+    })
+    .await;
+}
