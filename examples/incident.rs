@@ -65,15 +65,24 @@ impl Origin {
         for leaf in leaves.into_iter().filter(|l| !missing.contains(l)) {
             records.insert(leaf, Vec::new());
         }
-        Origin { records, requests: AtomicU64::new(0) }
+        Origin {
+            records,
+            requests: AtomicU64::new(0),
+        }
     }
 
     fn answer(&self, path: &str) -> Response<Full<Bytes>> {
         self.requests.fetch_add(1, Relaxed);
         let (status, body) = if path.starts_with("/unavailable/") {
-            (StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(ERROR_BODY))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from_static(ERROR_BODY),
+            )
         } else {
-            match path.strip_prefix("/records/").and_then(|id| self.records.get(id)) {
+            match path
+                .strip_prefix("/records/")
+                .and_then(|id| self.records.get(id))
+            {
                 Some(refs) => (StatusCode::OK, Bytes::from(refs.join("\n"))),
                 None => (StatusCode::NOT_FOUND, Bytes::from_static(ERROR_BODY)),
             }
@@ -85,18 +94,24 @@ impl Origin {
 }
 
 async fn serve(origin: Arc<Origin>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let origin = origin.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let res = origin.answer(req.uri().path());
                     async move { Ok::<_, Infallible>(res) }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -140,10 +155,21 @@ where
     B: Body,
     B::Error: std::fmt::Debug,
 {
-    let req = Request::get(format!("{base}{path}")).body(Empty::new()).unwrap();
-    let res = svc.ready().await.unwrap().call(req).await.expect("the origin answers");
+    let req = Request::get(format!("{base}{path}"))
+        .body(Empty::new())
+        .unwrap();
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .expect("the origin answers");
     let status = res.status();
-    (status, res.into_body().collect().await.expect("a body").to_bytes())
+    (
+        status,
+        res.into_body().collect().await.expect("a body").to_bytes(),
+    )
 }
 
 // ----- scenarios ----------------------------------------------------------------------------
@@ -225,12 +251,16 @@ where
         Scenario::Workout => {
             let mut level = vec!["w-root".to_owned()];
             for _ in 0..3 {
-                let answers = all_at_once(level.iter().map(|id| format!("/records/{id}")).collect()).await;
+                let answers =
+                    all_at_once(level.iter().map(|id| format!("/records/{id}")).collect()).await;
                 level = answers
                     .into_iter()
                     .filter(|(s, _)| s.is_success())
                     .flat_map(|(_, body)| {
-                        String::from_utf8_lossy(&body).lines().map(str::to_owned).collect::<Vec<_>>()
+                        String::from_utf8_lossy(&body)
+                            .lines()
+                            .map(str::to_owned)
+                            .collect::<Vec<_>>()
                     })
                     .collect();
             }
@@ -241,8 +271,12 @@ where
         Scenario::Storm503 => {
             // 1,000 requests, 50 at a time.
             for chunk in 0..20 {
-                all_at_once((0..50).map(|i| format!("/unavailable/{}", chunk * 50 + i)).collect())
-                    .await;
+                all_at_once(
+                    (0..50)
+                        .map(|i| format!("/unavailable/{}", chunk * 50 + i))
+                        .collect(),
+                )
+                .await;
             }
         }
     }
@@ -257,7 +291,10 @@ async fn measure<F: std::future::Future<Output = ()>>(origin: &Origin, f: F) -> 
     let before = origin.requests.load(Relaxed);
     let t = Instant::now();
     f.await;
-    Column { requests: origin.requests.load(Relaxed) - before, wall: t.elapsed() }
+    Column {
+        requests: origin.requests.load(Relaxed) - before,
+        wall: t.elapsed(),
+    }
 }
 
 #[tokio::main]
@@ -266,9 +303,16 @@ async fn main() -> ExitCode {
     let base = format!("http://{}", serve(origin.clone()).await);
     let client: HyperClient = Client::builder(TokioExecutor::new()).build_http();
 
-    println!("origin: {base} (seeded record graph; error bodies of {} bytes)", ERROR_BODY.len());
-    println!("naive: retries every non-2xx twice, releasing the answer first; backoff {BACKOFF:?} x 2^n");
-    println!("layers: NegativeCacheLayer (coalescing on) outside StatusAwareRetryLayer, same backoff\n");
+    println!(
+        "origin: {base} (seeded record graph; error bodies of {} bytes)",
+        ERROR_BODY.len()
+    );
+    println!(
+        "naive: retries every non-2xx twice, releasing the answer first; backoff {BACKOFF:?} x 2^n"
+    );
+    println!(
+        "layers: NegativeCacheLayer (coalescing on) outside StatusAwareRetryLayer, same backoff\n"
+    );
     println!(
         "{:<58} {:>14} {:>14} {:>14}",
         "scenario", "naive", "layers, 1st", "layers, again"
@@ -279,7 +323,10 @@ async fn main() -> ExitCode {
     let mut hit_rates = Vec::new();
     for scenario in Scenario::ALL {
         let discarded = Arc::new(AtomicU64::new(0));
-        let naive = Naive { client: client.clone(), discarded: discarded.clone() };
+        let naive = Naive {
+            client: client.clone(),
+            discarded: discarded.clone(),
+        };
         let naive_svc = tower::service_fn(move |req: Request<Empty<Bytes>>| {
             let naive = naive.clone();
             async move { naive.get(req.uri().clone()).await }
@@ -298,8 +345,10 @@ async fn main() -> ExitCode {
             .jitter(Jitter::Full)
             .build()
             .unwrap();
-        let layered =
-            ServiceBuilder::new().layer(cache.clone()).layer(retry.clone()).service(client.clone());
+        let layered = ServiceBuilder::new()
+            .layer(cache.clone())
+            .layer(retry.clone())
+            .service(client.clone());
         let first = measure(&origin, run(scenario, layered.clone(), &base)).await;
         let (bound, repeat_bound) = scenario.bounds();
         let again = match repeat_bound {
@@ -319,12 +368,18 @@ async fn main() -> ExitCode {
             again.as_ref().map_or("—".to_owned(), fmt)
         );
         if first.requests > bound {
-            eprintln!("  FAIL: {} upstream requests > bound {bound}", first.requests);
+            eprintln!(
+                "  FAIL: {} upstream requests > bound {bound}",
+                first.requests
+            );
             failed = true;
         }
         if let (Some(again), Some(b)) = (&again, repeat_bound) {
             if again.requests > b {
-                eprintln!("  FAIL: repeat made {} upstream requests > bound {b}", again.requests);
+                eprintln!(
+                    "  FAIL: repeat made {} upstream requests > bound {b}",
+                    again.requests
+                );
                 failed = true;
             }
         }
@@ -340,7 +395,11 @@ async fn main() -> ExitCode {
     }
     println!("\nnegative cache hit rate per scenario (both runs):");
     for (s, rate, hits, lookups) in hit_rates {
-        println!("  {:<56} {:>5.1}%  ({hits}/{lookups})", s.name(), rate * 100.0);
+        println!(
+            "  {:<56} {:>5.1}%  ({hits}/{lookups})",
+            s.name(),
+            rate * 100.0
+        );
     }
     println!(
         "\nresponse body bytes discarded: naive {naive_discarded} (dropped unread, connection lost); \
