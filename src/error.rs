@@ -39,6 +39,36 @@ impl BuildError {
     }
 }
 
+/// The first invalid setting a builder was given: setters check their value at once and
+/// `build()` reports the first failure.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FirstError(Option<BuildError>);
+
+impl FirstError {
+    pub(crate) fn fail(&mut self, e: BuildError) {
+        self.0.get_or_insert(e);
+    }
+
+    /// Whether `value` lies in `range` (written as `shown` in the message); records it if not.
+    pub(crate) fn check<T: PartialOrd + fmt::Debug>(
+        &mut self,
+        setting: &'static str,
+        value: T,
+        range: std::ops::RangeInclusive<T>,
+        shown: &str,
+    ) -> bool {
+        let ok = range.contains(&value);
+        if !ok {
+            self.fail(BuildError::range(setting, value, shown));
+        }
+        ok
+    }
+
+    pub(crate) fn result(self) -> Result<(), BuildError> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid `{}`: {}", self.setting, self.reason)

@@ -20,6 +20,7 @@ use super::store::Store;
 use super::ttl::TtlConfig;
 use crate::BuildError;
 use crate::classify::DefaultClassifier;
+use crate::error::FirstError;
 
 /// Maps a request target to the application's own key; `None` leaves the request uncached.
 pub(crate) type KeyFn = Arc<dyn Fn(&Uri) -> Option<String> + Send + Sync>;
@@ -237,7 +238,7 @@ pub struct Builder<C = DefaultClassifier> {
     /// The setter that last set each of ttl_404, ttl_410, min_ttl, max_ttl (None: default), so
     /// a conflict found at build names a setting the caller used.
     set_by: [Option<&'static str>; 4],
-    error: Option<BuildError>,
+    error: FirstError,
 }
 
 impl Default for Builder {
@@ -250,7 +251,7 @@ impl Default for Builder {
             credentials: Credentials::Bypass,
             coalesce: None,
             set_by: [None; 4],
-            error: None,
+            error: FirstError::default(),
         }
     }
 }
@@ -271,23 +272,8 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
 const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
 
 impl<C> Builder<C> {
-    fn check<T: PartialOrd + fmt::Debug>(
-        &mut self,
-        setting: &'static str,
-        value: T,
-        range: std::ops::RangeInclusive<T>,
-        shown: &str,
-    ) -> bool {
-        let ok = range.contains(&value);
-        if !ok {
-            self.error
-                .get_or_insert(BuildError::range(setting, value, shown));
-        }
-        ok
-    }
-
     fn check_ttl(&mut self, setting: &'static str, ttl: Duration) -> bool {
-        self.check(
+        self.error.check(
             setting,
             ttl,
             Duration::from_millis(1)..=MAX_TTL,
@@ -324,7 +310,10 @@ impl<C> Builder<C> {
     /// The store is split into shards (for a capacity of 4,096 or more), each with an equal
     /// share, so an entry can be evicted slightly before the total is reached.
     pub fn capacity(mut self, entries: u64) -> Self {
-        if self.check("capacity", entries, 1..=100_000_000, "1..=100000000") {
+        if self
+            .error
+            .check("capacity", entries, 1..=100_000_000, "1..=100000000")
+        {
             self.capacity = entries;
         }
         self
@@ -433,7 +422,7 @@ impl<C> Builder<C> {
     /// of them at once to go upstream. Default: off. Valid: `1 ms..=60 s`.
     pub fn coalesce(mut self, bound: Duration) -> Self {
         let range = Duration::from_millis(1)..=Duration::from_secs(60);
-        if self.check("coalesce", bound, range, "1ms..=60s") {
+        if self.error.check("coalesce", bound, range, "1ms..=60s") {
             self.coalesce = Some(bound);
         }
         self
@@ -441,9 +430,7 @@ impl<C> Builder<C> {
 
     /// The layer, or the first setting given an invalid value.
     pub fn build(self) -> Result<NegativeCacheLayer<C>, BuildError> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
+        self.error.result()?;
         check_ttls(&self.ttl, self.set_by)?;
         let t = self.ttl;
         let evictions = Arc::new(AtomicU64::new(0));

@@ -54,6 +54,7 @@ use tokio::task::JoinHandle;
 
 use crate::BuildError;
 use crate::cache::NegativeCacheHandle;
+use crate::error::FirstError;
 
 /// Starts a fleet tier: see [`Fleet::builder`].
 #[derive(Debug)]
@@ -70,7 +71,7 @@ impl Fleet {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             timeout: Duration::from_millis(500),
-            error: None,
+            error: FirstError::default(),
         }
     }
 }
@@ -86,14 +87,10 @@ pub struct FleetBuilder {
     reconnect_min: Duration,
     reconnect_max: Duration,
     timeout: Duration,
-    error: Option<BuildError>,
+    error: FirstError,
 }
 
 impl FleetBuilder {
-    fn fail(&mut self, e: BuildError) {
-        self.error.get_or_insert(e);
-    }
-
     /// The namespace of every Redis key and of the channel. Default: `tower-negative-cache`.
     /// Valid: 1 to 128 bytes of printable ASCII without spaces.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -102,7 +99,7 @@ impl FleetBuilder {
         if ok {
             self.prefix = prefix;
         } else {
-            self.fail(BuildError::new(
+            self.error.fail(BuildError::new(
                 "prefix",
                 "1 to 128 bytes of printable ASCII without spaces",
             ));
@@ -116,7 +113,8 @@ impl FleetBuilder {
         if (1..=1_000_000).contains(&events) {
             self.queue = events;
         } else {
-            self.fail(BuildError::range("queue", events, "1..=1000000"));
+            self.error
+                .fail(BuildError::range("queue", events, "1..=1000000"));
         }
         self
     }
@@ -127,7 +125,8 @@ impl FleetBuilder {
         if keys <= 1_000_000 {
             self.warm = keys;
         } else {
-            self.fail(BuildError::range("warm", keys, "0..=1000000"));
+            self.error
+                .fail(BuildError::range("warm", keys, "0..=1000000"));
         }
         self
     }
@@ -139,7 +138,8 @@ impl FleetBuilder {
         if range.contains(&min) && range.contains(&max) && min <= max {
             (self.reconnect_min, self.reconnect_max) = (min, max);
         } else {
-            self.fail(BuildError::new("reconnect", "1ms..=60s each, min <= max"));
+            self.error
+                .fail(BuildError::new("reconnect", "1ms..=60s each, min <= max"));
         }
         self
     }
@@ -150,7 +150,8 @@ impl FleetBuilder {
         if (Duration::from_millis(1)..=Duration::from_secs(60)).contains(&timeout) {
             self.timeout = timeout;
         } else {
-            self.fail(BuildError::range("timeout", timeout, "1ms..=60s"));
+            self.error
+                .fail(BuildError::range("timeout", timeout, "1ms..=60s"));
         }
         self
     }
@@ -159,9 +160,7 @@ impl FleetBuilder {
     /// returns at once, whether or not Redis is up. Fails on an invalid setting or URL, outside
     /// a tokio runtime, or when the cache already has a tier.
     pub fn start(self, cache: &NegativeCacheHandle) -> Result<FleetHandle, BuildError> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
+        self.error.result()?;
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| BuildError::new("url", format!("not a Redis URL: {e}")))?;
         let runtime = tokio::runtime::Handle::try_current()

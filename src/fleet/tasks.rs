@@ -114,7 +114,7 @@ async fn send(
 /// Up to `limit` of the tier's keys in Redis.
 async fn scan(
     cfg: &Config,
-    conn: &mut ConnectionManager,
+    conn: &mut impl redis::aio::ConnectionLike,
     limit: usize,
 ) -> redis::RedisResult<Vec<String>> {
     let pattern = format!("{}*", glob_escape(&cfg.key_prefix));
@@ -227,42 +227,25 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, payload: &[u8]) {
 async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
     let work = async {
         let mut conn = cfg.client.get_multiplexed_async_connection().await?;
-        let pattern = format!("{}*", glob_escape(&cfg.key_prefix));
-        let mut cursor = 0u64;
-        let mut seen = 0usize;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut conn)
-                .await?;
-            let keys: Vec<String> = keys.into_iter().take(cfg.warm - seen).collect();
-            seen += keys.len();
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for k in &keys {
-                    pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
-                }
-                let values: Vec<(Option<String>, i64)> = pipe.query_async(&mut conn).await?;
-                for (k, (status, pttl)) in keys.iter().zip(values) {
-                    let status = status.and_then(|s| s.parse::<u16>().ok());
-                    let status = status.and_then(|s| StatusCode::from_u16(s).ok());
-                    let text = &k[cfg.key_prefix.len()..];
-                    if let (Some(status), Ok(ms @ 1..)) = (status, u64::try_from(pttl)) {
-                        if state.learn(text, status, Duration::from_millis(ms)) {
-                            counters.warmed.fetch_add(1, Relaxed);
-                        }
+        let keys = scan(cfg, &mut conn, cfg.warm).await?;
+        for chunk in keys.chunks(500) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
+            }
+            let values: Vec<(Option<String>, i64)> = pipe.query_async(&mut conn).await?;
+            for (k, (status, pttl)) in chunk.iter().zip(values) {
+                let status = status.and_then(|s| s.parse::<u16>().ok());
+                let status = status.and_then(|s| StatusCode::from_u16(s).ok());
+                let text = &k[cfg.key_prefix.len()..];
+                if let (Some(status), Ok(ms @ 1..)) = (status, u64::try_from(pttl)) {
+                    if state.learn(text, status, Duration::from_millis(ms)) {
+                        counters.warmed.fetch_add(1, Relaxed);
                     }
                 }
             }
-            cursor = next;
-            if cursor == 0 || seen >= cfg.warm {
-                return redis::RedisResult::Ok(());
-            }
         }
+        redis::RedisResult::Ok(())
     };
     // Warming is bounded in keys and in time; a failure leaves it for the next connection.
     matches!(timeout(cfg.timeout * 10, work).await, Ok(Ok(())))

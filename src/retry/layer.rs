@@ -13,6 +13,7 @@ use super::policy::{Backoff, Jitter, Policy};
 use super::stats::{Counters, RetryStats};
 use crate::BuildError;
 use crate::classify::DefaultClassifier;
+use crate::error::FirstError;
 
 /// Applies [`StatusAwareRetry`] to a service: retries transient failures, never 404 or 410.
 ///
@@ -124,7 +125,7 @@ pub struct Builder<C = DefaultClassifier> {
     attempt_header: Option<HeaderName>,
     /// Whether `backoff_cap` was set, so a base above the cap blames a setting the caller used.
     cap_set: bool,
-    error: Option<BuildError>,
+    error: FirstError,
 }
 
 impl Default for Builder {
@@ -148,7 +149,7 @@ impl Default for Builder {
             drain_timeout: Duration::from_millis(100),
             attempt_header: None,
             cap_set: false,
-            error: None,
+            error: FirstError::default(),
         }
     }
 }
@@ -159,31 +160,13 @@ impl Builder<DefaultClassifier> {
     pub fn retry_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         match DefaultClassifier::with_retryable(statuses) {
             Ok(c) => self.classifier = c,
-            Err(e) => self.fail(e),
+            Err(e) => self.error.fail(e),
         }
         self
     }
 }
 
 impl<C> Builder<C> {
-    fn fail(&mut self, e: BuildError) {
-        self.error.get_or_insert(e);
-    }
-
-    fn check<T: PartialOrd + fmt::Debug>(
-        &mut self,
-        setting: &'static str,
-        value: T,
-        range: std::ops::RangeInclusive<T>,
-        shown: &str,
-    ) -> bool {
-        let ok = range.contains(&value);
-        if !ok {
-            self.fail(BuildError::range(setting, value, shown));
-        }
-        ok
-    }
-
     /// Replaces the classifier that decides what an answer means (and so
     /// [`retry_statuses`](Builder::retry_statuses)). Default: [`DefaultClassifier`].
     /// Whatever it says, 404 and 410 are never retried.
@@ -203,7 +186,7 @@ impl<C> Builder<C> {
 
     /// Retries after the first attempt. Default: 2 (3 attempts). Valid: `0..=10`.
     pub fn max_retries(mut self, n: u32) -> Self {
-        if self.check("max_retries", n, 0..=10, "0..=10") {
+        if self.error.check("max_retries", n, 0..=10, "0..=10") {
             self.policy.max_retries = n;
         }
         self
@@ -212,7 +195,7 @@ impl<C> Builder<C> {
     /// The base of the exponential backoff: the n-th retry waits up to `base × factor^n`.
     /// Default: 100 ms. Valid: `0..=60 s` (0 retries at once).
     pub fn backoff_base(mut self, base: Duration) -> Self {
-        if self.check(
+        if self.error.check(
             "backoff_base",
             base,
             Duration::ZERO..=Duration::from_secs(60),
@@ -225,7 +208,10 @@ impl<C> Builder<C> {
 
     /// The growth of the backoff per retry. Default: 2.0. Valid: `1.0..=10.0`.
     pub fn backoff_factor(mut self, factor: f64) -> Self {
-        if self.check("backoff_factor", factor, 1.0..=10.0, "1.0..=10.0") {
+        if self
+            .error
+            .check("backoff_factor", factor, 1.0..=10.0, "1.0..=10.0")
+        {
             self.policy.backoff.factor = factor;
         }
         self
@@ -233,7 +219,7 @@ impl<C> Builder<C> {
 
     /// The longest backoff wait. Default: 10 s. Valid: `0..=1 h`, and at least `backoff_base`.
     pub fn backoff_cap(mut self, cap: Duration) -> Self {
-        if self.check(
+        if self.error.check(
             "backoff_cap",
             cap,
             Duration::ZERO..=Duration::from_secs(3600),
@@ -255,7 +241,10 @@ impl<C> Builder<C> {
     /// answer. Default: 30 s. Valid: `0..=1 day`.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         let day = Duration::from_secs(86_400);
-        if self.check("max_retry_after", max, Duration::ZERO..=day, "0s..=86400s") {
+        if self
+            .error
+            .check("max_retry_after", max, Duration::ZERO..=day, "0s..=86400s")
+        {
             self.policy.max_retry_after = max;
         }
         self
@@ -268,7 +257,10 @@ impl<C> Builder<C> {
     /// bound each attempt.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         let range = Duration::from_millis(1)..=Duration::from_secs(86_400);
-        if self.check("deadline", deadline, range, "1ms..=86400s") {
+        if self
+            .error
+            .check("deadline", deadline, range, "1ms..=86400s")
+        {
             self.policy.deadline = Some(deadline);
         }
         self
@@ -281,7 +273,7 @@ impl<C> Builder<C> {
         budget.0 = ratio;
         let budget = *budget;
         if let Err(e) = RetryBudget::validate(budget) {
-            self.fail(e);
+            self.error.fail(e);
         }
         self
     }
@@ -293,7 +285,7 @@ impl<C> Builder<C> {
         budget.1 = n;
         let budget = *budget;
         if let Err(e) = RetryBudget::validate(budget) {
-            self.fail(e);
+            self.error.fail(e);
         }
         self
     }
@@ -305,7 +297,7 @@ impl<C> Builder<C> {
         budget.2 = window;
         let budget = *budget;
         if let Err(e) = RetryBudget::validate(budget) {
-            self.fail(e);
+            self.error.fail(e);
         }
         self
     }
@@ -328,7 +320,10 @@ impl<C> Builder<C> {
     /// a longer body is dropped (closing an HTTP/1 connection). Default: 64 KiB. Valid:
     /// `0..=16 MiB`.
     pub fn drain_limit(mut self, bytes: usize) -> Self {
-        if self.check("drain_limit", bytes, 0..=16 << 20, "0..=16777216") {
+        if self
+            .error
+            .check("drain_limit", bytes, 0..=16 << 20, "0..=16777216")
+        {
             self.drain_limit = bytes;
         }
         self
@@ -338,7 +333,10 @@ impl<C> Builder<C> {
     /// Valid: `0..=10 s` (0 drops at once).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         let range = Duration::ZERO..=Duration::from_secs(10);
-        if self.check("drain_timeout", timeout, range, "0s..=10s") {
+        if self
+            .error
+            .check("drain_timeout", timeout, range, "0s..=10s")
+        {
             self.drain_timeout = timeout;
         }
         self
@@ -352,9 +350,7 @@ impl<C> Builder<C> {
 
     /// The layer, or the first setting given an invalid value.
     pub fn build(self) -> Result<StatusAwareRetryLayer<C>, BuildError> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
+        self.error.result()?;
         let b = self.policy.backoff;
         if b.cap < b.base {
             return Err(if self.cap_set {
