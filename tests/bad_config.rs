@@ -12,7 +12,8 @@ use tower_negative_cache::{BuildError, NegativeCacheLayer, StatusAwareRetryLayer
 
 const NS: Duration = Duration::from_nanos(1);
 const DAY: Duration = Duration::from_secs(86_400);
-const YEAR: Duration = Duration::from_secs(365 * 86_400);
+/// The longest TTL a negative cache accepts.
+const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
 const MIB: usize = 1 << 20;
 
 /// `built` is an error naming `setting`, showing `value` and naming the valid `range`.
@@ -312,10 +313,10 @@ fn ttl_rejects_zero_more_than_a_year_and_outside_min_max() {
     for (ttl, shown) in [
         (Duration::ZERO, "0ns"),
         (Duration::from_micros(999), "999µs"),
-        (YEAR + NS, "31536000.000000001s"),
+        (MAX_TTL + NS, "2592000.000000001s"),
         (Duration::MAX, "18446744073709551615.999999999s"),
     ] {
-        refused(cache().ttl(ttl).build(), "ttl", shown, "1ms..=365d");
+        refused(cache().ttl(ttl).build(), "ttl", shown, "1ms..=30d");
     }
     // Valid on its own, but outside min_ttl..=max_ttl (1 s..=1 day by default): the error
     // should name the setter the caller used, `ttl`.
@@ -337,10 +338,10 @@ fn ttl_rejects_zero_more_than_a_year_and_outside_min_max() {
 fn ttl_404_rejects_zero_more_than_a_year_and_outside_min_max() {
     for (ttl, shown) in [
         (Duration::ZERO, "0ns"),
-        (YEAR + NS, "31536000.000000001s"),
+        (MAX_TTL + NS, "2592000.000000001s"),
         (Duration::MAX, "18446744073709551615.999999999s"),
     ] {
-        refused(cache().ttl_404(ttl).build(), "ttl_404", shown, "1ms..=365d");
+        refused(cache().ttl_404(ttl).build(), "ttl_404", shown, "1ms..=30d");
     }
     refused(
         cache().ttl_404(Duration::from_secs(2 * 86_400)).build(),
@@ -363,10 +364,10 @@ fn ttl_404_rejects_zero_more_than_a_year_and_outside_min_max() {
 fn ttl_410_rejects_zero_more_than_a_year_and_outside_min_max() {
     for (ttl, shown) in [
         (Duration::ZERO, "0ns"),
-        (YEAR + NS, "31536000.000000001s"),
+        (MAX_TTL + NS, "2592000.000000001s"),
         (Duration::MAX, "18446744073709551615.999999999s"),
     ] {
-        refused(cache().ttl_410(ttl).build(), "ttl_410", shown, "1ms..=365d");
+        refused(cache().ttl_410(ttl).build(), "ttl_410", shown, "1ms..=30d");
     }
     refused(
         cache().ttl_410(Duration::from_secs(2 * 86_400)).build(),
@@ -390,9 +391,9 @@ fn min_ttl_rejects_zero_more_than_a_year_and_above_max_ttl() {
     for (ttl, shown) in [
         (Duration::ZERO, "0ns"),
         (Duration::from_micros(999), "999µs"),
-        (YEAR + NS, "31536000.000000001s"),
+        (MAX_TTL + NS, "2592000.000000001s"),
     ] {
-        refused(cache().min_ttl(ttl).build(), "min_ttl", shown, "1ms..=365d");
+        refused(cache().min_ttl(ttl).build(), "min_ttl", shown, "1ms..=30d");
     }
     // Above max_ttl: the bound is max_ttl, which the message names (set in either order).
     refused(
@@ -426,10 +427,10 @@ fn max_ttl_rejects_zero_and_more_than_a_year() {
     for (ttl, shown) in [
         (Duration::ZERO, "0ns"),
         (Duration::from_micros(999), "999µs"),
-        (YEAR + NS, "31536000.000000001s"),
+        (MAX_TTL + NS, "2592000.000000001s"),
         (Duration::MAX, "18446744073709551615.999999999s"),
     ] {
-        refused(cache().max_ttl(ttl).build(), "max_ttl", shown, "1ms..=365d");
+        refused(cache().max_ttl(ttl).build(), "max_ttl", shown, "1ms..=30d");
     }
 }
 
@@ -534,17 +535,17 @@ fn valid_boundary_values_build() {
     ok(cache().capacity(1), "capacity 1");
     ok(cache().capacity(100_000_000), "capacity 100,000,000");
     ok(cache().min_ttl(ms).ttl(ms), "ttl 1 ms (min 1 ms)");
-    ok(cache().max_ttl(YEAR).ttl(YEAR), "ttl 365 d (max 365 d)");
+    ok(cache().max_ttl(MAX_TTL).ttl(MAX_TTL), "ttl 30 d (max 30 d)");
     ok(cache().min_ttl(ms).ttl_404(ms), "ttl_404 1 ms (min 1 ms)");
     ok(
-        cache().max_ttl(YEAR).ttl_410(YEAR),
-        "ttl_410 365 d (max 365 d)",
+        cache().max_ttl(MAX_TTL).ttl_410(MAX_TTL),
+        "ttl_410 30 d (max 30 d)",
     );
     ok(cache().min_ttl(ms), "min_ttl 1 ms");
-    ok(cache().max_ttl(YEAR), "max_ttl 365 d");
+    ok(cache().max_ttl(MAX_TTL), "max_ttl 30 d");
     ok(
-        cache().min_ttl(YEAR).max_ttl(YEAR).ttl(YEAR),
-        "min = max = 365 d",
+        cache().min_ttl(MAX_TTL).max_ttl(MAX_TTL).ttl(MAX_TTL),
+        "min = max = 30 d",
     );
     ok(cache().min_ttl(ms).max_ttl(ms).ttl(ms), "min = max = 1 ms");
     ok(cache().coalesce(ms), "coalesce 1 ms");

@@ -33,6 +33,8 @@ pub(crate) struct Pending {
     leader: Option<Leader>,
     /// A write's target: forgotten (with `Location`, `Content-Location`) on 2xx/3xx.
     written: Option<Uri>,
+    /// The request skipped the cache to refresh its entry.
+    refresh: bool,
 }
 
 impl Pending {
@@ -41,6 +43,7 @@ impl Pending {
             key: None,
             leader: None,
             written: None,
+            refresh: false,
         }
     }
 
@@ -48,15 +51,22 @@ impl Pending {
         Pending {
             key,
             leader,
-            written: None,
+            ..Self::none()
+        }
+    }
+
+    pub(crate) fn refresh(key: Option<Key>) -> Self {
+        Pending {
+            key,
+            refresh: true,
+            ..Self::none()
         }
     }
 
     pub(crate) fn write(written: Option<Uri>) -> Self {
         Pending {
-            key: None,
-            leader: None,
             written,
+            ..Self::none()
         }
     }
 }
@@ -70,8 +80,8 @@ pin_project! {
         #[pin]
         step: Step<S, S::Future, ReqB>,
         pending: Pending,
-        state: Arc<State>,
-        classifier: C,
+        // What an answer from upstream is settled with; a hit needs neither.
+        ctx: Option<(Arc<State>, C)>,
     }
 }
 
@@ -96,12 +106,11 @@ impl<S, C, ReqB> ResponseFuture<S, C, ReqB>
 where
     S: Service<Request<ReqB>>,
 {
-    pub(crate) fn hit(fresh: Fresh, state: Arc<State>, classifier: C) -> Self {
+    pub(crate) fn hit(fresh: Fresh) -> Self {
         ResponseFuture {
             step: Step::Hit { fresh },
             pending: Pending::none(),
-            state,
-            classifier,
+            ctx: None,
         }
     }
 
@@ -114,8 +123,7 @@ where
         ResponseFuture {
             step: Step::Called { future },
             pending,
-            state,
-            classifier,
+            ctx: Some((state, classifier)),
         }
     }
 
@@ -138,8 +146,7 @@ where
         ResponseFuture {
             step,
             pending,
-            state,
-            classifier,
+            ctx: Some((state, classifier)),
         }
     }
 }
@@ -163,7 +170,9 @@ where
                 StepProj::Called { future } => {
                     let res = ready!(future.poll(cx))?;
                     this.step.set(Step::Done);
-                    settle(this.state, this.classifier, this.pending, &res);
+                    if let Some((state, classifier)) = this.ctx.as_ref() {
+                        settle(state, classifier, this.pending, &res);
+                    }
                     return Poll::Ready(Ok(res.map(ResponseBody::upstream)));
                 }
                 StepProj::Waiting {
@@ -178,7 +187,9 @@ where
                         if notified.poll(cx).is_ready() {
                             landing = flight.landing();
                         } else if timer.poll(cx).is_ready() {
-                            bump(&this.state.stats.wait_timeouts);
+                            if let Some((state, _)) = this.ctx.as_ref() {
+                                bump(&state.stats.wait_timeouts);
+                            }
                         } else {
                             return Poll::Pending;
                         }
@@ -212,15 +223,31 @@ where
 fn synthesize<B>(fresh: Fresh) -> Response<ResponseBody<B>> {
     let mut res = Response::new(ResponseBody::synthesized());
     *res.status_mut() = fresh.status;
-    let headers = res.headers_mut();
+    // Sized for the two headers: the default map's first table is 600-odd bytes.
+    let mut headers = HeaderMap::with_capacity(2);
     headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-    headers.insert(AGE, HeaderValue::from(fresh.age.as_secs()));
+    headers.insert(AGE, age_value(fresh.age.as_secs()));
+    *res.headers_mut() = headers;
     res.extensions_mut().insert(NegativeCacheHit {
         status: fresh.status,
         age: fresh.age,
         remaining: fresh.remaining,
     });
     res
+}
+
+/// `Age` without allocating for the first minute (most hits are young).
+fn age_value(secs: u64) -> HeaderValue {
+    const YOUNG: [&str; 60] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59",
+    ];
+    match YOUNG.get(secs as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(secs),
+    }
 }
 
 /// Acts on an upstream answer: remember, forget, and tell the waiters.
@@ -254,7 +281,10 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
             // `no-store`/`no-cache`: whatever was remembered is not to be used either.
             None => drop(state.store.remove(&key)),
         },
-        Outcome::Success => {
+        // A success forgets what a refreshing request found remembered. (A plain miss found
+        // nothing; a 404 remembered by a concurrent request meanwhile is as new as this
+        // answer, and stays for its TTL.)
+        Outcome::Success if pending.refresh && state.store.contains(&key) => {
             state.forget(&key);
         }
         _ => {}

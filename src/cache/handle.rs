@@ -38,8 +38,9 @@ impl NegativeCacheHandle {
         self.state.stats()
     }
 
-    /// Bytes held by the store's tables (entries and index), excluding the heap of the keys'
-    /// text: what a capacity costs, whatever is in it.
+    /// Bytes the store's entries and index take now (quick_cache's own count: entries times
+    /// their size, excluding the heap of the keys' text and the spare room of growing tables).
+    /// Grows with the entries, up to what the capacity allows.
     pub fn memory_bytes(&self) -> usize {
         self.state.store.memory_used()
     }

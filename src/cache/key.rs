@@ -11,14 +11,14 @@ use quick_cache::Equivalent;
 
 /// A stored key: `{scheme}://{host}{:port}{path?query}` (or just `{path?query}` for an
 /// origin-form URI, or the application's id), plus the fingerprint of the credentials it was
-/// fetched with (0: none).
+/// fetched with (0: none). 32 bytes: the text and three offsets into it.
 #[derive(Clone, Debug)]
 pub(crate) struct Key {
     text: Box<str>,
     scheme_end: u16,
-    host: (u16, u16),
+    host_end: u16,
+    /// 0 when there is no `scheme://host` prefix; then the whole text is path and query.
     pq_start: u16,
-    port: u16,
     cred: u64,
 }
 
@@ -45,11 +45,30 @@ impl Hash for KeyRef<'_> {
 impl Key {
     fn parts(&self) -> KeyRef<'_> {
         let t = &*self.text;
+        let (scheme_end, host_end, pq_start) = (
+            usize::from(self.scheme_end),
+            usize::from(self.host_end),
+            usize::from(self.pq_start),
+        );
+        if pq_start == 0 {
+            return KeyRef {
+                scheme: "",
+                host: "",
+                port: 0,
+                pq: t,
+                cred: self.cred,
+            };
+        }
+        // Between the host and the path: nothing, or `:port` as written by `from_parts`.
+        let port = t
+            .get(host_end + 1..pq_start)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         KeyRef {
-            scheme: &t[..usize::from(self.scheme_end)],
-            host: &t[usize::from(self.host.0)..usize::from(self.host.1)],
-            port: self.port,
-            pq: &t[usize::from(self.pq_start)..],
+            scheme: &t[..scheme_end],
+            host: &t[scheme_end + 3..host_end],
+            port,
+            pq: &t[pq_start..],
             cred: self.cred,
         }
     }
@@ -81,43 +100,42 @@ impl Key {
         Some(Key {
             text: id.into(),
             scheme_end: 0,
-            host: (0, 0),
+            host_end: 0,
             pq_start: 0,
-            port: 0,
             cred,
         })
     }
 
     fn from_parts(p: KeyRef<'_>) -> Option<Key> {
-        let mut text = String::with_capacity(p.scheme.len() + p.host.len() + p.pq.len() + 9);
-        let (scheme_end, host, pq_start);
+        use std::fmt::Write;
         if p.scheme.is_empty() && p.host.is_empty() {
-            (scheme_end, host, pq_start) = (0, (0, 0), 0);
-        } else {
-            text.push_str(p.scheme);
-            scheme_end = text.len();
-            text.push_str("://");
-            let h0 = text.len();
-            text.push_str(p.host);
-            host = (h0, text.len());
-            if p.port != 0 {
-                use std::fmt::Write;
-                let _ = write!(text, ":{}", p.port);
-            }
-            pq_start = text.len();
+            return Key::id(p.pq.to_owned(), p.cred);
         }
+        let port_len = match p.port {
+            0 => 0,
+            n => 2 + n.checked_ilog10().unwrap_or(0) as usize,
+        };
+        let len = p.scheme.len() + 3 + p.host.len() + port_len + p.pq.len();
+        // Exactly sized, so turning it into a `Box<str>` does not reallocate.
+        let mut text = String::with_capacity(len);
+        text.push_str(p.scheme);
+        text.push_str("://");
+        text.push_str(p.host);
+        let host_end = text.len();
+        if p.port != 0 {
+            let _ = write!(text, ":{}", p.port);
+        }
+        let pq_start = text.len();
         text.push_str(p.pq);
+        debug_assert_eq!(text.len(), len);
         let small = |n: usize| u16::try_from(n).ok();
+        small(len)?;
         Some(Key {
-            scheme_end: small(scheme_end)?,
-            host: (small(host.0)?, small(host.1)?),
+            scheme_end: small(p.scheme.len())?,
+            host_end: small(host_end)?,
             pq_start: small(pq_start)?,
-            port: p.port,
             cred: p.cred,
-            text: {
-                small(text.len())?;
-                text.into_boxed_str()
-            },
+            text: text.into_boxed_str(),
         })
     }
 
@@ -184,8 +202,10 @@ impl Equivalent<Key> for Lookup<'_> {
 /// path as `/`. `None` when the URI is too long to key (over 64 KiB).
 pub(crate) fn uri_key(uri: &Uri, cred: u64) -> Option<Lookup<'_>> {
     let scheme = uri.scheme_str().unwrap_or("");
-    let host = uri.host().unwrap_or("");
-    let port = match (scheme, uri.port_u16()) {
+    let (host, port) = uri
+        .authority()
+        .map_or(("", None), |a| host_port(a.as_str()));
+    let port = match (scheme, port) {
         ("http", Some(80)) | ("https", Some(443)) | (_, None) => 0,
         (_, Some(p)) => p,
     };
@@ -219,6 +239,27 @@ pub(crate) fn uri_key(uri: &Uri, cred: u64) -> Option<Lookup<'_>> {
         cred,
     })
     .map(Lookup::Owned)
+}
+
+/// The host and port of an authority (`user@host:port`, `[v6]:port`), as http's `host()` and
+/// `port_u16()` give them, in one backwards scan rather than their several (the lookup's
+/// hottest part).
+fn host_port(authority: &str) -> (&str, Option<u16>) {
+    let b = authority.as_bytes();
+    let start = b.iter().rposition(|&c| c == b'@').map_or(0, |i| i + 1);
+    let hostport = &authority[start..];
+    let split = if hostport.starts_with('[') {
+        hostport
+            .find(']')
+            .map(|i| i + 1)
+            .filter(|&i| hostport[i..].starts_with(':'))
+    } else {
+        hostport.bytes().rposition(|c| c == b':')
+    };
+    match split {
+        Some(i) => (&hostport[..i], hostport[i + 1..].parse().ok()),
+        None => (hostport, None),
+    }
 }
 
 /// Whether the request carries credentials (`Authorization`, `Cookie`).
@@ -300,6 +341,40 @@ mod tests {
         }
         let plain: Uri = "http://example.com/a?b".parse().unwrap();
         assert!(matches!(uri_key(&plain, 0), Some(Lookup::Borrowed(_))));
+    }
+
+    #[test]
+    fn host_and_port_agree_with_http() {
+        for s in [
+            "http://a.test/x",
+            "http://a.test:8080/x",
+            "http://user:pw@a.test:81/x",
+            "http://user@a.test/x",
+            "http://[::1]:9000/x",
+            "http://[::1]/x",
+            "http://a.test:/x",
+            "a.test:443",
+        ] {
+            let uri: Uri = s.parse().unwrap();
+            let a = uri.authority().unwrap().as_str();
+            assert_eq!(host_port(a), (uri.host().unwrap(), uri.port_u16()), "{s}");
+        }
+    }
+
+    #[test]
+    fn keys_are_small_and_exactly_sized() {
+        assert_eq!(std::mem::size_of::<Key>(), 32);
+        for s in [
+            "http://a.test/x",
+            "https://a.test:8443/x?y",
+            "/only/path",
+            "http://a.test:1/",
+        ] {
+            let k = key(s);
+            assert_eq!(k.as_str(), s);
+            let uri: Uri = s.parse().unwrap();
+            assert!(uri_key(&uri, 0).unwrap().equivalent(&k), "{s}");
+        }
     }
 
     #[test]

@@ -269,7 +269,9 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
     }
 }
 
-const MAX_TTL: Duration = Duration::from_secs(365 * 86_400);
+/// The longest TTL: 30 days. Entries keep their TTL in 32 bits of milliseconds (49.7 days),
+/// which keeps them at 16 bytes; negative answers are rarely worth remembering for longer.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 impl<C> Builder<C> {
     fn check_ttl(&mut self, setting: &'static str, ttl: Duration) -> bool {
@@ -277,7 +279,7 @@ impl<C> Builder<C> {
             setting,
             ttl,
             Duration::from_millis(1)..=MAX_TTL,
-            "1ms..=365d",
+            "1ms..=30d",
         )
     }
 
@@ -353,7 +355,7 @@ impl<C> Builder<C> {
     }
 
     /// The shortest time an origin's freshness (`max-age`, `Expires`) can set. Default: 1 s.
-    /// Valid: `1 ms..=365 d`, at most `max_ttl`.
+    /// Valid: `1 ms..=30 d`, at most `max_ttl`.
     pub fn min_ttl(mut self, ttl: Duration) -> Self {
         if self.check_ttl("min_ttl", ttl) {
             self.ttl.min = ttl;
@@ -362,7 +364,7 @@ impl<C> Builder<C> {
         self
     }
 
-    /// The longest time anything is remembered. Default: 1 day. Valid: `1 ms..=365 d`.
+    /// The longest time anything is remembered. Default: 1 day. Valid: `1 ms..=30 d`.
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
         if self.check_ttl("max_ttl", ttl) {
             self.ttl.max = ttl;

@@ -126,13 +126,13 @@ where
         if refresh {
             bump(&st.stats.bypasses);
             let key = lookup.to_key();
-            return self.upstream(req, Pending::read(key, None));
+            return self.upstream(req, Pending::refresh(key));
         }
         bump(&st.stats.lookups);
         let now = Instant::now();
         if let Some(fresh) = st.store.get(&lookup, now, || bump(&st.stats.expirations)) {
             bump(&st.stats.hits);
-            return ResponseFuture::hit(fresh, self.state.clone(), self.classifier.clone());
+            return ResponseFuture::hit(fresh);
         }
         bump(&st.stats.misses);
         let Some(key) = lookup.to_key() else {
@@ -146,7 +146,7 @@ where
                 // The flight before ours may have landed between our lookup and our join.
                 if let Some(fresh) = st.store.get(&key, now, || bump(&st.stats.expirations)) {
                     leader.land(Landing::from(fresh));
-                    return ResponseFuture::hit(fresh, self.state.clone(), self.classifier.clone());
+                    return ResponseFuture::hit(fresh);
                 }
                 self.upstream(req, Pending::read(Some(key), Some(leader)))
             }

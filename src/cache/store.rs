@@ -17,13 +17,19 @@ use tokio::time::Instant;
 use super::key::Key;
 use super::stats::bump;
 
-/// What is remembered of a Missing answer. Times are milliseconds since the store's epoch,
-/// to keep entries small.
+/// What is remembered of a Missing answer, in 16 bytes: milliseconds since the store's epoch,
+/// and a TTL of at most 49.7 days (the builder allows 30).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub(crate) status: StatusCode,
+    ttl_ms: u32,
     stored_ms: u64,
-    expires_ms: u64,
+}
+
+impl Entry {
+    fn expires_ms(&self) -> u64 {
+        self.stored_ms.saturating_add(u64::from(self.ttl_ms))
+    }
 }
 
 /// A fresh entry, read at `now`.
@@ -88,11 +94,11 @@ impl Store {
     {
         let e = self.cache.get(key)?;
         let now_ms = self.ms(now);
-        if e.expires_ms <= now_ms {
+        if e.expires_ms() <= now_ms {
             // Only if it is still the same expired entry: a fresh one may have replaced it.
             if self
                 .cache
-                .remove_if(key, |v| v.expires_ms <= now_ms)
+                .remove_if(key, |v| v.expires_ms() <= now_ms)
                 .is_some()
             {
                 expired();
@@ -102,7 +108,7 @@ impl Store {
         Some(Fresh {
             status: e.status,
             age: Duration::from_millis(now_ms.saturating_sub(e.stored_ms)),
-            remaining: Duration::from_millis(e.expires_ms - now_ms),
+            remaining: Duration::from_millis(e.expires_ms() - now_ms),
         })
     }
 
@@ -113,27 +119,35 @@ impl Store {
     {
         let e = self.cache.peek(key)?;
         let now_ms = self.ms(now);
-        (e.expires_ms > now_ms).then(|| Fresh {
+        (e.expires_ms() > now_ms).then(|| Fresh {
             status: e.status,
             age: Duration::from_millis(now_ms.saturating_sub(e.stored_ms)),
-            remaining: Duration::from_millis(e.expires_ms - now_ms),
+            remaining: Duration::from_millis(e.expires_ms() - now_ms),
         })
     }
 
     pub(crate) fn insert(&self, key: Key, status: StatusCode, ttl: Duration, now: Instant) {
         let stored_ms = self.ms(now);
         // Rounded up: an entry never expires before its TTL (a 1.5 ms TTL lasts 2 ms).
-        let ttl_ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        let ttl_ms = u32::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX);
         let entry = Entry {
             status,
+            ttl_ms,
             stored_ms,
-            expires_ms: stored_ms.saturating_add(ttl_ms),
         };
         // quick_cache reports the value an insert replaces through `on_evict`, as if it had
         // been evicted; removing it first (which reports nothing) keeps `evictions` to
         // entries pushed out for capacity.
         self.cache.remove(&key);
         self.cache.insert(key, entry);
+    }
+
+    /// Whether `key` has an entry (fresh or not), under a read lock.
+    pub(crate) fn contains<Q>(&self, key: &Q) -> bool
+    where
+        Q: Hash + Equivalent<Key> + ?Sized,
+    {
+        self.cache.contains_key(key)
     }
 
     /// Forgets `key`; whether it was there.
@@ -200,6 +214,11 @@ mod tests {
             assert!(s.len() >= 1, "cap {cap} holds nothing");
             assert_eq!(ev.load(Relaxed), cap * 3 - s.len(), "cap {cap}");
         }
+    }
+
+    #[test]
+    fn entries_are_16_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 
 use std::fmt;
 use std::sync::Mutex;
+use std::sync::atomic::{
+    AtomicI64, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -47,14 +51,16 @@ const SLOTS: usize = 10;
 pub struct RetryBudget {
     deposit: i64,
     reserve: i64,
-    slot_len: Duration,
-    state: Mutex<Slots>,
-}
-
-struct Slots {
-    balance: [i64; SLOTS],
-    current: usize,
-    started: Option<Instant>,
+    slot_ns: u64,
+    epoch: Instant,
+    // Deposits and withdrawals of the last SLOTS tenths of the window. A request only adds to
+    // the current slot (one atomic add); moving to the next slot takes the lock, once per
+    // tenth of a window.
+    slots: [AtomicI64; SLOTS],
+    current: AtomicUsize,
+    /// When the current slot ends, in nanoseconds since `epoch`.
+    slot_end: AtomicU64,
+    rotation: Mutex<()>,
 }
 
 impl RetryBudget {
@@ -68,15 +74,16 @@ impl RetryBudget {
     pub fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Result<Self, BuildError> {
         Self::validate((ratio, min_per_sec, window))?;
         let reserve = (f64::from(min_per_sec) * window.as_secs_f64() * UNIT as f64) as i64;
+        let slot_ns = u64::try_from((window / SLOTS as u32).as_nanos()).unwrap_or(u64::MAX);
         Ok(RetryBudget {
             deposit: (ratio * UNIT as f64).round() as i64,
             reserve,
-            slot_len: window / SLOTS as u32,
-            state: Mutex::new(Slots {
-                balance: [0; SLOTS],
-                current: 0,
-                started: None,
-            }),
+            slot_ns,
+            epoch: Instant::now(),
+            slots: Default::default(),
+            current: AtomicUsize::new(0),
+            slot_end: AtomicU64::new(slot_ns),
+            rotation: Mutex::new(()),
         })
     }
 
@@ -102,52 +109,47 @@ impl RetryBudget {
 
     /// Records a request at `now`.
     pub fn deposit_at(&self, now: Instant) {
-        let mut s = self.lock();
-        self.rotate(&mut s, now);
-        let c = s.current;
-        s.balance[c] = s.balance[c].saturating_add(self.deposit);
+        let slot = self.slot(now);
+        slot.fetch_add(self.deposit, Relaxed);
     }
 
     /// Takes one retry at `now` if the budget allows it.
     pub fn withdraw_at(&self, now: Instant) -> bool {
-        let mut s = self.lock();
-        self.rotate(&mut s, now);
-        let sum = s
-            .balance
+        let slot = self.slot(now);
+        let sum = self
+            .slots
             .iter()
-            .fold(self.reserve, |a, b| a.saturating_add(*b));
+            .fold(self.reserve, |a, b| a.saturating_add(b.load(Relaxed)));
         if sum < UNIT {
             return false;
         }
-        let c = s.current;
-        s.balance[c] = s.balance[c].saturating_sub(UNIT);
+        // Two withdrawals racing here may both pass: the budget can be overdrawn by one retry
+        // per concurrent caller, as tower's is.
+        slot.fetch_sub(UNIT, Relaxed);
         true
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
-        // The state is plain integers, valid whatever a panicking holder left: go on with it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn rotate(&self, s: &mut Slots, now: Instant) {
-        let Some(started) = s.started else {
-            s.started = Some(now);
-            return;
-        };
-        let elapsed = now.saturating_duration_since(started);
-        if elapsed < self.slot_len {
-            return;
+    /// The current slot at `now`, after recycling the slots that have expired.
+    fn slot(&self, now: Instant) -> &AtomicI64 {
+        let now_ns =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        if now_ns >= self.slot_end.load(Acquire) {
+            // The state is plain integers, valid whatever a panicking holder left.
+            let _guard = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+            let end = self.slot_end.load(Acquire);
+            if now_ns >= end {
+                let steps = (now_ns - end) / self.slot_ns.max(1) + 1;
+                let mut current = self.current.load(Acquire);
+                for _ in 0..steps.min(SLOTS as u64) {
+                    current = (current + 1) % SLOTS;
+                    self.slots[current].store(0, Relaxed);
+                }
+                self.current.store(current, Release);
+                let next = end.saturating_add(steps.saturating_mul(self.slot_ns));
+                self.slot_end.store(next, Release);
+            }
         }
-        let steps = (elapsed.as_nanos() / self.slot_len.as_nanos().max(1)) as u64;
-        for _ in 0..steps.min(SLOTS as u64) {
-            s.current = (s.current + 1) % SLOTS;
-            s.balance[s.current] = 0;
-        }
-        s.started = Some(if steps >= SLOTS as u64 {
-            now
-        } else {
-            started + self.slot_len * steps as u32
-        });
+        &self.slots[self.current.load(Acquire)]
     }
 }
 
@@ -166,7 +168,10 @@ impl fmt::Debug for RetryBudget {
         f.debug_struct("RetryBudget")
             .field("ratio", &(self.deposit as f64 / UNIT as f64))
             .field("reserve", &(self.reserve / UNIT))
-            .field("window", &(self.slot_len * SLOTS as u32))
+            .field(
+                "window",
+                &Duration::from_nanos(self.slot_ns.saturating_mul(SLOTS as u64)),
+            )
             .finish()
     }
 }
