@@ -90,15 +90,24 @@ pin_project! {
     enum Step<S, F, ReqB> {
         Hit { fresh: Fresh },
         Called { #[pin] future: F },
-        Waiting {
-            #[pin] notified: OwnedNotified,
-            #[pin] timer: Sleep,
-            flight: Arc<Flight>,
-            request: Option<Request<ReqB>>,
-            service: Option<S>,
-        },
-        Calling { request: Option<Request<ReqB>>, service: Option<S> },
+        // Boxed: only coalesced waiters pay for its size, not every hit and miss.
+        Waiting { waiter: Pin<Box<Waiter<S, ReqB>>> },
         Done,
+    }
+}
+
+pin_project! {
+    /// A miss waiting for the request already in flight for its key, then (if released)
+    /// going upstream itself.
+    struct Waiter<S, ReqB> {
+        #[pin]
+        notified: OwnedNotified,
+        #[pin]
+        timer: Sleep,
+        flight: Arc<Flight>,
+        request: Option<Request<ReqB>>,
+        service: S,
+        released: bool,
     }
 }
 
@@ -137,11 +146,14 @@ where
         classifier: C,
     ) -> Self {
         let step = Step::Waiting {
-            notified: flight.notified(),
-            timer: tokio::time::sleep(bound),
-            flight,
-            request: Some(request),
-            service: Some(service),
+            waiter: Box::pin(Waiter {
+                notified: flight.notified(),
+                timer: tokio::time::sleep(bound),
+                flight,
+                request: Some(request),
+                service,
+                released: false,
+            }),
         };
         ResponseFuture {
             step,
@@ -175,42 +187,36 @@ where
                     }
                     return Poll::Ready(Ok(res.map(ResponseBody::upstream)));
                 }
-                StepProj::Waiting {
-                    notified,
-                    timer,
-                    flight,
-                    request,
-                    service,
-                } => {
-                    let mut landing = flight.landing();
-                    if landing == Landing::InFlight {
-                        if notified.poll(cx).is_ready() {
-                            landing = flight.landing();
-                        } else if timer.poll(cx).is_ready() {
-                            if let Some((state, _)) = this.ctx.as_ref() {
-                                bump(&state.stats.wait_timeouts);
+                StepProj::Waiting { waiter } => {
+                    let w = waiter.as_mut().project();
+                    if !*w.released {
+                        let mut landing = w.flight.landing();
+                        if landing == Landing::InFlight {
+                            if w.notified.poll(cx).is_ready() {
+                                landing = w.flight.landing();
+                            } else if w.timer.poll(cx).is_ready() {
+                                if let Some((state, _)) = this.ctx.as_ref() {
+                                    bump(&state.stats.wait_timeouts);
+                                }
+                            } else {
+                                return Poll::Pending;
                             }
-                        } else {
-                            return Poll::Pending;
                         }
+                        if let Landing::Missing { status, ttl } = landing {
+                            this.step.set(Step::Done);
+                            let fresh = Fresh {
+                                status,
+                                age: Duration::ZERO,
+                                remaining: ttl,
+                            };
+                            return Poll::Ready(Ok(synthesize(fresh)));
+                        }
+                        *w.released = true;
                     }
-                    if let Landing::Missing { status, ttl } = landing {
-                        this.step.set(Step::Done);
-                        let fresh = Fresh {
-                            status,
-                            age: Duration::ZERO,
-                            remaining: ttl,
-                        };
-                        return Poll::Ready(Ok(synthesize(fresh)));
-                    }
-                    let (request, service) = (request.take(), service.take());
-                    this.step.set(Step::Calling { request, service });
-                }
-                StepProj::Calling { request, service } => {
-                    let svc = service.as_mut().expect("a released waiter has its service");
-                    ready!(svc.poll_ready(cx))?;
-                    let req = request.take().expect("a released waiter has its request");
-                    let future = svc.call(req);
+                    // Released: go upstream through our own service.
+                    ready!(w.service.poll_ready(cx))?;
+                    let req = w.request.take().expect("a released waiter has its request");
+                    let future = w.service.call(req);
                     this.step.set(Step::Called { future });
                 }
                 StepProj::Done => panic!("ResponseFuture polled after completion"),

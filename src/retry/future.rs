@@ -63,11 +63,12 @@ pin_project! {
         // A discarded answer's body, read up to the drain limit so its connection is reused.
         Releasing {
             #[pin] body: B,
-            #[pin] timer: Sleep,
+            // Boxed, like the wait's timer: only a retry pays for a timer's size.
+            timer: Pin<Box<Sleep>>,
             drained: usize,
             delay: Duration,
         },
-        Waiting { #[pin] sleep: Sleep },
+        Waiting { sleep: Pin<Box<Sleep>> },
         Ready,
     }
 }
@@ -176,7 +177,7 @@ where
                                 drop(body);
                                 this.state.set(wait(delay));
                             } else {
-                                let timer = tokio::time::sleep(shared.drain_timeout);
+                                let timer = Box::pin(tokio::time::sleep(shared.drain_timeout));
                                 this.state.set(State::Releasing {
                                     body,
                                     timer,
@@ -209,7 +210,7 @@ where
                                 }
                             }
                             Poll::Ready(_) => break true,
-                            Poll::Pending => break timer.poll(cx).is_ready(),
+                            Poll::Pending => break timer.as_mut().poll(cx).is_ready(),
                         }
                     };
                     if !done {
@@ -223,7 +224,7 @@ where
                     this.state.set(wait(delay));
                 }
                 StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
@@ -252,7 +253,7 @@ fn wait<F, B>(delay: Duration) -> State<F, B> {
         State::Ready
     } else {
         State::Waiting {
-            sleep: tokio::time::sleep(delay),
+            sleep: Box::pin(tokio::time::sleep(delay)),
         }
     }
 }
