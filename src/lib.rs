@@ -48,7 +48,9 @@
 //! caller ──> NegativeCache ──> StatusAwareRetry ──> [Timeout] ──> hyper-util Client / any Service
 //!               │  hit: synthesized 404/410, 0 upstream calls
 //!               │  miss: call through; a Missing answer is remembered
-//!               └─ handle(): stats, invalidate, clear
+//!               └─ handle(): stats, invalidate, clear, peek
+//!                    └─ fleet (feature `redis`): publish what is learned and forgotten,
+//!                       apply what other replicas publish — off the request path
 //! ```
 //!
 //! - [`classify`] is the one place that decides what an answer means: Success, Missing,
@@ -62,6 +64,9 @@
 //! - The retry layer releases a discarded answer (its body drained up to a bound, then
 //!   dropped) *before* its backoff wait, so the connection returns to the pool and no buffer
 //!   is held through the wait.
+//! - The fleet tier (`fleet`, feature `redis`) hangs off the cache's handle: the cache offers
+//!   each Missing answer it remembers and each key it forgets to a bounded queue (never
+//!   blocking), a background task publishes them to Redis, another applies other replicas'.
 //! - One file owns the negative cache's store ([`quick_cache`](https://docs.rs/quick_cache):
 //!   bounded, sharded, scan-resistant). Entries carry their expiry; nothing runs in the
 //!   background.

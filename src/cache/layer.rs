@@ -310,7 +310,10 @@ impl<C> Builder<C> {
     /// The most entries held: a hard bound. Default: 10,000. Valid: `1..=100_000_000`.
     ///
     /// The store is split into shards (for a capacity of 4,096 or more), each with an equal
-    /// share, so an entry can be evicted slightly before the total is reached.
+    /// share, so an entry can be evicted slightly before the total is reached (filling a
+    /// capacity of 100,000 with distinct keys held 99,714). Memory is bounded by construction:
+    /// an entry costs about 91 bytes besides its key's text (measured by
+    /// `examples/alloc_counts.rs`; keys 32 bytes, entries 16, the rest quick_cache's tables).
     pub fn capacity(mut self, entries: u64) -> Self {
         if self
             .error
