@@ -303,3 +303,34 @@ async fn an_unreachable_redis_changes_nothing_for_requests() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_idle_subscription_stays_up() {
+    let redis = RedisServer::start();
+    let origin = origin().await;
+    let (a, b) = (replica(&redis.url()), replica(&redis.url()));
+    a.wait_connected().await;
+    b.wait_connected().await;
+    // Longer than the keepalive (5 s): the PING must not break the subscription.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(b.fleet.stats().reconnects, 0, "{:?}", b.fleet.stats());
+    assert!(b.fleet.stats().connected);
+    let url = origin.url("/records/after-idle");
+    a.get(&url).await;
+    let uri: Uri = url.parse().unwrap();
+    wait_until(Duration::from_millis(100), || b.cache.peek(&uri).is_some()).await;
+}
+
+#[tokio::test]
+async fn a_dropped_tier_can_be_replaced() {
+    let redis = RedisServer::start();
+    let cache = NegativeCacheLayer::new();
+    let first = Fleet::builder(redis.url()).start(&cache.handle()).unwrap();
+    assert!(
+        Fleet::builder(redis.url()).start(&cache.handle()).is_err(),
+        "one tier at a time"
+    );
+    drop(first);
+    let second = Fleet::builder(redis.url()).start(&cache.handle()).unwrap();
+    wait_until(Duration::from_secs(2), || second.stats().connected).await;
+}

@@ -19,7 +19,7 @@ use super::coalesce::{Flight, Landing, Leader};
 use super::key::Key;
 use super::layer::State;
 use super::stats::bump;
-use super::store::Fresh;
+use super::store::{Fresh, Generation};
 use super::ttl::ttl;
 use crate::RetryInfo;
 use crate::classify::{Classify, Outcome, response_outcome};
@@ -35,6 +35,8 @@ pub(crate) struct Pending {
     written: Option<Uri>,
     /// The request skipped the cache to refresh its entry.
     refresh: bool,
+    /// The key's version when the request left (see `Generations`).
+    generation: Option<Generation>,
 }
 
 impl Pending {
@@ -44,22 +46,26 @@ impl Pending {
             leader: None,
             written: None,
             refresh: false,
+            generation: None,
         }
     }
 
-    pub(crate) fn read(key: Option<Key>, leader: Option<Leader>) -> Self {
+    /// A read whose Missing answer is remembered under `key` — unless the key has changed
+    /// by the time the answer comes.
+    pub(crate) fn read(state: &State, key: Option<Key>, leader: Option<Leader>) -> Self {
+        let generation = key.as_ref().map(|k| state.store.generations.current(k));
         Pending {
             key,
             leader,
+            generation,
             ..Self::none()
         }
     }
 
-    pub(crate) fn refresh(key: Option<Key>) -> Self {
+    pub(crate) fn refresh(state: &State, key: Option<Key>) -> Self {
         Pending {
-            key,
             refresh: true,
-            ..Self::none()
+            ..Self::read(state, key, None)
         }
     }
 
@@ -180,7 +186,15 @@ where
                     return Poll::Ready(Ok(synthesize(fresh)));
                 }
                 StepProj::Called { future } => {
-                    let res = ready!(future.poll(cx))?;
+                    let res = match ready!(future.poll(cx)) {
+                        Ok(res) => res,
+                        Err(e) => {
+                            // Release the waiters now, not when the caller drops this future.
+                            drop(this.pending.leader.take());
+                            this.step.set(Step::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
                     this.step.set(Step::Done);
                     if let Some((state, classifier)) = this.ctx.as_ref() {
                         settle(state, classifier, this.pending, &res);
@@ -274,24 +288,37 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
         None => response_outcome(classifier, res.status(), res.headers()),
     };
     match outcome {
-        Outcome::Missing => match ttl(&state.ttl, res.status(), res.headers()) {
-            Some(ttl) => {
-                state.remember(key, res.status(), ttl);
-                if let Some(leader) = leader {
-                    leader.land(Landing::Missing {
-                        status: res.status(),
-                        ttl,
-                    });
+        Outcome::Missing => {
+            let current = pending
+                .generation
+                .is_some_and(|g| state.store.generations.is_current(g));
+            match ttl(&state.ttl, res.status(), res.headers()) {
+                // Overtaken by a write, a 2xx or an invalidation of this key: it would be stale.
+                Some(_) if !current => {}
+                Some(ttl) => {
+                    state.remember(key, res.status(), ttl);
+                    if let Some(leader) = leader {
+                        leader.land(Landing::Missing {
+                            status: res.status(),
+                            ttl,
+                        });
+                    }
+                }
+                // `no-store`/`no-cache`: whatever was remembered is not to be used either.
+                None => {
+                    if state.store.contains(&key) {
+                        state.forget(&key);
+                    }
                 }
             }
-            // `no-store`/`no-cache`: whatever was remembered is not to be used either.
-            None => drop(state.store.remove(&key)),
-        },
-        // A success forgets what a refreshing request found remembered. (A plain miss found
-        // nothing; a 404 remembered by a concurrent request meanwhile is as new as this
-        // answer, and stays for its TTL.)
-        Outcome::Success if pending.refresh && state.store.contains(&key) => {
-            state.forget(&key);
+        }
+        // Present: older Missing answers still on their way must not be remembered, and what
+        // a refreshing request found remembered is forgotten.
+        Outcome::Success => {
+            state.store.generations.bump(&key);
+            if pending.refresh && state.store.contains(&key) {
+                state.forget(&key);
+            }
         }
         _ => {}
     }

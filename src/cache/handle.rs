@@ -77,27 +77,26 @@ impl NegativeCacheHandle {
     }
 
     /// Forgets every entry whose key `forget` accepts; how many. Visits every entry.
+    ///
+    /// `forget` runs under the store's locks: it must not call back into this cache (through
+    /// this handle or a request), or it deadlocks.
     pub fn invalidate_if(&self, forget: impl Fn(&str) -> bool) -> u64 {
         let st = &*self.state;
-        let n = if st.peers.attached() {
-            let forgotten = std::sync::Mutex::new(Vec::new());
-            let n = st.store.remove_where(|k| {
-                let f = forget(k.as_str());
-                if f {
-                    forgotten
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(k.as_str().into());
-                }
-                f
-            });
-            for key in forgotten.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                st.peers.send(|| PeerEvent::Forget { key });
+        st.store.generations.bump_all();
+        // Only a tier of peers needs the keys' names.
+        let tell = st.peers.attached();
+        let forgotten = std::sync::Mutex::new(Vec::new());
+        let n = st.store.remove_where(|k| {
+            let f = forget(k.as_str());
+            if f && tell {
+                let mut list = forgotten.lock().unwrap_or_else(|p| p.into_inner());
+                list.push(Box::<str>::from(k.as_str()));
             }
-            n
-        } else {
-            st.store.remove_where(|k| forget(k.as_str()))
-        };
+            f
+        });
+        for key in forgotten.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            st.peers.send(|| PeerEvent::Forget { key });
+        }
         st.stats.invalidations.fetch_add(n, Relaxed);
         n
     }

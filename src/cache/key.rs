@@ -83,6 +83,14 @@ impl Key {
         &self.text
     }
 
+    /// The target this key names, whatever the credentials it was stored with.
+    pub(crate) fn target(&self) -> KeyRef<'_> {
+        KeyRef {
+            cred: 0,
+            ..self.parts()
+        }
+    }
+
     /// Whether both keys name the same target, whatever their credentials.
     pub(crate) fn same_target(&self, other: &Key) -> bool {
         KeyRef {
@@ -262,17 +270,30 @@ fn host_port(authority: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// Whether the request carries credentials (`Authorization`, `Cookie`).
-pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE)
+/// The userinfo of a URI (`user:password@`), which some clients send as Basic credentials.
+fn userinfo(uri: &Uri) -> Option<&str> {
+    let a = uri.authority()?.as_str();
+    a.bytes().rposition(|c| c == b'@').map(|i| &a[..i])
+}
+
+/// Whether the request carries credentials: `Authorization`, `Cookie`, or a userinfo in its
+/// URI.
+pub(crate) fn has_credentials(uri: &Uri, headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+        || headers.contains_key(header::COOKIE)
+        || userinfo(uri).is_some()
 }
 
 /// A fingerprint of the request's credentials, keyed by a per-cache random secret; 0 means none.
 ///
 /// Two different credentials share a fingerprint with probability 2^-64 per pair, and the
 /// secret keeps anyone from choosing a colliding credential on purpose.
-pub(crate) fn credential_fingerprint<S: BuildHasher>(headers: &HeaderMap, secret: &S) -> u64 {
-    if !has_credentials(headers) {
+pub(crate) fn credential_fingerprint<S: BuildHasher>(
+    uri: &Uri,
+    headers: &HeaderMap,
+    secret: &S,
+) -> u64 {
+    if !has_credentials(uri, headers) {
         return 0;
     }
     let mut h = secret.build_hasher();
@@ -283,6 +304,7 @@ pub(crate) fn credential_fingerprint<S: BuildHasher>(headers: &HeaderMap, secret
         }
         h.write_u8(0xfe);
     }
+    h.write(userinfo(uri).unwrap_or("").as_bytes());
     h.finish() | 1
 }
 
@@ -380,18 +402,28 @@ mod tests {
     #[test]
     fn credentials_separate_keys() {
         let secret = RandomState::new();
+        let uri: Uri = "http://x/r/1".parse().unwrap();
         let mut a = HeaderMap::new();
         a.insert(header::AUTHORIZATION, "Bearer alice".parse().unwrap());
         let mut b = HeaderMap::new();
         b.insert(header::AUTHORIZATION, "Bearer bob".parse().unwrap());
         let (fa, fb) = (
-            credential_fingerprint(&a, &secret),
-            credential_fingerprint(&b, &secret),
+            credential_fingerprint(&uri, &a, &secret),
+            credential_fingerprint(&uri, &b, &secret),
         );
         assert_ne!(fa, 0);
         assert_ne!(fa, fb);
-        assert_eq!(credential_fingerprint(&HeaderMap::new(), &secret), 0);
-        let uri: Uri = "http://x/r/1".parse().unwrap();
+        assert_eq!(credential_fingerprint(&uri, &HeaderMap::new(), &secret), 0);
+        let (alice, bob): (Uri, Uri) = (
+            "http://alice:pw@x/r/1".parse().unwrap(),
+            "http://bob:pw@x/r/1".parse().unwrap(),
+        );
+        assert!(has_credentials(&alice, &HeaderMap::new()));
+        let h = HeaderMap::new();
+        assert_ne!(
+            credential_fingerprint(&alice, &h, &secret),
+            credential_fingerprint(&bob, &h, &secret)
+        );
         let ka = uri_key(&uri, fa).unwrap().to_key().unwrap();
         assert!(!uri_key(&uri, fb).unwrap().equivalent(&ka));
         assert!(!uri_key(&uri, 0).unwrap().equivalent(&ka));

@@ -25,7 +25,8 @@ use crate::error::FirstError;
 /// Maps a request target to the application's own key; `None` leaves the request uncached.
 pub(crate) type KeyFn = Arc<dyn Fn(&Uri) -> Option<String> + Send + Sync>;
 
-/// What to do with requests that carry credentials (`Authorization` or `Cookie`).
+/// What to do with requests that carry credentials (`Authorization`, `Cookie`, or a userinfo
+/// `user:password@` in the URI).
 ///
 /// A 404 can mean "not yours" (GitHub answers 404 for private resources), so a negative
 /// answer must never be shared across credentials.
@@ -84,6 +85,7 @@ impl State {
 
     /// Forgets `key` in this cache only.
     pub(crate) fn forget_here(&self, key: &Key) -> bool {
+        self.store.generations.bump(key);
         let n = match self.credentials {
             Credentials::Bypass => u64::from(self.store.remove(key)),
             Credentials::Fingerprint => self.store.remove_where(|k| k.same_target(key)),
@@ -127,6 +129,7 @@ impl State {
         if tell_peers {
             self.peers.send(|| PeerEvent::Clear);
         }
+        self.store.generations.bump_all();
         let n = self.store.clear();
         self.stats.invalidations.fetch_add(n, Relaxed);
         n
@@ -414,7 +417,7 @@ impl<C> Builder<C> {
         self
     }
 
-    /// What to do with requests carrying `Authorization` or `Cookie`. Default:
+    /// What to do with requests carrying `Authorization`, `Cookie` or a URI userinfo. Default:
     /// [`Credentials::Bypass`].
     pub fn credentials(mut self, c: Credentials) -> Self {
         self.credentials = c;

@@ -1,9 +1,10 @@
 //! What this cache learns and forgets, offered to other replicas.
 //!
 //! Nothing listens unless a fleet tier (the `redis` feature) attaches: until then sending is
-//! one atomic load. Sending never blocks: a full queue drops the event and counts it.
+//! an uncontended read lock, on misses and invalidations only. Sending never blocks: a full
+//! queue drops the event and counts it.
 
-use std::sync::OnceLock;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -30,24 +31,39 @@ pub(crate) enum PeerEvent {
 
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
-    tx: OnceLock<mpsc::Sender<PeerEvent>>,
+    // A read lock per event (misses and invalidations only, never hits); written when a tier
+    // attaches or detaches.
+    tx: RwLock<Option<mpsc::Sender<PeerEvent>>>,
     pub(crate) dropped: AtomicU64,
 }
 
 impl Peers {
-    /// Starts sending events to `tx`; false if something is attached already.
+    /// Starts sending events to `tx`; false if a live tier is attached already.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn attach(&self, tx: mpsc::Sender<PeerEvent>) -> bool {
-        self.tx.set(tx).is_ok()
+        let mut slot = self.tx.write().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|t| !t.is_closed()) {
+            return false;
+        }
+        *slot = Some(tx);
+        true
+    }
+
+    /// Stops sending events.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn detach(&self) {
+        *self.tx.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub(crate) fn attached(&self) -> bool {
-        self.tx.get().is_some()
+        let slot = self.tx.read().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().is_some_and(|t| !t.is_closed())
     }
 
     /// Offers an event, built only if someone listens.
     pub(crate) fn send(&self, event: impl FnOnce() -> PeerEvent) {
-        if let Some(tx) = self.tx.get() {
+        let slot = self.tx.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = slot.as_ref() {
             if tx.try_send(event()).is_err() {
                 self.dropped.fetch_add(1, Relaxed);
             }

@@ -166,7 +166,12 @@ impl Model {
                     self.inserts += 1;
                 }
                 // no-store: whatever was remembered is dropped too (not an invalidation).
-                None => drop(self.entries.remove(&k)),
+                // Not to be stored: what was remembered is forgotten (and counted).
+                None => {
+                    if self.entries.remove(&k).is_some() {
+                        self.invalidations += 1;
+                    }
+                }
             },
             _ => {}
         }

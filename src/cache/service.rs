@@ -32,6 +32,11 @@ pub struct BypassNegativeCache;
 ///
 /// `S` must be `Clone` (a hyper-util `Client` is): a request waiting on another for the same
 /// key (coalescing) goes upstream through a clone if it is released.
+///
+/// `poll_ready` is the inner service's: a hit is answered without calling upstream, but not
+/// before the inner service is ready. Over a hyper-util `Client` (always ready) that costs
+/// nothing; put a concurrency limit or a load shedder *outside* this layer if hits should be
+/// answered while upstream is saturated.
 pub struct NegativeCache<S, C = DefaultClassifier> {
     inner: S,
     state: Arc<State>,
@@ -109,10 +114,10 @@ where
             let written: Option<Uri> = (!method.is_safe()).then(|| req.uri().clone());
             return self.upstream(req, Pending::write(written));
         }
-        let cred = if !has_credentials(req.headers()) {
+        let cred = if !has_credentials(req.uri(), req.headers()) {
             0
         } else if st.credentials == Credentials::Fingerprint {
-            credential_fingerprint(req.headers(), &st.secret)
+            credential_fingerprint(req.uri(), req.headers(), &st.secret)
         } else {
             bump(&st.stats.bypasses);
             return self.upstream(req, Pending::none());
@@ -126,7 +131,7 @@ where
         if refresh {
             bump(&st.stats.bypasses);
             let key = lookup.to_key();
-            return self.upstream(req, Pending::refresh(key));
+            return self.upstream(req, Pending::refresh(st, key));
         }
         bump(&st.stats.lookups);
         let now = Instant::now();
@@ -134,30 +139,35 @@ where
             bump(&st.stats.hits);
             return ResponseFuture::hit(fresh);
         }
-        bump(&st.stats.misses);
         let Some(key) = lookup.to_key() else {
+            bump(&st.stats.misses);
             return self.upstream(req, Pending::none());
         };
         let Some(bound) = st.coalesce else {
-            return self.upstream(req, Pending::read(Some(key), None));
+            bump(&st.stats.misses);
+            return self.upstream(req, Pending::read(st, Some(key), None));
         };
         match st.flights.join(key.clone()) {
             Role::Leader(leader) => {
                 // The flight before ours may have landed between our lookup and our join.
                 if let Some(fresh) = st.store.get(&key, now, || bump(&st.stats.expirations)) {
+                    bump(&st.stats.hits);
                     leader.land(Landing::from(fresh));
                     return ResponseFuture::hit(fresh);
                 }
-                self.upstream(req, Pending::read(Some(key), Some(leader)))
+                bump(&st.stats.misses);
+                let pending = Pending::read(st, Some(key), Some(leader));
+                self.upstream(req, pending)
             }
             Role::Waiter(flight) => {
+                bump(&st.stats.misses);
                 bump(&st.stats.coalesced);
                 ResponseFuture::wait(
                     flight,
                     bound,
                     req,
                     self.inner.clone(),
-                    Pending::read(Some(key), None),
+                    Pending::read(st, Some(key), None),
                     self.state.clone(),
                     self.classifier.clone(),
                 )

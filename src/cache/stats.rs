@@ -22,7 +22,8 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Entries found expired and dropped.
     pub expirations: u64,
-    /// Entries forgotten because of a write or a handle call.
+    /// Entries forgotten before their TTL: a successful write, a refreshing request answered
+    /// 2xx or `no-store`, a handle call, another replica.
     pub invalidations: u64,
     /// Requests that could not use the cache: other methods, credentials, bypass requests.
     pub bypasses: u64,

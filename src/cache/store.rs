@@ -7,10 +7,13 @@
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::Duration;
 
 use http::StatusCode;
 use quick_cache::sync::Cache;
+use std::hash::BuildHasher;
+
 use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, UnitWeighter};
 use tokio::time::Instant;
 
@@ -29,6 +32,16 @@ pub(crate) struct Entry {
 impl Entry {
     fn expires_ms(&self) -> u64 {
         self.stored_ms.saturating_add(u64::from(self.ttl_ms))
+    }
+
+    /// This entry as read at `now_ms`, if it has not expired.
+    fn fresh_at(&self, now_ms: u64) -> Option<Fresh> {
+        let expires_ms = self.expires_ms();
+        (expires_ms > now_ms).then(|| Fresh {
+            status: self.status,
+            age: Duration::from_millis(now_ms.saturating_sub(self.stored_ms)),
+            remaining: Duration::from_millis(expires_ms - now_ms),
+        })
     }
 }
 
@@ -55,6 +68,64 @@ pub(crate) struct Store {
     cache: Cache<Key, Entry, UnitWeighter, DefaultHashBuilder, CountEvictions>,
     epoch: Instant,
     capacity: u64,
+    pub(crate) generations: Generations,
+}
+
+const BUCKETS: usize = 1024;
+
+/// Versions of keys, by hash bucket. A key's version moves whenever it is forgotten or
+/// answered present; a Missing answer is remembered only if its key's version is the one
+/// read when its request left, so a 404 that was overtaken by a write or a 2xx is not kept.
+/// (Keys sharing a bucket share a version: a collision only skips remembering once.)
+pub(crate) struct Generations {
+    buckets: Box<[AtomicU64]>,
+    all: AtomicU64,
+    hasher: DefaultHashBuilder,
+}
+
+/// A key's version, read when its request left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Generation {
+    bucket: usize,
+    value: u64,
+    all: u64,
+}
+
+impl Generations {
+    fn new() -> Self {
+        Generations {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            all: AtomicU64::new(0),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    fn bucket(&self, key: &Key) -> usize {
+        (self.hasher.hash_one(key.target()) as usize) % BUCKETS
+    }
+
+    pub(crate) fn current(&self, key: &Key) -> Generation {
+        let bucket = self.bucket(key);
+        Generation {
+            bucket,
+            value: self.buckets[bucket].load(Acquire),
+            all: self.all.load(Acquire),
+        }
+    }
+
+    pub(crate) fn is_current(&self, g: Generation) -> bool {
+        self.buckets[g.bucket].load(Acquire) == g.value && self.all.load(Acquire) == g.all
+    }
+
+    /// `key` changed: answers already on their way for it must not be remembered.
+    pub(crate) fn bump(&self, key: &Key) {
+        self.buckets[self.bucket(key)].fetch_add(1, AcqRel);
+    }
+
+    /// Everything changed (a clear, a predicate invalidation).
+    pub(crate) fn bump_all(&self) {
+        self.all.fetch_add(1, AcqRel);
+    }
 }
 
 impl Store {
@@ -79,6 +150,7 @@ impl Store {
             ),
             epoch: Instant::now(),
             capacity,
+            generations: Generations::new(),
         }
     }
 
@@ -105,11 +177,7 @@ impl Store {
             }
             return None;
         }
-        Some(Fresh {
-            status: e.status,
-            age: Duration::from_millis(now_ms.saturating_sub(e.stored_ms)),
-            remaining: Duration::from_millis(e.expires_ms() - now_ms),
-        })
+        e.fresh_at(now_ms)
     }
 
     /// The fresh entry for `key` at `now`, without touching its recency or removing it.
@@ -117,13 +185,7 @@ impl Store {
     where
         Q: Hash + Equivalent<Key> + ?Sized,
     {
-        let e = self.cache.peek(key)?;
-        let now_ms = self.ms(now);
-        (e.expires_ms() > now_ms).then(|| Fresh {
-            status: e.status,
-            age: Duration::from_millis(now_ms.saturating_sub(e.stored_ms)),
-            remaining: Duration::from_millis(e.expires_ms() - now_ms),
-        })
+        self.cache.peek(key)?.fresh_at(self.ms(now))
     }
 
     pub(crate) fn insert(&self, key: Key, status: StatusCode, ttl: Duration, now: Instant) {

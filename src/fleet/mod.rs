@@ -239,7 +239,8 @@ pub struct FleetStats {
     pub connected: bool,
 }
 
-/// The running tier. Dropping it stops sharing (the cache goes on alone).
+/// The running tier. Dropping it stops sharing (the cache goes on alone, and a new tier can
+/// be started on it).
 pub struct FleetHandle {
     counters: Arc<Counters>,
     cache: NegativeCacheHandle,
@@ -267,6 +268,7 @@ impl FleetHandle {
 
 impl Drop for FleetHandle {
     fn drop(&mut self) {
+        self.cache.state().peers.detach();
         for t in &self.tasks {
             t.abort();
         }

@@ -100,11 +100,18 @@ async fn send(
                 .arg(format!("{}{key}", cfg.key_prefix))
                 .ignore();
         }
+        // Peers first: the stored copies only serve warm-ups, and expire by themselves.
         PeerEvent::Clear => {
+            redis::cmd("PUBLISH")
+                .arg(&cfg.channel)
+                .arg(&payload)
+                .query_async::<()>(conn)
+                .await?;
             let keys = scan(cfg, conn, CLEAR_LIMIT).await?;
             for chunk in keys.chunks(500) {
                 pipe.cmd("UNLINK").arg(chunk).ignore();
             }
+            return pipe.query_async::<()>(conn).await;
         }
     }
     pipe.cmd("PUBLISH").arg(&cfg.channel).arg(payload).ignore();
@@ -178,7 +185,8 @@ pub(crate) async fn subscribe(cfg: Arc<Config>, state: Arc<State>, counters: Arc
                     Ok(None) => break,
                     Err(_) => {
                         // Quiet for a while: make sure the connection is still there.
-                        let ping = sink.ping::<String>();
+                        // While subscribed, Redis answers PING with ["pong", ""], not a string.
+                        let ping = sink.ping::<redis::Value>();
                         if !matches!(timeout(cfg.timeout, ping).await, Ok(Ok(_))) {
                             break;
                         }

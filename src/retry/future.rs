@@ -199,7 +199,18 @@ where
                     delay,
                 } => {
                     let delay = *delay;
+                    // Bounded in bytes, in time, and in frames per poll: a body that is always
+                    // ready (empty frames, trailers) can neither spin nor outlive its timer.
+                    let mut frames = 0;
                     let done = loop {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            break true;
+                        }
+                        if frames == FRAMES_PER_POLL {
+                            cx.waker().wake_by_ref();
+                            break false;
+                        }
+                        frames += 1;
                         match body.as_mut().poll_frame(cx) {
                             Poll::Ready(Some(Ok(frame))) => {
                                 if let Some(data) = frame.data_ref() {
@@ -210,7 +221,7 @@ where
                                 }
                             }
                             Poll::Ready(_) => break true,
-                            Poll::Pending => break timer.as_mut().poll(cx).is_ready(),
+                            Poll::Pending => break false,
                         }
                     };
                     if !done {
@@ -247,6 +258,9 @@ where
         }
     }
 }
+
+/// Frames read from a discarded body in one poll before yielding to the executor.
+const FRAMES_PER_POLL: u32 = 64;
 
 fn wait<F, B>(delay: Duration) -> State<F, B> {
     if delay.is_zero() {

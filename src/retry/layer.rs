@@ -167,6 +167,16 @@ impl Builder<DefaultClassifier> {
 }
 
 impl<C> Builder<C> {
+    /// Changes one of the budget's settings (turning the budget on) and checks them.
+    fn set_budget(mut self, change: impl FnOnce(&mut (f64, u32, Duration))) -> Self {
+        let budget = self.budget.get_or_insert(DEFAULT_BUDGET);
+        change(budget);
+        if let Err(e) = RetryBudget::validate(*budget) {
+            self.error.fail(e);
+        }
+        self
+    }
+
     /// Replaces the classifier that decides what an answer means (and so
     /// [`retry_statuses`](Builder::retry_statuses)). Default: [`DefaultClassifier`].
     /// Whatever it says, 404 and 410 are never retried.
@@ -268,38 +278,20 @@ impl<C> Builder<C> {
 
     /// Retries allowed per request, on top of the per-second allowance. Default: 0.2 (20%).
     /// Valid: `0.0..=1000.0`, exact to 1/1000.
-    pub fn budget_ratio(mut self, ratio: f64) -> Self {
-        let budget = self.budget.get_or_insert(DEFAULT_BUDGET);
-        budget.0 = ratio;
-        let budget = *budget;
-        if let Err(e) = RetryBudget::validate(budget) {
-            self.error.fail(e);
-        }
-        self
+    pub fn budget_ratio(self, ratio: f64) -> Self {
+        self.set_budget(|b| b.0 = ratio)
     }
 
     /// Retries per second always allowed, whatever the ratio. Default: 10. Valid:
     /// `0..=1_000_000`.
-    pub fn budget_min_per_sec(mut self, n: u32) -> Self {
-        let budget = self.budget.get_or_insert(DEFAULT_BUDGET);
-        budget.1 = n;
-        let budget = *budget;
-        if let Err(e) = RetryBudget::validate(budget) {
-            self.error.fail(e);
-        }
-        self
+    pub fn budget_min_per_sec(self, n: u32) -> Self {
+        self.set_budget(|b| b.1 = n)
     }
 
     /// The window over which the budget counts requests and retries. Default: 10 s. Valid:
     /// `1 s..=60 s`.
-    pub fn budget_window(mut self, window: Duration) -> Self {
-        let budget = self.budget.get_or_insert(DEFAULT_BUDGET);
-        budget.2 = window;
-        let budget = *budget;
-        if let Err(e) = RetryBudget::validate(budget) {
-            self.error.fail(e);
-        }
-        self
+    pub fn budget_window(self, window: Duration) -> Self {
+        self.set_budget(|b| b.2 = window)
     }
 
     /// Turns the retry budget off: only `max_retries` bounds retries. Default: the budget is on.

@@ -72,7 +72,7 @@ pub use budget::RetryBudget;
 pub use future::ResponseFuture;
 pub use layer::{Builder, StatusAwareRetryLayer};
 pub use policy::Jitter;
-pub use replay::ReplayBody;
+pub use replay::{ReplayBody, Replayable, SendOnce};
 pub use service::StatusAwareRetry;
 pub use stats::RetryStats;
 

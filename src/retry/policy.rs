@@ -19,7 +19,7 @@ pub enum Jitter {
     Full,
     /// `e/2 + u × e/2`: never less than half the backoff.
     Equal,
-    /// `min(cap, base + u × (3 × previous − base))`: grows from the previous delay.
+    /// `min(cap, base + u × (3 × max(previous, base) − base))`: grows from the previous delay.
     Decorrelated,
 }
 
@@ -45,7 +45,9 @@ impl Backoff {
             Jitter::Full => exp * u,
             Jitter::Equal => exp / 2.0 + u * exp / 2.0,
             Jitter::Decorrelated => {
-                let hi = (prev.as_secs_f64() * 3.0).max(base);
+                // AWS's formula: the first "previous" sleep is the base, so the first retry is
+                // already spread over [base, 3 × base].
+                let hi = prev.as_secs_f64().max(base) * 3.0;
                 (base + u * (hi - base)).min(cap)
             }
         };
@@ -124,12 +126,13 @@ impl Policy {
                 if hint > self.max_retry_after {
                     return Decision::Stop(Stop::HintTooLong);
                 }
-                // Jitter only above the hint: spread by up to one base delay.
+                // Jitter only above the hint: spread by up to one base delay...
                 let spread = match self.backoff.jitter {
                     Jitter::None => Duration::ZERO,
                     _ => self.backoff.base.mul_f64(u),
                 };
-                hint.saturating_add(spread)
+                // ...but never past the cap on hints.
+                hint.saturating_add(spread).min(self.max_retry_after)
             }
             None => self.backoff.delay(at.retries + 1, at.prev_delay, u),
         };

@@ -307,7 +307,8 @@ impl Trace {
                 Outcome::Retryable { after: Some(hint) } => {
                     let lo = hint.delay_from(self.wall.1);
                     prop_assert!(lo <= p.max_retry_after, "hint {lo:?} over the cap honoured");
-                    (lo, hint.delay_from(self.wall.0) + cfg.spread())
+                    let hi = hint.delay_from(self.wall.0) + cfg.spread();
+                    (lo, hi.min(p.max_retry_after))
                 }
                 _ => {
                     let e = cfg.exp(i as u32 + 1);
