@@ -315,7 +315,9 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
         // Present: older Missing answers still on their way must not be remembered, and what
         // a refreshing request found remembered is forgotten.
         Outcome::Success => {
-            state.store.generations.bump(&key);
+            if let Some(g) = pending.generation {
+                state.store.generations.bump_at(g);
+            }
             if pending.refresh && state.store.contains(&key) {
                 state.forget(&key);
             }

@@ -100,8 +100,10 @@ impl Generations {
         }
     }
 
+    /// Keys are bucketed by their path and query: cheap to hash, and it keeps every spelling
+    /// and credential variant of one target in one bucket.
     fn bucket(&self, key: &Key) -> usize {
-        (self.hasher.hash_one(key.target()) as usize) % BUCKETS
+        (self.hasher.hash_one(key.target().pq()) as usize) % BUCKETS
     }
 
     pub(crate) fn current(&self, key: &Key) -> Generation {
@@ -120,6 +122,11 @@ impl Generations {
     /// `key` changed: answers already on their way for it must not be remembered.
     pub(crate) fn bump(&self, key: &Key) {
         self.buckets[self.bucket(key)].fetch_add(1, AcqRel);
+    }
+
+    /// The key whose version `g` is changed (without hashing it again).
+    pub(crate) fn bump_at(&self, g: Generation) {
+        self.buckets[g.bucket].fetch_add(1, AcqRel);
     }
 
     /// Everything changed (a clear, a predicate invalidation).
