@@ -147,12 +147,21 @@ async fn get(addr: std::net::SocketAddr) -> Outcome {
         .drain_timeout(Duration::from_millis(100))
         .build()
         .unwrap();
+    get_with(addr, "/r/1", &retry).await
+}
+
+/// One GET for `path` through `retry` -> timeout(per attempt) -> hyper-util client.
+async fn get_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    retry: &StatusAwareRetryLayer,
+) -> Outcome {
     let mut svc = ServiceBuilder::new()
         .layer(retry.clone())
         .layer(TimeoutLayer::new(PER_ATTEMPT))
         .map_err(BoxError::from)
         .service(support::client());
-    let req = Request::get(format!("http://{addr}/r/1"))
+    let req = Request::get(format!("http://{addr}{path}"))
         .body(Empty::<Bytes>::new())
         .unwrap();
     let t = Instant::now();
@@ -246,19 +255,8 @@ async fn a_silent_origin_stops_at_the_deadline() {
         .no_budget()
         .build()
         .unwrap();
-    let mut svc = ServiceBuilder::new()
-        .layer(retry.clone())
-        .layer(TimeoutLayer::new(PER_ATTEMPT))
-        .map_err(BoxError::from)
-        .service(support::client());
-    let req = Request::get(format!("http://{}/r/1", o.addr))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let t = Instant::now();
-    let res = svc.ready().await.unwrap().call(req).await;
-    let elapsed = t.elapsed();
+    let (res, stats, elapsed) = get_with(o.addr, "/r/1", &retry).await;
     assert!(res.is_err());
-    let stats = retry.stats();
     // 300 ms + 100 ms wait + 300 ms = 700 ms: a third attempt would begin past the deadline.
     assert_eq!(stats.attempts, 2, "{stats:?}");
     assert_eq!(stats.gave_up, 1, "{stats:?}");
