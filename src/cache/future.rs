@@ -17,7 +17,7 @@ use super::NegativeCacheHit;
 use super::body::ResponseBody;
 use super::coalesce::{Flight, Landing, Leader};
 use super::key::Key;
-use super::layer::State;
+use super::state::State;
 use super::stats::bump;
 use super::store::{Fresh, Generation};
 use super::ttl::ttl;

@@ -7,8 +7,8 @@ use http::Uri;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::NegativeCacheHit;
-use super::layer::State;
 use super::peers::PeerEvent;
+use super::state::State;
 use super::stats::CacheStats;
 
 /// Reaches the store shared by a [`NegativeCacheLayer`](super::NegativeCacheLayer), its clones

@@ -3,19 +3,17 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use http::{StatusCode, Uri};
-use tokio::time::Instant;
+use http::Uri;
 use tower::Layer;
 
 use super::NegativeCache;
-use super::coalesce::Flights;
 use super::handle::NegativeCacheHandle;
-use super::key::{Key, Lookup, uri_key};
-use super::peers::{PeerEvent, Peers};
-use super::stats::{CacheStats, Counters};
+use super::peers::Peers;
+use super::state::State;
+use super::stats::Counters;
 use super::store::Store;
 use super::ttl::TtlConfig;
 use crate::BuildError;
@@ -41,118 +39,6 @@ pub enum Credentials {
     /// colliding one. An invalidation (a successful write, a handle call) must then find the
     /// entry under every credential, so it visits every entry: O(capacity) per write.
     Fingerprint,
-}
-
-/// State shared by a layer, its clones, their services and the handle.
-pub(crate) struct State {
-    pub(crate) store: Store,
-    pub(crate) stats: Counters,
-    pub(crate) evictions: Arc<AtomicU64>,
-    pub(crate) ttl: TtlConfig,
-    pub(crate) key_fn: Option<KeyFn>,
-    pub(crate) credentials: Credentials,
-    pub(crate) secret: RandomState,
-    pub(crate) coalesce: Option<Duration>,
-    pub(crate) flights: Arc<Flights>,
-    pub(crate) peers: Peers,
-}
-
-impl State {
-    /// The key of a request target, as the layer computes it.
-    pub(crate) fn key_for<'a>(&self, uri: &'a Uri, cred: u64) -> Option<Lookup<'a>> {
-        match &self.key_fn {
-            Some(f) => Key::id(f(uri)?, cred).map(Lookup::Owned),
-            None => uri_key(uri, cred),
-        }
-    }
-
-    /// The stored key for `text`, as [`NegativeCacheHandle::invalidate`] takes it.
-    pub(crate) fn key_from_text(&self, text: &str) -> Option<Key> {
-        match &self.key_fn {
-            Some(_) => Key::id(text.to_owned(), 0),
-            None => self.key_for(&text.parse::<Uri>().ok()?, 0)?.to_key(),
-        }
-    }
-
-    /// Forgets `key` under every credential it was stored with, and tells the peers; whether
-    /// anything was there.
-    pub(crate) fn forget(&self, key: &Key) -> bool {
-        self.peers.send(|| PeerEvent::Forget {
-            key: key.as_str().into(),
-        });
-        self.forget_here(key)
-    }
-
-    /// Forgets `key` in this cache only.
-    pub(crate) fn forget_here(&self, key: &Key) -> bool {
-        self.store.generations.bump(key);
-        let n = match self.credentials {
-            Credentials::Bypass => u64::from(self.store.remove(key)),
-            Credentials::Fingerprint => self.store.remove_where(|k| k.same_target(key)),
-        };
-        if n > 0 {
-            self.stats.invalidations.fetch_add(n, Relaxed);
-            tracing::debug!(key = key.as_str(), "negative cache: invalidated");
-        }
-        n > 0
-    }
-
-    /// Remembers a Missing answer, and tells the peers (only for entries without
-    /// credentials: a credential's fingerprint means nothing to another replica).
-    pub(crate) fn remember(&self, key: Key, status: StatusCode, ttl: Duration) {
-        tracing::debug!(key = key.as_str(), %status, ?ttl, "negative cache: remembered");
-        if key.cred() == 0 {
-            self.peers.send(|| PeerEvent::Missing {
-                key: key.as_str().into(),
-                status,
-                ttl,
-            });
-        }
-        self.store.insert(key, status, ttl, Instant::now());
-        self.stats.inserts.fetch_add(1, Relaxed);
-    }
-
-    /// Remembers what a peer learned, clamped to this cache's `max_ttl`; whether the key
-    /// could be read.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn learn(&self, text: &str, status: StatusCode, ttl: Duration) -> bool {
-        let Some(key) = self.key_from_text(text) else {
-            return false;
-        };
-        self.store
-            .insert(key, status, ttl.min(self.ttl.max), Instant::now());
-        true
-    }
-
-    /// Forgets everything, and tells the peers; how many entries there were.
-    pub(crate) fn clear(&self, tell_peers: bool) -> u64 {
-        if tell_peers {
-            self.peers.send(|| PeerEvent::Clear);
-        }
-        self.store.generations.bump_all();
-        let n = self.store.clear();
-        self.stats.invalidations.fetch_add(n, Relaxed);
-        n
-    }
-
-    pub(crate) fn stats(&self) -> CacheStats {
-        let evictions = self.evictions.load(Relaxed);
-        self.stats
-            .snapshot(self.store.len(), self.store.capacity(), evictions)
-    }
-}
-
-impl fmt::Debug for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NegativeCache")
-            .field("len", &self.store.len())
-            .field("capacity", &self.store.capacity())
-            .field("ttl", &self.ttl)
-            .field("key_fn", &self.key_fn.is_some())
-            .field("credentials", &self.credentials)
-            .field("coalesce", &self.coalesce)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Applies [`NegativeCache`] to a service: remembers keys that answered Missing (404, 410)

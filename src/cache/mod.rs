@@ -68,6 +68,7 @@ mod key;
 mod layer;
 mod peers;
 mod service;
+mod state;
 mod stats;
 mod store;
 mod ttl;
@@ -82,9 +83,9 @@ pub use service::{BypassNegativeCache, NegativeCache};
 pub use stats::CacheStats;
 
 #[cfg(feature = "redis")]
-pub(crate) use layer::State;
-#[cfg(feature = "redis")]
 pub(crate) use peers::PeerEvent;
+#[cfg(feature = "redis")]
+pub(crate) use state::State;
 
 /// Marks an answer synthesized by the negative cache (in the response's extensions).
 ///
