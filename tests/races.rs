@@ -133,6 +133,47 @@ async fn a_404_overtaken_by_an_invalidation_is_not_remembered() {
     assert_eq!(cache.handle().stats().len, 0);
 }
 
+#[tokio::test]
+async fn answers_for_other_keys_never_stop_a_404_from_being_remembered() {
+    // Ten slow 404s in flight while 500 other keys are answered 2xx: keys are versioned one by
+    // one, so none of the 404s may be lost to another key's answer.
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    let upstream = tower::service_fn(move |r: Request<Empty<Bytes>>| {
+        let (gate, missing) = (g.clone(), r.uri().path().starts_with("/missing/"));
+        async move {
+            if missing {
+                gate.notified().await;
+                return Ok::<_, Infallible>(answer(404));
+            }
+            Ok(answer(200))
+        }
+    });
+    let cache = NegativeCacheLayer::new();
+    let svc = ServiceBuilder::new().layer(cache.clone()).service(upstream);
+    let slow: Vec<_> = (0..10)
+        .map(|i| {
+            tokio::spawn(
+                svc.clone()
+                    .oneshot(req(Method::GET, &format!("http://h/missing/{i}"))),
+            )
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    for i in 0..500 {
+        let res = svc
+            .clone()
+            .oneshot(req(Method::GET, &format!("http://h/present/{i}")))
+            .await;
+        assert_eq!(res.unwrap().status(), 200);
+    }
+    gate.notify_waiters();
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().status(), 404);
+    }
+    assert_eq!(cache.handle().stats().len, 10, "every 404 remembered");
+}
+
 /// A body always ready with empty frames: draining it must neither spin nor outlive its
 /// timer.
 struct EmptyForever;

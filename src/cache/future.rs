@@ -19,7 +19,7 @@ use super::coalesce::{Flight, Landing, Leader};
 use super::key::Key;
 use super::state::State;
 use super::stats::bump;
-use super::store::{Fresh, Generation};
+use super::store::{Fresh, Ticket};
 use super::ttl::ttl;
 use crate::RetryInfo;
 use crate::classify::{Classify, Outcome, response_outcome};
@@ -35,8 +35,8 @@ pub(crate) struct Pending {
     written: Option<Uri>,
     /// The request skipped the cache to refresh its entry.
     refresh: bool,
-    /// The key's version when the request left (see `Generations`).
-    generation: Option<Generation>,
+    /// The read's place among the reads in flight for its key (see `Versions`).
+    ticket: Option<Ticket>,
 }
 
 impl Pending {
@@ -46,18 +46,18 @@ impl Pending {
             leader: None,
             written: None,
             refresh: false,
-            generation: None,
+            ticket: None,
         }
     }
 
     /// A read whose Missing answer is remembered under `key` — unless the key has changed
     /// by the time the answer comes.
     pub(crate) fn read(state: &State, key: Option<Key>, leader: Option<Leader>) -> Self {
-        let generation = key.as_ref().map(|k| state.store.generations.current(k));
+        let ticket = key.as_ref().map(|k| state.store.versions.start(k));
         Pending {
             key,
             leader,
-            generation,
+            ticket,
             ..Self::none()
         }
     }
@@ -288,35 +288,35 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
         None => response_outcome(classifier, res.status(), res.headers()),
     };
     match outcome {
-        Outcome::Missing => {
-            let current = pending
-                .generation
-                .is_some_and(|g| state.store.generations.is_current(g));
-            match ttl(&state.ttl, res.status(), res.headers()) {
-                // Overtaken by a write, a 2xx or an invalidation of this key: it would be stale.
-                Some(_) if !current => {}
-                Some(ttl) => {
-                    state.remember(key, res.status(), ttl);
-                    if let Some(leader) = leader {
-                        leader.land(Landing::Missing {
-                            status: res.status(),
-                            ttl,
-                        });
-                    }
+        Outcome::Missing => match ttl(&state.ttl, res.status(), res.headers()) {
+            Some(ttl) => {
+                // Insert, then check that the key did not change while this read was out: a
+                // change landing after the check removes the entry itself (it bumps, then
+                // forgets); one landing before it is seen here, and the entry is forgotten.
+                state.remember(key.clone(), res.status(), ttl);
+                if pending.ticket.take().is_some_and(|t| !t.settle()) {
+                    state.forget(&key);
+                    return;
                 }
-                // `no-store`/`no-cache`: whatever was remembered is not to be used either.
-                None => {
-                    if state.store.contains(&key) {
-                        state.forget(&key);
-                    }
+                if let Some(leader) = leader {
+                    leader.land(Landing::Missing {
+                        status: res.status(),
+                        ttl,
+                    });
                 }
             }
-        }
-        // Present: older Missing answers still on their way must not be remembered, and what
-        // a refreshing request found remembered is forgotten.
+            // `no-store`/`no-cache`: whatever was remembered is not to be used either.
+            None => {
+                if state.store.contains(&key) {
+                    state.forget(&key);
+                }
+            }
+        },
+        // Present: Missing answers still on their way for this key must not be remembered,
+        // and what a refreshing request found remembered is forgotten.
         Outcome::Success => {
-            if let Some(g) = pending.generation {
-                state.store.generations.bump_at(g);
+            if let Some(t) = pending.ticket.take() {
+                t.settle_present();
             }
             if pending.refresh && state.store.contains(&key) {
                 state.forget(&key);

@@ -82,7 +82,7 @@ impl NegativeCacheHandle {
     /// this handle or a request), or it deadlocks.
     pub fn invalidate_if(&self, forget: impl Fn(&str) -> bool) -> u64 {
         let st = &*self.state;
-        st.store.generations.bump_all();
+        st.store.versions.bump_all();
         // Only a tier of peers needs the keys' names.
         let tell = st.peers.attached();
         let forgotten = std::sync::Mutex::new(Vec::new());

@@ -32,13 +32,6 @@ pub(crate) struct KeyRef<'a> {
     cred: u64,
 }
 
-impl<'a> KeyRef<'a> {
-    /// The path and query (or the application's id).
-    pub(crate) fn pq(&self) -> &'a str {
-        self.pq
-    }
-}
-
 impl Hash for KeyRef<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.scheme.hash(state);

@@ -60,7 +60,7 @@ impl State {
 
     /// Forgets `key` in this cache only.
     pub(crate) fn forget_here(&self, key: &Key) -> bool {
-        self.store.generations.bump(key);
+        self.store.versions.bump(key);
         let n = match self.credentials {
             Credentials::Bypass => u64::from(self.store.remove(key)),
             Credentials::Fingerprint => self.store.remove_where(|k| k.same_target(key)),
@@ -104,7 +104,7 @@ impl State {
         if tell_peers {
             self.peers.send(|| PeerEvent::Clear);
         }
-        self.store.generations.bump_all();
+        self.store.versions.bump_all();
         let n = self.store.clear();
         self.stats.invalidations.fetch_add(n, Relaxed);
         n

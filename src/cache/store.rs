@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 use quick_cache::sync::Cache;
-use std::hash::BuildHasher;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::Mutex;
 
 use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, UnitWeighter};
 use tokio::time::Instant;
@@ -68,70 +70,154 @@ pub(crate) struct Store {
     cache: Cache<Key, Entry, UnitWeighter, DefaultHashBuilder, CountEvictions>,
     epoch: Instant,
     capacity: u64,
-    pub(crate) generations: Generations,
+    pub(crate) versions: Arc<Versions>,
 }
 
-const BUCKETS: usize = 1024;
-
-/// Versions of keys, by hash bucket. A key's version moves whenever it is forgotten or
-/// answered present; a Missing answer is remembered only if its key's version is the one
-/// read when its request left, so a 404 that was overtaken by a write or a 2xx is not kept.
-/// (Keys sharing a bucket share a version: a collision only skips remembering once.)
-pub(crate) struct Generations {
-    buckets: Box<[AtomicU64]>,
+/// Versions of the keys that have reads in flight: a key's version moves whenever it is
+/// forgotten or answered present, and a Missing answer is remembered only if its key's version
+/// is the one read when its request left — so a 404 overtaken by a write, a 2xx or an
+/// invalidation is not kept. Exact per key (a 64-bit hash of its target), and sized by the
+/// reads in flight, not by the store: a key leaves when its last read settles.
+pub(crate) struct Versions {
+    shards: Box<[Mutex<Slots>]>,
     all: AtomicU64,
     hasher: DefaultHashBuilder,
 }
 
-/// A key's version, read when its request left.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Generation {
-    bucket: usize,
-    value: u64,
-    all: u64,
+/// The keys in flight in one shard, by the hash of their target.
+type Slots = HashMap<u64, Slot, BuildHasherDefault<Prehashed>>;
+
+#[derive(Default)]
+struct Slot {
+    in_flight: u32,
+    version: u64,
 }
 
-impl Generations {
+const SHARDS: usize = 64;
+
+/// A read in flight: holds its key's place in [`Versions`] until it settles or is dropped.
+pub(crate) struct Ticket {
+    versions: Arc<Versions>,
+    hash: u64,
+    version: u64,
+    all: u64,
+    settled: bool,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("hash", &self.hash)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl Versions {
     fn new() -> Self {
-        Generations {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        Versions {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             all: AtomicU64::new(0),
             hasher: DefaultHashBuilder::default(),
         }
     }
 
-    /// Keys are bucketed by their path and query: cheap to hash, and it keeps every spelling
-    /// and credential variant of one target in one bucket.
-    fn bucket(&self, key: &Key) -> usize {
-        (self.hasher.hash_one(key.target().pq()) as usize) % BUCKETS
+    fn hash(&self, key: &Key) -> u64 {
+        self.hasher.hash_one(key.target())
     }
 
-    pub(crate) fn current(&self, key: &Key) -> Generation {
-        let bucket = self.bucket(key);
-        Generation {
-            bucket,
-            value: self.buckets[bucket].load(Acquire),
-            all: self.all.load(Acquire),
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Slots> {
+        // The maps hold integers only: whatever a panicking holder left is valid.
+        self.shards[(hash >> 58) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read of `key` leaves: note the key's version.
+    pub(crate) fn start(self: &Arc<Self>, key: &Key) -> Ticket {
+        let hash = self.hash(key);
+        let all = self.all.load(Acquire);
+        let mut shard = self.shard(hash);
+        let slot = shard.entry(hash).or_default();
+        slot.in_flight += 1;
+        Ticket {
+            versions: self.clone(),
+            hash,
+            version: slot.version,
+            all,
+            settled: false,
         }
     }
 
-    pub(crate) fn is_current(&self, g: Generation) -> bool {
-        self.buckets[g.bucket].load(Acquire) == g.value && self.all.load(Acquire) == g.all
-    }
-
-    /// `key` changed: answers already on their way for it must not be remembered.
+    /// `key` changed: reads in flight for it must not remember what they bring back.
     pub(crate) fn bump(&self, key: &Key) {
-        self.buckets[self.bucket(key)].fetch_add(1, AcqRel);
-    }
-
-    /// The key whose version `g` is changed (without hashing it again).
-    pub(crate) fn bump_at(&self, g: Generation) {
-        self.buckets[g.bucket].fetch_add(1, AcqRel);
+        let hash = self.hash(key);
+        if let Some(slot) = self.shard(hash).get_mut(&hash) {
+            slot.version += 1;
+        }
     }
 
     /// Everything changed (a clear, a predicate invalidation).
     pub(crate) fn bump_all(&self) {
         self.all.fetch_add(1, AcqRel);
+    }
+}
+
+impl Ticket {
+    /// The read is back: whether its key is unchanged since it left.
+    pub(crate) fn settle(mut self) -> bool {
+        self.release(false)
+    }
+
+    /// The read is back and found its key present: reads still in flight for it must not
+    /// remember a Missing answer.
+    pub(crate) fn settle_present(mut self) {
+        self.release(true);
+    }
+
+    /// Leaves the key's slot (bumping its version first if `changed`); whether the key was
+    /// unchanged while this read was out. One critical section.
+    fn release(&mut self, changed: bool) -> bool {
+        if self.settled {
+            return false;
+        }
+        self.settled = true;
+        let all = self.versions.all.load(Acquire);
+        let mut shard = self.versions.shard(self.hash);
+        let Some(slot) = shard.get_mut(&self.hash) else {
+            return false;
+        };
+        let current = slot.version == self.version && all == self.all;
+        slot.version += u64::from(changed);
+        slot.in_flight -= 1;
+        if slot.in_flight == 0 {
+            shard.remove(&self.hash);
+        }
+        current
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.release(false);
+    }
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -157,7 +243,7 @@ impl Store {
             ),
             epoch: Instant::now(),
             capacity,
-            generations: Generations::new(),
+            versions: Arc::new(Versions::new()),
         }
     }
 
