@@ -290,12 +290,17 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
     match outcome {
         Outcome::Missing => match ttl(&state.ttl, res.status(), res.headers()) {
             Some(ttl) => {
-                // Insert, then check that the key did not change while this read was out: a
-                // change landing after the check removes the entry itself (it bumps, then
-                // forgets); one landing before it is seen here, and the entry is forgotten.
-                state.remember(key.clone(), res.status(), ttl);
-                if pending.ticket.take().is_some_and(|t| !t.settle()) {
-                    state.forget(&key);
+                // Remembered only if the key did not change while this read was out: a 404
+                // overtaken by a write, a 2xx or an invalidation would be stale.
+                let status = res.status();
+                let remembered = match pending.ticket.take() {
+                    Some(t) => t.settle_with(|| state.remember(key, status, ttl)),
+                    None => {
+                        state.remember(key, status, ttl);
+                        true
+                    }
+                };
+                if !remembered {
                     return;
                 }
                 if let Some(leader) = leader {

@@ -157,49 +157,61 @@ impl Versions {
         }
     }
 
-    /// Everything changed (a clear, a predicate invalidation).
+    /// Everything changed (a clear, a predicate invalidation). Takes every shard in turn, so
+    /// that no read settles in between: each sees the change, or comes before the forgetting
+    /// that follows it. Rare, so the cost (64 uncontended locks) does not matter.
     pub(crate) fn bump_all(&self) {
+        let _shards: Vec<_> = (0..SHARDS).map(|i| self.shard((i as u64) << 58)).collect();
         self.all.fetch_add(1, AcqRel);
     }
 }
 
 impl Ticket {
-    /// The read is back: whether its key is unchanged since it left.
-    pub(crate) fn settle(mut self) -> bool {
-        self.release(false)
+    /// The read is back with a Missing answer: runs `remember` if its key is unchanged since
+    /// the read left, inside the key's critical section — so a change either comes first and is
+    /// seen here, or comes after and forgets what `remember` stored. Whether it ran.
+    pub(crate) fn settle_with(mut self, remember: impl FnOnce()) -> bool {
+        self.release(false, Some(remember))
     }
 
     /// The read is back and found its key present: reads still in flight for it must not
     /// remember a Missing answer.
     pub(crate) fn settle_present(mut self) {
-        self.release(true);
+        self.release(true, None::<fn()>);
     }
 
-    /// Leaves the key's slot (bumping its version first if `changed`); whether the key was
-    /// unchanged while this read was out. One critical section.
-    fn release(&mut self, changed: bool) -> bool {
+    /// Leaves the key's slot, in one critical section: runs `if_current` when the key was
+    /// unchanged while this read was out, then bumps the version if `changed`.
+    fn release(&mut self, changed: bool, if_current: Option<impl FnOnce()>) -> bool {
         if self.settled {
             return false;
         }
         self.settled = true;
-        let all = self.versions.all.load(Acquire);
         let mut shard = self.versions.shard(self.hash);
         let Some(slot) = shard.get_mut(&self.hash) else {
             return false;
         };
-        let current = slot.version == self.version && all == self.all;
+        // `all` moves only with every shard locked, so it is stable here.
+        let current = slot.version == self.version && self.versions.all.load(Acquire) == self.all;
+        let ran = match if_current {
+            Some(f) if current => {
+                f();
+                true
+            }
+            _ => false,
+        };
         slot.version += u64::from(changed);
         slot.in_flight -= 1;
         if slot.in_flight == 0 {
             shard.remove(&self.hash);
         }
-        current
+        ran
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.release(false);
+        self.release(false, None::<fn()>);
     }
 }
 
