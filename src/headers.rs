@@ -44,6 +44,10 @@ pub(crate) struct CacheControl {
     pub(crate) max_age: Option<u64>,
     /// The smallest valid `s-maxage`, in seconds (saturated at `u64::MAX`).
     pub(crate) s_maxage: Option<u64>,
+    /// The largest valid `min-fresh` (a request directive), in seconds.
+    pub(crate) min_fresh: Option<u64>,
+    /// `only-if-cached` (a request directive).
+    pub(crate) only_if_cached: bool,
 }
 
 /// Parses all `Cache-Control` field lines of `headers` (repeated lines combine, RFC 9110 §5.3).
@@ -64,6 +68,13 @@ pub(crate) fn cache_control(headers: &HeaderMap) -> CacheControl {
                 keep_smallest(&mut cc.max_age, arg);
             } else if name.eq_ignore_ascii_case(b"s-maxage") {
                 keep_smallest(&mut cc.s_maxage, arg);
+            } else if name.eq_ignore_ascii_case(b"min-fresh") {
+                // The largest is the most demanding, so the conservative reading.
+                if let Some(s) = arg.and_then(|a| delta_seconds(std::str::from_utf8(&a).ok()?)) {
+                    cc.min_fresh = Some(cc.min_fresh.map_or(s, |old| old.max(s)));
+                }
+            } else if name.eq_ignore_ascii_case(b"only-if-cached") {
+                cc.only_if_cached = true;
             }
         }
     }
@@ -77,16 +88,71 @@ fn keep_smallest(slot: &mut Option<u64>, arg: Option<Cow<'_, [u8]>>) {
     }
 }
 
-/// Whether a request asks not to be answered from a cache without validation:
-/// `Cache-Control: no-cache`, or `Pragma: no-cache` when it has no `Cache-Control` field
-/// (RFC 9111 §5.4).
-pub(crate) fn request_no_cache(headers: &HeaderMap) -> bool {
-    if headers.contains_key(header::CACHE_CONTROL) {
-        return cache_control(headers).no_cache;
+/// What a request's own `Cache-Control` asks of a cache (RFC 9111 §5.2.1), as the negative
+/// cache acts on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RequestDirectives {
+    /// Not to be answered from the store (`no-cache`, `max-age=0`, or `Pragma: no-cache` without
+    /// a `Cache-Control` field): the answer refreshes the entry.
+    pub(crate) refresh: bool,
+    /// `no-store`: the answer must not be stored (§5.2.1.5).
+    pub(crate) no_store: bool,
+    /// `max-age=N`: only an entry at most N seconds old may answer (§5.2.1.1).
+    pub(crate) max_age: Option<u64>,
+    /// `min-fresh=N`: only an entry fresh for at least N more seconds may answer (§5.2.1.3).
+    pub(crate) min_fresh: Option<u64>,
+    /// `only-if-cached`: answer from the store or with 504, never upstream (§5.2.1.7).
+    pub(crate) only_if_cached: bool,
+}
+
+impl RequestDirectives {
+    /// Whether an entry of this age, fresh for `remaining` more, may answer the request.
+    pub(crate) fn accepts(&self, age: Duration, remaining: Duration) -> bool {
+        self.max_age.is_none_or(|m| age.as_secs() <= m)
+            && self
+                .min_fresh
+                .is_none_or(|m| remaining >= Duration::from_secs(m))
     }
-    headers.get_all(header::PRAGMA).iter().any(|line| {
+}
+
+/// A request's cache directives. Reads nothing (the common case) when the request has neither
+/// `Cache-Control` nor `Pragma`.
+pub(crate) fn request_directives(headers: &HeaderMap) -> RequestDirectives {
+    if headers.contains_key(header::CACHE_CONTROL) {
+        let cc = cache_control(headers);
+        return RequestDirectives {
+            // max-age=0: no stored answer is young enough; go upstream and refresh.
+            refresh: cc.no_cache || cc.max_age == Some(0),
+            no_store: cc.no_store,
+            max_age: cc.max_age,
+            min_fresh: cc.min_fresh,
+            only_if_cached: cc.only_if_cached,
+        };
+    }
+    // §5.4: `Pragma: no-cache` counts only without a Cache-Control field.
+    let refresh = headers.get_all(header::PRAGMA).iter().any(|line| {
         directives(line.as_bytes()).any(|(name, _)| name.eq_ignore_ascii_case(b"no-cache"))
-    })
+    });
+    RequestDirectives {
+        refresh,
+        ..RequestDirectives::default()
+    }
+}
+
+/// Whether an answer's `Vary` names `*`: it varies on things outside the request, so no
+/// later request can be known to match it (RFC 9111 §4.1).
+pub(crate) fn vary_star(headers: &HeaderMap) -> bool {
+    vary_names(headers).any(|n| n == b"*")
+}
+
+/// The field names an answer's `Vary` lists (every field line, RFC 9110 §12.5.5), as written.
+pub(crate) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::VARY)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
+        .map(trim_ows)
+        .filter(|n| !n.is_empty())
 }
 
 /// An HTTP-date (RFC 9110 §5.6.7: IMF-fixdate, RFC 850 or asctime form), as in `Date` and
@@ -266,6 +332,7 @@ mod tests {
                 private: true,
                 max_age: Some(60),
                 s_maxage: Some(120),
+                ..Default::default()
             }
         );
         assert_eq!(
@@ -288,6 +355,7 @@ mod tests {
                 private: true,
                 max_age: Some(5),
                 s_maxage: Some(7),
+                ..Default::default()
             }
         );
     }
@@ -399,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn request_no_cache_forms() {
+    fn request_refresh_forms() {
         let none = HeaderMap::new();
         assert!(!request_no_cache(&none));
         assert!(request_no_cache(&map(
@@ -413,6 +481,15 @@ mod tests {
         assert!(!request_no_cache(&map(
             header::CACHE_CONTROL,
             &[b"no-store"]
+        )));
+        // max-age=0: no stored answer is young enough (RFC 9111 §5.2.1.1).
+        assert!(request_no_cache(&map(
+            header::CACHE_CONTROL,
+            &[b"max-age=0"]
+        )));
+        assert!(!request_no_cache(&map(
+            header::CACHE_CONTROL,
+            &[b"max-age=1"]
         )));
         assert!(request_no_cache(&map(header::PRAGMA, &[b"no-cache"])));
         assert!(request_no_cache(&map(
@@ -435,6 +512,46 @@ mod tests {
             HeaderValue::from_static("max-age=10"),
         );
         assert!(!request_no_cache(&both));
+    }
+
+    fn request_no_cache(headers: &HeaderMap) -> bool {
+        request_directives(headers).refresh
+    }
+
+    #[test]
+    fn request_directives_forms() {
+        let d = request_directives(&map(
+            header::CACHE_CONTROL,
+            &[
+                b"no-store, max-age=30",
+                b"min-fresh=5, min-fresh=9, only-if-cached",
+            ],
+        ));
+        assert_eq!(
+            d,
+            RequestDirectives {
+                refresh: false,
+                no_store: true,
+                max_age: Some(30),
+                min_fresh: Some(9),
+                only_if_cached: true,
+            }
+        );
+        let s = Duration::from_secs;
+        assert!(d.accepts(s(30), s(9)));
+        assert!(!d.accepts(s(31), s(100)));
+        assert!(!d.accepts(s(0), s(8)));
+        assert!(RequestDirectives::default().accepts(s(u64::MAX), Duration::ZERO));
+    }
+
+    #[test]
+    fn vary_forms() {
+        let v = map(header::VARY, &[b"Accept-Encoding, ,x-tenant", b" origin "]);
+        let names: Vec<_> = vary_names(&v).collect();
+        assert_eq!(names, [&b"Accept-Encoding"[..], b"x-tenant", b"origin"]);
+        assert!(!vary_star(&v));
+        assert!(vary_star(&map(header::VARY, &[b"accept, *"])));
+        assert!(!vary_star(&HeaderMap::new()));
     }
 
     fn date(s: &[u8]) -> Option<SystemTime> {

@@ -309,7 +309,7 @@ fn capacity_rejects_zero_and_more_than_a_hundred_million() {
 }
 
 #[test]
-fn ttl_rejects_zero_more_than_a_year_and_outside_min_max() {
+fn ttl_rejects_zero_more_than_30_days_and_above_max_ttl() {
     for (ttl, shown) in [
         (Duration::ZERO, "0ns"),
         (Duration::from_micros(999), "999µs"),
@@ -318,24 +318,20 @@ fn ttl_rejects_zero_more_than_a_year_and_outside_min_max() {
     ] {
         refused(cache().ttl(ttl).build(), "ttl", shown, "1ms..=30d");
     }
-    // Valid on its own, but outside min_ttl..=max_ttl (1 s..=1 day by default): the error
-    // should name the setter the caller used, `ttl`.
+    // Valid on its own, but above max_ttl (1 day by default): the error should name the
+    // setter the caller used, `ttl`.
     refused(
         cache().ttl(Duration::from_secs(2 * 86_400)).build(),
         "ttl",
         "172800s",
-        "min_ttl..=max_ttl (1s..=86400s)",
+        "above max_ttl (86400s)",
     );
-    refused(
-        cache().ttl(Duration::from_millis(500)).build(),
-        "ttl",
-        "500ms",
-        "min_ttl..=max_ttl (1s..=86400s)",
-    );
+    // There is no lower clamp any more: a sub-second default is valid.
+    assert!(cache().ttl(Duration::from_millis(500)).build().is_ok());
 }
 
 #[test]
-fn ttl_404_rejects_zero_more_than_a_year_and_outside_min_max() {
+fn ttl_404_rejects_zero_more_than_30_days_and_above_max_ttl() {
     for (ttl, shown) in [
         (Duration::ZERO, "0ns"),
         (MAX_TTL + NS, "2592000.000000001s"),
@@ -347,21 +343,19 @@ fn ttl_404_rejects_zero_more_than_a_year_and_outside_min_max() {
         cache().ttl_404(Duration::from_secs(2 * 86_400)).build(),
         "ttl_404",
         "172800s",
-        "min_ttl..=max_ttl (1s..=86400s)",
+        "above max_ttl (86400s)",
     );
+    // A max_ttl below a default the caller did not set names max_ttl.
     refused(
-        cache()
-            .min_ttl(Duration::from_secs(10))
-            .ttl_404(Duration::from_secs(5))
-            .build(),
-        "ttl_404",
-        "5s",
-        "min_ttl..=max_ttl (10s..=86400s)",
+        cache().max_ttl(Duration::from_millis(10)).build(),
+        "max_ttl",
+        "the default",
+        "above max_ttl (10ms)",
     );
 }
 
 #[test]
-fn ttl_410_rejects_zero_more_than_a_year_and_outside_min_max() {
+fn ttl_410_rejects_zero_more_than_30_days_and_above_max_ttl() {
     for (ttl, shown) in [
         (Duration::ZERO, "0ns"),
         (MAX_TTL + NS, "2592000.000000001s"),
@@ -373,52 +367,14 @@ fn ttl_410_rejects_zero_more_than_a_year_and_outside_min_max() {
         cache().ttl_410(Duration::from_secs(2 * 86_400)).build(),
         "ttl_410",
         "172800s",
-        "min_ttl..=max_ttl (1s..=86400s)",
+        "above max_ttl (86400s)",
     );
+    // A max_ttl below a default the caller did not set names max_ttl.
     refused(
-        cache()
-            .min_ttl(Duration::from_secs(10))
-            .ttl_410(Duration::from_secs(5))
-            .build(),
-        "ttl_410",
-        "5s",
-        "min_ttl..=max_ttl (10s..=86400s)",
-    );
-}
-
-#[test]
-fn min_ttl_rejects_zero_more_than_a_year_and_above_max_ttl() {
-    for (ttl, shown) in [
-        (Duration::ZERO, "0ns"),
-        (Duration::from_micros(999), "999µs"),
-        (MAX_TTL + NS, "2592000.000000001s"),
-    ] {
-        refused(cache().min_ttl(ttl).build(), "min_ttl", shown, "1ms..=30d");
-    }
-    // Above max_ttl: the bound is max_ttl, which the message names (set in either order).
-    refused(
-        cache()
-            .max_ttl(Duration::from_secs(10))
-            .min_ttl(Duration::from_secs(20))
-            .build(),
-        "min_ttl",
-        "20s",
-        "max_ttl (10s)",
-    );
-    refused(
-        cache()
-            .min_ttl(Duration::from_secs(20))
-            .max_ttl(Duration::from_secs(10))
-            .build(),
-        "min_ttl",
-        "20s",
-        "max_ttl (10s)",
-    );
-    refused(
-        cache().min_ttl(2 * DAY).build(),
-        "min_ttl",
-        "172800s",
-        "max_ttl (86400s)",
+        cache().max_ttl(Duration::from_millis(10)).build(),
+        "max_ttl",
+        "the default",
+        "above max_ttl (10ms)",
     );
 }
 
@@ -534,20 +490,15 @@ fn valid_boundary_values_build() {
     let ms = Duration::from_millis(1);
     ok(cache().capacity(1), "capacity 1");
     ok(cache().capacity(100_000_000), "capacity 100,000,000");
-    ok(cache().min_ttl(ms).ttl(ms), "ttl 1 ms (min 1 ms)");
+    ok(cache().ttl(ms), "ttl 1 ms");
     ok(cache().max_ttl(MAX_TTL).ttl(MAX_TTL), "ttl 30 d (max 30 d)");
-    ok(cache().min_ttl(ms).ttl_404(ms), "ttl_404 1 ms (min 1 ms)");
+    ok(cache().ttl_404(ms), "ttl_404 1 ms");
     ok(
         cache().max_ttl(MAX_TTL).ttl_410(MAX_TTL),
         "ttl_410 30 d (max 30 d)",
     );
-    ok(cache().min_ttl(ms), "min_ttl 1 ms");
     ok(cache().max_ttl(MAX_TTL), "max_ttl 30 d");
-    ok(
-        cache().min_ttl(MAX_TTL).max_ttl(MAX_TTL).ttl(MAX_TTL),
-        "min = max = 30 d",
-    );
-    ok(cache().min_ttl(ms).max_ttl(ms).ttl(ms), "min = max = 1 ms");
+    ok(cache().max_ttl(ms).ttl(ms), "ttl = max = 1 ms");
     ok(cache().coalesce(ms), "coalesce 1 ms");
     ok(cache().coalesce(Duration::from_secs(60)), "coalesce 60 s");
 }
@@ -616,7 +567,6 @@ fn first_invalid_setting_wins() {
         first(
             cache()
                 .capacity(0)
-                .min_ttl(Duration::ZERO)
                 .max_ttl(Duration::ZERO)
                 .build()
                 .unwrap_err()

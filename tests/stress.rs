@@ -51,7 +51,6 @@ async fn mixed_traffic_on_overlapping_keys_neither_deadlocks_nor_miscounts() {
     let cache = NegativeCacheLayer::builder()
         .capacity(CAPACITY)
         .ttl(Duration::from_millis(300))
-        .min_ttl(Duration::from_millis(100))
         .coalesce(Duration::from_millis(200))
         .build()
         .unwrap();

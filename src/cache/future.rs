@@ -1,42 +1,60 @@
-//! The response future: a synthesized answer, a call upstream, or a wait on another's call.
+//! The response future: a synthesized answer, a call upstream, or a wait on another's call;
+//! and what is done with an upstream answer once it lands.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::SystemTime;
 
-use http::header::{AGE, CONTENT_LENGTH, CONTENT_LOCATION, LOCATION};
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http::header::{AGE, CONTENT_LENGTH, CONTENT_LOCATION, HOST, LOCATION};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::NegativeCacheHit;
 use super::body::ResponseBody;
-use super::coalesce::{Flight, Landing, Leader};
-use super::key::Key;
+use super::coalesce::{Flight, Leader};
+use super::key::{Key, target_key};
+use super::reference::{Target, resolve};
 use super::state::State;
 use super::stats::bump;
-use super::store::{Fresh, Ticket};
-use super::ttl::ttl;
-use crate::RetryInfo;
-use crate::classify::{Classify, Outcome, response_outcome};
+use super::store::{Fresh, Stored, Ticket};
+use super::ttl::freshness;
+use crate::classify::{Classify, Outcome};
+use crate::headers::RequestDirectives;
 
 /// What to do with the answer once it comes.
 #[derive(Debug)]
 pub(crate) struct Pending {
     /// A read's key: remembered if the answer is Missing, forgotten if it is Success.
     key: Option<Key>,
-    /// This request leads a flight: its answer is shared with the waiters.
+    /// This request leads a flight: its waiters wake when it has settled.
     leader: Option<Leader>,
     /// A write's target: forgotten (with `Location`, `Content-Location`) on 2xx/3xx.
-    written: Option<Uri>,
-    /// The request skipped the cache to refresh its entry.
-    refresh: bool,
+    written: Option<Written>,
+    /// The request said `no-store`: its answer is not stored (RFC 9111 §5.2.1.5).
+    no_store: bool,
     /// The read's place among the reads in flight for its key (see `Versions`).
     ticket: Option<Ticket>,
+}
+
+/// The target of a write, as the origin sees it.
+#[derive(Debug)]
+pub(crate) struct Written {
+    uri: Uri,
+    host: Option<HeaderValue>,
+}
+
+impl Written {
+    pub(crate) fn of<B>(req: &Request<B>) -> Self {
+        Written {
+            uri: req.uri().clone(),
+            host: req.headers().get(HOST).cloned(),
+        }
+    }
 }
 
 impl Pending {
@@ -45,35 +63,54 @@ impl Pending {
             key: None,
             leader: None,
             written: None,
-            refresh: false,
+            no_store: false,
             ticket: None,
         }
     }
 
     /// A read whose Missing answer is remembered under `key` — unless the key has changed
-    /// by the time the answer comes.
-    pub(crate) fn read(state: &State, key: Option<Key>, leader: Option<Leader>) -> Self {
-        let ticket = key.as_ref().map(|k| state.store.versions.start(k));
+    /// by the time the answer comes, or the request said `no-store`.
+    pub(crate) fn read(
+        state: &State,
+        key: Key,
+        leader: Option<Leader>,
+        directives: &RequestDirectives,
+    ) -> Self {
         Pending {
-            key,
+            ticket: Some(state.store.versions.start(&key)),
+            key: Some(key),
             leader,
-            ticket,
+            no_store: directives.no_store,
             ..Self::none()
         }
     }
 
-    pub(crate) fn refresh(state: &State, key: Option<Key>) -> Self {
+    pub(crate) fn write(written: Written) -> Self {
         Pending {
-            refresh: true,
-            ..Self::read(state, key, None)
+            written: Some(written),
+            ..Self::none()
+        }
+    }
+}
+
+/// An answer the cache makes up: a remembered Missing answer, or the 504 an `only-if-cached`
+/// request gets when nothing is remembered (RFC 9111 §5.2.1.7).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Synth {
+    hit: Option<Fresh>,
+    version: Version,
+}
+
+impl Synth {
+    pub(crate) fn hit(fresh: Fresh, version: Version) -> Self {
+        Synth {
+            hit: Some(fresh),
+            version,
         }
     }
 
-    pub(crate) fn write(written: Option<Uri>) -> Self {
-        Pending {
-            written,
-            ..Self::none()
-        }
+    pub(crate) fn gateway_timeout(version: Version) -> Self {
+        Synth { hit: None, version }
     }
 }
 
@@ -94,7 +131,7 @@ pin_project! {
 pin_project! {
     #[project = StepProj]
     enum Step<S, F, ReqB> {
-        Hit { fresh: Fresh },
+        Hit { synth: Synth },
         Called { #[pin] future: F },
         // Boxed: only coalesced waiters pay for its size, not every hit and miss.
         Waiting { waiter: Pin<Box<Waiter<S, ReqB>>> },
@@ -103,8 +140,12 @@ pin_project! {
 }
 
 pin_project! {
-    /// A miss waiting for the request already in flight for its key, then (if released)
-    /// going upstream itself.
+    /// A miss waiting for the request already in flight for its key, then looking the key up
+    /// again, then (if nothing is there) going upstream itself.
+    ///
+    /// It holds no reservation of the inner service while it waits: the caller's ready
+    /// instance was released when it started waiting, and this clone is driven to ready only
+    /// once it must go upstream.
     struct Waiter<S, ReqB> {
         #[pin]
         notified: OwnedNotified,
@@ -112,6 +153,7 @@ pin_project! {
         timer: Sleep,
         flight: Arc<Flight>,
         request: Option<Request<ReqB>>,
+        directives: RequestDirectives,
         service: S,
         released: bool,
     }
@@ -121,9 +163,9 @@ impl<S, C, ReqB> ResponseFuture<S, C, ReqB>
 where
     S: Service<Request<ReqB>>,
 {
-    pub(crate) fn hit(fresh: Fresh) -> Self {
+    pub(crate) fn synthesized(synth: Synth) -> Self {
         ResponseFuture {
-            step: Step::Hit { fresh },
+            step: Step::Hit { synth },
             pending: Pending::none(),
             ctx: None,
         }
@@ -142,10 +184,12 @@ where
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn wait(
         flight: Arc<Flight>,
-        bound: Duration,
+        bound: std::time::Duration,
         request: Request<ReqB>,
+        directives: RequestDirectives,
         service: S,
         pending: Pending,
         state: Arc<State>,
@@ -157,6 +201,7 @@ where
                 timer: tokio::time::sleep(bound),
                 flight,
                 request: Some(request),
+                directives,
                 service,
                 released: false,
             }),
@@ -180,16 +225,16 @@ where
         let mut this = self.project();
         loop {
             match this.step.as_mut().project() {
-                StepProj::Hit { fresh } => {
-                    let fresh = *fresh;
+                StepProj::Hit { synth } => {
+                    let synth = *synth;
                     this.step.set(Step::Done);
-                    return Poll::Ready(Ok(synthesize(fresh)));
+                    return Poll::Ready(Ok(synthesize(synth)));
                 }
                 StepProj::Called { future } => {
                     let res = match ready!(future.poll(cx)) {
                         Ok(res) => res,
                         Err(e) => {
-                            // Release the waiters now, not when the caller drops this future.
+                            // Wake the waiters now, not when the caller drops this future.
                             drop(this.pending.leader.take());
                             this.step.set(Step::Done);
                             return Poll::Ready(Err(e));
@@ -204,10 +249,9 @@ where
                 StepProj::Waiting { waiter } => {
                     let w = waiter.as_mut().project();
                     if !*w.released {
-                        let mut landing = w.flight.landing();
-                        if landing == Landing::InFlight {
+                        if !w.flight.landed() {
                             if w.notified.poll(cx).is_ready() {
-                                landing = w.flight.landing();
+                                // Landed: look the key up below.
                             } else if w.timer.poll(cx).is_ready() {
                                 if let Some((state, _)) = this.ctx.as_ref() {
                                     bump(&state.stats.wait_timeouts);
@@ -216,18 +260,23 @@ where
                                 return Poll::Pending;
                             }
                         }
-                        if let Landing::Missing { status, ttl } = landing {
-                            this.step.set(Step::Done);
-                            let fresh = Fresh {
-                                status,
-                                age: Duration::ZERO,
-                                remaining: ttl,
-                            };
-                            return Poll::Ready(Ok(synthesize(fresh)));
-                        }
                         *w.released = true;
+                        // The same rule as any lookup: only what the store holds now.
+                        let found = match (this.ctx.as_ref(), this.pending.key.as_ref()) {
+                            (Some((state, _)), Some(key)) => state
+                                .store
+                                .get(key, Instant::now(), || bump(&state.stats.expirations))
+                                .filter(|f| w.directives.accepts(f.age, f.remaining)),
+                            _ => None,
+                        };
+                        if let Some(fresh) = found {
+                            let version =
+                                w.request.as_ref().map_or(Version::HTTP_11, |r| r.version());
+                            this.step.set(Step::Done);
+                            return Poll::Ready(Ok(synthesize(Synth::hit(fresh, version))));
+                        }
                     }
-                    // Released: go upstream through our own service.
+                    // Released: go upstream through our own service, once it is ready.
                     ready!(w.service.poll_ready(cx))?;
                     let req = w.request.take().expect("a released waiter has its request");
                     let future = w.service.call(req);
@@ -239,20 +288,27 @@ where
     }
 }
 
-/// The answer the cache gives for a remembered key.
-fn synthesize<B>(fresh: Fresh) -> Response<ResponseBody<B>> {
+/// The answer the cache makes up, in the request's HTTP version.
+fn synthesize<B>(synth: Synth) -> Response<ResponseBody<B>> {
     let mut res = Response::new(ResponseBody::synthesized());
-    *res.status_mut() = fresh.status;
+    *res.version_mut() = synth.version;
     // Sized for the two headers: the default map's first table is 600-odd bytes.
     let mut headers = HeaderMap::with_capacity(2);
     headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-    headers.insert(AGE, age_value(fresh.age.as_secs()));
+    match synth.hit {
+        Some(fresh) => {
+            *res.status_mut() = fresh.status;
+            // RFC 9111 §5.1: the age includes what the origin reported on arrival.
+            headers.insert(AGE, age_value(fresh.age.as_secs()));
+            res.extensions_mut().insert(NegativeCacheHit {
+                status: fresh.status,
+                age: fresh.age,
+                remaining: fresh.remaining,
+            });
+        }
+        None => *res.status_mut() = StatusCode::GATEWAY_TIMEOUT,
+    }
     *res.headers_mut() = headers;
-    res.extensions_mut().insert(NegativeCacheHit {
-        status: fresh.status,
-        age: fresh.age,
-        remaining: fresh.remaining,
-    });
     res
 }
 
@@ -270,120 +326,113 @@ fn age_value(secs: u64) -> HeaderValue {
     }
 }
 
-/// Acts on an upstream answer: remember, forget, and tell the waiters.
+/// Acts on an upstream answer: remember, forget, then wake the waiters.
+///
+/// The rule it keeps (with [`Ticket`] and [`State::forget_exact`]): a remembered Missing answer
+/// is served only if no 2xx, successful write or invalidation of its key landed after its
+/// request started. A Missing answer that lands after such a change is not remembered; a
+/// change that lands after a Missing answer was remembered forgets it.
 fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, res: &Response<B>) {
-    let leader = pending.leader.take();
-    if let Some(uri) = pending.written.take() {
+    // Dropped last, once the store says what the waiters should see.
+    let _leader = pending.leader.take();
+    if let Some(w) = pending.written.take() {
         if res.status().is_success() || res.status().is_redirection() {
-            forget_written(state, &uri, res.headers());
+            forget_written(state, &w, res.headers());
         }
         return;
     }
     let Some(key) = pending.key.take() else {
         return;
     };
-    // The retry layer has already classified this answer: use its verdict.
-    let outcome = match res.extensions().get::<RetryInfo>() {
-        Some(info) => info.outcome,
-        None => response_outcome(classifier, res.status(), res.headers()),
-    };
-    match outcome {
-        Outcome::Missing => match ttl(&state.ttl, res.status(), res.headers()) {
-            Some(ttl) => {
-                // Remembered only if the key did not change while this read was out: a 404
-                // overtaken by a write, a 2xx or an invalidation would be stale.
-                let status = res.status();
-                let remembered = match pending.ticket.take() {
-                    Some(t) => t.settle_with(|| state.remember(key, status, ttl)),
-                    None => {
-                        state.remember(key, status, ttl);
-                        true
+    match state.outcome(classifier, res) {
+        Outcome::Missing => {
+            let (status, headers) = (res.status(), res.headers());
+            let fresh = freshness(&state.ttl, status, headers, SystemTime::now());
+            match fresh.filter(|_| !pending.no_store) {
+                Some(f) => {
+                    let stored = Stored {
+                        status,
+                        ttl: f.ttl,
+                        age: f.age,
+                    };
+                    // Remembered only if the key did not change while this read was out.
+                    if let Some(t) = pending.ticket.take() {
+                        t.settle_with(|| state.remember(key, stored));
                     }
-                };
-                if !remembered {
-                    return;
                 }
-                if let Some(leader) = leader {
-                    leader.land(Landing::Missing {
-                        status: res.status(),
-                        ttl,
-                    });
+                None => {
+                    bump(&state.stats.uncacheable);
+                    tracing::debug!(
+                        key = key.as_str(),
+                        %status,
+                        request_no_store = pending.no_store,
+                        "negative cache: Missing answer not stored (no-store, no-cache, Vary, or stale on arrival)"
+                    );
+                    // The origin's newest word on this key forbids reuse: what was remembered
+                    // before is not to be used either.
+                    if fresh.is_none() && state.store.contains(&key) {
+                        state.forget(&key);
+                    }
                 }
             }
-            // `no-store`/`no-cache`: whatever was remembered is not to be used either.
-            None => {
-                if state.store.contains(&key) {
-                    state.forget(&key);
-                }
-            }
-        },
-        // Present: Missing answers still on their way for this key must not be remembered,
-        // and what a refreshing request found remembered is forgotten.
+        }
+        // Present: a Missing answer remembered for this key is forgotten, and those still on
+        // their way are not remembered.
         Outcome::Success => {
             if let Some(t) = pending.ticket.take() {
                 t.settle_present();
             }
-            if pending.refresh && state.store.contains(&key) {
-                state.forget(&key);
-            }
+            state.forget_exact(&key);
         }
         _ => {}
     }
 }
 
-/// A successful write: forget its target and the same-origin `Location`, `Content-Location`
-/// of its answer (RFC 9111 §4.4).
-fn forget_written(state: &State, target: &Uri, headers: &HeaderMap) {
-    if let Some(k) = state.key_for(target, 0).and_then(|l| l.to_key()) {
+/// A successful write: forget its target and what its answer's `Location` and
+/// `Content-Location` name on the same origin (RFC 9111 §4.4), resolved against the target
+/// (RFC 3986 §5.2) and compared as keys are (scheme and host lower-case, default port elided).
+fn forget_written(state: &State, w: &Written, headers: &HeaderMap) {
+    let Some(target) = state.key_for(&w.uri, w.host.as_ref(), 0) else {
+        return;
+    };
+    if let Some(k) = target.to_key() {
         state.forget(&k);
     }
+    let base = Target {
+        scheme: w.uri.scheme_str().unwrap_or("").to_ascii_lowercase(),
+        authority: match &w.host {
+            Some(h) => h.to_str().unwrap_or("").to_owned(),
+            None => w.uri.authority().map_or("", |a| a.as_str()).to_owned(),
+        },
+        pq: w
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned(),
+    };
+    let origin_of = |t: &Target| {
+        target_key(&t.scheme, &t.authority, &t.pq, 0).map(|l| {
+            let (s, h, p) = l.origin();
+            (s.to_owned(), h.to_owned(), p)
+        })
+    };
+    let Some(origin) = origin_of(&base) else {
+        return;
+    };
     for name in [LOCATION, CONTENT_LOCATION] {
-        let Some(uri) = headers.get(&name).and_then(|v| same_origin(target, v)) else {
+        let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        if let Some(k) = state.key_for(&uri, 0).and_then(|l| l.to_key()) {
+        let Some(resolved) = resolve(&base, value) else {
+            continue;
+        };
+        // Cross-origin references never invalidate: another origin's answer says nothing
+        // about it (§4.4), and that would let one origin empty another's entries.
+        if origin_of(&resolved).as_ref() != Some(&origin) {
+            continue;
+        }
+        if let Some(k) = state.key_for_target(&resolved) {
             state.forget(&k);
         }
-    }
-}
-
-/// `value` as a URI of `base`'s origin: an absolute URI with the same scheme and authority,
-/// or an absolute path resolved against `base`. Anything else is `None`.
-fn same_origin(base: &Uri, value: &HeaderValue) -> Option<Uri> {
-    let uri: Uri = value.to_str().ok()?.parse().ok()?;
-    match (uri.scheme(), uri.authority()) {
-        (Some(s), Some(a)) => {
-            let same = Some(s) == base.scheme()
-                && base
-                    .authority()
-                    .is_some_and(|b| b.as_str().eq_ignore_ascii_case(a.as_str()));
-            same.then_some(uri)
-        }
-        (None, None) if uri.path().starts_with('/') => {
-            let mut parts = uri.into_parts();
-            parts.scheme = base.scheme().cloned();
-            parts.authority = base.authority().cloned();
-            Uri::from_parts(parts).ok()
-        }
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_origin_rules() {
-        let base: Uri = "http://api.example/records".parse().unwrap();
-        let v = |s: &'static str| HeaderValue::from_static(s);
-        assert_eq!(
-            same_origin(&base, &v("/records/7")).unwrap(),
-            "http://api.example/records/7".parse::<Uri>().unwrap()
-        );
-        assert!(same_origin(&base, &v("http://API.example/records/7")).is_some());
-        assert!(same_origin(&base, &v("http://evil.example/records/7")).is_none());
-        assert!(same_origin(&base, &v("https://api.example/records/7")).is_none());
-        assert!(same_origin(&base, &v("7")).is_none());
     }
 }

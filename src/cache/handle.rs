@@ -48,7 +48,7 @@ impl NegativeCacheHandle {
     /// What the cache would answer a GET for `uri` without credentials: the remembered
     /// entry's age and remaining freshness, or `None`. Counts nothing and changes nothing.
     pub fn peek(&self, uri: &Uri) -> Option<NegativeCacheHit> {
-        let lookup = self.state.key_for(uri, 0)?;
+        let lookup = self.state.key_for(uri, None, 0)?;
         let fresh = self
             .state
             .store
@@ -63,7 +63,7 @@ impl NegativeCacheHandle {
     /// Forgets the entry a request to `uri` would use (through the key function, if any),
     /// under every credential; whether there was one.
     pub fn invalidate_uri(&self, uri: &Uri) -> bool {
-        match self.state.key_for(uri, 0).and_then(|l| l.to_key()) {
+        match self.state.key_for(uri, None, 0).and_then(|l| l.to_key()) {
             Some(k) => self.state.forget(&k),
             None => false,
         }

@@ -6,11 +6,12 @@
 
 use std::hash::{BuildHasher, Hash, Hasher};
 
-use http::{HeaderMap, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use quick_cache::Equivalent;
 
-/// A stored key: `{scheme}://{host}{:port}{path?query}` (or just `{path?query}` for an
-/// origin-form URI, or the application's id), plus the fingerprint of the credentials it was
+/// A stored key: `{scheme}://{host}{:port}{path?query}` (`//{host}{:port}{path?query}` for an
+/// origin-form target with a `Host` header, just `{path?query}` without one, or the
+/// application's id), plus the fingerprint of the credentials it was
 /// fetched with (0: none). 32 bytes: the text and three offsets into it.
 #[derive(Clone, Debug)]
 pub(crate) struct Key {
@@ -64,9 +65,11 @@ impl Key {
             .get(host_end + 1..pq_start)
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
+        // `scheme://host` or, for an origin-form target keyed by its Host, `//host`.
+        let host_start = if scheme_end == 0 { 2 } else { scheme_end + 3 };
         KeyRef {
             scheme: &t[..scheme_end],
-            host: &t[scheme_end + 3..host_end],
+            host: &t[host_start..host_end],
             port,
             pq: &t[pq_start..],
             cred: self.cred,
@@ -123,11 +126,12 @@ impl Key {
             0 => 0,
             n => 2 + n.checked_ilog10().unwrap_or(0) as usize,
         };
-        let len = p.scheme.len() + 3 + p.host.len() + port_len + p.pq.len();
+        let sep = if p.scheme.is_empty() { "//" } else { "://" };
+        let len = p.scheme.len() + sep.len() + p.host.len() + port_len + p.pq.len();
         // Exactly sized, so turning it into a `Box<str>` does not reallocate.
         let mut text = String::with_capacity(len);
         text.push_str(p.scheme);
-        text.push_str("://");
+        text.push_str(sep);
         text.push_str(p.host);
         let host_end = text.len();
         if p.port != 0 {
@@ -180,6 +184,15 @@ pub(crate) enum Lookup<'a> {
 }
 
 impl Lookup<'_> {
+    /// The origin the key names: scheme, host and port as normalised (port 0: the default).
+    pub(crate) fn origin(&self) -> (&str, &str, u16) {
+        let p = match self {
+            Lookup::Borrowed(r) => *r,
+            Lookup::Owned(k) => k.parts(),
+        };
+        (p.scheme, p.host, p.port)
+    }
+
     pub(crate) fn to_key(&self) -> Option<Key> {
         match self {
             Lookup::Borrowed(r) => Key::from_parts(*r),
@@ -206,18 +219,39 @@ impl Equivalent<Key> for Lookup<'_> {
     }
 }
 
-/// The normalised target of `uri`: scheme and host lower-case, default port elided, an empty
-/// path as `/`. `None` when the URI is too long to key (over 64 KiB).
-pub(crate) fn uri_key(uri: &Uri, cred: u64) -> Option<Lookup<'_>> {
-    let scheme = uri.scheme_str().unwrap_or("");
-    let (host, port) = uri
-        .authority()
-        .map_or(("", None), |a| host_port(a.as_str()));
+/// The normalised target a request names: its URI's scheme, the authority the origin will see
+/// (the `Host` header when the request has one — hyper-util sends it as it is, and it is what
+/// an origin-form target is resolved against, RFC 9110 §7.2 — else the URI's), path and query.
+/// Scheme and host lower-case, default port elided, an empty path as `/`.
+///
+/// `None` when the target can't be keyed safely: a `Host` header that is not a valid
+/// authority, or a target too long to key (over 64 KiB).
+pub(crate) fn uri_key<'a>(
+    uri: &'a Uri,
+    host_header: Option<&'a HeaderValue>,
+    cred: u64,
+) -> Option<Lookup<'a>> {
+    let authority = match host_header {
+        Some(v) => valid_authority(v)?,
+        None => uri.authority().map_or("", |a| a.as_str()),
+    };
+    let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
+    target_key(uri.scheme_str().unwrap_or(""), authority, pq, cred)
+}
+
+/// The normalised key of a target given as its parts (`authority` may hold a userinfo, which
+/// is not part of the key).
+pub(crate) fn target_key<'a>(
+    scheme: &'a str,
+    authority: &'a str,
+    pq: &'a str,
+    cred: u64,
+) -> Option<Lookup<'a>> {
+    let (host, port) = host_port(authority);
     let port = match (scheme, port) {
         ("http", Some(80)) | ("https", Some(443)) | (_, None) => 0,
         (_, Some(p)) => p,
     };
-    let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
     if scheme.len() + host.len() + pq.len() + 9 > usize::from(u16::MAX) {
         return None;
     }
@@ -249,6 +283,16 @@ pub(crate) fn uri_key(uri: &Uri, cred: u64) -> Option<Lookup<'_>> {
     .map(Lookup::Owned)
 }
 
+/// A `Host` header's value, if it is a valid `host[:port]` (RFC 9110 §7.2): no userinfo, no
+/// path, nothing outside the characters a host may use.
+fn valid_authority(v: &HeaderValue) -> Option<&str> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b));
+    ok.then_some(s)
+}
+
 /// The host and port of an authority (`user@host:port`, `[v6]:port`), as http's `host()` and
 /// `port_u16()` give them, in one backwards scan rather than their several (the lookup's
 /// hottest part).
@@ -276,12 +320,17 @@ fn userinfo(uri: &Uri) -> Option<&str> {
     a.bytes().rposition(|c| c == b'@').map(|i| &a[..i])
 }
 
-/// Whether the request carries credentials: `Authorization`, `Cookie`, or a userinfo in its
-/// URI.
-pub(crate) fn has_credentials(uri: &Uri, headers: &HeaderMap) -> bool {
-    headers.contains_key(header::AUTHORIZATION)
-        || headers.contains_key(header::COOKIE)
-        || userinfo(uri).is_some()
+/// The request headers that carry credentials by default (RFC 9110 §11.6.2, §11.7.2; RFC 6265).
+pub(crate) const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+];
+
+/// Whether the request carries credentials: one of `names` (by default `Authorization`,
+/// `Proxy-Authorization`, `Cookie`), or a userinfo in its URI.
+pub(crate) fn has_credentials(uri: &Uri, headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    names.iter().any(|n| headers.contains_key(n)) || userinfo(uri).is_some()
 }
 
 /// A fingerprint of the request's credentials, keyed by a per-cache random secret; 0 means none.
@@ -291,14 +340,15 @@ pub(crate) fn has_credentials(uri: &Uri, headers: &HeaderMap) -> bool {
 pub(crate) fn credential_fingerprint<S: BuildHasher>(
     uri: &Uri,
     headers: &HeaderMap,
+    names: &[HeaderName],
     secret: &S,
 ) -> u64 {
-    if !has_credentials(uri, headers) {
+    if !has_credentials(uri, headers, names) {
         return 0;
     }
     let mut h = secret.build_hasher();
-    for name in [header::AUTHORIZATION, header::COOKIE] {
-        for v in headers.get_all(&name) {
+    for name in names {
+        for v in headers.get_all(name) {
             h.write(v.as_bytes());
             h.write_u8(0xff);
         }
@@ -313,6 +363,8 @@ mod tests {
     use super::*;
     use std::collections::hash_map::RandomState;
 
+    const N: [HeaderName; 3] = DEFAULT_CREDENTIAL_HEADERS;
+
     fn hash_of<T: Hash>(t: &T) -> u64 {
         // One hasher state for both sides of a comparison.
         thread_local!(static S: RandomState = RandomState::new());
@@ -321,7 +373,7 @@ mod tests {
 
     fn key(uri: &str) -> Key {
         let uri: Uri = uri.parse().unwrap();
-        uri_key(&uri, 0).unwrap().to_key().unwrap()
+        uri_key(&uri, None, 0).unwrap().to_key().unwrap()
     }
 
     #[test]
@@ -356,13 +408,16 @@ mod tests {
             "http://example.com/a?b",
         ] {
             let uri: Uri = s.parse().unwrap();
-            let lookup = uri_key(&uri, 0).unwrap();
+            let lookup = uri_key(&uri, None, 0).unwrap();
             let stored = key("http://example.com/a?b");
             assert!(lookup.equivalent(&stored), "{s}");
             assert_eq!(hash_of(&lookup), hash_of(&stored), "{s}");
         }
         let plain: Uri = "http://example.com/a?b".parse().unwrap();
-        assert!(matches!(uri_key(&plain, 0), Some(Lookup::Borrowed(_))));
+        assert!(matches!(
+            uri_key(&plain, None, 0),
+            Some(Lookup::Borrowed(_))
+        ));
     }
 
     #[test]
@@ -395,7 +450,7 @@ mod tests {
             let k = key(s);
             assert_eq!(k.as_str(), s);
             let uri: Uri = s.parse().unwrap();
-            assert!(uri_key(&uri, 0).unwrap().equivalent(&k), "{s}");
+            assert!(uri_key(&uri, None, 0).unwrap().equivalent(&k), "{s}");
         }
     }
 
@@ -408,24 +463,86 @@ mod tests {
         let mut b = HeaderMap::new();
         b.insert(header::AUTHORIZATION, "Bearer bob".parse().unwrap());
         let (fa, fb) = (
-            credential_fingerprint(&uri, &a, &secret),
-            credential_fingerprint(&uri, &b, &secret),
+            credential_fingerprint(&uri, &a, &N, &secret),
+            credential_fingerprint(&uri, &b, &N, &secret),
         );
         assert_ne!(fa, 0);
         assert_ne!(fa, fb);
-        assert_eq!(credential_fingerprint(&uri, &HeaderMap::new(), &secret), 0);
+        assert_eq!(
+            credential_fingerprint(&uri, &HeaderMap::new(), &N, &secret),
+            0
+        );
         let (alice, bob): (Uri, Uri) = (
             "http://alice:pw@x/r/1".parse().unwrap(),
             "http://bob:pw@x/r/1".parse().unwrap(),
         );
-        assert!(has_credentials(&alice, &HeaderMap::new()));
+        assert!(has_credentials(&alice, &HeaderMap::new(), &N));
         let h = HeaderMap::new();
         assert_ne!(
-            credential_fingerprint(&alice, &h, &secret),
-            credential_fingerprint(&bob, &h, &secret)
+            credential_fingerprint(&alice, &h, &N, &secret),
+            credential_fingerprint(&bob, &h, &N, &secret)
         );
-        let ka = uri_key(&uri, fa).unwrap().to_key().unwrap();
-        assert!(!uri_key(&uri, fb).unwrap().equivalent(&ka));
-        assert!(!uri_key(&uri, 0).unwrap().equivalent(&ka));
+        let ka = uri_key(&uri, None, fa).unwrap().to_key().unwrap();
+        assert!(!uri_key(&uri, None, fb).unwrap().equivalent(&ka));
+        assert!(!uri_key(&uri, None, 0).unwrap().equivalent(&ka));
+    }
+
+    #[test]
+    fn the_host_header_names_the_authority() {
+        let host = |v: &'static str| Some(HeaderValue::from_static(v));
+        let k = |uri: &str, h: Option<HeaderValue>| {
+            let uri: Uri = uri.parse().unwrap();
+            uri_key(&uri, h.as_ref(), 0).and_then(|l| l.to_key())
+        };
+        // Origin-form: keyed by its Host, scheme-relative.
+        let a = k("/r/3", host("a.test")).unwrap();
+        assert_eq!(a.as_str(), "//a.test/r/3");
+        assert_ne!(a, k("/r/3", host("b.test")).unwrap());
+        assert_eq!(a, k("/r/3", host("A.Test")).unwrap());
+        assert_eq!(
+            k("/r/3", host("a.test:8080")).unwrap().as_str(),
+            "//a.test:8080/r/3"
+        );
+        // Without a Host, the path alone.
+        assert_eq!(k("/r/3", None).unwrap().as_str(), "/r/3");
+        // Absolute form: the Host the request carries wins over the URI's authority.
+        let t = k("http://10.0.0.1/r/3", host("tenant-a.test")).unwrap();
+        assert_eq!(t.as_str(), "http://tenant-a.test/r/3");
+        assert_ne!(t, k("http://10.0.0.1/r/3", host("tenant-b.test")).unwrap());
+        assert_eq!(
+            k("http://h/r/3", host("h:80")).unwrap(),
+            k("http://h/r/3", None).unwrap()
+        );
+        // A Host that is not an authority: not keyed.
+        for bad in ["", "a b", "u@h", "h/x", "h\\x"] {
+            let v = HeaderValue::from_str(bad).unwrap();
+            assert!(k("/r/3", Some(v)).is_none(), "{bad:?}");
+        }
+        // The borrowed lookup of a Host key equals the stored key.
+        let uri: Uri = "/r/3".parse().unwrap();
+        let h = HeaderValue::from_static("a.test");
+        let lookup = uri_key(&uri, Some(&h), 0).unwrap();
+        assert!(lookup.equivalent(&a));
+        assert_eq!(hash_of(&lookup), hash_of(&a));
+    }
+
+    #[test]
+    fn proxy_authorization_and_named_headers_are_credentials() {
+        let uri: Uri = "http://x/r/1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::PROXY_AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert!(has_credentials(&uri, &h, &N));
+        let mut api = HeaderMap::new();
+        api.insert("x-api-key", "k1".parse().unwrap());
+        assert!(!has_credentials(&uri, &api, &N));
+        let named = [header::AUTHORIZATION, HeaderName::from_static("x-api-key")];
+        assert!(has_credentials(&uri, &api, &named));
+        let secret = RandomState::new();
+        let mut api2 = HeaderMap::new();
+        api2.insert("x-api-key", "k2".parse().unwrap());
+        assert_ne!(
+            credential_fingerprint(&uri, &api, &named, &secret),
+            credential_fingerprint(&uri, &api2, &named, &secret)
+        );
     }
 }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use http::Uri;
+use http::{HeaderName, Uri};
 use tower::Layer;
 
 use super::NegativeCache;
 use super::handle::NegativeCacheHandle;
+use super::key::DEFAULT_CREDENTIAL_HEADERS;
 use super::peers::Peers;
 use super::state::State;
 use super::stats::Counters;
@@ -124,9 +125,11 @@ pub struct Builder<C = DefaultClassifier> {
     key_fn: Option<KeyFn>,
     credentials: Credentials,
     coalesce: Option<Duration>,
-    /// The setter that last set each of ttl_404, ttl_410, min_ttl, max_ttl (None: default), so
-    /// a conflict found at build names a setting the caller used.
-    set_by: [Option<&'static str>; 4],
+    credential_headers: Vec<HeaderName>,
+    follow_retry: bool,
+    /// The setter that last set each of ttl_404, ttl_410, max_ttl (None: default), so a
+    /// conflict found at build names a setting the caller used.
+    set_by: [Option<&'static str>; 3],
     error: FirstError,
 }
 
@@ -139,7 +142,9 @@ impl Default for Builder {
             key_fn: None,
             credentials: Credentials::Bypass,
             coalesce: None,
-            set_by: [None; 4],
+            credential_headers: DEFAULT_CREDENTIAL_HEADERS.to_vec(),
+            follow_retry: true,
+            set_by: [None; 3],
             error: FirstError::default(),
         }
     }
@@ -154,6 +159,8 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
             .field("key_fn", &self.key_fn.is_some())
             .field("credentials", &self.credentials)
             .field("coalesce", &self.coalesce)
+            .field("credential_headers", &self.credential_headers)
+            .field("follow_retry", &self.follow_retry)
             .finish()
     }
 }
@@ -172,13 +179,16 @@ impl<C> Builder<C> {
         )
     }
 
-    /// Replaces the classifier that decides which answers are Missing. Default:
-    /// [`DefaultClassifier`] (404 and 410).
+    /// Replaces the classifier that decides which answers are Missing (and which are present,
+    /// forgetting what was remembered).
     ///
-    /// **Over a [`StatusAwareRetry`](crate::retry::StatusAwareRetry), this classifier is not
-    /// consulted:** the answer carries the retry layer's [`RetryInfo`](crate::RetryInfo) verdict
-    /// and the cache uses it, so the two layers never disagree. Give a custom classifier to
-    /// *both* builders.
+    /// Default: none of its own — the cache follows the verdict of a
+    /// [`StatusAwareRetry`](crate::retry::StatusAwareRetry) under it (the
+    /// [`RetryInfo`](crate::RetryInfo) on each answer), so a classifier given to the retry
+    /// layer's builder is applied by both layers; without a retry layer under it, the
+    /// [`DefaultClassifier`] (404 and 410 Missing). A classifier given here is always the
+    /// cache's own, whatever is under it: configuring one layer is enough, and a classifier
+    /// is never ignored.
     ///
     /// A hit answers with the remembered status only (`content-length: 0`, `Age`); the headers
     /// that made the answer Missing are not kept. Tell a hit from a real answer by its
@@ -191,6 +201,8 @@ impl<C> Builder<C> {
             key_fn: self.key_fn,
             credentials: self.credentials,
             coalesce: self.coalesce,
+            credential_headers: self.credential_headers,
+            follow_retry: false,
             set_by: self.set_by,
             error: self.error,
         }
@@ -201,8 +213,8 @@ impl<C> Builder<C> {
     /// The store is split into shards (for a capacity of 4,096 or more), each with an equal
     /// share, so an entry can be evicted slightly before the total is reached (filling a
     /// capacity of 100,000 with distinct keys held 99,714). Memory is bounded by construction:
-    /// an entry costs about 91 bytes besides its key's text (measured by
-    /// `examples/alloc_counts.rs`; keys 32 bytes, entries 16, the rest quick_cache's tables).
+    /// an entry costs about 100 bytes besides its key's text (measured by
+    /// `examples/alloc_counts.rs`; keys 32 bytes, entries 24, the rest quick_cache's tables).
     pub fn capacity(mut self, entries: u64) -> Self {
         if self
             .error
@@ -213,9 +225,10 @@ impl<C> Builder<C> {
         self
     }
 
-    /// How long a Missing answer is remembered when the origin says nothing, for 404 and 410
-    /// alike (and any other status a custom classifier calls Missing). Default: 60 s for 404,
-    /// 1 h for 410. Valid: within `min_ttl..=max_ttl`.
+    /// How long a Missing answer is remembered when the origin gives no freshness lifetime
+    /// (or [`respect_cache_headers`](Self::respect_cache_headers) is off), for 404 and 410
+    /// alike (and any other status a custom classifier calls Missing), less the age it
+    /// arrived with. Default: 60 s for 404, 1 h for 410. Valid: `1 ms..=max_ttl`.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         if self.check_ttl("ttl", ttl) {
             self.ttl.ttl_404 = ttl;
@@ -226,8 +239,8 @@ impl<C> Builder<C> {
         self
     }
 
-    /// How long a 404 (or another Missing status but 410) is remembered when the origin says
-    /// nothing. Default: 60 s. Valid: within `min_ttl..=max_ttl`.
+    /// How long a 404 (or another Missing status but 410) is remembered when the origin gives
+    /// no freshness lifetime. Default: 60 s. Valid: `1 ms..=max_ttl`.
     pub fn ttl_404(mut self, ttl: Duration) -> Self {
         if self.check_ttl("ttl_404", ttl) {
             self.ttl.ttl_404 = ttl;
@@ -236,8 +249,8 @@ impl<C> Builder<C> {
         self
     }
 
-    /// How long a 410 is remembered when the origin says nothing. Default: 1 h. Valid: within
-    /// `min_ttl..=max_ttl`.
+    /// How long a 410 is remembered when the origin gives no freshness lifetime. Default: 1 h.
+    /// Valid: `1 ms..=max_ttl`.
     pub fn ttl_410(mut self, ttl: Duration) -> Self {
         if self.check_ttl("ttl_410", ttl) {
             self.ttl.ttl_410 = ttl;
@@ -246,27 +259,23 @@ impl<C> Builder<C> {
         self
     }
 
-    /// The shortest time an origin's freshness (`max-age`, `Expires`) can set. Default: 1 s.
-    /// Valid: `1 ms..=30 d`, at most `max_ttl`.
-    pub fn min_ttl(mut self, ttl: Duration) -> Self {
-        if self.check_ttl("min_ttl", ttl) {
-            self.ttl.min = ttl;
-            self.set_by[2] = Some("min_ttl");
-        }
-        self
-    }
-
-    /// The longest time anything is remembered. Default: 1 day. Valid: `1 ms..=30 d`.
+    /// The longest time anything is remembered: an origin's longer lifetime is cut to it.
+    /// Default: 1 day. Valid: `1 ms..=30 d`.
+    ///
+    /// There is no minimum: an origin's explicit lifetime (`max-age`, `Expires`) is an upper
+    /// bound the cache never exceeds, and a lifetime of zero (`max-age=0`, an `Age` at or past
+    /// it, an `Expires` not after `Date`) means stale on arrival: not stored (RFC 9111 §4.2).
     pub fn max_ttl(mut self, ttl: Duration) -> Self {
         if self.check_ttl("max_ttl", ttl) {
             self.ttl.max = ttl;
-            self.set_by[3] = Some("max_ttl");
+            self.set_by[2] = Some("max_ttl");
         }
         self
     }
 
-    /// Whether the origin's own freshness on the 404/410 (`max-age`, `Expires` − `Date`, less
-    /// `Age`) sets the TTL, clamped to `min_ttl..=max_ttl`. `no-store` and `no-cache` forbid
+    /// Whether the origin's own freshness lifetime on the 404/410 (`s-maxage` in shared mode,
+    /// `max-age`, `Expires` − `Date`) sets the TTL (less the answer's age, cut to `max_ttl`);
+    /// off, the per-status defaults apply. `no-store`, `no-cache` and `Vary` forbid
     /// remembering either way. Default: `true`.
     pub fn respect_cache_headers(mut self, yes: bool) -> Self {
         self.ttl.respect_headers = yes;
@@ -303,10 +312,25 @@ impl<C> Builder<C> {
         self
     }
 
-    /// What to do with requests carrying `Authorization`, `Cookie` or a URI userinfo. Default:
-    /// [`Credentials::Bypass`].
+    /// What to do with requests carrying credentials (`Authorization`, `Proxy-Authorization`,
+    /// `Cookie`, a URI userinfo, and any header named with
+    /// [`credential_header`](Self::credential_header)). Default: [`Credentials::Bypass`].
     pub fn credentials(mut self, c: Credentials) -> Self {
         self.credentials = c;
+        self
+    }
+
+    /// Names one more request header that carries credentials (`X-Api-Key` and the like): a
+    /// request with it is bypassed or fingerprinted like one with `Authorization`. Default:
+    /// `Authorization`, `Proxy-Authorization` and `Cookie` (plus a URI userinfo), which are
+    /// always credentials. Call once per header.
+    ///
+    /// **An API key in a header the cache does not know is not a credential to it:** a 404
+    /// one key got would be served to every other key. Name every such header.
+    pub fn credential_header(mut self, name: HeaderName) -> Self {
+        if !self.credential_headers.contains(&name) {
+            self.credential_headers.push(name);
+        }
         self
     }
 
@@ -336,7 +360,9 @@ impl<C> Builder<C> {
                 ttl: t,
                 key_fn: self.key_fn,
                 credentials: self.credentials,
+                credential_headers: self.credential_headers.into_boxed_slice(),
                 secret: RandomState::new(),
+                follow_retry: self.follow_retry,
                 coalesce: self.coalesce,
                 flights: Arc::default(),
                 peers: Peers::default(),
@@ -346,45 +372,23 @@ impl<C> Builder<C> {
     }
 }
 
-/// Checks `min_ttl <= ttl_404, ttl_410 <= max_ttl`, blaming a setting the caller used.
-fn check_ttls(t: &TtlConfig, set_by: [Option<&'static str>; 4]) -> Result<(), BuildError> {
-    let (min_by, max_by) = (set_by[2], set_by[3]);
-    let shown = |by: Option<&str>, d: Duration| match by {
-        Some(_) => format!("{d:?}"),
-        None => format!("{d:?}, the default"),
-    };
-    if t.min > t.max {
-        let setting = if min_by.is_some() {
-            "min_ttl"
-        } else {
-            "max_ttl"
-        };
-        return Err(BuildError::new(
-            setting,
-            format!("min_ttl ({:?}) is above max_ttl ({:?})", t.min, t.max),
-        ));
-    }
+/// Checks `ttl_404, ttl_410 <= max_ttl`, blaming a setting the caller used.
+fn check_ttls(t: &TtlConfig, set_by: [Option<&'static str>; 3]) -> Result<(), BuildError> {
     for (i, (ttl, label)) in [(t.ttl_404, "the 404 TTL"), (t.ttl_410, "the 410 TTL")]
         .into_iter()
         .enumerate()
     {
-        if (t.min..=t.max).contains(&ttl) {
+        if ttl <= t.max {
             continue;
         }
-        let clamp_by = if ttl > t.max {
-            max_by.map(|_| "max_ttl")
-        } else {
-            min_by.map(|_| "min_ttl")
+        let shown = match set_by[i] {
+            Some(_) => format!("{ttl:?}"),
+            None => format!("{ttl:?}, the default"),
         };
-        let setting = set_by[i].or(clamp_by).unwrap_or("ttl");
+        let setting = set_by[i].or(set_by[2].map(|_| "max_ttl")).unwrap_or("ttl");
         return Err(BuildError::new(
             setting,
-            format!(
-                "{label} ({}) is outside min_ttl..=max_ttl ({:?}..={:?})",
-                shown(set_by[i], ttl),
-                t.min,
-                t.max
-            ),
+            format!("{label} ({shown}) is above max_ttl ({:?})", t.max),
         ));
     }
     Ok(())

@@ -67,6 +67,7 @@ mod handle;
 mod key;
 mod layer;
 mod peers;
+mod reference;
 mod service;
 mod state;
 mod stats;

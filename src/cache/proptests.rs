@@ -87,7 +87,6 @@ struct Cfg {
     capacity: u64,
     ttl_404: u64,
     ttl_410: u64,
-    min: u64,
     max: u64,
     respect: bool,
 }
@@ -100,12 +99,13 @@ impl Cfg {
         } else {
             self.ttl_404
         };
+        // An explicit lifetime is an upper bound; zero is stale on arrival (RFC 9111 §4.2).
         let raw = match a.cc {
             Cc::NoStore => return None,
             Cc::MaxAge(n) if self.respect => n * 1000,
             _ => default,
         };
-        Some(raw.clamp(self.min, self.max))
+        (raw > 0).then(|| raw.min(self.max))
     }
 }
 
@@ -215,7 +215,6 @@ fn run(cfg: Cfg, ops: &[Op]) -> R<CacheStats> {
         .capacity(cfg.capacity)
         .ttl_404(ms(cfg.ttl_404))
         .ttl_410(ms(cfg.ttl_410))
-        .min_ttl(ms(cfg.min))
         .max_ttl(ms(cfg.max))
         .respect_cache_headers(cfg.respect)
         .build()
@@ -377,7 +376,6 @@ fn cfg() -> impl Strategy<Value = Cfg> {
                 capacity,
                 ttl_404,
                 ttl_410,
-                min,
                 max: max.map_or(DAY_MS, |c| ttl_404.max(ttl_410) + 250 * c),
                 respect,
             }
@@ -467,15 +465,14 @@ fn expiry_boundary_is_a_miss() {
         capacity: 100,
         ttl_404: 1000,
         ttl_410: 2000,
-        min: 1,
         max: DAY_MS,
         respect: true,
     };
     let ops = [
         get(0, 404, Cc::Plain),     // remembered until 1000 ms
-        get(1, 410, Cc::MaxAge(0)), // max-age=0 clamped up to min: until 1 ms
+        get(1, 410, Cc::MaxAge(0)), // max-age=0: stale on arrival, not stored
         Op::Advance(1),
-        get(1, 404, Cc::Plain), // at 1 ms: expired, upstream
+        get(1, 404, Cc::Plain), // at 1 ms: nothing there, upstream
         Op::Advance(998),
         get(0, 200, Cc::Plain), // at 999 ms: a hit
         Op::Advance(1),
@@ -484,6 +481,6 @@ fn expiry_boundary_is_a_miss() {
     let st = run(cfg, &ops).unwrap();
     assert_eq!(
         (st.lookups, st.hits, st.expirations, st.inserts),
-        (5, 1, 2, 4)
+        (5, 1, 1, 3)
     );
 }

@@ -4,20 +4,21 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Method, Request, Response, Uri};
+use http::header::HOST;
+use http::{Method, Request, Response};
 use tokio::time::Instant;
 use tower::Service;
 
 use super::body::ResponseBody;
-use super::coalesce::{Landing, Role};
-use super::future::{Pending, ResponseFuture};
+use super::coalesce::Role;
+use super::future::{Pending, ResponseFuture, Synth, Written};
 use super::handle::NegativeCacheHandle;
 use super::key::{credential_fingerprint, has_credentials};
 use super::layer::Credentials;
 use super::state::State;
 use super::stats::bump;
 use crate::classify::{Classify, DefaultClassifier};
-use crate::headers::request_no_cache;
+use crate::headers::request_directives;
 
 /// Put this in a request's extensions to skip the cache for it: the request goes upstream and
 /// its answer refreshes the entry (as `Cache-Control: no-cache` on the request does).
@@ -31,13 +32,22 @@ pub struct BypassNegativeCache;
 /// same-origin `Location` and `Content-Location` of its answer. A cached answer carries a
 /// [`NegativeCacheHit`](super::NegativeCacheHit) extension.
 ///
-/// `S` must be `Clone` (a hyper-util `Client` is): a request waiting on another for the same
-/// key (coalescing) goes upstream through a clone if it is released.
+/// # Readiness
 ///
-/// `poll_ready` is the inner service's: a hit is answered without calling upstream, but not
-/// before the inner service is ready. Over a hyper-util `Client` (always ready) that costs
-/// nothing; put a concurrency limit or a load shedder *outside* this layer if hits should be
-/// answered while upstream is saturated.
+/// `poll_ready` is the inner service's, and every path hands back what it reserved, as
+/// tower-http's `FollowRedirect` does: a miss calls the ready inner service; a hit (which
+/// calls nothing) and a coalesced waiter swap the ready instance for a clone and drop it,
+/// releasing its reservation at once — so over `Buffer` or `ConcurrencyLimit`, a caller that
+/// holds its service after a hit keeps no slot, and a waiter holds none while it waits (its
+/// clone is driven to ready only when it must go upstream).
+///
+/// That is why `S` must be `Clone` (a hyper-util `Client`, `Buffer`, `BoxCloneSyncService`
+/// are): releasing a reservation without a call means dropping the instance that holds it.
+/// Wrap a service that is not (a `BoxService`) in `tower::buffer::Buffer` or box it with
+/// `BoxCloneSyncService`.
+///
+/// A hit waits for the inner service's readiness like any call: put a concurrency limit or a
+/// load shedder *outside* this layer if hits should be answered while upstream is saturated.
 pub struct NegativeCache<S, C = DefaultClassifier> {
     inner: S,
     state: Arc<State>,
@@ -112,63 +122,92 @@ where
         let method = req.method();
         if method != Method::GET && method != Method::HEAD {
             bump(&st.stats.bypasses);
-            let written: Option<Uri> = (!method.is_safe()).then(|| req.uri().clone());
-            return self.upstream(req, Pending::write(written));
+            let pending = if method.is_safe() {
+                Pending::none()
+            } else {
+                Pending::write(Written::of(&req))
+            };
+            return self.upstream(req, pending);
         }
-        let cred = if !has_credentials(req.uri(), req.headers()) {
+        let (uri, headers) = (req.uri(), req.headers());
+        let names = &st.credential_headers;
+        let cred = if !has_credentials(uri, headers, names) {
             0
         } else if st.credentials == Credentials::Fingerprint {
-            credential_fingerprint(req.uri(), req.headers(), &st.secret)
+            credential_fingerprint(uri, headers, names, &st.secret)
         } else {
             bump(&st.stats.bypasses);
             return self.upstream(req, Pending::none());
         };
-        let refresh = request_no_cache(req.headers())
-            || req.extensions().get::<BypassNegativeCache>().is_some();
-        let Some(lookup) = st.key_for(req.uri(), cred) else {
+        let directives = request_directives(headers);
+        let Some(lookup) = st.key_for(uri, headers.get(HOST), cred) else {
             bump(&st.stats.bypasses);
             return self.upstream(req, Pending::none());
         };
-        if refresh {
+        // RFC 9111 §5.2.1.4: `no-cache` (and `max-age=0`, §5.2.1.1) — go upstream, and let the
+        // answer refresh the entry.
+        if directives.refresh || req.extensions().get::<BypassNegativeCache>().is_some() {
             bump(&st.stats.bypasses);
-            let key = lookup.to_key();
-            return self.upstream(req, Pending::refresh(st, key));
+            let pending = match lookup.to_key() {
+                Some(key) => Pending::read(st, key, None, &directives),
+                None => Pending::none(),
+            };
+            return self.upstream(req, pending);
         }
         bump(&st.stats.lookups);
         let now = Instant::now();
-        if let Some(fresh) = st.store.get(&lookup, now, || bump(&st.stats.expirations)) {
+        let found = st.store.get(&lookup, now, || bump(&st.stats.expirations));
+        // An entry too old for the request's `max-age`, or too close to its end for its
+        // `min-fresh`, is not used; the answer upstream gives refreshes it.
+        if let Some(fresh) = found.filter(|f| directives.accepts(f.age, f.remaining)) {
             bump(&st.stats.hits);
-            return ResponseFuture::hit(fresh);
+            let version = req.version();
+            self.release_reservation();
+            return ResponseFuture::synthesized(Synth::hit(fresh, version));
+        }
+        if directives.only_if_cached {
+            bump(&st.stats.misses);
+            bump(&st.stats.only_if_cached_misses);
+            let version = req.version();
+            self.release_reservation();
+            return ResponseFuture::synthesized(Synth::gateway_timeout(version));
         }
         let Some(key) = lookup.to_key() else {
             bump(&st.stats.misses);
             return self.upstream(req, Pending::none());
         };
-        let Some(bound) = st.coalesce else {
+        let Some(bound) = st.coalesce.filter(|_| !directives.no_store) else {
             bump(&st.stats.misses);
-            return self.upstream(req, Pending::read(st, Some(key), None));
+            let pending = Pending::read(st, key, None, &directives);
+            return self.upstream(req, pending);
         };
         match st.flights.join(key.clone()) {
             Role::Leader(leader) => {
                 // The flight before ours may have landed between our lookup and our join.
-                if let Some(fresh) = st.store.get(&key, now, || bump(&st.stats.expirations)) {
+                let again = st.store.get(&key, now, || bump(&st.stats.expirations));
+                if let Some(fresh) = again.filter(|f| directives.accepts(f.age, f.remaining)) {
                     bump(&st.stats.hits);
-                    leader.land(Landing::from(fresh));
-                    return ResponseFuture::hit(fresh);
+                    drop(leader);
+                    let version = req.version();
+                    self.release_reservation();
+                    return ResponseFuture::synthesized(Synth::hit(fresh, version));
                 }
                 bump(&st.stats.misses);
-                let pending = Pending::read(st, Some(key), Some(leader));
+                let pending = Pending::read(st, key, Some(leader), &directives);
                 self.upstream(req, pending)
             }
             Role::Waiter(flight) => {
                 bump(&st.stats.misses);
                 bump(&st.stats.coalesced);
+                let pending = Pending::read(st, key, None, &directives);
+                self.release_reservation();
                 ResponseFuture::wait(
                     flight,
                     bound,
                     req,
+                    directives,
                     self.inner.clone(),
-                    Pending::read(st, Some(key), None),
+                    pending,
                     self.state.clone(),
                     self.classifier.clone(),
                 )
@@ -181,6 +220,16 @@ impl<S, C> NegativeCache<S, C>
 where
     C: Clone,
 {
+    /// Gives back the reservation `poll_ready` made, for a path that calls nothing now: the
+    /// ready instance is swapped for a fresh clone and dropped.
+    fn release_reservation(&mut self)
+    where
+        S: Clone,
+    {
+        let fresh = self.inner.clone();
+        drop(std::mem::replace(&mut self.inner, fresh));
+    }
+
     fn upstream<ReqB>(&mut self, req: Request<ReqB>, pending: Pending) -> ResponseFuture<S, C, ReqB>
     where
         S: Service<Request<ReqB>>,

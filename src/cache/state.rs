@@ -7,16 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use http::{StatusCode, Uri};
+use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::coalesce::Flights;
-use super::key::{Key, Lookup, uri_key};
+use super::key::{Key, Lookup, target_key, uri_key};
 use super::layer::{Credentials, KeyFn};
 use super::peers::{PeerEvent, Peers};
+use super::reference::Target;
 use super::stats::{CacheStats, Counters};
-use super::store::Store;
+use super::store::{Store, Stored};
 use super::ttl::TtlConfig;
+use crate::RetryInfo;
+use crate::classify::{Classify, Outcome, response_outcome};
 
 /// State shared by a layer, its clones, their services and the handle.
 pub(crate) struct State {
@@ -26,18 +29,45 @@ pub(crate) struct State {
     pub(crate) ttl: TtlConfig,
     pub(crate) key_fn: Option<KeyFn>,
     pub(crate) credentials: Credentials,
+    /// The request headers that carry credentials.
+    pub(crate) credential_headers: Box<[HeaderName]>,
     pub(crate) secret: RandomState,
+    /// No classifier was given to the cache's builder: follow the retry layer's verdict.
+    pub(crate) follow_retry: bool,
     pub(crate) coalesce: Option<Duration>,
     pub(crate) flights: Arc<Flights>,
     pub(crate) peers: Peers,
 }
 
 impl State {
-    /// The key of a request target, as the layer computes it.
-    pub(crate) fn key_for<'a>(&self, uri: &'a Uri, cred: u64) -> Option<Lookup<'a>> {
+    /// The key of a request target, as the layer computes it: by the `Host` the request
+    /// carries, if it has one.
+    pub(crate) fn key_for<'a>(
+        &self,
+        uri: &'a Uri,
+        host: Option<&'a HeaderValue>,
+        cred: u64,
+    ) -> Option<Lookup<'a>> {
         match &self.key_fn {
             Some(f) => Key::id(f(uri)?, cred).map(Lookup::Owned),
-            None => uri_key(uri, cred),
+            None => uri_key(uri, host, cred),
+        }
+    }
+
+    /// The key of a target given as parts (a resolved `Location`).
+    pub(crate) fn key_for_target(&self, t: &Target) -> Option<Key> {
+        match &self.key_fn {
+            Some(f) => {
+                let uri: Uri = if t.scheme.is_empty() {
+                    t.pq.parse().ok()?
+                } else {
+                    format!("{}://{}{}", t.scheme, t.authority, t.pq)
+                        .parse()
+                        .ok()?
+                };
+                Key::id(f(&uri)?, 0)
+            }
+            None => target_key(&t.scheme, &t.authority, &t.pq, 0)?.to_key(),
         }
     }
 
@@ -45,8 +75,20 @@ impl State {
     pub(crate) fn key_from_text(&self, text: &str) -> Option<Key> {
         match &self.key_fn {
             Some(_) => Key::id(text.to_owned(), 0),
-            None => self.key_for(&text.parse::<Uri>().ok()?, 0)?.to_key(),
+            None => self.key_for(&text.parse::<Uri>().ok()?, None, 0)?.to_key(),
         }
+    }
+
+    /// What an answer means to the cache: its own classifier's verdict when one was given
+    /// to the builder, else the retry layer's (its [`RetryInfo`]) when there is one, else the
+    /// default classifier's. One place, so a classifier given once is never half-applied.
+    pub(crate) fn outcome<C: Classify, B>(&self, classifier: &C, res: &Response<B>) -> Outcome {
+        if self.follow_retry {
+            if let Some(info) = res.extensions().get::<RetryInfo>() {
+                return info.outcome;
+            }
+        }
+        response_outcome(classifier, res.status(), res.headers())
     }
 
     /// Forgets `key` under every credential it was stored with, and tells the peers; whether
@@ -72,9 +114,30 @@ impl State {
         n > 0
     }
 
+    /// Forgets exactly `key` (under its own credential only): its target answered present.
+    ///
+    /// Peers are told only when this cache had the key: a 2xx for every GET would otherwise
+    /// be published at the request rate.
+    pub(crate) fn forget_exact(&self, key: &Key) {
+        self.store.versions.bump(key);
+        if self.store.remove(key) {
+            self.stats.invalidations.fetch_add(1, Relaxed);
+            tracing::debug!(
+                key = key.as_str(),
+                "negative cache: forgotten (answered present)"
+            );
+            if key.cred() == 0 {
+                self.peers.send(|| PeerEvent::Forget {
+                    key: key.as_str().into(),
+                });
+            }
+        }
+    }
+
     /// Remembers a Missing answer, and tells the peers (only for entries without
     /// credentials: a credential's fingerprint means nothing to another replica).
-    pub(crate) fn remember(&self, key: Key, status: StatusCode, ttl: Duration) {
+    pub(crate) fn remember(&self, key: Key, stored: Stored) {
+        let (status, ttl) = (stored.status, stored.ttl);
         tracing::debug!(key = key.as_str(), %status, ?ttl, "negative cache: remembered");
         if key.cred() == 0 {
             self.peers.send(|| PeerEvent::Missing {
@@ -83,7 +146,7 @@ impl State {
                 ttl,
             });
         }
-        self.store.insert(key, status, ttl, Instant::now());
+        self.store.insert(key, stored, Instant::now());
         self.stats.inserts.fetch_add(1, Relaxed);
     }
 
@@ -94,8 +157,12 @@ impl State {
         let Some(key) = self.key_from_text(text) else {
             return false;
         };
-        self.store
-            .insert(key, status, ttl.min(self.ttl.max), Instant::now());
+        let stored = Stored {
+            status,
+            ttl: ttl.min(self.ttl.max),
+            age: Duration::ZERO,
+        };
+        self.store.insert(key, stored, Instant::now());
         true
     }
 

@@ -18,12 +18,19 @@ pub struct CacheStats {
     pub misses: u64,
     /// Missing answers remembered.
     pub inserts: u64,
+    /// Missing answers that could not be remembered: the answer said `no-store`, `no-cache`
+    /// (or `private` in shared mode), had a `Vary` field, or was stale on arrival; or the
+    /// request said `no-store`. Logged at debug level with the reason.
+    pub uncacheable: u64,
+    /// Requests with `only-if-cached` that found nothing and were answered 504 without an
+    /// upstream call (RFC 9111 §5.2.1.7).
+    pub only_if_cached_misses: u64,
     /// Entries evicted to stay within capacity.
     pub evictions: u64,
     /// Entries found expired and dropped.
     pub expirations: u64,
-    /// Entries forgotten before their TTL: a successful write, a refreshing request answered
-    /// 2xx or `no-store`, a handle call, another replica.
+    /// Entries forgotten before their TTL: a successful write, a read answered 2xx (or with a
+    /// Missing answer that may not be stored), a handle call, another replica.
     pub invalidations: u64,
     /// Requests that could not use the cache: other methods, credentials, bypass requests.
     pub bypasses: u64,
@@ -45,6 +52,8 @@ pub(crate) struct Counters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) inserts: AtomicU64,
+    pub(crate) uncacheable: AtomicU64,
+    pub(crate) only_if_cached_misses: AtomicU64,
     pub(crate) expirations: AtomicU64,
     pub(crate) invalidations: AtomicU64,
     pub(crate) bypasses: AtomicU64,
@@ -65,6 +74,8 @@ impl Counters {
             hits,
             misses: self.misses.load(Relaxed),
             inserts: self.inserts.load(Relaxed),
+            uncacheable: self.uncacheable.load(Relaxed),
+            only_if_cached_misses: self.only_if_cached_misses.load(Relaxed),
             evictions,
             expirations: self.expirations.load(Relaxed),
             invalidations: self.invalidations.load(Relaxed),

@@ -22,29 +22,47 @@ use tokio::time::Instant;
 use super::key::Key;
 use super::stats::bump;
 
-/// What is remembered of a Missing answer, in 16 bytes: milliseconds since the store's epoch,
-/// and a TTL of at most 49.7 days (the builder allows 30).
+/// What is remembered of a Missing answer, in 24 bytes: when it expires (microseconds since
+/// the store's epoch, rounded up, so it never expires before its TTL and outlives it by less
+/// than a microsecond), its TTL (milliseconds, for its age) and its age on arrival.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
-    pub(crate) status: StatusCode,
+    expires_us: u64,
     ttl_ms: u32,
-    stored_ms: u64,
+    origin_age_s: u32,
+    pub(crate) status: StatusCode,
 }
 
 impl Entry {
-    fn expires_ms(&self) -> u64 {
-        self.stored_ms.saturating_add(u64::from(self.ttl_ms))
-    }
-
-    /// This entry as read at `now_ms`, if it has not expired.
-    fn fresh_at(&self, now_ms: u64) -> Option<Fresh> {
-        let expires_ms = self.expires_ms();
-        (expires_ms > now_ms).then(|| Fresh {
+    /// This entry as read at `now` (since the store's epoch), if it has not expired.
+    fn fresh_at(&self, now: Duration) -> Option<Fresh> {
+        let expires = Duration::from_micros(self.expires_us);
+        let remaining = expires.checked_sub(now).filter(|r| !r.is_zero())?;
+        let ttl = Duration::from_millis(u64::from(self.ttl_ms));
+        // RFC 9111 §4.2.3: the age it arrived with, plus how long it has been resident (the
+        // expiry was rounded up to the microsecond, so this rounds up too).
+        let resident = ttl.saturating_sub(remaining).as_nanos().div_ceil(1_000);
+        let resident = Duration::from_micros(u64::try_from(resident).unwrap_or(u64::MAX));
+        Some(Fresh {
             status: self.status,
-            age: Duration::from_millis(now_ms.saturating_sub(self.stored_ms)),
-            remaining: Duration::from_millis(expires_ms - now_ms),
+            age: Duration::from_secs(u64::from(self.origin_age_s)) + resident,
+            remaining,
         })
     }
+
+    fn expired_at(&self, now: Duration) -> bool {
+        Duration::from_micros(self.expires_us) <= now
+    }
+}
+
+/// What to remember of a Missing answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) status: StatusCode,
+    /// How long from now it stays fresh (at most 30 days, as the builder allows).
+    pub(crate) ttl: Duration,
+    /// How old it already was when it arrived.
+    pub(crate) age: Duration,
 }
 
 /// A fresh entry, read at `now`.
@@ -259,8 +277,8 @@ impl Store {
         }
     }
 
-    fn ms(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    fn since_epoch(&self, t: Instant) -> Duration {
+        t.saturating_duration_since(self.epoch)
     }
 
     /// The fresh entry for `key` at `now`. An expired entry is removed and reported through
@@ -270,19 +288,15 @@ impl Store {
         Q: Hash + Equivalent<Key> + ?Sized,
     {
         let e = self.cache.get(key)?;
-        let now_ms = self.ms(now);
-        if e.expires_ms() <= now_ms {
+        let now = self.since_epoch(now);
+        if e.expired_at(now) {
             // Only if it is still the same expired entry: a fresh one may have replaced it.
-            if self
-                .cache
-                .remove_if(key, |v| v.expires_ms() <= now_ms)
-                .is_some()
-            {
+            if self.cache.remove_if(key, |v| v.expired_at(now)).is_some() {
                 expired();
             }
             return None;
         }
-        e.fresh_at(now_ms)
+        e.fresh_at(now)
     }
 
     /// The fresh entry for `key` at `now`, without touching its recency or removing it.
@@ -290,17 +304,17 @@ impl Store {
     where
         Q: Hash + Equivalent<Key> + ?Sized,
     {
-        self.cache.peek(key)?.fresh_at(self.ms(now))
+        self.cache.peek(key)?.fresh_at(self.since_epoch(now))
     }
 
-    pub(crate) fn insert(&self, key: Key, status: StatusCode, ttl: Duration, now: Instant) {
-        let stored_ms = self.ms(now);
-        // Rounded up: an entry never expires before its TTL (a 1.5 ms TTL lasts 2 ms).
-        let ttl_ms = u32::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX);
+    pub(crate) fn insert(&self, key: Key, stored: Stored, now: Instant) {
+        let expires = self.since_epoch(now).saturating_add(stored.ttl);
         let entry = Entry {
-            status,
-            ttl_ms,
-            stored_ms,
+            // Rounded up: an entry never expires before its TTL.
+            expires_us: u64::try_from(expires.as_nanos().div_ceil(1_000)).unwrap_or(u64::MAX),
+            ttl_ms: u32::try_from(stored.ttl.as_millis()).unwrap_or(u32::MAX),
+            origin_age_s: u32::try_from(stored.age.as_secs()).unwrap_or(u32::MAX),
+            status: stored.status,
         };
         // quick_cache reports the value an insert replaces through `on_evict`, as if it had
         // been evicted; removing it first (which reports nothing) keeps `evictions` to
@@ -372,8 +386,7 @@ mod tests {
             for i in 0..cap * 3 {
                 s.insert(
                     Key::with_text(&format!("k{i}")),
-                    StatusCode::NOT_FOUND,
-                    Duration::from_secs(60),
+                    stored(StatusCode::NOT_FOUND, Duration::from_secs(60)),
                     now,
                 );
                 assert!(s.len() <= cap, "cap {cap}: {}", s.len());
@@ -384,8 +397,60 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_16_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    fn entries_are_24_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+    }
+
+    fn stored(status: StatusCode, ttl: Duration) -> Stored {
+        Stored {
+            status,
+            ttl,
+            age: Duration::ZERO,
+        }
+    }
+
+    /// An entry never expires before its TTL and outlives it by less than a microsecond, at any
+    /// sub-millisecond offset of its arrival; `remaining` never overstates what is left by more.
+    #[test]
+    fn expiry_is_exact_at_sub_millisecond_offsets() {
+        let s = Store::new(10, Arc::new(AtomicU64::new(0)));
+        let k = Key::with_text("k");
+        for (offset_us, ttl_us) in [
+            (0, 1_000),
+            (900, 1_000),
+            (1_999, 10_000),
+            (123, 1_500),
+            (999, 1),
+        ] {
+            let t0 = s.epoch + Duration::from_micros(offset_us) + Duration::from_nanos(400);
+            let ttl = Duration::from_micros(ttl_us);
+            s.insert(k.clone(), stored(StatusCode::NOT_FOUND, ttl), t0);
+            let just_before = t0 + ttl - Duration::from_nanos(1);
+            let f = s.get(&k, just_before, || panic!("expired early"));
+            let f = f.unwrap_or_else(|| panic!("gone before its TTL: {offset_us} {ttl_us}"));
+            assert!(f.remaining <= Duration::from_micros(1), "{:?}", f.remaining);
+            assert!(
+                s.get(&k, t0 + ttl + Duration::from_micros(1), || ())
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
+    fn age_includes_the_age_on_arrival() {
+        let s = Store::new(10, Arc::new(AtomicU64::new(0)));
+        let k = Key::with_text("k");
+        let t0 = Instant::now();
+        let e = Stored {
+            status: StatusCode::NOT_FOUND,
+            ttl: Duration::from_secs(60),
+            age: Duration::from_secs(30),
+        };
+        s.insert(k.clone(), e, t0);
+        let f = s.peek(&k, t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(f.age, Duration::from_secs(35));
+        let left = f.remaining - Duration::from_secs(55);
+        assert!(left < Duration::from_micros(1), "{:?}", f.remaining);
     }
 
     #[test]
@@ -398,7 +463,11 @@ mod tests {
             StatusCode::GONE,
             StatusCode::NOT_FOUND,
         ] {
-            s.insert(Key::with_text("k"), status, Duration::from_secs(1), now);
+            s.insert(
+                Key::with_text("k"),
+                stored(status, Duration::from_secs(1)),
+                now,
+            );
         }
         assert_eq!((s.len(), ev.load(Relaxed)), (1, 0));
     }
@@ -406,9 +475,13 @@ mod tests {
     #[test]
     fn expiry_is_lazy_and_counted() {
         let s = Store::new(10, Arc::new(AtomicU64::new(0)));
-        let t0 = Instant::now();
+        let t0 = s.epoch;
         let k = Key::with_text("a");
-        s.insert(k.clone(), StatusCode::GONE, Duration::from_secs(2), t0);
+        s.insert(
+            k.clone(),
+            stored(StatusCode::GONE, Duration::from_secs(2)),
+            t0,
+        );
         let f = s
             .get(&k, t0 + Duration::from_millis(500), || {
                 panic!("not expired")

@@ -1,15 +1,20 @@
-//! How long the negative cache remembers a Missing answer. Pure: no clock (the origin's
-//! `Date` is the only time it reads), no I/O, no panics on any header bytes.
+//! How long the negative cache keeps a Missing answer. Pure: time comes in as an argument, no
+//! I/O, no panics on any header bytes.
 //!
-//! The ladder, after RFC 9111 §4.2.1 (freshness lifetime) and RFC 2308 §5 (a negative answer is
-//! remembered for a bounded time):
+//! After RFC 9111 §4.2 (freshness) and RFC 2308 §5 (a negative answer is kept for a bounded
+//! time):
 //!
-//! 1. `no-store` or `no-cache` on the answer (and `private` in shared mode): not remembered.
-//! 2. With `respect_headers`, the origin's freshness lifetime: `s-maxage` (shared mode only),
-//!    else `max-age`, else `Expires − Date`; minus `Age`.
-//! 3. Otherwise the per-status default (`ttl_410` for 410, `ttl_404` for any other status).
-//!
-//! Whatever rung answers, the result is clamped to `[min, max]`.
+//! 1. Not stored at all: `no-store` or `no-cache` on the answer (§5.2.2.4, §5.2.2.5: the
+//!    negative cache never revalidates), `private` in shared mode (§5.2.2.7), `Vary: *`
+//!    (§4.1: it can never match).
+//! 2. The freshness lifetime (§4.2.1): with `respect_headers`, the origin's explicit one —
+//!    `s-maxage` (shared mode only), else `max-age`, else `Expires − Date` (the arrival time
+//!    standing in for a missing `Date`, an invalid `Expires` meaning already expired, §5.3);
+//!    otherwise the per-status default (`ttl_410` for 410, `ttl_404` for any other status).
+//! 3. The age on arrival (§4.2.3): the larger of the origin's `Age` and `now − Date`.
+//! 4. Lifetime ≤ age: stale on arrival, not stored (§4.2). Else the entry is kept for
+//!    `lifetime − age`, cut to `max`. Nothing ever raises an origin's explicit lifetime: the
+//!    answer is never served for longer than its origin said it was fresh.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,18 +22,16 @@ use http::{HeaderMap, StatusCode, header};
 
 use crate::headers::{self, CacheControl};
 
-/// TTL settings of the negative cache (validated by its builder: min <= defaults <= max).
+/// TTL settings of the negative cache (validated by its builder: defaults <= max).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct TtlConfig {
-    /// Default for 404 (and any other Missing status but 410): 60 s.
+    /// Default lifetime for 404 (and any other Missing status but 410): 60 s.
     pub(crate) ttl_404: Duration,
-    /// Default for 410: 1 h.
+    /// Default lifetime for 410: 1 h.
     pub(crate) ttl_410: Duration,
-    /// Lower clamp: 1 s.
-    pub(crate) min: Duration,
-    /// Upper clamp: 1 day.
+    /// Upper bound on what is kept: 1 day.
     pub(crate) max: Duration,
-    /// Use the origin's own freshness (`s-maxage`, `max-age`, `Expires`, `Age`): true.
+    /// Use the origin's own freshness (`s-maxage`, `max-age`, `Expires`): true.
     pub(crate) respect_headers: bool,
     /// Shared-cache mode: `s-maxage` wins, `private` forbids storing: false.
     pub(crate) shared: bool,
@@ -39,7 +42,6 @@ impl Default for TtlConfig {
         TtlConfig {
             ttl_404: Duration::from_secs(60),
             ttl_410: Duration::from_secs(60 * 60),
-            min: Duration::from_secs(1),
             max: Duration::from_secs(24 * 60 * 60),
             respect_headers: true,
             shared: false,
@@ -47,51 +49,72 @@ impl Default for TtlConfig {
     }
 }
 
-/// How long to remember a Missing answer, or None when it must not be remembered.
-pub(crate) fn ttl(cfg: &TtlConfig, status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+/// How long a Missing answer is kept, and how old it already was when it arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Freshness {
+    /// From arrival on: `lifetime − age`, cut to `max`; never zero.
+    pub(crate) ttl: Duration,
+    /// The answer's age on arrival (whole seconds, as `Age` and `Date` say it).
+    pub(crate) age: Duration,
+}
+
+/// How long to keep a Missing answer that arrived at `now`, or `None` when it must not be
+/// stored (a refusing directive, `Vary: *`, or stale on arrival).
+pub(crate) fn freshness(
+    cfg: &TtlConfig,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<Freshness> {
     let cc = headers::cache_control(headers);
     // Checked whatever `respect_headers` says: these directives are not about *how long* an
     // answer stays fresh (which `respect_headers` lets the operator override) but about whether
-    // it may be stored at all. `no-cache` forbids reuse without revalidation, and the negative
-    // cache never revalidates, so it can't keep such an answer either.
-    if cc.no_store || cc.no_cache || (cfg.shared && cc.private) {
+    // it may be stored at all.
+    if cc.no_store || cc.no_cache || (cfg.shared && cc.private) || headers::vary_star(headers) {
         return None;
     }
-    let ttl = cfg
+    let date = headers::http_date(headers.get(header::DATE));
+    let lifetime = cfg
         .respect_headers
-        .then(|| origin_lifetime(cfg.shared, &cc, headers))
+        .then(|| explicit_lifetime(cfg.shared, &cc, headers, date.unwrap_or(now)))
         .flatten()
         .unwrap_or(if status == StatusCode::GONE {
             cfg.ttl_410
         } else {
             cfg.ttl_404
         });
-    // Not `Duration::clamp`: it panics when min > max, and a policy must not panic even on a
-    // configuration its builder should have refused.
-    Some(ttl.max(cfg.min).min(cfg.max))
+    // §4.2.3: apparent age (by the origin's clock) or the Age it reports, whichever is larger.
+    let age_value =
+        headers::age(headers.get(header::AGE)).map_or(Duration::ZERO, Duration::from_secs);
+    let apparent = date.map_or(Duration::ZERO, |d| {
+        now.duration_since(d).unwrap_or_default()
+    });
+    let age = age_value.max(apparent);
+    let ttl = lifetime.checked_sub(age)?.min(cfg.max);
+    (!ttl.is_zero()).then_some(Freshness { ttl, age })
 }
 
-/// The time the origin says its answer stays fresh from now on, if it says so: the freshness
-/// lifetime less the answer's `Age` (saturating at zero). `None` when no rung applies.
-fn origin_lifetime(shared: bool, cc: &CacheControl, headers: &HeaderMap) -> Option<Duration> {
-    let lifetime = match cc.s_maxage.filter(|_| shared).or(cc.max_age) {
-        // max-age (and s-maxage) override Expires (RFC 9111 §5.3).
-        Some(secs) => Duration::from_secs(secs),
-        None => expires_lifetime(headers)?,
-    };
-    // Without a clock the current age is what the upstream says it is (RFC 9111 §4.2.3 less
-    // the local delays, which the caller's own time-keeping covers).
-    let age = headers::age(headers.get(header::AGE)).map_or(Duration::ZERO, Duration::from_secs);
-    Some(lifetime.saturating_sub(age))
+/// The origin's explicit freshness lifetime (§4.2.1), if it gives one: `s-maxage` (shared
+/// mode), `max-age`, or `Expires − Date`. `date` is the answer's `Date`, or its arrival time.
+fn explicit_lifetime(
+    shared: bool,
+    cc: &CacheControl,
+    headers: &HeaderMap,
+    date: SystemTime,
+) -> Option<Duration> {
+    match cc.s_maxage.filter(|_| shared).or(cc.max_age) {
+        // max-age (and s-maxage) override Expires (§5.3).
+        Some(secs) => Some(Duration::from_secs(secs)),
+        None => expires_lifetime(headers, date),
+    }
 }
 
-/// `Expires − Date`. `None` (rung skipped) without an `Expires` field, or with a valid one but
-/// no valid `Date` to measure it from.
+/// `Expires − date`. `None` (no explicit lifetime) without an `Expires` field.
 ///
-/// An `Expires` that doesn't parse ("0", "-1", garbage) means "already expired" (RFC 9111 §5.3:
-/// a cache MUST read invalid dates as in the past): zero, whatever the `Date`. Of several
-/// `Expires` lines the earliest counts (the most conservative, like the smallest `max-age`).
-fn expires_lifetime(headers: &HeaderMap) -> Option<Duration> {
+/// An `Expires` that doesn't parse ("0", "-1", garbage) means "already expired" (§5.3: a cache
+/// MUST read invalid dates as in the past): zero. Of several `Expires` lines the earliest
+/// counts (the most conservative, like the smallest `max-age`).
+fn expires_lifetime(headers: &HeaderMap, date: SystemTime) -> Option<Duration> {
     let mut earliest: Option<SystemTime> = None;
     for value in headers.get_all(header::EXPIRES) {
         let Some(at) = headers::http_date(Some(value)) else {
@@ -99,9 +122,7 @@ fn expires_lifetime(headers: &HeaderMap) -> Option<Duration> {
         };
         earliest = Some(earliest.map_or(at, |e| e.min(at)));
     }
-    let expires = earliest?;
-    let date = headers::http_date(headers.get(header::DATE))?;
-    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+    Some(earliest?.duration_since(date).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -141,6 +162,15 @@ mod tests {
         }
     }
 
+    /// The TTL of an answer arriving at `DATE`.
+    fn ttl(cfg: &TtlConfig, status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+        freshness(cfg, status, headers, now()).map(|f| f.ttl)
+    }
+
+    fn now() -> SystemTime {
+        httpdate::parse_http_date(DATE).unwrap()
+    }
+
     fn not_found(cfg: &TtlConfig, headers: &HeaderMap) -> Option<Duration> {
         ttl(cfg, StatusCode::NOT_FOUND, headers)
     }
@@ -164,15 +194,8 @@ mod tests {
     fn defaults() {
         let c = cfg();
         assert_eq!(
-            (
-                c.ttl_404,
-                c.ttl_410,
-                c.min,
-                c.max,
-                c.respect_headers,
-                c.shared
-            ),
-            (60 * SEC, 3600 * SEC, SEC, 86400 * SEC, true, false)
+            (c.ttl_404, c.ttl_410, c.max, c.respect_headers, c.shared),
+            (60 * SEC, 3600 * SEC, 86400 * SEC, true, false)
         );
     }
 
@@ -261,17 +284,18 @@ mod tests {
         };
         assert_eq!(lifetime(&date_plus(120), Some(DATE)), secs(120));
         assert_eq!(lifetime(&date_plus(7200), Some(DATE)), secs(7200));
-        // Expires earlier than Date: zero, clamped up to min.
-        assert_eq!(lifetime(&date_plus(-120), Some(DATE)), secs(1));
-        assert_eq!(lifetime(DATE, Some(DATE)), secs(1));
-        // Without a valid Date the rung is skipped.
-        assert_eq!(lifetime(&date_plus(120), None), secs(60));
-        assert_eq!(lifetime(&date_plus(120), Some("yesterday")), secs(60));
-        assert_eq!(lifetime(&date_plus(120), Some("")), secs(60));
+        // Expires not after Date: stale on arrival, not stored (RFC 9111 §4.2).
+        assert_eq!(lifetime(&date_plus(-120), Some(DATE)), None);
+        assert_eq!(lifetime(DATE, Some(DATE)), None);
+        // Without a valid Date, counted from the arrival (here at DATE).
+        assert_eq!(lifetime(&date_plus(120), None), secs(120));
+        assert_eq!(lifetime(&date_plus(120), Some("yesterday")), secs(120));
+        assert_eq!(lifetime(&date_plus(120), Some("")), secs(120));
+        assert_eq!(lifetime(&date_plus(-1), None), None);
         // An invalid Expires is "already expired" (RFC 9111 §5.3), Date or not.
         for bad in ["0", "-1", "never", ""] {
-            assert_eq!(lifetime(bad, Some(DATE)), secs(1), "{bad}");
-            assert_eq!(lifetime(bad, None), secs(1), "{bad}");
+            assert_eq!(lifetime(bad, Some(DATE)), None, "{bad}");
+            assert_eq!(lifetime(bad, None), None, "{bad}");
         }
         // Several Expires lines: the earliest; any invalid one: expired.
         let headers = h(&[
@@ -285,7 +309,7 @@ mod tests {
             (header::EXPIRES, &date_plus(500)),
             (header::EXPIRES, "0"),
         ]);
-        assert_eq!(not_found(&cfg(), &headers), secs(1));
+        assert_eq!(not_found(&cfg(), &headers), None);
     }
 
     #[test]
@@ -322,33 +346,61 @@ mod tests {
             (header::AGE, "40"),
         ]);
         assert_eq!(not_found(&cfg(), &headers), secs(60));
-        // Older than its lifetime: stale, zero, clamped up to min.
-        let headers = h(&[(header::CACHE_CONTROL, "max-age=100"), (header::AGE, "500")]);
-        assert_eq!(not_found(&cfg(), &headers), secs(1));
-        let headers = h(&[
-            (header::CACHE_CONTROL, "max-age=100"),
-            (header::AGE, "99999999999999999999"),
-        ]);
-        assert_eq!(not_found(&cfg(), &headers), secs(1));
+        // As old as its lifetime or older: stale on arrival, not stored.
+        for age in ["100", "500", "99999999999999999999"] {
+            let headers = h(&[(header::CACHE_CONTROL, "max-age=100"), (header::AGE, age)]);
+            assert_eq!(not_found(&cfg(), &headers), None, "{age}");
+        }
         // An invalid Age is ignored.
         for bad in ["-5", "1.5", "abc", ""] {
             let headers = h(&[(header::CACHE_CONTROL, "max-age=100"), (header::AGE, bad)]);
             assert_eq!(not_found(&cfg(), &headers), secs(100), "{bad}");
         }
-        // Age alone (no rung) leaves the default as it is.
+        // The default lifetime counts the age too.
         let headers = h(&[(header::AGE, "30")]);
+        assert_eq!(not_found(&cfg(), &headers), secs(30));
+        // The apparent age by the origin's Date counts when it is the larger (§4.2.3).
+        let headers = h(&[
+            (header::CACHE_CONTROL, "max-age=100"),
+            (header::DATE, &date_plus(-10)),
+            (header::AGE, "4"),
+        ]);
+        assert_eq!(
+            freshness(&cfg(), StatusCode::NOT_FOUND, &headers, now()),
+            Some(Freshness {
+                ttl: 90 * SEC,
+                age: 10 * SEC
+            })
+        );
+    }
+
+    #[test]
+    fn zero_lifetimes_are_stale_on_arrival() {
+        for cc in ["max-age=0", "max-age=0, s-maxage=60"] {
+            let headers = h(&[(header::CACHE_CONTROL, cc)]);
+            assert_eq!(not_found(&cfg(), &headers), None, "{cc}");
+        }
+        let headers = h(&[(header::CACHE_CONTROL, "s-maxage=0, max-age=60")]);
+        assert_eq!(not_found(&shared(), &headers), None);
         assert_eq!(not_found(&cfg(), &headers), secs(60));
     }
 
     #[test]
-    fn results_are_clamped() {
+    fn vary_star_is_never_stored() {
+        let headers = h(&[(header::VARY, "accept, *")]);
+        assert_eq!(not_found(&cfg(), &headers), None);
+        assert_eq!(not_found(&ignoring(), &headers), None);
+    }
+
+    #[test]
+    fn results_are_cut_to_max_never_raised() {
         let max_age = |v: &str| {
             not_found(
                 &cfg(),
                 &h(&[(header::CACHE_CONTROL, &format!("max-age={v}"))]),
             )
         };
-        assert_eq!(max_age("0"), secs(1));
+        assert_eq!(max_age("1"), secs(1));
         assert_eq!(max_age("86400"), secs(86400));
         assert_eq!(max_age("86401"), secs(86400));
         assert_eq!(max_age("18446744073709551615"), secs(86400));
@@ -363,24 +415,19 @@ mod tests {
             (header::DATE, "Fri, 31 Dec 9999 23:59:59 GMT"),
             (header::EXPIRES, "Thu, 01 Jan 1970 00:00:00 GMT"),
         ]);
-        assert_eq!(not_found(&cfg(), &backwards), secs(1));
-        // The defaults are clamped too.
+        assert_eq!(not_found(&cfg(), &backwards), None);
+        // The defaults are cut too.
         let narrow = TtlConfig {
-            min: 90 * SEC,
             max: 120 * SEC,
             ..cfg()
         };
-        assert_eq!(not_found(&narrow, &HeaderMap::new()), secs(90));
+        assert_eq!(not_found(&narrow, &HeaderMap::new()), secs(60));
         assert_eq!(ttl(&narrow, StatusCode::GONE, &HeaderMap::new()), secs(120));
-        // A sub-second lifetime is possible when min allows it.
-        let fine = TtlConfig {
-            min: Duration::ZERO,
+        let extreme = TtlConfig {
+            max: Duration::MAX,
             ..cfg()
         };
-        assert_eq!(
-            not_found(&fine, &h(&[(header::CACHE_CONTROL, "max-age=0")])),
-            secs(0)
-        );
+        assert_eq!(not_found(&extreme, &HeaderMap::new()), secs(60));
     }
 
     #[test]
@@ -391,30 +438,14 @@ mod tests {
             (header::EXPIRES, &date_plus(5000)),
             (header::AGE, "30"),
         ]);
-        assert_eq!(not_found(&ignoring(), &headers), secs(60));
-        assert_eq!(ttl(&ignoring(), StatusCode::GONE, &headers), secs(3600));
+        // The per-status default, less the age the answer arrived with.
+        assert_eq!(not_found(&ignoring(), &headers), secs(30));
+        assert_eq!(ttl(&ignoring(), StatusCode::GONE, &headers), secs(3570));
         let ignoring_shared = TtlConfig {
             shared: true,
             ..ignoring()
         };
-        assert_eq!(not_found(&ignoring_shared, &headers), secs(60));
-    }
-
-    #[test]
-    fn a_config_with_min_above_max_does_not_panic() {
-        // The builder refuses it; the policy still must not panic on it.
-        let inverted = TtlConfig {
-            min: 100 * SEC,
-            max: 10 * SEC,
-            ..cfg()
-        };
-        assert_eq!(not_found(&inverted, &HeaderMap::new()), secs(10));
-        let extreme = TtlConfig {
-            min: Duration::MAX,
-            max: Duration::MAX,
-            ..cfg()
-        };
-        assert_eq!(not_found(&extreme, &HeaderMap::new()), Some(Duration::MAX));
+        assert_eq!(not_found(&ignoring_shared, &headers), secs(30));
     }
 
     // ---- properties ----
@@ -428,22 +459,21 @@ mod tests {
         ]
     }
 
-    /// Any configuration the builder accepts: min <= both defaults <= max.
+    /// Any configuration the builder accepts: both defaults <= max.
     fn config() -> impl Strategy<Value = TtlConfig> {
         (
-            prop::array::uniform4(duration()),
+            prop::array::uniform3(duration()),
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
         )
             .prop_map(|(mut d, swap, respect_headers, shared)| {
                 d.sort();
-                let (ttl_404, ttl_410) = if swap { (d[2], d[1]) } else { (d[1], d[2]) };
+                let (ttl_404, ttl_410) = if swap { (d[1], d[0]) } else { (d[0], d[1]) };
                 TtlConfig {
                     ttl_404,
                     ttl_410,
-                    min: d[0],
-                    max: d[3],
+                    max: d[2],
                     respect_headers,
                     shared,
                 }
@@ -582,25 +612,29 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1024))]
 
-        /// None only when the answer says not to store it; otherwise always within [min, max].
+        /// Some TTL is never zero and never above `max`; None only when the answer says not to
+        /// store it or could be stale on arrival (it names a lifetime or an age).
         #[test]
-        fn ttl_always_within_clamps(cfg in config(), status in status(), headers in headers()) {
-            let got = ttl(&cfg, status, &headers);
+        fn ttl_always_within_clamps(cfg in config(), status in status(), headers in headers(), skew in 0u64..200_000) {
+            let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + skew);
+            let got = freshness(&cfg, status, &headers, now);
             let cc = headers::cache_control(&headers);
             let refused = cc.no_store || cc.no_cache || (cfg.shared && cc.private);
+            let timed = [header::AGE, header::DATE, header::EXPIRES].iter().any(|n| headers.contains_key(n))
+                || cc.max_age.is_some() || cc.s_maxage.is_some();
+            let default = if status == StatusCode::GONE { cfg.ttl_410 } else { cfg.ttl_404 };
             match got {
-                None => prop_assert!(refused, "None without a refusing directive: {:?}", headers),
-                Some(d) => {
-                    prop_assert!(!refused, "{:?} despite {:?}", d, cc);
-                    prop_assert!(cfg.min <= d && d <= cfg.max, "{:?} outside [{:?}, {:?}]", d, cfg.min, cfg.max);
+                None => prop_assert!(refused || timed || default.is_zero() || cfg.max.is_zero(), "None without a reason: {:?}", headers),
+                Some(f) => {
+                    prop_assert!(!refused, "{:?} despite {:?}", f, cc);
+                    prop_assert!(!f.ttl.is_zero() && f.ttl <= cfg.max, "{:?} outside (0, {:?}]", f.ttl, cfg.max);
                 }
             }
-            // The same, checked against the raw bytes rather than the parser: no field line
-            // that names a refusing directive, no None.
+            // The same, checked against the raw bytes rather than the parser.
             let could_refuse = mentions(&headers, b"no-store")
                 || mentions(&headers, b"no-cache")
                 || (cfg.shared && mentions(&headers, b"private"));
-            if !could_refuse {
+            if !could_refuse && !timed && !default.is_zero() && !cfg.max.is_zero() {
                 prop_assert!(got.is_some());
             }
         }
@@ -617,17 +651,18 @@ mod tests {
             prop_assert_eq!(ttl(&cfg, status, &headers), None);
         }
 
-        /// With respect_headers off, only the per-status default (clamped) or a refusal.
+        /// With respect_headers off, never more than the per-status default.
         #[test]
-        fn ignoring_headers_gives_the_default(cfg in config(), status in status(), headers in headers()) {
+        fn ignoring_headers_gives_at_most_the_default(cfg in config(), status in status(), headers in headers()) {
             let cfg = TtlConfig { respect_headers: false, ..cfg };
             let default = if status == StatusCode::GONE { cfg.ttl_410 } else { cfg.ttl_404 };
             if let Some(d) = ttl(&cfg, status, &headers) {
-                prop_assert_eq!(d, default);
+                prop_assert!(d <= default);
             }
         }
 
-        /// A clean, lone max-age is the answer, clamped; an Age shortens it, never lengthens it.
+        /// A clean, lone max-age is an upper bound: the answer is kept for `max-age − Age`,
+        /// cut to max, and not at all when that is zero.
         #[test]
         fn max_age_is_honoured(cfg in config(), secs in any::<u64>(), age in proptest::option::of(any::<u64>())) {
             let cfg = TtlConfig { respect_headers: true, ..cfg };
@@ -636,7 +671,19 @@ mod tests {
                 headers.insert(header::AGE, HeaderValue::from(age));
             }
             let fresh = Duration::from_secs(secs.saturating_sub(age.unwrap_or(0)));
-            prop_assert_eq!(not_found(&cfg, &headers), Some(fresh.max(cfg.min).min(cfg.max)));
+            let want = Some(fresh.min(cfg.max)).filter(|d| !d.is_zero());
+            prop_assert_eq!(not_found(&cfg, &headers), want);
+        }
+
+        /// Whatever else the answer says, the TTL never exceeds a clean max-age less the age.
+        #[test]
+        fn never_kept_longer_than_the_origin_said(cfg in config(), status in status(), mut headers in headers(), secs in 0u64..100_000) {
+            let cfg = TtlConfig { respect_headers: true, ..cfg };
+            headers.remove(header::CACHE_CONTROL);
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(&format!("max-age={secs}")).unwrap());
+            if let Some(d) = ttl(&cfg, status, &headers) {
+                prop_assert!(d <= Duration::from_secs(secs), "{:?} > max-age={}", d, secs);
+            }
         }
     }
 }
