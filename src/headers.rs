@@ -139,22 +139,6 @@ pub(crate) fn request_directives(headers: &HeaderMap) -> RequestDirectives {
     }
 }
 
-/// Whether an answer's `Vary` names `*`: it varies on things outside the request, so no
-/// later request can be known to match it (RFC 9111 §4.1).
-pub(crate) fn vary_star(headers: &HeaderMap) -> bool {
-    vary_names(headers).any(|n| n == b"*")
-}
-
-/// The field names an answer's `Vary` lists (every field line, RFC 9110 §12.5.5), as written.
-pub(crate) fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(header::VARY)
-        .iter()
-        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
-        .map(trim_ows)
-        .filter(|n| !n.is_empty())
-}
-
 /// An HTTP-date (RFC 9110 §5.6.7: IMF-fixdate, RFC 850 or asctime form), as in `Date` and
 /// `Expires`. Anything else is `None`.
 pub(crate) fn http_date(value: Option<&HeaderValue>) -> Option<SystemTime> {
@@ -542,16 +526,6 @@ mod tests {
         assert!(!d.accepts(s(31), s(100)));
         assert!(!d.accepts(s(0), s(8)));
         assert!(RequestDirectives::default().accepts(s(u64::MAX), Duration::ZERO));
-    }
-
-    #[test]
-    fn vary_forms() {
-        let v = map(header::VARY, &[b"Accept-Encoding, ,x-tenant", b" origin "]);
-        let names: Vec<_> = vary_names(&v).collect();
-        assert_eq!(names, [&b"Accept-Encoding"[..], b"x-tenant", b"origin"]);
-        assert!(!vary_star(&v));
-        assert!(vary_star(&map(header::VARY, &[b"accept, *"])));
-        assert!(!vary_star(&HeaderMap::new()));
     }
 
     fn date(s: &[u8]) -> Option<SystemTime> {

@@ -5,8 +5,8 @@
 //! time):
 //!
 //! 1. Not stored at all: `no-store` or `no-cache` on the answer (§5.2.2.4, §5.2.2.5: the
-//!    negative cache never revalidates), `private` in shared mode (§5.2.2.7), `Vary: *`
-//!    (§4.1: it can never match).
+//!    negative cache never revalidates), `private` in shared mode (§5.2.2.7), any `Vary`
+//!    (§4.1: the request fields it names are not kept to match later requests against).
 //! 2. The freshness lifetime (§4.2.1): with `respect_headers`, the origin's explicit one —
 //!    `s-maxage` (shared mode only), else `max-age`, else `Expires − Date` (the arrival time
 //!    standing in for a missing `Date`, an invalid `Expires` meaning already expired, §5.3);
@@ -70,7 +70,15 @@ pub(crate) fn freshness(
     // Checked whatever `respect_headers` says: these directives are not about *how long* an
     // answer stays fresh (which `respect_headers` lets the operator override) but about whether
     // it may be stored at all.
-    if cc.no_store || cc.no_cache || (cfg.shared && cc.private) || headers::vary_star(headers) {
+    // §4.1: a stored answer with `Vary` may serve only requests whose varied fields match
+    // the ones it was fetched with. Those fields are sent upstream before the answer says
+    // which ones matter, and copying every request's headers on the chance would cost each
+    // miss an allocation; so such an answer is not stored (counted as `uncacheable`).
+    if cc.no_store
+        || cc.no_cache
+        || (cfg.shared && cc.private)
+        || headers.contains_key(header::VARY)
+    {
         return None;
     }
     let date = headers::http_date(headers.get(header::DATE));
@@ -386,10 +394,12 @@ mod tests {
     }
 
     #[test]
-    fn vary_star_is_never_stored() {
-        let headers = h(&[(header::VARY, "accept, *")]);
-        assert_eq!(not_found(&cfg(), &headers), None);
-        assert_eq!(not_found(&ignoring(), &headers), None);
+    fn answers_with_vary_are_never_stored() {
+        for vary in ["accept, *", "x-tenant", "*"] {
+            let headers = h(&[(header::VARY, vary)]);
+            assert_eq!(not_found(&cfg(), &headers), None);
+            assert_eq!(not_found(&ignoring(), &headers), None);
+        }
     }
 
     #[test]
@@ -619,7 +629,7 @@ mod tests {
             let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + skew);
             let got = freshness(&cfg, status, &headers, now);
             let cc = headers::cache_control(&headers);
-            let refused = cc.no_store || cc.no_cache || (cfg.shared && cc.private);
+            let refused = cc.no_store || cc.no_cache || (cfg.shared && cc.private) || headers.contains_key(header::VARY);
             let timed = [header::AGE, header::DATE, header::EXPIRES].iter().any(|n| headers.contains_key(n))
                 || cc.max_age.is_some() || cc.s_maxage.is_some();
             let default = if status == StatusCode::GONE { cfg.ttl_410 } else { cfg.ttl_404 };
