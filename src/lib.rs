@@ -56,8 +56,8 @@
 //! - [`classify`] is the one place that decides what an answer means: Success, Missing,
 //!   Retryable or Fatal. It sees the status and headers only — never the body — and no
 //!   classifier can make 404 or 410 retryable. The retry layer leaves its verdict on the
-//!   response as a [`RetryInfo`] extension; the negative cache reads it instead of deciding
-//!   again, so the two layers never disagree.
+//!   response as a [`RetryInfo`] extension; a negative cache without a classifier of its own
+//!   follows it, so a classifier given to the retry layer is applied by both.
 //! - Policy is apart from mechanism: the retry decision, backoff, budget, TTL arithmetic and
 //!   header parsing are pure functions of their inputs (time is an argument) and are
 //!   property-tested; services and futures only sequence calls.
@@ -79,7 +79,8 @@
 //!   budget deposit);
 //! - the cache sees the *final* answer of the retry loop: a 503 that became a 404 on the
 //!   second attempt is remembered, and a 503 that never recovered is not;
-//! - the cache reads the retry layer's [`RetryInfo`] verdict instead of classifying again.
+//! - the cache follows the retry layer's [`RetryInfo`] verdict (unless it was given a
+//!   classifier of its own).
 //!
 //! The other order works, but every hit then goes through the retry layer (and counts in its
 //! budget as a request), and the cache sees each attempt, not the final answer.
@@ -96,6 +97,13 @@
 //! 5. Entries never exceed capacity; memory stays bounded under a flood of missing keys.
 //! 6. No input — status, header bytes, URI, timing, cancellation — makes the stack panic,
 //!    hang, or leave a waiter stranded; every wait and TTL stays within its configured clamps.
+//! 7. The latest answer wins: a remembered 404 is served only if no 2xx, successful write or
+//!    invalidation of its key landed after the 404's request started.
+//! 8. Nothing stale is served: an entry never outlives the freshness its origin gave it, and
+//!    an answer stale on arrival is not stored (RFC 9111 §4.2).
+//! 9. The tower readiness contract holds: only a service driven to ready is called, and a
+//!    hit or a coalesced wait keeps no inner reservation (safe over `Buffer` and
+//!    `ConcurrencyLimit`).
 //!
 //! # Feature flags
 //!

@@ -113,19 +113,17 @@ impl Model {
 
     fn landed(&mut self, r: Started, status: u16, step: usize) {
         match (r.put, status) {
-            (false, 404 | 410) => {
-                // Remembered only if nothing changed the key since the request started.
-                if self.changed_at[r.k].is_none_or(|c| c < r.at) {
-                    let ttl = if status == 410 {
-                        TTL_410_MS
-                    } else {
-                        TTL_404_MS
-                    };
-                    self.entries[r.k] = Some(Entry {
-                        status,
-                        expires_ms: self.now_ms + ttl,
-                    });
-                }
+            // Remembered only if nothing changed the key since the request started.
+            (false, 404 | 410) if self.changed_at[r.k].is_none_or(|c| c < r.at) => {
+                let ttl = if status == 410 {
+                    TTL_410_MS
+                } else {
+                    TTL_404_MS
+                };
+                self.entries[r.k] = Some(Entry {
+                    status,
+                    expires_ms: self.now_ms + ttl,
+                });
             }
             (_, 200..=299) => self.change(r.k, step),
             _ => {}

@@ -10,17 +10,40 @@
 //! - **Store:** bounded (`capacity`, a hard bound), sharded and scan-resistant (quick_cache's
 //!   CLOCK-Pro): a flood of one-off misses does not push out keys that are asked for again.
 //!   Each entry carries its expiry and is dropped when read after it; no timers, no task.
-//! - **Key:** the normalised request target, looked up without allocating; or the
-//!   application's id through a key function.
-//! - **TTL:** the origin's freshness on the 404/410 (`max-age`, `s-maxage` in shared mode,
-//!   `Expires` − `Date`, less `Age`), clamped to `min_ttl..=max_ttl`; otherwise 60 s for 404 and
-//!   1 h for 410. `no-store` or `no-cache` on the answer: not remembered.
-//! - **Invalidation:** a successful write (PUT, POST, PATCH, DELETE answered 2xx/3xx) forgets
-//!   its target and its answer's same-origin `Location`/`Content-Location`; a GET answered
-//!   2xx forgets its key; the [`NegativeCacheHandle`] forgets keys on demand.
-//! - **Credentials:** requests with `Authorization` or `Cookie` bypass the cache unless
+//! - **Key:** the normalised target the origin will see — the URI's scheme, the request's
+//!   `Host` header when it has one (hyper-util sends it as it is; an origin-form `/r/3` is
+//!   resolved against it, RFC 9110 §7.2) or else the URI's authority, then path and query —
+//!   looked up without allocating; or the application's id through a key function. A request
+//!   whose `Host` is not a valid authority is not cached.
+//! - **Freshness (RFC 9111 §4.2):** the origin's lifetime on the 404/410 (`s-maxage` in shared
+//!   mode, `max-age`, `Expires` − `Date`, the arrival time standing in for a missing `Date`),
+//!   else 60 s for 404 and 1 h for 410; less the age it arrived with (`Age`, or `now − Date`
+//!   if larger); cut to `max_ttl`. An explicit lifetime is an upper bound nothing raises; a
+//!   lifetime of zero is stale on arrival and not stored.
+//! - **Not stored:** an answer with `no-store`, `no-cache`, `private` (shared mode) or any
+//!   `Vary` (its varied request fields are not kept to match later requests against), and
+//!   the answer to a request with `no-store` (§5.2.1.5) — each counted as `uncacheable`.
+//! - **The request's own directives (§5.2.1):** `no-cache` or `max-age=0` go upstream and
+//!   refresh the entry; `max-age=N` and `min-fresh=N` accept only an entry that young or that
+//!   fresh; `only-if-cached` is answered from the store or with a 504, never upstream.
+//!   `must-revalidate` needs nothing: a stale entry is never served.
+//! - **The latest answer wins:** a remembered Missing answer is served only if no 2xx,
+//!   successful write or invalidation of its key landed after its request started. A Missing
+//!   answer that lands after such a change is not remembered; such a change forgets what was
+//!   remembered. Writes (PUT, POST, PATCH, DELETE answered 2xx/3xx) forget their target and
+//!   the same-origin `Location`/`Content-Location` of their answer, resolved against the
+//!   target (RFC 3986 §5.2); the [`NegativeCacheHandle`] forgets keys on demand.
+//! - **Credentials:** requests with `Authorization`, `Proxy-Authorization`, `Cookie`, a URI
+//!   userinfo or a header named with [`Builder::credential_header`] bypass the cache unless
 //!   [`Credentials::Fingerprint`] keys them by credential; an entry never crosses credentials.
-//! - **Coalescing** (opt-in): concurrent misses for one key wait, up to a bound, for the first.
+//!   **An API key in a header the cache was not told about is not a credential to it.**
+//! - **Coalescing** (opt-in): concurrent misses for one key wait, up to a bound, for the
+//!   first; when it has settled they look the key up like any other request.
+//! - **Readiness:** only a service driven to ready is called, and a path that calls nothing
+//!   (a hit, a wait) releases the reservation — safe over `Buffer` and `ConcurrencyLimit`.
+//! - **One classifier rule:** the cache's own classifier if one was given to its builder, else
+//!   the verdict of a retry layer under it ([`RetryInfo`](crate::RetryInfo)), else 404 and
+//!   410.
 //!
 //! # Example
 //!
@@ -97,9 +120,11 @@ pub(crate) use state::State;
 pub struct NegativeCacheHit {
     /// The remembered status (404, 410, or what a custom classifier called Missing).
     pub status: http::StatusCode,
-    /// How long ago the Missing answer was received (millisecond resolution).
+    /// The answer's age (RFC 9111 §4.2.3): the age it arrived with (its `Age`, or how old its
+    /// `Date` made it) plus how long it has been remembered; the `Age` header says the same in
+    /// whole seconds.
     pub age: Duration,
-    /// How long the entry stays fresh.
+    /// How long the entry stays fresh (never more than is left: it expires to the microsecond).
     pub remaining: Duration,
 }
 

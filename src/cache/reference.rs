@@ -21,7 +21,7 @@ struct Parts<'a> {
 /// RFC 3986 Appendix B, by hand: `^(([^:/?#]+):)?(//([^/?#]*))?([^?#]*)(\?([^#]*))?(#(.*))?`.
 fn split(r: &str) -> Parts<'_> {
     let r = r.split('#').next().unwrap_or("");
-    let (scheme, rest) = match r.find(|c| matches!(c, ':' | '/' | '?')) {
+    let (scheme, rest) = match r.find([':', '/', '?']) {
         Some(i) if i > 0 && r.as_bytes()[i] == b':' => (Some(&r[..i]), &r[i + 1..]),
         _ => (None, r),
     };
