@@ -276,7 +276,18 @@ fn main() {
 
     // ----- bytes per entry ------------------------------------------------------------------
 
-    let target = |i: u64| format!("http://records.internal/records/missing-{i:010}");
+    // Short keys (an ordinary record URL) and long ones (a crawler's, or a user-supplied link).
+    bytes_per_entry(&rt, 0);
+    bytes_per_entry(&rt, 2_000);
+}
+
+/// Fills a layer of `ENTRIES` capacity with distinct 404 keys padded by `pad` bytes, and prints
+/// what each entry costs.
+fn bytes_per_entry(rt: &tokio::runtime::Runtime, pad: usize) {
+    // ----- bytes per entry ------------------------------------------------------------------
+
+    let padding = "p".repeat(pad);
+    let target = |i: u64| format!("http://records.internal/records/missing-{i:010}{padding}");
     let key_len = target(0).len();
     let before_build = snapshot();
     let cache = NegativeCacheLayer::builder()
@@ -304,7 +315,7 @@ fn main() {
     let filled = snapshot();
     let handle = cache.handle();
     let stats = handle.stats();
-    assert_eq!(stats.inserts, ENTRIES);
+    assert_eq!(stats.inserts + stats.uncacheable, ENTRIES);
     let len = stats.len;
     let per = |bytes: i64| bytes as f64 / len as f64;
     let tables = handle.memory_bytes();
@@ -317,8 +328,9 @@ fn main() {
          of {key_len} bytes of text each\n"
     );
     println!(
-        "entries held: {len} ({} evicted: shards get equal shares of the capacity)\n",
-        stats.evictions
+        "entries held: {len} ({} evicted: shards get equal shares of the capacity, and \
+         entries weigh their bytes against max_bytes = {} B)\n",
+        stats.evictions, stats.max_bytes
     );
     println!(
         "| {:<62} | {:>11} | {:>9} |",
@@ -333,7 +345,7 @@ fn main() {
         "handle.memory_bytes() of the empty layer", "—"
     );
     row(
-        "(a) handle.memory_bytes(): store tables, excluding key heap",
+        "(a) handle.memory_bytes(): store tables and key text",
         tables as i64,
     );
     row("live heap growth: building the layer (empty)", build_growth);

@@ -504,6 +504,25 @@ fn valid_boundary_values_build() {
 }
 
 #[test]
+fn max_bytes_rejects_less_than_4096_and_more_than_a_tebibyte() {
+    for (bytes, shown) in [
+        (0u64, "0"),
+        (4095, "4095"),
+        ((1 << 40) + 1, "1099511627777"),
+        (u64::MAX, "18446744073709551615"),
+    ] {
+        refused(
+            cache().max_bytes(bytes).build(),
+            "max_bytes",
+            shown,
+            "4096..=1099511627776",
+        );
+    }
+    assert!(cache().max_bytes(4096).build().is_ok());
+    assert!(cache().max_bytes(1 << 40).build().is_ok());
+}
+
+#[test]
 fn first_invalid_setting_wins() {
     let first = |e: BuildError| e.setting();
     assert_eq!(

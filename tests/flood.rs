@@ -3,6 +3,13 @@
 //! for throughout is not evicted by the one-off keys (quick_cache's scan resistance).
 //!
 //! `FLOOD_KEYS` sets the number of flood keys (default 1,000,000).
+//!
+//! And a flood of long keys: 12,000 distinct missing URIs of about 60 KB each (and of 8 KB)
+//! through the default configuration: the store's live heap stays within its byte bound
+//! (`max_bytes` of key text, by default 400 B × capacity, plus tables sized by capacity), and
+//! `memory_bytes` reports what it holds.
+//!
+//! The two tests share the counting allocator, so they take turns.
 
 #![allow(unsafe_code)] // a counting global allocator
 
@@ -42,8 +49,12 @@ static ALLOC: Counting = Counting;
 const CAPACITY: u64 = 10_000;
 const HOT: usize = 1_000;
 
+/// One test at a time: the live-heap counter is global.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_flood_of_missing_keys_stays_bounded_and_spares_the_hot_set() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let flood: usize = std::env::var("FLOOD_KEYS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -124,4 +135,63 @@ async fn a_flood_of_missing_keys_stays_bounded_and_spares_the_hot_set() {
         hot_rate > 0.9,
         "the flood evicted the hot set: hit rate {hot_rate:.3}"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_of_long_missing_keys_stays_within_the_byte_budget() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let upstream = tower::service_fn(|_req: Request<Empty<Bytes>>| async {
+        let mut res = Response::new(Empty::<Bytes>::new());
+        *res.status_mut() = StatusCode::NOT_FOUND;
+        Ok::<_, Infallible>(res)
+    });
+    for key_len in [60_000usize, 8_000] {
+        // The default configuration.
+        let layer = NegativeCacheLayer::new();
+        let handle = layer.handle();
+        let budget = handle.stats().max_bytes;
+        // The tables, which follow `capacity`, not the keys' length: documented as about 100 B
+        // per entry of capacity; held to 128 here.
+        let tables = 128 * CAPACITY;
+        let mut svc = tower::Layer::layer(&layer, upstream.clone());
+        let filler = "x".repeat(key_len);
+        let before = LIVE.load(Relaxed);
+        let mut peak = 0;
+        for i in 0..12_000 {
+            let uri = format!("http://flood.test/{i:08}/{filler}");
+            let req = Request::get(uri).body(Empty::new()).unwrap();
+            let res = svc.ready().await.unwrap().call(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::NOT_FOUND);
+            drop(res);
+            if i % 500 == 0 {
+                peak = peak.max(LIVE.load(Relaxed) - before);
+            }
+        }
+        let held = LIVE.load(Relaxed) - before;
+        let stats = handle.stats();
+        let key_text = stats.len * (key_len as u64 + 27);
+        println!(
+            "long keys of {key_len} B: live heap {held} B (peak {peak} B), budget {budget} B, \
+             memory_bytes {} B (of which tables about {} B); {stats:?}",
+            stats.memory_bytes,
+            stats.memory_bytes.saturating_sub(key_text)
+        );
+        // Within the budget, plus the tables.
+        let bound = (budget + tables) as isize;
+        assert!(
+            held <= bound && peak <= bound,
+            "{key_len} B keys: live heap {held} B (peak {peak} B) over {bound} B"
+        );
+        assert!(stats.memory_bytes <= budget + tables, "{stats:?}");
+        // `memory_bytes` says what the store holds: within 25% of what the heap grew by.
+        let reported = stats.memory_bytes as f64;
+        assert!(
+            reported >= held as f64 * 0.75 && reported <= held as f64 * 1.25,
+            "memory_bytes {reported} B, live heap grew {held} B"
+        );
+        assert!(stats.len > 0, "nothing remembered");
+        drop(svc);
+        drop(layer);
+        drop(handle);
+    }
 }

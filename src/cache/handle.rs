@@ -38,11 +38,11 @@ impl NegativeCacheHandle {
         self.state.stats()
     }
 
-    /// Bytes the store's entries and index take now (quick_cache's own count: entries times
-    /// their size, excluding the heap of the keys' text and the spare room of growing tables).
-    /// Grows with the entries, up to what the capacity allows.
+    /// Bytes the store holds now: its tables (entries and index, as quick_cache counts them)
+    /// and the text of its keys. At most `max_bytes` plus the tables' spare room; also in
+    /// [`CacheStats::memory_bytes`].
     pub fn memory_bytes(&self) -> usize {
-        self.state.store.memory_used()
+        usize::try_from(self.state.store.memory_used()).unwrap_or(usize::MAX)
     }
 
     /// What the cache would answer a GET for `uri` without credentials: the remembered

@@ -121,6 +121,7 @@ impl<S, C: Clone> Layer<S> for NegativeCacheLayer<C> {
 pub struct Builder<C = DefaultClassifier> {
     classifier: C,
     capacity: u64,
+    max_bytes: Option<u64>,
     ttl: TtlConfig,
     key_fn: Option<KeyFn>,
     credentials: Credentials,
@@ -138,6 +139,7 @@ impl Default for Builder {
         Builder {
             classifier: DefaultClassifier::default(),
             capacity: 10_000,
+            max_bytes: None,
             ttl: TtlConfig::default(),
             key_fn: None,
             credentials: Credentials::Bypass,
@@ -155,6 +157,7 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
         f.debug_struct("Builder")
             .field("classifier", &self.classifier)
             .field("capacity", &self.capacity)
+            .field("max_bytes", &self.max_bytes)
             .field("ttl", &self.ttl)
             .field("key_fn", &self.key_fn.is_some())
             .field("credentials", &self.credentials)
@@ -164,6 +167,9 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
             .finish()
     }
 }
+
+/// The default key-text budget per entry of `capacity`: room for ordinary URLs.
+const DEFAULT_BYTES_PER_ENTRY: u64 = 400;
 
 /// The longest TTL: 30 days. Entries keep their TTL in 32 bits of milliseconds (49.7 days),
 /// which keeps them at 16 bytes; negative answers are rarely worth remembering for longer.
@@ -197,6 +203,7 @@ impl<C> Builder<C> {
         Builder {
             classifier,
             capacity: self.capacity,
+            max_bytes: self.max_bytes,
             ttl: self.ttl,
             key_fn: self.key_fn,
             credentials: self.credentials,
@@ -212,15 +219,39 @@ impl<C> Builder<C> {
     ///
     /// The store is split into shards (for a capacity of 4,096 or more), each with an equal
     /// share, so an entry can be evicted slightly before the total is reached (filling a
-    /// capacity of 100,000 with distinct keys held 99,714). Memory is bounded by construction:
-    /// an entry costs about 100 bytes besides its key's text (measured by
-    /// `examples/alloc_counts.rs`; keys 32 bytes, entries 24, the rest quick_cache's tables).
+    /// capacity of 100,000 with distinct keys held 99,714). Bytes are bounded too: see
+    /// [`max_bytes`](Self::max_bytes).
     pub fn capacity(mut self, entries: u64) -> Self {
         if self
             .error
             .check("capacity", entries, 1..=100_000_000, "1..=100000000")
         {
             self.capacity = entries;
+        }
+        self
+    }
+
+    /// The most bytes of key text the store holds: a hard bound, whatever the lengths of the
+    /// keys. Default: 400 bytes × `capacity` (4,000,000 for the default 10,000 entries).
+    /// Valid: `4096..=2^40` (1 TiB).
+    ///
+    /// **The store's memory is bounded in bytes:** at most `max_bytes` of key text, plus its
+    /// tables, which `capacity` sizes: about 100 bytes per entry of capacity (the key and
+    /// entry structs and quick_cache's index; measured by `examples/alloc_counts.rs`). At the
+    /// defaults, at most about 5 MB, whatever the keys.
+    ///
+    /// Each entry weighs its key's text, and at least `max_bytes / capacity`: at the defaults,
+    /// keys up to 400 bytes (ordinary URLs) fill all 10,000 entries, while 60 KB keys fill
+    /// about 66. A key longer than 96% of its shard's share of the budget (1/16 of `max_bytes`
+    /// from 4,096 entries up, all of it below) is not stored (counted as `uncacheable`); keys
+    /// over 64 KiB are never keyed. [`NegativeCacheHandle::memory_bytes`] reports what the
+    /// store holds.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        if self
+            .error
+            .check("max_bytes", bytes, 4096..=1 << 40, "4096..=1099511627776")
+        {
+            self.max_bytes = Some(bytes);
         }
         self
     }
@@ -354,7 +385,12 @@ impl<C> Builder<C> {
         let evictions = Arc::new(AtomicU64::new(0));
         Ok(NegativeCacheLayer {
             state: Arc::new(State {
-                store: Store::new(self.capacity, evictions.clone()),
+                store: Store::new(
+                    self.capacity,
+                    self.max_bytes
+                        .unwrap_or(self.capacity.saturating_mul(DEFAULT_BYTES_PER_ENTRY)),
+                    evictions.clone(),
+                ),
                 stats: Counters::default(),
                 evictions,
                 ttl: t,

@@ -146,8 +146,11 @@ impl State {
                 ttl,
             });
         }
-        self.store.insert(key, stored, Instant::now());
-        self.stats.inserts.fetch_add(1, Relaxed);
+        if self.store.insert(key, stored, Instant::now()) {
+            self.stats.inserts.fetch_add(1, Relaxed);
+        } else {
+            self.stats.uncacheable.fetch_add(1, Relaxed);
+        }
     }
 
     /// Remembers what a peer learned, clamped to this cache's `max_ttl`; whether the key
@@ -162,8 +165,7 @@ impl State {
             ttl: ttl.min(self.ttl.max),
             age: Duration::ZERO,
         };
-        self.store.insert(key, stored, Instant::now());
-        true
+        self.store.insert(key, stored, Instant::now())
     }
 
     /// Forgets everything, and tells the peers; how many entries there were.
@@ -179,8 +181,12 @@ impl State {
 
     pub(crate) fn stats(&self) -> CacheStats {
         let evictions = self.evictions.load(Relaxed);
-        self.stats
-            .snapshot(self.store.len(), self.store.capacity(), evictions)
+        let mut s = self
+            .stats
+            .snapshot(self.store.len(), self.store.capacity(), evictions);
+        s.memory_bytes = self.store.memory_used();
+        s.max_bytes = self.store.max_bytes();
+        s
     }
 }
 

@@ -42,6 +42,10 @@ pub struct CacheStats {
     pub len: u64,
     /// The capacity: a hard bound on `len`.
     pub capacity: u64,
+    /// Bytes the store holds: its tables and its keys' text.
+    pub memory_bytes: u64,
+    /// The byte budget: a hard bound on what the entries take, keys included.
+    pub max_bytes: u64,
     /// `hits / lookups`, 0 when nothing was looked up.
     pub hit_rate: f64,
 }
@@ -84,6 +88,8 @@ impl Counters {
             wait_timeouts: self.wait_timeouts.load(Relaxed),
             len,
             capacity,
+            memory_bytes: 0,
+            max_bytes: 0,
             hit_rate: if lookups == 0 {
                 0.0
             } else {

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::Mutex;
 
-use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, UnitWeighter};
+use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
 use super::key::Key;
@@ -73,21 +73,56 @@ pub(crate) struct Fresh {
     pub(crate) remaining: Duration,
 }
 
-#[derive(Clone, Debug)]
-struct CountEvictions(Arc<AtomicU64>);
+/// Shards of a store of 4,096 entries or more.
+const SHARDS_AT_SCALE: usize = 16;
 
-impl Lifecycle<Key, Entry> for CountEvictions {
+/// An entry weighs its key's text in bytes, and at least `floor` (`max_bytes / capacity`): so
+/// a store whose weights stay within `floor × capacity` holds at most `capacity` entries and
+/// at most `max_bytes` bytes of key text, whatever the lengths of its keys. The rest of what
+/// an entry costs (the key and entry structs, quick_cache's index) is in tables sized by
+/// `capacity`, about 100 bytes per entry of it.
+#[derive(Clone, Copy, Debug)]
+struct EntryBytes {
+    floor: u64,
+}
+
+impl Weighter<Key, Entry> for EntryBytes {
+    fn weight(&self, key: &Key, _: &Entry) -> u64 {
+        (key.as_str().len() as u64).max(self.floor)
+    }
+}
+
+/// Counts evictions, and keeps the sum of the held keys' text lengths as entries leave.
+#[derive(Clone, Debug)]
+struct Accounts {
+    evictions: Arc<AtomicU64>,
+    key_bytes: Arc<AtomicU64>,
+}
+
+impl Accounts {
+    fn left(&self, key: &Key) {
+        self.key_bytes.fetch_sub(key.as_str().len() as u64, AcqRel);
+    }
+}
+
+impl Lifecycle<Key, Entry> for Accounts {
     type RequestState = ();
 
-    fn on_evict(&self, _: &mut (), _: Key, _: Entry) {
-        bump(&self.0);
+    fn on_evict(&self, _: &mut (), key: Key, _: Entry) {
+        self.left(&key);
+        bump(&self.evictions);
     }
 }
 
 pub(crate) struct Store {
-    cache: Cache<Key, Entry, UnitWeighter, DefaultHashBuilder, CountEvictions>,
+    cache: Cache<Key, Entry, EntryBytes, DefaultHashBuilder, Accounts>,
+    accounts: Accounts,
     epoch: Instant,
     capacity: u64,
+    max_bytes: u64,
+    /// The heaviest entry a shard admits (quick_cache refuses heavier ones outright).
+    heaviest: u64,
+    floor: u64,
     pub(crate) versions: Arc<Versions>,
 }
 
@@ -252,27 +287,48 @@ impl std::hash::Hasher for Prehashed {
 }
 
 impl Store {
-    /// A store of at most `capacity` entries (>= 1). `evictions` counts entries pushed out.
-    pub(crate) fn new(capacity: u64, evictions: Arc<AtomicU64>) -> Store {
+    /// A store of at most `capacity` entries (>= 1) and at most `max_bytes` bytes of key text
+    /// (see [`EntryBytes`]). `evictions` counts entries pushed out.
+    pub(crate) fn new(capacity: u64, max_bytes: u64, evictions: Arc<AtomicU64>) -> Store {
+        let floor = (max_bytes / capacity).max(1);
+        let max_bytes = floor.saturating_mul(capacity);
+        // quick_cache admits an entry only within 97% of its shard: a single-entry store gets
+        // a little room above its one floor, or it could hold nothing (`heaviest` below keeps
+        // the text itself within `max_bytes`).
+        let weight_capacity = if capacity == 1 {
+            max_bytes + max_bytes / 16
+        } else {
+            max_bytes
+        };
         let mut options = OptionsBuilder::new();
         options
             .estimated_items_capacity(usize::try_from(capacity).unwrap_or(usize::MAX))
-            .weight_capacity(capacity);
+            .weight_capacity(weight_capacity);
         // Each shard gets an equal share of the capacity; small caches would get shares too
-        // small to hold anything, so they get one shard.
-        if capacity < 4096 {
-            options.shards(1);
-        }
+        // small to hold anything, so they get one shard. A fixed count (not quick_cache's
+        // default, which follows the machine's cores) keeps the largest entry a store admits
+        // the same on every machine.
+        options.shards(if capacity < 4096 { 1 } else { SHARDS_AT_SCALE });
         let options = options.build().expect("capacity and shards are valid");
+        let accounts = Accounts {
+            evictions,
+            key_bytes: Arc::default(),
+        };
+        let cache = Cache::with_options(
+            options,
+            EntryBytes { floor },
+            DefaultHashBuilder::default(),
+            accounts.clone(),
+        );
+        let shard = weight_capacity / cache.num_shards() as u64;
         Store {
-            cache: Cache::with_options(
-                options,
-                UnitWeighter,
-                DefaultHashBuilder::default(),
-                CountEvictions(evictions),
-            ),
+            cache,
+            accounts,
             epoch: Instant::now(),
             capacity,
+            max_bytes,
+            heaviest: (shard.saturating_mul(96) / 100).min(max_bytes),
+            floor,
             versions: Arc::new(Versions::new()),
         }
     }
@@ -291,7 +347,8 @@ impl Store {
         let now = self.since_epoch(now);
         if e.expired_at(now) {
             // Only if it is still the same expired entry: a fresh one may have replaced it.
-            if self.cache.remove_if(key, |v| v.expired_at(now)).is_some() {
+            if let Some((k, _)) = self.cache.remove_if(key, |v| v.expired_at(now)) {
+                self.accounts.left(&k);
                 expired();
             }
             return None;
@@ -307,7 +364,13 @@ impl Store {
         self.cache.peek(key)?.fresh_at(self.since_epoch(now))
     }
 
-    pub(crate) fn insert(&self, key: Key, stored: Stored, now: Instant) {
+    /// Remembers `stored` under `key`; false (nothing stored) when the entry alone would take
+    /// more than its shard's share of `max_bytes`.
+    pub(crate) fn insert(&self, key: Key, stored: Stored, now: Instant) -> bool {
+        let len = key.as_str().len() as u64;
+        if len.max(self.floor) > self.heaviest {
+            return false;
+        }
         let expires = self.since_epoch(now).saturating_add(stored.ttl);
         let entry = Entry {
             // Rounded up: an entry never expires before its TTL.
@@ -319,8 +382,10 @@ impl Store {
         // quick_cache reports the value an insert replaces through `on_evict`, as if it had
         // been evicted; removing it first (which reports nothing) keeps `evictions` to
         // entries pushed out for capacity.
-        self.cache.remove(&key);
+        self.remove(&key);
+        self.accounts.key_bytes.fetch_add(len, AcqRel);
         self.cache.insert(key, entry);
+        true
     }
 
     /// Whether `key` has an entry (fresh or not), under a read lock.
@@ -336,7 +401,11 @@ impl Store {
     where
         Q: Hash + Equivalent<Key> + ?Sized,
     {
-        self.cache.remove(key).is_some()
+        let removed = self.cache.remove(key);
+        if let Some((k, _)) = &removed {
+            self.accounts.left(k);
+        }
+        removed.is_some()
     }
 
     /// Forgets every key for which `forget` is true; how many.
@@ -346,16 +415,17 @@ impl Store {
             let f = forget(k);
             if f {
                 bump(&removed);
+                self.accounts.left(k);
             }
             !f
         });
         removed.into_inner()
     }
 
+    /// Forgets everything; how many entries there were. (One pass that accounts for each key,
+    /// rather than quick_cache's `clear`, which reports nothing: a clear is rare.)
     pub(crate) fn clear(&self) -> u64 {
-        let n = self.cache.len() as u64;
-        self.cache.clear();
-        n
+        self.remove_where(|_| true)
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -366,9 +436,15 @@ impl Store {
         self.capacity
     }
 
-    /// Bytes the store's tables hold (entries and index), excluding keys' own heap.
-    pub(crate) fn memory_used(&self) -> usize {
-        self.cache.memory_used().total()
+    /// The budget for key text (`max_bytes`, rounded down to a whole number of entry floors).
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Bytes the store holds: its tables (entries and index, as quick_cache counts them) and
+    /// the text of the keys in them.
+    pub(crate) fn memory_used(&self) -> u64 {
+        self.cache.memory_used().total() as u64 + self.accounts.key_bytes.load(Acquire)
     }
 }
 
@@ -381,7 +457,7 @@ mod tests {
     fn bounded_at_every_small_capacity() {
         for cap in [1u64, 2, 3, 10, 100, 5000] {
             let ev = Arc::new(AtomicU64::new(0));
-            let s = Store::new(cap, ev.clone());
+            let s = Store::new(cap, cap * 512, ev.clone());
             let now = Instant::now();
             for i in 0..cap * 3 {
                 s.insert(
@@ -393,6 +469,39 @@ mod tests {
             }
             assert!(s.len() >= 1, "cap {cap} holds nothing");
             assert_eq!(ev.load(Relaxed), cap * 3 - s.len(), "cap {cap}");
+        }
+    }
+
+    /// Whatever the keys' lengths, the key text held stays within `max_bytes` and the entries
+    /// within `capacity`, and the accounting returns to zero when everything leaves.
+    #[test]
+    fn bounded_in_bytes_whatever_the_key_lengths() {
+        for (cap, max_bytes) in [
+            (1u64, 4096u64),
+            (10, 4096),
+            (100, 40_000),
+            (5000, 2_000_000),
+        ] {
+            let s = Store::new(cap, max_bytes, Arc::new(AtomicU64::new(0)));
+            let now = Instant::now();
+            for i in 0..cap * 3 {
+                let len = [1usize, 50, 900, 3000, 20_000][i as usize % 5];
+                let k = Key::with_text(&format!("{i}-{}", "k".repeat(len)));
+                s.insert(
+                    k,
+                    stored(StatusCode::NOT_FOUND, Duration::from_secs(60)),
+                    now,
+                );
+                let text = s.accounts.key_bytes.load(Acquire);
+                assert!(s.len() <= cap, "cap {cap}: {} entries", s.len());
+                assert!(
+                    text <= max_bytes,
+                    "cap {cap}: {text} B of key text > {max_bytes}"
+                );
+            }
+            assert!(s.len() >= 1, "cap {cap} holds nothing");
+            s.clear();
+            assert_eq!(s.accounts.key_bytes.load(Acquire), 0, "cap {cap}");
         }
     }
 
@@ -413,7 +522,7 @@ mod tests {
     /// sub-millisecond offset of its arrival; `remaining` never overstates what is left by more.
     #[test]
     fn expiry_is_exact_at_sub_millisecond_offsets() {
-        let s = Store::new(10, Arc::new(AtomicU64::new(0)));
+        let s = Store::new(10, 5120, Arc::new(AtomicU64::new(0)));
         let k = Key::with_text("k");
         for (offset_us, ttl_us) in [
             (0, 1_000),
@@ -438,7 +547,7 @@ mod tests {
 
     #[test]
     fn age_includes_the_age_on_arrival() {
-        let s = Store::new(10, Arc::new(AtomicU64::new(0)));
+        let s = Store::new(10, 5120, Arc::new(AtomicU64::new(0)));
         let k = Key::with_text("k");
         let t0 = Instant::now();
         let e = Stored {
@@ -456,7 +565,7 @@ mod tests {
     #[test]
     fn replacing_an_entry_is_not_an_eviction() {
         let ev = Arc::new(AtomicU64::new(0));
-        let s = Store::new(10, ev.clone());
+        let s = Store::new(10, 5120, ev.clone());
         let now = Instant::now();
         for status in [
             StatusCode::NOT_FOUND,
@@ -474,7 +583,7 @@ mod tests {
 
     #[test]
     fn expiry_is_lazy_and_counted() {
-        let s = Store::new(10, Arc::new(AtomicU64::new(0)));
+        let s = Store::new(10, 5120, Arc::new(AtomicU64::new(0)));
         let t0 = s.epoch;
         let k = Key::with_text("a");
         s.insert(
