@@ -50,11 +50,11 @@ const CAPACITY: u64 = 10_000;
 const HOT: usize = 1_000;
 
 /// One test at a time: the live-heap counter is global.
-static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_flood_of_missing_keys_stays_bounded_and_spares_the_hot_set() {
-    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = TURN.lock().await;
     let flood: usize = std::env::var("FLOOD_KEYS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -139,7 +139,7 @@ async fn a_flood_of_missing_keys_stays_bounded_and_spares_the_hot_set() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_flood_of_long_missing_keys_stays_within_the_byte_budget() {
-    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = TURN.lock().await;
     let upstream = tower::service_fn(|_req: Request<Empty<Bytes>>| async {
         let mut res = Response::new(Empty::<Bytes>::new());
         *res.status_mut() = StatusCode::NOT_FOUND;
@@ -153,7 +153,7 @@ async fn a_flood_of_long_missing_keys_stays_within_the_byte_budget() {
         // The tables, which follow `capacity`, not the keys' length: documented as about 100 B
         // per entry of capacity; held to 128 here.
         let tables = 128 * CAPACITY;
-        let mut svc = tower::Layer::layer(&layer, upstream.clone());
+        let mut svc = tower::Layer::layer(&layer, upstream);
         let filler = "x".repeat(key_len);
         let before = LIVE.load(Relaxed);
         let mut peak = 0;
