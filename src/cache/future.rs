@@ -17,7 +17,7 @@ use tower::Service;
 use super::NegativeCacheHit;
 use super::body::ResponseBody;
 use super::coalesce::{Flight, Leader};
-use super::key::{Key, target_key};
+use super::key::{Key, origin_target, target_key};
 use super::reference::{Target, resolve};
 use super::state::State;
 use super::stats::bump;
@@ -369,21 +369,16 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
                         "negative cache: Missing answer not stored (no-store, no-cache, Vary, or stale on arrival)"
                     );
                     // The origin's newest word on this key forbids reuse: what was remembered
-                    // before is not to be used either.
-                    if fresh.is_none() && state.store.contains(&key) {
-                        state.forget(&key);
+                    // before (under this request's credentials) is not to be used either.
+                    if fresh.is_none() {
+                        state.forget_exact(&key);
                     }
                 }
             }
         }
         // Present: a Missing answer remembered for this key is forgotten, and those still on
         // their way are not remembered.
-        Outcome::Success => {
-            if let Some(t) = pending.ticket.take() {
-                t.settle_present();
-            }
-            state.forget_exact(&key);
-        }
+        Outcome::Success => state.forget_exact(&key),
         _ => {}
     }
 }
@@ -398,17 +393,14 @@ fn forget_written(state: &State, w: &Written, headers: &HeaderMap) {
     if let Some(k) = target.to_key() {
         state.forget(&k);
     }
+    // The same target the key was made from, as owned parts to resolve against.
+    let Some((scheme, authority, pq)) = origin_target(&w.uri, w.host.as_ref()) else {
+        return;
+    };
     let base = Target {
-        scheme: w.uri.scheme_str().unwrap_or("").to_ascii_lowercase(),
-        authority: match &w.host {
-            Some(h) => h.to_str().unwrap_or("").to_owned(),
-            None => w.uri.authority().map_or("", |a| a.as_str()).to_owned(),
-        },
-        pq: w
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned(),
+        scheme: scheme.to_ascii_lowercase(),
+        authority: authority.to_owned(),
+        pq: if pq.is_empty() { "/" } else { pq }.to_owned(),
     };
     let origin_of = |t: &Target| {
         target_key(&t.scheme, &t.authority, &t.pq, 0).map(|l| {
@@ -423,9 +415,14 @@ fn forget_written(state: &State, w: &Written, headers: &HeaderMap) {
         let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        let Some(resolved) = resolve(&base, value) else {
+        let Some(mut resolved) = resolve(&base, value) else {
             continue;
         };
+        // An origin-form target's keys carry no scheme (the request did not say it): an
+        // absolute reference to its host names the same keys, scheme aside.
+        if base.scheme.is_empty() {
+            resolved.scheme.clear();
+        }
         // Cross-origin references never invalidate: another origin's answer says nothing
         // about it (§4.4), and that would let one origin empty another's entries.
         if origin_of(&resolved).as_ref() != Some(&origin) {

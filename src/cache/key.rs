@@ -219,24 +219,72 @@ impl Equivalent<Key> for Lookup<'_> {
     }
 }
 
-/// The normalised target a request names: its URI's scheme, the authority the origin will see
-/// (the `Host` header when the request has one — hyper-util sends it as it is, and it is what
-/// an origin-form target is resolved against, RFC 9110 §7.2 — else the URI's), path and query.
-/// Scheme and host lower-case, default port elided, an empty path as `/`.
+/// The target the origin will see, as parts: the URI's scheme, the authority (the `Host`
+/// header for an origin-form target — hyper-util sends it as it is, and the origin resolves
+/// the target against it, RFC 9110 §7.2 — else the URI's), and path and query.
 ///
 /// `None` when the target can't be keyed safely: a `Host` header that is not a valid
-/// authority, or a target too long to key (over 64 KiB).
+/// `host[:port]`, or one that names another host than an absolute URI's authority (the
+/// connection goes to one, the origin reads the other: keying by either could let one
+/// server's answer stand for another's).
+pub(crate) fn origin_target<'a>(
+    uri: &'a Uri,
+    host_header: Option<&'a HeaderValue>,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    let scheme = uri.scheme_str().unwrap_or("");
+    let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
+    let uri_authority = uri.authority().map_or("", |a| a.as_str());
+    let authority = match host_header {
+        None => uri_authority,
+        Some(v) => {
+            let host = valid_authority(v)?;
+            if !uri_authority.is_empty() && !same_host(scheme, uri_authority, host) {
+                return None;
+            }
+            if uri_authority.is_empty() {
+                host
+            } else {
+                uri_authority
+            }
+        }
+    };
+    Some((scheme, authority, pq))
+}
+
+/// Whether two authorities name the same host and port, as keys compare them.
+fn same_host(scheme: &str, a: &str, b: &str) -> bool {
+    let norm = |auth: &str| {
+        let (host, port) = host_port(auth);
+        let port = match (scheme, port) {
+            ("http", Some(80)) | ("https", Some(443)) => None,
+            (_, p) => p,
+        };
+        (host.to_ascii_lowercase(), port)
+    };
+    norm(a) == norm(b)
+}
+
+/// The normalised key of the target a request names (see [`origin_target`]), scheme and host
+/// lower-case, default port elided, an empty path as `/`. `None` when it can't be keyed.
 pub(crate) fn uri_key<'a>(
     uri: &'a Uri,
     host_header: Option<&'a HeaderValue>,
     cred: u64,
 ) -> Option<Lookup<'a>> {
-    let authority = match host_header {
-        Some(v) => valid_authority(v)?,
-        None => uri.authority().map_or("", |a| a.as_str()),
-    };
-    let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
-    target_key(uri.scheme_str().unwrap_or(""), authority, pq, cred)
+    let (scheme, authority, pq) = origin_target(uri, host_header)?;
+    target_key(scheme, authority, pq, cred)
+}
+
+/// The key a text names, as [`Key::as_str`] gives it: an absolute URI, an origin-form target
+/// keyed by its host (`//host/path`), or a path.
+pub(crate) fn text_key(text: &str) -> Option<Key> {
+    if let Some(rest) = text.strip_prefix("//") {
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let pq = if end == rest.len() { "/" } else { &rest[end..] };
+        return target_key("", &rest[..end], pq, 0)?.to_key();
+    }
+    let uri: Uri = text.parse().ok()?;
+    uri_key(&uri, None, 0)?.to_key()
 }
 
 /// The normalised key of a target given as its parts (`authority` may hold a userinfo, which
@@ -283,14 +331,14 @@ pub(crate) fn target_key<'a>(
     .map(Lookup::Owned)
 }
 
-/// A `Host` header's value, if it is a valid `host[:port]` (RFC 9110 §7.2): no userinfo, no
-/// path, nothing outside the characters a host may use.
+/// A `Host` header's value, if it is a valid `host[:port]` (RFC 9110 §7.2): a host that is not
+/// empty, no userinfo, no path, nothing outside the characters a host may use.
 fn valid_authority(v: &HeaderValue) -> Option<&str> {
     let s = v.to_str().ok()?;
-    let ok = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b));
-    ok.then_some(s)
+    let ok = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b));
+    (ok && !host_port(s).0.is_empty()).then_some(s)
 }
 
 /// The host and port of an authority (`user@host:port`, `[v6]:port`), as http's `host()` and
@@ -505,18 +553,30 @@ mod tests {
         );
         // Without a Host, the path alone.
         assert_eq!(k("/r/3", None).unwrap().as_str(), "/r/3");
-        // Absolute form: the Host the request carries wins over the URI's authority.
-        let t = k("http://10.0.0.1/r/3", host("tenant-a.test")).unwrap();
-        assert_eq!(t.as_str(), "http://tenant-a.test/r/3");
-        assert_ne!(t, k("http://10.0.0.1/r/3", host("tenant-b.test")).unwrap());
+        // Absolute form: a Host naming another host is not keyed; the same host in another
+        // spelling is.
+        assert!(k("http://10.0.0.1/r/3", host("tenant-a.test")).is_none());
         assert_eq!(
-            k("http://h/r/3", host("h:80")).unwrap(),
+            k("http://h/r/3", host("H:80")).unwrap(),
             k("http://h/r/3", None).unwrap()
         );
         // A Host that is not an authority: not keyed.
-        for bad in ["", "a b", "u@h", "h/x", "h\\x"] {
+        for bad in ["", "a b", "u@h", "h/x", "h\\x", ":80", ":"] {
             let v = HeaderValue::from_str(bad).unwrap();
             assert!(k("/r/3", Some(v)).is_none(), "{bad:?}");
+        }
+        // Every key's text names it again.
+        for key in [
+            &a,
+            &k("http://h:8080/x?y", None).unwrap(),
+            &k("/r/3", None).unwrap(),
+        ] {
+            assert_eq!(
+                text_key(key.as_str()).as_ref(),
+                Some(key),
+                "{}",
+                key.as_str()
+            );
         }
         // The borrowed lookup of a Host key equals the stored key.
         let uri: Uri = "/r/3".parse().unwrap();

@@ -172,7 +172,7 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
 const DEFAULT_BYTES_PER_ENTRY: u64 = 400;
 
 /// The longest TTL: 30 days. Entries keep their TTL in 32 bits of milliseconds (49.7 days),
-/// which keeps them at 16 bytes; negative answers are rarely worth remembering for longer.
+/// which keeps them at 24 bytes; negative answers are rarely worth remembering for longer.
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 impl<C> Builder<C> {
@@ -366,9 +366,11 @@ impl<C> Builder<C> {
     }
 
     /// Turns burst coalescing on: while a GET or HEAD for a key is upstream, other misses for
-    /// it wait up to `bound` for its answer instead of calling upstream too. A Missing answer
-    /// is shared with every waiter; any other end (success, error, cancellation) releases all
-    /// of them at once to go upstream. Default: off. Valid: `1 ms..=60 s`.
+    /// it wait up to `bound` for its answer instead of calling upstream too. When it has
+    /// settled (or fails, or is cancelled), every waiter wakes at once and looks the key up:
+    /// a Missing answer it remembered answers them all; otherwise each goes upstream itself.
+    /// Default: off. Valid: `1 ms..=60 s`. The wait uses tokio's timer: the runtime must have
+    /// time enabled.
     pub fn coalesce(mut self, bound: Duration) -> Self {
         let range = Duration::from_millis(1)..=Duration::from_secs(60);
         if self.error.check("coalesce", bound, range, "1ms..=60s") {

@@ -10,22 +10,25 @@
 //! - **Store:** bounded (`capacity`, a hard bound), sharded and scan-resistant (quick_cache's
 //!   CLOCK-Pro): a flood of one-off misses does not push out keys that are asked for again.
 //!   Each entry carries its expiry and is dropped when read after it; no timers, no task.
-//! - **Key:** the normalised target the origin will see — the URI's scheme, the request's
-//!   `Host` header when it has one (hyper-util sends it as it is; an origin-form `/r/3` is
-//!   resolved against it, RFC 9110 §7.2) or else the URI's authority, then path and query —
+//! - **Key:** the normalised target the origin will see — the URI's scheme and authority, or
+//!   for an origin-form `/r/3` its `Host` header (RFC 9110 §7.2), then path and query —
 //!   looked up without allocating; or the application's id through a key function. A request
-//!   whose `Host` is not a valid authority is not cached.
+//!   whose `Host` is not a valid authority, or names another host than its URI (hyper-util
+//!   sends it as it is: the origin would read one, the connection go to the other), is not
+//!   cached.
 //! - **Freshness (RFC 9111 §4.2):** the origin's lifetime on the 404/410 (`s-maxage` in shared
 //!   mode, `max-age`, `Expires` − `Date`, the arrival time standing in for a missing `Date`),
 //!   else 60 s for 404 and 1 h for 410; less the age it arrived with (`Age`, or `now − Date`
 //!   if larger); cut to `max_ttl`. An explicit lifetime is an upper bound nothing raises; a
 //!   lifetime of zero is stale on arrival and not stored.
-//! - **Not stored:** an answer with `no-store`, `no-cache`, `private` (shared mode) or any
-//!   `Vary` (its varied request fields are not kept to match later requests against), and
-//!   the answer to a request with `no-store` (§5.2.1.5) — each counted as `uncacheable`.
+//! - **Not stored:** an answer with `no-store`, `no-cache`, `private` (shared mode) or a
+//!   `Vary` on anything but `Accept-Encoding` (its varied request fields are not kept to match
+//!   later requests against; a bodiless answer can't differ by encoding), and the answer to a
+//!   request with `no-store` (§5.2.1.5) — each counted as `uncacheable`.
 //! - **The request's own directives (§5.2.1):** `no-cache` or `max-age=0` go upstream and
 //!   refresh the entry; `max-age=N` and `min-fresh=N` accept only an entry that young or that
-//!   fresh; `only-if-cached` is answered from the store or with a 504, never upstream.
+//!   fresh; `only-if-cached` is answered from the store or with a 504, never upstream (so
+//!   put a retry layer *inside* the cache, as recommended, or its 504 is retried).
 //!   `must-revalidate` needs nothing: a stale entry is never served.
 //! - **The latest answer wins:** a remembered Missing answer is served only if no 2xx,
 //!   successful write or invalidation of its key landed after its request started. A Missing

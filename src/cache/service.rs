@@ -18,7 +18,7 @@ use super::layer::Credentials;
 use super::state::State;
 use super::stats::bump;
 use crate::classify::{Classify, DefaultClassifier};
-use crate::headers::request_directives;
+use crate::headers::{RequestDirectives, request_directives};
 
 /// Put this in a request's extensions to skip the cache for it: the request goes upstream and
 /// its answer refreshes the entry (as `Cache-Control: no-cache` on the request does).
@@ -130,23 +130,31 @@ where
             return self.upstream(req, pending);
         }
         let (uri, headers) = (req.uri(), req.headers());
+        // Most client requests carry none of the headers the cache reads: one check skips them.
+        let plain = headers.is_empty();
+        let directives = if plain {
+            RequestDirectives::default()
+        } else {
+            request_directives(headers)
+        };
         let names = &st.credential_headers;
         let cred = if !has_credentials(uri, headers, names) {
             0
         } else if st.credentials == Credentials::Fingerprint {
             credential_fingerprint(uri, headers, names, &st.secret)
         } else {
-            bump(&st.stats.bypasses);
-            return self.upstream(req, Pending::none());
+            return self.bypass(req, &directives);
         };
-        let directives = request_directives(headers);
-        let Some(lookup) = st.key_for(uri, headers.get(HOST), cred) else {
-            bump(&st.stats.bypasses);
-            return self.upstream(req, Pending::none());
+        let host = if plain { None } else { headers.get(HOST) };
+        let Some(lookup) = st.key_for(uri, host, cred) else {
+            return self.bypass(req, &directives);
         };
         // RFC 9111 §5.2.1.4: `no-cache` (and `max-age=0`, §5.2.1.1) — go upstream, and let the
         // answer refresh the entry.
         if directives.refresh || req.extensions().get::<BypassNegativeCache>().is_some() {
+            if directives.only_if_cached {
+                return self.bypass(req, &directives);
+            }
             bump(&st.stats.bypasses);
             let pending = match lookup.to_key() {
                 Some(key) => Pending::read(st, key, None, &directives),
@@ -154,7 +162,6 @@ where
             };
             return self.upstream(req, pending);
         }
-        bump(&st.stats.lookups);
         let now = Instant::now();
         let found = st.store.get(&lookup, now, || bump(&st.stats.expirations));
         // An entry too old for the request's `max-age`, or too close to its end for its
@@ -167,10 +174,7 @@ where
         }
         if directives.only_if_cached {
             bump(&st.stats.misses);
-            bump(&st.stats.only_if_cached_misses);
-            let version = req.version();
-            self.release_reservation();
-            return ResponseFuture::synthesized(Synth::gateway_timeout(version));
+            return self.gateway_timeout(&req);
         }
         let Some(key) = lookup.to_key() else {
             bump(&st.stats.misses);
@@ -220,6 +224,33 @@ impl<S, C> NegativeCache<S, C>
 where
     C: Clone,
 {
+    /// A request the cache can't serve (credentials, an invalid `Host`, a bypass): upstream —
+    /// or, for `only-if-cached`, a 504, since it must not go there (RFC 9111 §5.2.1.7).
+    fn bypass<ReqB>(
+        &mut self,
+        req: Request<ReqB>,
+        directives: &RequestDirectives,
+    ) -> ResponseFuture<S, C, ReqB>
+    where
+        S: Service<Request<ReqB>> + Clone,
+    {
+        bump(&self.state.stats.bypasses);
+        if directives.only_if_cached {
+            return self.gateway_timeout(&req);
+        }
+        self.upstream(req, Pending::none())
+    }
+
+    /// The 504 an `only-if-cached` request gets when the cache can't answer it.
+    fn gateway_timeout<ReqB>(&mut self, req: &Request<ReqB>) -> ResponseFuture<S, C, ReqB>
+    where
+        S: Service<Request<ReqB>> + Clone,
+    {
+        bump(&self.state.stats.only_if_cached_misses);
+        self.release_reservation();
+        ResponseFuture::synthesized(Synth::gateway_timeout(req.version()))
+    }
+
     /// Gives back the reservation `poll_ready` made, for a path that calls nothing now: the
     /// ready instance is swapped for a fresh clone and dropped.
     fn release_reservation(&mut self)

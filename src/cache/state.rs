@@ -11,7 +11,7 @@ use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::coalesce::Flights;
-use super::key::{Key, Lookup, target_key, uri_key};
+use super::key::{Key, Lookup, target_key, text_key, uri_key};
 use super::layer::{Credentials, KeyFn};
 use super::peers::{PeerEvent, Peers};
 use super::reference::Target;
@@ -71,11 +71,12 @@ impl State {
         }
     }
 
-    /// The stored key for `text`, as [`NegativeCacheHandle::invalidate`] takes it.
+    /// The stored key for `text`, as [`NegativeCacheHandle::invalidate`] takes it (and
+    /// `invalidate_if` shows it).
     pub(crate) fn key_from_text(&self, text: &str) -> Option<Key> {
         match &self.key_fn {
             Some(_) => Key::id(text.to_owned(), 0),
-            None => self.key_for(&text.parse::<Uri>().ok()?, None, 0)?.to_key(),
+            None => text_key(text),
         }
     }
 

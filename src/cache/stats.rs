@@ -14,7 +14,9 @@ pub struct CacheStats {
     pub lookups: u64,
     /// Lookups answered from the cache, without an upstream call.
     pub hits: u64,
-    /// Lookups that went upstream (or waited on a request already in flight).
+    /// Lookups that went upstream, or waited on a request already in flight for their key
+    /// (coalescing; counted here even when the store answers them once it lands), or were
+    /// answered 504 for `only-if-cached`.
     pub misses: u64,
     /// Missing answers remembered.
     pub inserts: u64,
@@ -22,7 +24,8 @@ pub struct CacheStats {
     /// (or `private` in shared mode), had a `Vary` field, or was stale on arrival; or the
     /// request said `no-store`. Logged at debug level with the reason.
     pub uncacheable: u64,
-    /// Requests with `only-if-cached` that found nothing and were answered 504 without an
+    /// Requests with `only-if-cached` that the cache could not answer (nothing fresh stored,
+    /// or a request it can't serve: credentials, a refresh) and answered 504 without an
     /// upstream call (RFC 9111 §5.2.1.7).
     pub only_if_cached_misses: u64,
     /// Entries evicted to stay within capacity.
@@ -52,7 +55,6 @@ pub struct CacheStats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) lookups: AtomicU64,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) inserts: AtomicU64,
@@ -71,12 +73,15 @@ pub(crate) fn bump(c: &AtomicU64) {
 
 impl Counters {
     pub(crate) fn snapshot(&self, len: u64, capacity: u64, evictions: u64) -> CacheStats {
-        let lookups = self.lookups.load(Relaxed);
+        // `lookups` is derived, so that a snapshot taken while requests run never shows more
+        // hits than lookups.
         let hits = self.hits.load(Relaxed);
+        let misses = self.misses.load(Relaxed);
+        let lookups = hits + misses;
         CacheStats {
             lookups,
             hits,
-            misses: self.misses.load(Relaxed),
+            misses,
             inserts: self.inserts.load(Relaxed),
             uncacheable: self.uncacheable.load(Relaxed),
             only_if_cached_misses: self.only_if_cached_misses.load(Relaxed),

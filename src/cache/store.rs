@@ -222,49 +222,37 @@ impl Versions {
 impl Ticket {
     /// The read is back with a Missing answer: runs `remember` if its key is unchanged since
     /// the read left, inside the key's critical section — so a change either comes first and is
-    /// seen here, or comes after and forgets what `remember` stored. Whether it ran.
-    pub(crate) fn settle_with(mut self, remember: impl FnOnce()) -> bool {
-        self.release(false, Some(remember))
-    }
-
-    /// The read is back and found its key present: reads still in flight for it must not
-    /// remember a Missing answer.
-    pub(crate) fn settle_present(mut self) {
-        self.release(true, None::<fn()>);
+    /// seen here, or comes after and forgets what `remember` stored.
+    pub(crate) fn settle_with(mut self, remember: impl FnOnce()) {
+        self.release(Some(remember));
     }
 
     /// Leaves the key's slot, in one critical section: runs `if_current` when the key was
-    /// unchanged while this read was out, then bumps the version if `changed`.
-    fn release(&mut self, changed: bool, if_current: Option<impl FnOnce()>) -> bool {
+    /// unchanged while this read was out.
+    fn release(&mut self, if_current: Option<impl FnOnce()>) {
         if self.settled {
-            return false;
+            return;
         }
         self.settled = true;
         let mut shard = self.versions.shard(self.hash);
         let Some(slot) = shard.get_mut(&self.hash) else {
-            return false;
+            return;
         };
         // `all` moves only with every shard locked, so it is stable here.
         let current = slot.version == self.version && self.versions.all.load(Acquire) == self.all;
-        let ran = match if_current {
-            Some(f) if current => {
-                f();
-                true
-            }
-            _ => false,
-        };
-        slot.version += u64::from(changed);
+        if let Some(f) = if_current.filter(|_| current) {
+            f();
+        }
         slot.in_flight -= 1;
         if slot.in_flight == 0 {
             shard.remove(&self.hash);
         }
-        ran
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.release(false, None::<fn()>);
+        self.release(None::<fn()>);
     }
 }
 
@@ -386,14 +374,6 @@ impl Store {
         self.accounts.key_bytes.fetch_add(len, AcqRel);
         self.cache.insert(key, entry);
         true
-    }
-
-    /// Whether `key` has an entry (fresh or not), under a read lock.
-    pub(crate) fn contains<Q>(&self, key: &Q) -> bool
-    where
-        Q: Hash + Equivalent<Key> + ?Sized,
-    {
-        self.cache.contains_key(key)
     }
 
     /// Forgets `key`; whether it was there.

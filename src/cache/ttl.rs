@@ -5,8 +5,9 @@
 //! time):
 //!
 //! 1. Not stored at all: `no-store` or `no-cache` on the answer (§5.2.2.4, §5.2.2.5: the
-//!    negative cache never revalidates), `private` in shared mode (§5.2.2.7), any `Vary`
-//!    (§4.1: the request fields it names are not kept to match later requests against).
+//!    negative cache never revalidates), `private` in shared mode (§5.2.2.7), a `Vary` on
+//!    anything but `Accept-Encoding` (§4.1: the request fields it names are not kept to match
+//!    later requests against; see `varies`).
 //! 2. The freshness lifetime (§4.2.1): with `respect_headers`, the origin's explicit one —
 //!    `s-maxage` (shared mode only), else `max-age`, else `Expires − Date` (the arrival time
 //!    standing in for a missing `Date`, an invalid `Expires` meaning already expired, §5.3);
@@ -70,15 +71,7 @@ pub(crate) fn freshness(
     // Checked whatever `respect_headers` says: these directives are not about *how long* an
     // answer stays fresh (which `respect_headers` lets the operator override) but about whether
     // it may be stored at all.
-    // §4.1: a stored answer with `Vary` may serve only requests whose varied fields match
-    // the ones it was fetched with. Those fields are sent upstream before the answer says
-    // which ones matter, and copying every request's headers on the chance would cost each
-    // miss an allocation; so such an answer is not stored (counted as `uncacheable`).
-    if cc.no_store
-        || cc.no_cache
-        || (cfg.shared && cc.private)
-        || headers.contains_key(header::VARY)
-    {
+    if cc.no_store || cc.no_cache || (cfg.shared && cc.private) || varies(headers) {
         return None;
     }
     let date = headers::http_date(headers.get(header::DATE));
@@ -100,6 +93,24 @@ pub(crate) fn freshness(
     let age = age_value.max(apparent);
     let ttl = lifetime.checked_sub(age)?.min(cfg.max);
     (!ttl.is_zero()).then_some(Freshness { ttl, age })
+}
+
+/// Whether the answer varies on a request field that matters to a bodiless answer (§4.1).
+///
+/// A stored answer with `Vary` may serve only requests whose varied fields match the ones it
+/// was fetched with. Those fields went upstream before the answer said which ones matter, and
+/// copying every request's headers on the chance would cost each miss an allocation; so such
+/// an answer is not stored (counted as `uncacheable`). `Accept-Encoding` alone is the
+/// exception: the cache's answer has no body, so no content coding can differ between the
+/// variants — and compressing origins (nginx's `gzip_vary`, tower-http's compression) send it
+/// on nearly every answer.
+fn varies(headers: &HeaderMap) -> bool {
+    headers.get_all(header::VARY).iter().any(|line| {
+        line.as_bytes()
+            .split(|&b| b == b',')
+            .map(|n| n.trim_ascii())
+            .any(|n| !n.is_empty() && !n.eq_ignore_ascii_case(b"accept-encoding"))
+    })
 }
 
 /// The origin's explicit freshness lifetime (§4.2.1), if it gives one: `s-maxage` (shared
@@ -394,11 +405,15 @@ mod tests {
     }
 
     #[test]
-    fn answers_with_vary_are_never_stored() {
-        for vary in ["accept, *", "x-tenant", "*"] {
+    fn answers_with_vary_are_never_stored_but_for_accept_encoding() {
+        for vary in ["accept, *", "x-tenant", "*", "Accept-Encoding, Origin"] {
             let headers = h(&[(header::VARY, vary)]);
-            assert_eq!(not_found(&cfg(), &headers), None);
-            assert_eq!(not_found(&ignoring(), &headers), None);
+            assert_eq!(not_found(&cfg(), &headers), None, "{vary}");
+            assert_eq!(not_found(&ignoring(), &headers), None, "{vary}");
+        }
+        for vary in ["accept-encoding", "Accept-Encoding ,", ""] {
+            let headers = h(&[(header::VARY, vary)]);
+            assert_eq!(not_found(&cfg(), &headers), secs(60), "{vary}");
         }
     }
 
@@ -629,7 +644,7 @@ mod tests {
             let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + skew);
             let got = freshness(&cfg, status, &headers, now);
             let cc = headers::cache_control(&headers);
-            let refused = cc.no_store || cc.no_cache || (cfg.shared && cc.private) || headers.contains_key(header::VARY);
+            let refused = cc.no_store || cc.no_cache || (cfg.shared && cc.private) || varies(&headers);
             let timed = [header::AGE, header::DATE, header::EXPIRES].iter().any(|n| headers.contains_key(n))
                 || cc.max_age.is_some() || cc.s_maxage.is_some();
             let default = if status == StatusCode::GONE { cfg.ttl_410 } else { cfg.ttl_404 };
