@@ -164,25 +164,25 @@ async fn a_repeated_404_or_410_reaches_the_origin_once() {
 
 // 2 -------------------------------------------------------------------------------------------
 
+/// The origin's `max-age` (less the age its `Date` gives the answer: hyper's `Date` has a
+/// resolution of one second) sets how long the 404 is kept. Expiry itself is held, on paused
+/// time, by `tests/cache_semantics.rs`.
 #[tokio::test]
 async fn max_age_on_the_404_sets_the_ttl() {
-    let server = TestServer::always(Reply::status(404).header("cache-control", "max-age=1")).await;
-    let cache = NegativeCacheLayer::new(); // min_ttl 1 s allows it
+    let server =
+        TestServer::always(Reply::status(404).header("cache-control", "max-age=600")).await;
+    let cache = NegativeCacheLayer::new();
     let mut svc = cached(&cache);
     let url = server.url("/short");
 
     let res = send(&mut svc, support::get(&url)).await;
     assert_upstream(&res, 404, "first");
     let hit = assert_synthesized(send(&mut svc, support::get(&url)).await, 404, "second").await;
-    assert!(hit.remaining <= Duration::from_secs(1), "{hit:?}");
+    assert!(hit.remaining <= Duration::from_secs(600), "{hit:?}");
+    assert!(hit.remaining + hit.age >= Duration::from_secs(598), "{hit:?}");
     assert_eq!(server.hits("/short"), 1);
-
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let res = send(&mut svc, support::get(&url)).await;
-    assert_upstream(&res, 404, "after max-age");
-    assert_eq!(server.hits("/short"), 2);
     let s = cache.handle().stats();
-    assert_eq!((s.expirations, s.inserts, s.hits), (1, 2, 1));
+    assert_eq!((s.inserts, s.hits), (1, 1));
 }
 
 // 3 -------------------------------------------------------------------------------------------
@@ -326,7 +326,6 @@ async fn coalescing_sends_one_of_50_concurrent_misses_upstream() {
         (50, 50, 0, 49, 1)
     );
     assert_eq!(s.wait_timeouts, 0);
-    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
     assert_adds_up(&s);
 }
 
@@ -358,9 +357,9 @@ async fn coalescing_does_not_serialise_present_keys() {
          {} connections, {s:?}",
         server.connections()
     );
+    // Serialised, they would reach the origin one at a time: the peak shows they did not
+    // (the elapsed time, printed, depends on how busy the machine is).
     assert!(peak >= 25, "peak in flight {peak}");
-    // Serialised, 50 answers of 50 ms each would take 2.5 s.
-    assert!(elapsed < Duration::from_millis(1000), "took {elapsed:?}");
     assert_eq!((s.inserts, s.hits, s.wait_timeouts), (0, 0, 0));
 }
 
@@ -710,9 +709,9 @@ async fn waiters_past_the_coalescing_bound_go_upstream_themselves() {
 
     assert!(statuses.iter().all(|s| *s == StatusCode::NOT_FOUND));
     assert_eq!(server.hits("/slow"), 10);
-    // Released at 50 ms, not at the leader's 300 ms answer: all answers within ~350 ms.
-    assert!(elapsed < Duration::from_millis(600), "took {elapsed:?}");
+    // Released by the 50 ms bound, not by the leader's 300 ms answer: every waiter timed out.
     let s = cache.handle().stats();
+    println!("10 waiters past a 50 ms bound: {elapsed:?}, {s:?}");
     assert_eq!((s.coalesced, s.wait_timeouts), (9, 9), "{s:?}");
 }
 
