@@ -179,7 +179,10 @@ async fn max_age_on_the_404_sets_the_ttl() {
     assert_upstream(&res, 404, "first");
     let hit = assert_synthesized(send(&mut svc, support::get(&url)).await, 404, "second").await;
     assert!(hit.remaining <= Duration::from_secs(600), "{hit:?}");
-    assert!(hit.remaining + hit.age >= Duration::from_secs(598), "{hit:?}");
+    assert!(
+        hit.remaining + hit.age >= Duration::from_secs(598),
+        "{hit:?}"
+    );
     assert_eq!(server.hits("/short"), 1);
     let s = cache.handle().stats();
     assert_eq!((s.inserts, s.hits), (1, 1));

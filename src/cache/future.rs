@@ -37,8 +37,20 @@ pub(crate) struct Pending {
     written: Option<Written>,
     /// The request said `no-store`: its answer is not stored (RFC 9111 §5.2.1.5).
     no_store: bool,
+    /// An entry may be stored for the key already (the request went upstream past one: a
+    /// refresh, or one too old for it); else the store's insert count before the lookup.
+    known: Known,
     /// The read's place among the reads in flight for its key (see `Versions`).
     ticket: Option<Ticket>,
+}
+
+/// What a read knows of its key's entry when it goes upstream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Known {
+    /// There may be one.
+    Maybe,
+    /// There was none at the lookup, when the store had made this many inserts.
+    AbsentAt(u64),
 }
 
 /// The target of a write, as the origin sees it.
@@ -64,6 +76,7 @@ impl Pending {
             leader: None,
             written: None,
             no_store: false,
+            known: Known::Maybe,
             ticket: None,
         }
     }
@@ -73,6 +86,7 @@ impl Pending {
     pub(crate) fn read(
         state: &State,
         key: Key,
+        known: Known,
         leader: Option<Leader>,
         directives: &RequestDirectives,
     ) -> Self {
@@ -81,6 +95,7 @@ impl Pending {
             key: Some(key),
             leader,
             no_store: directives.no_store,
+            known,
             ..Self::none()
         }
     }
@@ -378,7 +393,20 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
         }
         // Present: a Missing answer remembered for this key is forgotten, and those still on
         // their way are not remembered.
-        Outcome::Success => state.forget_exact(&key),
+        Outcome::Success => {
+            if let Some(t) = pending.ticket.take() {
+                t.settle_present();
+            }
+            // Only when something may be stored for the key: most 2xx answers go by without
+            // touching the store (see `Store::inserted`).
+            let maybe = match pending.known {
+                Known::Maybe => true,
+                Known::AbsentAt(n) => state.store.inserted() != n,
+            };
+            if maybe {
+                state.forget_exact(&key);
+            }
+        }
         _ => {}
     }
 }

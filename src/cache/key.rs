@@ -378,7 +378,8 @@ pub(crate) const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 3] = [
 /// Whether the request carries credentials: one of `names` (by default `Authorization`,
 /// `Proxy-Authorization`, `Cookie`), or a userinfo in its URI.
 pub(crate) fn has_credentials(uri: &Uri, headers: &HeaderMap, names: &[HeaderName]) -> bool {
-    names.iter().any(|n| headers.contains_key(n)) || userinfo(uri).is_some()
+    (!headers.is_empty() && names.iter().any(|n| headers.contains_key(n)))
+        || userinfo(uri).is_some()
 }
 
 /// A fingerprint of the request's credentials, keyed by a per-cache random secret; 0 means none.

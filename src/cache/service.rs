@@ -11,7 +11,7 @@ use tower::Service;
 
 use super::body::ResponseBody;
 use super::coalesce::Role;
-use super::future::{Pending, ResponseFuture, Synth, Written};
+use super::future::{Known, Pending, ResponseFuture, Synth, Written};
 use super::handle::NegativeCacheHandle;
 use super::key::{credential_fingerprint, has_credentials};
 use super::layer::Credentials;
@@ -157,21 +157,26 @@ where
             }
             bump(&st.stats.bypasses);
             let pending = match lookup.to_key() {
-                Some(key) => Pending::read(st, key, None, &directives),
+                Some(key) => Pending::read(st, key, Known::Maybe, None, &directives),
                 None => Pending::none(),
             };
             return self.upstream(req, pending);
         }
         let now = Instant::now();
+        let inserted = st.store.inserted();
         let found = st.store.get(&lookup, now, || bump(&st.stats.expirations));
         // An entry too old for the request's `max-age`, or too close to its end for its
         // `min-fresh`, is not used; the answer upstream gives refreshes it.
-        if let Some(fresh) = found.filter(|f| directives.accepts(f.age, f.remaining)) {
-            bump(&st.stats.hits);
-            let version = req.version();
-            self.release_reservation();
-            return ResponseFuture::synthesized(Synth::hit(fresh, version));
-        }
+        let known = match found {
+            Some(fresh) if directives.accepts(fresh.age, fresh.remaining) => {
+                bump(&st.stats.hits);
+                let version = req.version();
+                self.release_reservation();
+                return ResponseFuture::synthesized(Synth::hit(fresh, version));
+            }
+            Some(_) => Known::Maybe,
+            None => Known::AbsentAt(inserted),
+        };
         if directives.only_if_cached {
             bump(&st.stats.misses);
             return self.gateway_timeout(&req);
@@ -182,7 +187,7 @@ where
         };
         let Some(bound) = st.coalesce.filter(|_| !directives.no_store) else {
             bump(&st.stats.misses);
-            let pending = Pending::read(st, key, None, &directives);
+            let pending = Pending::read(st, key, known, None, &directives);
             return self.upstream(req, pending);
         };
         match st.flights.join(key.clone()) {
@@ -197,13 +202,13 @@ where
                     return ResponseFuture::synthesized(Synth::hit(fresh, version));
                 }
                 bump(&st.stats.misses);
-                let pending = Pending::read(st, key, Some(leader), &directives);
+                let pending = Pending::read(st, key, known, Some(leader), &directives);
                 self.upstream(req, pending)
             }
             Role::Waiter(flight) => {
                 bump(&st.stats.misses);
                 bump(&st.stats.coalesced);
-                let pending = Pending::read(st, key, None, &directives);
+                let pending = Pending::read(st, key, known, None, &directives);
                 self.release_reservation();
                 ResponseFuture::wait(
                     flight,

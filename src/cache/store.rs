@@ -7,7 +7,7 @@
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -123,6 +123,10 @@ pub(crate) struct Store {
     /// The heaviest entry a shard admits (quick_cache refuses heavier ones outright).
     heaviest: u64,
     floor: u64,
+    /// Entries stored so far, counted after each is in: a read that saw the same count before
+    /// its lookup and after its answer knows nothing was stored meanwhile (see
+    /// [`inserted`](Self::inserted)).
+    inserted: AtomicU64,
     pub(crate) versions: Arc<Versions>,
 }
 
@@ -224,12 +228,18 @@ impl Ticket {
     /// the read left, inside the key's critical section — so a change either comes first and is
     /// seen here, or comes after and forgets what `remember` stored.
     pub(crate) fn settle_with(mut self, remember: impl FnOnce()) {
-        self.release(Some(remember));
+        self.release(false, Some(remember));
+    }
+
+    /// The read is back and found its key present: reads still in flight for it must not
+    /// remember a Missing answer (the version moves in the same critical section).
+    pub(crate) fn settle_present(mut self) {
+        self.release(true, None::<fn()>);
     }
 
     /// Leaves the key's slot, in one critical section: runs `if_current` when the key was
-    /// unchanged while this read was out.
-    fn release(&mut self, if_current: Option<impl FnOnce()>) {
+    /// unchanged while this read was out, then moves the version if `changed`.
+    fn release(&mut self, changed: bool, if_current: Option<impl FnOnce()>) {
         if self.settled {
             return;
         }
@@ -243,6 +253,7 @@ impl Ticket {
         if let Some(f) = if_current.filter(|_| current) {
             f();
         }
+        slot.version += u64::from(changed);
         slot.in_flight -= 1;
         if slot.in_flight == 0 {
             shard.remove(&self.hash);
@@ -252,7 +263,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.release(None::<fn()>);
+        self.release(false, None::<fn()>);
     }
 }
 
@@ -317,6 +328,7 @@ impl Store {
             max_bytes,
             heaviest: (shard.saturating_mul(96) / 100).min(max_bytes),
             floor,
+            inserted: AtomicU64::new(0),
             versions: Arc::new(Versions::new()),
         }
     }
@@ -373,7 +385,16 @@ impl Store {
         self.remove(&key);
         self.accounts.key_bytes.fetch_add(len, AcqRel);
         self.cache.insert(key, entry);
+        self.inserted.fetch_add(1, SeqCst);
         true
+    }
+
+    /// How many entries were stored so far. Read before a lookup that misses and again once
+    /// the read's 2xx has settled its ticket: the same count means nothing was stored in
+    /// between — a local 404 lands inside its key's critical section, which the 2xx's ticket
+    /// takes too, so one stored for this key before the 2xx settled is counted by then.
+    pub(crate) fn inserted(&self) -> u64 {
+        self.inserted.load(SeqCst)
     }
 
     /// Forgets `key`; whether it was there.
