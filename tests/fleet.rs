@@ -34,13 +34,14 @@ struct Replica {
 fn replica(redis_url: &str) -> Replica {
     let cache = NegativeCacheLayer::builder()
         .ttl(Duration::from_secs(60))
+        .max_ttl(Duration::from_secs(120))
         .build()
         .unwrap();
     let fleet = Fleet::builder(redis_url)
         .prefix("fleet-test")
         .reconnect(Duration::from_millis(20), Duration::from_millis(200))
         .timeout(Duration::from_millis(300))
-        .start(&cache.handle())
+        .start(&cache)
         .unwrap();
     let retry = StatusAwareRetryLayer::builder()
         .backoff_base(Duration::from_millis(1))
@@ -249,7 +250,10 @@ async fn malformed_messages_are_ignored_and_counted() {
             .await
             .unwrap();
     }
-    wait_until(Duration::from_secs(1), || b.fleet.stats().malformed == 4).await;
+    wait_until(Duration::from_secs(1), || {
+        b.fleet.stats().rejected.malformed == 4
+    })
+    .await;
     assert_eq!(b.cache.stats().len, 0);
     // And the replica still works and still shares.
     assert_eq!(
@@ -325,12 +329,74 @@ async fn an_idle_subscription_stays_up() {
 async fn a_dropped_tier_can_be_replaced() {
     let redis = RedisServer::start();
     let cache = NegativeCacheLayer::new();
-    let first = Fleet::builder(redis.url()).start(&cache.handle()).unwrap();
+    let first = Fleet::builder(redis.url()).start(&cache).unwrap();
     assert!(
-        Fleet::builder(redis.url()).start(&cache.handle()).is_err(),
+        Fleet::builder(redis.url()).start(&cache).is_err(),
         "one tier at a time"
     );
     drop(first);
-    let second = Fleet::builder(redis.url()).start(&cache.handle()).unwrap();
+    let second = Fleet::builder(redis.url()).start(&cache).unwrap();
     wait_until(Duration::from_secs(2), || second.stats().connected).await;
+}
+
+/// Publishes raw payloads on the test tier's channel, as a hostile or broken publisher would.
+async fn publish_raw(redis: &RedisServer, payloads: &[Vec<u8>]) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for p in payloads {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("fleet-test:events")
+            .arg(p.as_slice())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// A Missing message in the wire format of this version, as a peer would send it.
+fn missing_msg(replica: u64, status: u16, ttl_ms: u64, key: &str) -> Vec<u8> {
+    format!("tnc1 {replica:016x} m {status} {ttl_ms} {key}").into_bytes()
+}
+
+#[tokio::test]
+async fn a_hostile_publisher_cannot_take_records_offline() {
+    let redis = RedisServer::start();
+    let b = replica(&redis.url());
+    b.wait_connected().await;
+    let k = |i: u32| format!("http://h.test/r/{i}");
+    let long_key = format!("http://h.test/{}", "x".repeat(10 * 1024));
+    let payloads = vec![
+        // Statuses this replica's classifier does not call Missing.
+        missing_msg(1, 503, 86_400_000, &k(1)),
+        missing_msg(1, 200, 60_000, &k(2)),
+        missing_msg(1, 500, 60_000, &k(3)),
+        // A key longer than the bound.
+        missing_msg(1, 404, 60_000, &long_key),
+        // Garbage.
+        b"tnc1 zzzzzzzzzzzzzzzz m 404 1000 k".to_vec(),
+        vec![0xff; 100],
+    ];
+    publish_raw(&redis, &payloads).await;
+    // A huge TTL is clamped to this replica's max_ttl (120 s).
+    publish_raw(&redis, &[missing_msg(1, 404, u64::MAX / 2, &k(9))]).await;
+    let uri9: Uri = k(9).parse().unwrap();
+    wait_until(Duration::from_secs(2), || b.cache.peek(&uri9).is_some()).await;
+    let hit = b.cache.peek(&uri9).unwrap();
+    assert!(hit.remaining <= Duration::from_secs(120), "{hit:?}");
+    for i in 1..=3 {
+        assert!(b.cache.peek(&k(i).parse().unwrap()).is_none(), "key {i}");
+    }
+    assert!(b.cache.peek(&long_key.parse().unwrap()).is_none());
+    assert_eq!(b.cache.stats().len, 1, "{:?}", b.fleet.stats());
+    let s = b.fleet.stats();
+    assert_eq!(
+        (
+            s.rejected.status,
+            s.rejected.oversized,
+            s.rejected.malformed
+        ),
+        (3, 1, 2),
+        "{s:?}"
+    );
+    assert_eq!((s.learned, s.clamped), (1, 1), "{s:?}");
 }

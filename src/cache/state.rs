@@ -87,16 +87,16 @@ impl State {
         self.stats.inserts.fetch_add(1, Relaxed);
     }
 
-    /// Remembers what a peer learned, clamped to this cache's `max_ttl`; whether the key
-    /// could be read.
+    /// Remembers what a peer learned, clamped to this cache's `max_ttl`: whether it was
+    /// clamped, or `None` if the key could not be read. The caller has checked the status.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn learn(&self, text: &str, status: StatusCode, ttl: Duration) -> bool {
-        let Some(key) = self.key_from_text(text) else {
-            return false;
-        };
+    pub(crate) fn learn(&self, text: &str, status: StatusCode, ttl: Duration) -> Option<bool> {
+        let key = self.key_from_text(text)?;
+        // Not raised to `min_ttl`: what is left of a peer's entry must not be extended.
+        let clamped = ttl > self.ttl.max;
         self.store
             .insert(key, status, ttl.min(self.ttl.max), Instant::now());
-        true
+        Some(clamped)
     }
 
     /// Forgets everything, and tells the peers; how many entries there were.

@@ -31,7 +31,7 @@
 //! let fleet = Fleet::builder("redis://127.0.0.1:6379")
 //!     .prefix("records-service")
 //!     .warm(10_000)
-//!     .start(&cache.handle())?;
+//!     .start(&cache)?;
 //! // ... build the client with `cache`; keep `fleet` alive as long as sharing should go on.
 //! println!("{:?}", fleet.stats());
 //! # Ok(()) }
@@ -52,8 +52,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use http::{HeaderMap, StatusCode};
+
 use crate::BuildError;
+use crate::NegativeCacheLayer;
 use crate::cache::NegativeCacheHandle;
+use crate::classify::{Classify, response_outcome};
 use crate::error::FirstError;
 
 /// Starts a fleet tier: see [`Fleet::builder`].
@@ -159,8 +163,21 @@ impl FleetBuilder {
     /// Attaches the tier to `cache` and starts its tasks on the current tokio runtime. It
     /// returns at once, whether or not Redis is up. Fails on an invalid setting or URL, outside
     /// a tokio runtime, or when the cache already has a tier.
-    pub fn start(self, cache: &NegativeCacheHandle) -> Result<FleetHandle, BuildError> {
+    ///
+    /// The tier takes the layer, not only its handle, because a peer's entry is applied only
+    /// if *this* layer's classifier calls its status Missing.
+    pub fn start<C>(self, layer: &NegativeCacheLayer<C>) -> Result<FleetHandle, BuildError>
+    where
+        C: Classify + Clone + Send + Sync + 'static,
+    {
         self.error.result()?;
+        let cache = &layer.handle();
+        let classifier = layer.classifier.clone();
+        // A peer's message carries a status only: it is classified as an answer without
+        // headers would be.
+        let missing: tasks::IsMissing = Box::new(move |status: StatusCode| {
+            response_outcome(&classifier, status, &HeaderMap::new()).is_missing()
+        });
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| BuildError::new("url", format!("not a Redis URL: {e}")))?;
         let runtime = tokio::runtime::Handle::try_current()
@@ -185,6 +202,7 @@ impl FleetBuilder {
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
             timeout: self.timeout,
+            missing,
         });
         let counters = Arc::new(Counters::default());
         let tasks = [
@@ -206,10 +224,45 @@ pub(crate) struct Counters {
     received: AtomicU64,
     learned: AtomicU64,
     forgotten: AtomicU64,
-    malformed: AtomicU64,
+    clamped: AtomicU64,
+    unshared: AtomicU64,
+    rejected: Rejected,
     warmed: AtomicU64,
     reconnects: AtomicU64,
     connected: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Rejected {
+    oversized: AtomicU64,
+    malformed: AtomicU64,
+    status: AtomicU64,
+}
+
+/// Messages (and stored copies read when warming up) a replica refused, by reason. A refused
+/// message changes nothing in the cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct FleetRejections {
+    /// Longer than a message may be (8 KiB of key and 256 bytes of the rest), or a key
+    /// longer than 8 KiB.
+    pub oversized: u64,
+    /// Not a message: garbage, a missing field, an unreadable key.
+    pub malformed: u64,
+    /// A status this replica's classifier does not call Missing (a peer may not make a
+    /// replica answer 503 or 200 from its cache).
+    pub status: u64,
+}
+
+impl Rejected {
+    fn snapshot(&self) -> FleetRejections {
+        FleetRejections {
+            oversized: self.oversized.load(Relaxed),
+            malformed: self.malformed.load(Relaxed),
+            status: self.status.load(Relaxed),
+        }
+    }
 }
 
 /// A snapshot of a fleet tier's counters.
@@ -229,8 +282,13 @@ pub struct FleetStats {
     pub learned: u64,
     /// Keys (or whole caches) forgotten because another replica said so.
     pub forgotten: u64,
-    /// Messages that were not understood (ignored).
-    pub malformed: u64,
+    /// Entries learned from peers whose TTL was longer than this cache's `max_ttl`: they are
+    /// kept for `max_ttl` only.
+    pub clamped: u64,
+    /// Entries of this replica not shared because their key is longer than 8 KiB.
+    pub unshared: u64,
+    /// Messages refused, by reason.
+    pub rejected: FleetRejections,
     /// Entries read from Redis when warming up.
     pub warmed: u64,
     /// Subscriptions lost and re-established.
@@ -258,7 +316,9 @@ impl FleetHandle {
             received: c.received.load(Relaxed),
             learned: c.learned.load(Relaxed),
             forgotten: c.forgotten.load(Relaxed),
-            malformed: c.malformed.load(Relaxed),
+            clamped: c.clamped.load(Relaxed),
+            unshared: c.unshared.load(Relaxed),
+            rejected: c.rejected.snapshot(),
             warmed: c.warmed.load(Relaxed),
             reconnects: c.reconnects.load(Relaxed),
             connected: c.connected.load(Relaxed),

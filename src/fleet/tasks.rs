@@ -12,8 +12,11 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::Counters;
-use super::wire::{self, Message};
+use super::wire::{self, Message, Refusal};
 use crate::cache::{PeerEvent, State};
+
+/// Whether this replica's classifier calls a status Missing.
+pub(crate) type IsMissing = Box<dyn Fn(StatusCode) -> bool + Send + Sync>;
 
 pub(crate) struct Config {
     pub(crate) client: redis::Client,
@@ -24,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) timeout: Duration,
+    pub(crate) missing: IsMissing,
 }
 
 /// How often an idle subscription is checked with PING, so a half-open connection is noticed.
@@ -44,6 +48,12 @@ pub(crate) async fn publish(
     let mut next_try = tokio::time::Instant::now();
     let mut backoff = cfg.reconnect_min;
     while let Some(event) = rx.recv().await {
+        if let PeerEvent::Missing { key, .. } | PeerEvent::Forget { key } = &event {
+            if key.len() > wire::MAX_KEY {
+                counters.unshared.fetch_add(1, Relaxed);
+                continue;
+            }
+        }
         if tokio::time::Instant::now() < next_try {
             counters.publish_failures.fetch_add(1, Relaxed);
             continue;
@@ -202,9 +212,11 @@ pub(crate) async fn subscribe(cfg: Arc<Config>, state: Arc<State>, counters: Arc
 }
 
 fn apply(cfg: &Config, state: &State, counters: &Counters, payload: &[u8]) {
-    let Some(Message { replica, event }) = wire::decode(payload) else {
-        counters.malformed.fetch_add(1, Relaxed);
-        return;
+    let rejected = &counters.rejected;
+    let Message { replica, event } = match wire::decode(payload) {
+        Ok(m) => m,
+        Err(Refusal::Oversized) => return bump(&rejected.oversized),
+        Err(Refusal::Malformed) => return bump(&rejected.malformed),
     };
     if replica == cfg.replica {
         return;
@@ -212,10 +224,19 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, payload: &[u8]) {
     counters.received.fetch_add(1, Relaxed);
     match event {
         PeerEvent::Missing { key, status, ttl } => {
-            if state.learn(&key, status, ttl) {
-                counters.learned.fetch_add(1, Relaxed);
-            } else {
-                counters.malformed.fetch_add(1, Relaxed);
+            // Only what this replica would have remembered itself: a peer must not make it
+            // answer 503 (or 200) from its cache.
+            if !(cfg.missing)(status) {
+                return bump(&rejected.status);
+            }
+            match state.learn(&key, status, ttl) {
+                Some(clamped) => {
+                    bump(&counters.learned);
+                    if clamped {
+                        bump(&counters.clamped);
+                    }
+                }
+                None => bump(&rejected.malformed),
             }
         }
         PeerEvent::Forget { key } => {
@@ -229,6 +250,10 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, payload: &[u8]) {
             counters.forgotten.fetch_add(1, Relaxed);
         }
     }
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, Relaxed);
 }
 
 /// Reads up to `cfg.warm` remembered keys with their remaining TTL; whether it got through.
@@ -247,7 +272,12 @@ async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
                 let status = status.and_then(|s| StatusCode::from_u16(s).ok());
                 let text = &k[cfg.key_prefix.len()..];
                 if let (Some(status), Ok(ms @ 1..)) = (status, u64::try_from(pttl)) {
-                    if state.learn(text, status, Duration::from_millis(ms)) {
+                    if !(cfg.missing)(status) {
+                        bump(&counters.rejected.status);
+                    } else if state
+                        .learn(text, status, Duration::from_millis(ms))
+                        .is_some()
+                    {
                         counters.warmed.fetch_add(1, Relaxed);
                     }
                 }

@@ -11,8 +11,21 @@ use http::StatusCode;
 use crate::cache::PeerEvent;
 
 const VERSION: &str = "tnc1";
-/// Longer payloads are malformed: keys are at most 64 KiB.
-pub(crate) const MAX_PAYLOAD: usize = 66 * 1024;
+/// The longest key shared, in bytes. A longer key is kept local by its publisher (counted
+/// `unshared`) and refused by a receiver (`oversized`): 8 KiB is what common servers accept as
+/// a request line, so nothing a client could send is lost.
+pub(crate) const MAX_KEY: usize = 8 * 1024;
+/// Longer payloads are refused (`oversized`) before they are parsed.
+pub(crate) const MAX_PAYLOAD: usize = MAX_KEY + 256;
+
+/// Why a payload was not understood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Longer than [`MAX_PAYLOAD`], or a key longer than [`MAX_KEY`].
+    Oversized,
+    /// Not a message of this version.
+    Malformed,
+}
 
 /// A decoded message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,11 +51,21 @@ pub(crate) fn encode(replica: u64, event: &PeerEvent) -> String {
     s
 }
 
-/// The message in `payload`, or `None` if it is not one this version understands.
-pub(crate) fn decode(payload: &[u8]) -> Option<Message> {
+/// The message in `payload`, or why it is refused.
+pub(crate) fn decode(payload: &[u8]) -> Result<Message, Refusal> {
     if payload.len() > MAX_PAYLOAD {
-        return None;
+        return Err(Refusal::Oversized);
     }
+    let msg = parse(payload).ok_or(Refusal::Malformed)?;
+    match &msg.event {
+        PeerEvent::Missing { key, .. } | PeerEvent::Forget { key } if key.len() > MAX_KEY => {
+            Err(Refusal::Oversized)
+        }
+        _ => Ok(msg),
+    }
+}
+
+fn parse(payload: &[u8]) -> Option<Message> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.splitn(6, ' ');
     let (version, replica, op, status, ttl, key) = (
@@ -94,7 +117,7 @@ mod tests {
             let wire = encode(0xdead_beef, &event);
             assert_eq!(
                 decode(wire.as_bytes()),
-                Some(Message {
+                Ok(Message {
                     replica: 0xdead_beef,
                     event
                 })
@@ -117,9 +140,24 @@ mod tests {
             b"tnc1 00000000deadbeef c 0 0 k",
             b"tnc1 00000000deadbeef m 404 1000 \xff\xfe",
         ] {
-            assert_eq!(decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                decode(bad),
+                Err(Refusal::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        assert_eq!(decode(&vec![b'a'; MAX_PAYLOAD + 1]), None);
+        assert_eq!(
+            decode(&vec![b'a'; MAX_PAYLOAD + 1]),
+            Err(Refusal::Oversized)
+        );
+        let long = encode(
+            1,
+            &PeerEvent::Forget {
+                key: "k".repeat(MAX_KEY + 1).into(),
+            },
+        );
+        assert_eq!(decode(long.as_bytes()), Err(Refusal::Oversized));
     }
 
     proptest! {
