@@ -162,7 +162,9 @@ async fn invalidation_on_one_replica_reaches_the_others() {
     assert!(a.cache.invalidate_uri(&uri));
     wait_until(Duration::from_millis(100), || b.cache.peek(&uri).is_none()).await;
 
-    // A successful write through B is forgotten on A as well.
+    // A successful write through B is forgotten on A as well. (Another key: for a second
+    // after A forgot k2, A refuses peers' 404s for it, as their requests may have left before.)
+    let uri: Uri = origin.url("/records/k3").parse().unwrap();
     b.get(&uri.to_string()).await;
     wait_until(Duration::from_millis(100), || a.cache.peek(&uri).is_some()).await;
     assert_eq!(b.put(&uri.to_string()).await, StatusCode::OK);
@@ -198,11 +200,10 @@ async fn requests_work_while_redis_is_down_and_sharing_resumes_when_it_is_back()
     a.wait_connected().await;
     b.wait_connected().await;
     assert!(a.fleet.stats().reconnects >= 1);
-    let uri: Uri = origin.url("/records/after").parse().unwrap();
     // The publisher reconnects on its next event; allow it one backoff.
     let shared = async {
-        for _ in 0..50 {
-            a.cache.invalidate_uri(&uri);
+        for i in 0..50 {
+            let uri: Uri = origin.url(&format!("/records/after-{i}")).parse().unwrap();
             a.get(&uri.to_string()).await;
             if wait_until_soft(Duration::from_millis(100), || b.cache.peek(&uri).is_some()).await {
                 return true;
@@ -239,7 +240,7 @@ async fn malformed_messages_are_ignored_and_counted() {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for garbage in [
         &b"hello"[..],
-        b"tnc1 0000000000000001 m 404 0 k",
+        b"tnc2 - 0000000000000001 1 0 m 404 0 0 k",
         b"\xff\xfe\xfd",
         b"",
     ] {
@@ -353,9 +354,10 @@ async fn publish_raw(redis: &RedisServer, payloads: &[Vec<u8>]) {
     }
 }
 
-/// A Missing message in the wire format of this version, as a peer would send it.
-fn missing_msg(replica: u64, status: u16, ttl_ms: u64, key: &str) -> Vec<u8> {
-    format!("tnc1 {replica:016x} m {status} {ttl_ms} {key}").into_bytes()
+/// A Missing message in the wire format of this version, as a peer would send it: its
+/// request left `age_ms` ago, `ttl_ms` are left of it.
+fn missing_msg(seq: u64, status: u16, ttl_ms: u64, age_ms: u64, key: &str) -> Vec<u8> {
+    format!("tnc2 - 0000000000000001 {seq} 0 m {status} {ttl_ms} {age_ms} {key}").into_bytes()
 }
 
 #[tokio::test]
@@ -367,23 +369,30 @@ async fn a_hostile_publisher_cannot_take_records_offline() {
     let long_key = format!("http://h.test/{}", "x".repeat(10 * 1024));
     let payloads = vec![
         // Statuses this replica's classifier does not call Missing.
-        missing_msg(1, 503, 86_400_000, &k(1)),
-        missing_msg(1, 200, 60_000, &k(2)),
-        missing_msg(1, 500, 60_000, &k(3)),
+        missing_msg(1, 503, 86_400_000, 0, &k(1)),
+        missing_msg(2, 200, 60_000, 0, &k(2)),
+        missing_msg(3, 500, 60_000, 0, &k(3)),
         // A key longer than the bound.
-        missing_msg(1, 404, 60_000, &long_key),
+        missing_msg(4, 404, 60_000, 0, &long_key),
         // Garbage.
-        b"tnc1 zzzzzzzzzzzzzzzz m 404 1000 k".to_vec(),
+        b"tnc2 - zzzzzzzzzzzzzzzz 1 0 m 404 1000 0 k".to_vec(),
         vec![0xff; 100],
+        // The previous version: no age, so it cannot be ordered.
+        format!("tnc1 0000000000000001 m 404 60000 {}", k(4)).into_bytes(),
+        // A 404 from a request that left a minute before it was published.
+        missing_msg(5, 404, 60_000, 60_000, &k(5)),
+        // A copy of an earlier message played again.
+        missing_msg(5, 404, 60_000, 0, &k(6)),
+        missing_msg(2, 404, 60_000, 0, &k(6)),
     ];
     publish_raw(&redis, &payloads).await;
     // A huge TTL is clamped to this replica's max_ttl (120 s).
-    publish_raw(&redis, &[missing_msg(1, 404, u64::MAX / 2, &k(9))]).await;
+    publish_raw(&redis, &[missing_msg(6, 404, u64::MAX / 2, 0, &k(9))]).await;
     let uri9: Uri = k(9).parse().unwrap();
     wait_until(Duration::from_secs(2), || b.cache.peek(&uri9).is_some()).await;
     let hit = b.cache.peek(&uri9).unwrap();
     assert!(hit.remaining <= Duration::from_secs(120), "{hit:?}");
-    for i in 1..=3 {
+    for i in 1..=6 {
         assert!(b.cache.peek(&k(i).parse().unwrap()).is_none(), "key {i}");
     }
     assert!(b.cache.peek(&long_key.parse().unwrap()).is_none());
@@ -399,4 +408,87 @@ async fn a_hostile_publisher_cannot_take_records_offline() {
         "{s:?}"
     );
     assert_eq!((s.learned, s.clamped), (1, 1), "{s:?}");
+}
+
+/// An origin where `/records/*` is missing until a PUT creates it (answered 201).
+async fn writable_origin() -> TestServer {
+    let created = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    TestServer::builder()
+        .handler(move |r| {
+            let mut created = created.lock().unwrap();
+            Some(if r.method == Method::PUT {
+                created.insert(r.path.clone());
+                Reply::status(201)
+            } else if created.contains(&r.path) {
+                Reply::ok("here")
+            } else {
+                Reply::status(404)
+            })
+        })
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn a_peers_stale_404_does_not_undo_a_local_put() {
+    let redis = RedisServer::start();
+    let proxy = redis_support::StallProxy::start(redis.port).await;
+    let origin = writable_origin().await;
+    // B reaches Redis through a proxy that can stall it: its publish queue backs up.
+    let (a, b) = (replica(&redis.url()), replica(&proxy.url()));
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let url = origin.url("/records/w1");
+    let uri: Uri = url.parse().unwrap();
+
+    proxy.hold(true);
+    assert_eq!(b.get(&url).await.status(), StatusCode::NOT_FOUND);
+    // The record is created through A after B's 404, and before B's message reaches anyone.
+    assert_eq!(a.put(&url).await, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    proxy.hold(false);
+    wait_until(Duration::from_secs(2), || a.fleet.stats().received >= 1).await;
+
+    assert!(a.cache.peek(&uri).is_none(), "{:?}", a.fleet.stats());
+    assert_eq!(a.fleet.stats().rejected.superseded, 1);
+    assert_eq!(a.get(&url).await.status(), StatusCode::OK);
+    // B forgets its own 404 when A's forget reaches it.
+    wait_until(Duration::from_secs(2), || b.cache.peek(&uri).is_none()).await;
+}
+
+#[tokio::test]
+async fn warm_up_after_a_forget_does_not_resurrect_the_entry() {
+    let redis = RedisServer::start();
+    let proxy = redis_support::StallProxy::start(redis.port).await;
+    let origin = writable_origin().await;
+    let (a, b) = (replica(&redis.url()), replica(&proxy.url()));
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let url = origin.url("/records/w2");
+
+    proxy.hold(true);
+    assert_eq!(b.get(&url).await.status(), StatusCode::NOT_FOUND);
+    // A forgets the key (say the record was created out of band) while B's copy is on its way:
+    // B's stored copy reaches Redis after A's forget did.
+    a.cache.invalidate(&url);
+    wait_until(Duration::from_secs(2), || a.fleet.stats().published >= 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    proxy.hold(false);
+    wait_until(Duration::from_secs(2), || {
+        b.fleet.stats().published + b.fleet.stats().publish_failures >= 1
+    })
+    .await;
+    // A marker the late replica does warm up, so we know when its warm-up is over.
+    a.get(&origin.url("/records/marker")).await;
+    wait_until(Duration::from_secs(2), || a.fleet.stats().published >= 2).await;
+
+    let late = replica(&redis.url());
+    wait_until(Duration::from_secs(2), || late.fleet.stats().warmed >= 1).await;
+    assert!(
+        late.cache.peek(&url.parse().unwrap()).is_none(),
+        "{:?}",
+        late.fleet.stats()
+    );
+    assert_eq!(late.fleet.stats().warmed, 1);
+    assert!(a.cache.peek(&url.parse().unwrap()).is_none());
 }

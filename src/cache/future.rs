@@ -37,6 +37,8 @@ pub(crate) struct Pending {
     refresh: bool,
     /// The read's place among the reads in flight for its key (see `Versions`).
     ticket: Option<Ticket>,
+    /// When the read left: peers order its 404 against their own changes by it.
+    started: Option<tokio::time::Instant>,
 }
 
 impl Pending {
@@ -47,6 +49,7 @@ impl Pending {
             written: None,
             refresh: false,
             ticket: None,
+            started: None,
         }
     }
 
@@ -58,6 +61,7 @@ impl Pending {
             key,
             leader,
             ticket,
+            started: Some(tokio::time::Instant::now()),
             ..Self::none()
         }
     }
@@ -293,10 +297,11 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
                 // Remembered only if the key did not change while this read was out: a 404
                 // overtaken by a write, a 2xx or an invalidation would be stale.
                 let status = res.status();
+                let started = pending.started.unwrap_or_else(tokio::time::Instant::now);
                 let remembered = match pending.ticket.take() {
-                    Some(t) => t.settle_with(|| state.remember(key, status, ttl)),
+                    Some(t) => t.settle_with(|| state.remember(key, status, ttl, started)),
                     None => {
-                        state.remember(key, status, ttl);
+                        state.remember(key, status, ttl, started);
                         true
                     }
                 };
@@ -320,6 +325,7 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
         // Present: Missing answers still on their way for this key must not be remembered,
         // and what a refreshing request found remembered is forgotten.
         Outcome::Success => {
+            state.note_changed(&key);
             if let Some(t) = pending.ticket.take() {
                 t.settle_present();
             }

@@ -60,6 +60,9 @@ impl State {
 
     /// Forgets `key` in this cache only.
     pub(crate) fn forget_here(&self, key: &Key) -> bool {
+        // Before the removal: a peer's entry checked in between is refused, one stored
+        // before is removed.
+        self.peers.recent.record(key.target(), Instant::now());
         self.store.versions.bump(key);
         let n = match self.credentials {
             Credentials::Bypass => u64::from(self.store.remove(key)),
@@ -72,31 +75,61 @@ impl State {
         n > 0
     }
 
-    /// Remembers a Missing answer, and tells the peers (only for entries without
-    /// credentials: a credential's fingerprint means nothing to another replica).
-    pub(crate) fn remember(&self, key: Key, status: StatusCode, ttl: Duration) {
+    /// `key` answered present (a 2xx landed for a read): a peer's 404 from a request that
+    /// left before now must not be applied, and a 404 stored before now is stale (invariant 7).
+    /// Removes the entry of this exact key (this credential) only: no scan, no peer message.
+    pub(crate) fn note_changed(&self, key: &Key) {
+        self.peers.recent.record(key.target(), Instant::now());
+        if self.store.remove(key) {
+            self.stats.invalidations.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Remembers a Missing answer to a request that left at `started`, and tells the peers
+    /// (only for entries without credentials: a credential's fingerprint means nothing to
+    /// another replica).
+    pub(crate) fn remember(&self, key: Key, status: StatusCode, ttl: Duration, started: Instant) {
         tracing::debug!(key = key.as_str(), %status, ?ttl, "negative cache: remembered");
+        let now = Instant::now();
         if key.cred() == 0 {
             self.peers.send(|| PeerEvent::Missing {
                 key: key.as_str().into(),
                 status,
                 ttl,
+                started,
+                at: now,
             });
         }
-        self.store.insert(key, status, ttl, Instant::now());
+        self.store.insert(key, status, ttl, now);
         self.stats.inserts.fetch_add(1, Relaxed);
     }
 
-    /// Remembers what a peer learned, clamped to this cache's `max_ttl`: whether it was
-    /// clamped, or `None` if the key could not be read. The caller has checked the status.
+    /// Remembers what a peer learned from a request that left at `started` (at the latest),
+    /// for `ttl` capped at this cache's `max_ttl` — unless the key changed here since. The
+    /// caller has checked the status.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn learn(&self, text: &str, status: StatusCode, ttl: Duration) -> Option<bool> {
-        let key = self.key_from_text(text)?;
+    pub(crate) fn learn(
+        &self,
+        text: &str,
+        status: StatusCode,
+        ttl: Duration,
+        started: Instant,
+    ) -> Learned {
+        let Some(key) = self.key_from_text(text) else {
+            return Learned::Unreadable;
+        };
+        let now = Instant::now();
+        // Checked and stored under the key's tombstone lock: a local change comes before (and
+        // is seen) or after (and forgets what is stored here).
+        let mut guard = self.peers.recent.lock(key.target());
+        if guard.changed_since(started, now) {
+            return Learned::Superseded;
+        }
         // Not raised to `min_ttl`: what is left of a peer's entry must not be extended.
         let clamped = ttl > self.ttl.max;
-        self.store
-            .insert(key, status, ttl.min(self.ttl.max), Instant::now());
-        Some(clamped)
+        self.store.insert(key, status, ttl.min(self.ttl.max), now);
+        drop(guard);
+        Learned::Stored { clamped }
     }
 
     /// Forgets everything, and tells the peers; how many entries there were.
@@ -104,6 +137,7 @@ impl State {
         if tell_peers {
             self.peers.send(|| PeerEvent::Clear);
         }
+        self.peers.recent.record_all(Instant::now());
         self.store.versions.bump_all();
         let n = self.store.clear();
         self.stats.invalidations.fetch_add(n, Relaxed);
@@ -115,6 +149,18 @@ impl State {
         self.stats
             .snapshot(self.store.len(), self.store.capacity(), evictions)
     }
+}
+
+/// What became of a peer's entry.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Learned {
+    /// Stored; `clamped` if its TTL was longer than `max_ttl`.
+    Stored { clamped: bool },
+    /// The key changed here after the peer's request left: the peer's answer is older.
+    Superseded,
+    /// Not a key this cache can read.
+    Unreadable,
 }
 
 impl fmt::Debug for State {

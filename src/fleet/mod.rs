@@ -235,8 +235,12 @@ pub(crate) struct Counters {
 #[derive(Debug, Default)]
 pub(crate) struct Rejected {
     oversized: AtomicU64,
+    version: AtomicU64,
     malformed: AtomicU64,
     status: AtomicU64,
+    stale: AtomicU64,
+    replayed: AtomicU64,
+    superseded: AtomicU64,
 }
 
 /// Messages (and stored copies read when warming up) a replica refused, by reason. A refused
@@ -248,19 +252,34 @@ pub struct FleetRejections {
     /// Longer than a message may be (8 KiB of key and 256 bytes of the rest), or a key
     /// longer than 8 KiB.
     pub oversized: u64,
+    /// A message (or stored copy) of another version of the tier: version 1 carried no age,
+    /// so its 404s cannot be ordered against this replica's changes.
+    pub version: u64,
     /// Not a message: garbage, a missing field, an unreadable key.
     pub malformed: u64,
     /// A status this replica's classifier does not call Missing (a peer may not make a
     /// replica answer 503 or 200 from its cache).
     pub status: u64,
+    /// A 404 whose request left more than 5 s before it was published: too old to check
+    /// against this replica's recent changes (tombstones last 10 s).
+    pub stale: u64,
+    /// A sequence number not above the last one seen from its replica: a copy played again.
+    pub replayed: u64,
+    /// A 404 whose key changed here (a 2xx, a successful write, an invalidation, a clear)
+    /// after the peer's request left, less 1 s for transit: the answer here is newer.
+    pub superseded: u64,
 }
 
 impl Rejected {
     fn snapshot(&self) -> FleetRejections {
         FleetRejections {
             oversized: self.oversized.load(Relaxed),
+            version: self.version.load(Relaxed),
             malformed: self.malformed.load(Relaxed),
             status: self.status.load(Relaxed),
+            stale: self.stale.load(Relaxed),
+            replayed: self.replayed.load(Relaxed),
+            superseded: self.superseded.load(Relaxed),
         }
     }
 }
@@ -285,7 +304,8 @@ pub struct FleetStats {
     /// Entries learned from peers whose TTL was longer than this cache's `max_ttl`: they are
     /// kept for `max_ttl` only.
     pub clamped: u64,
-    /// Entries of this replica not shared because their key is longer than 8 KiB.
+    /// Events of this replica not shared: a key longer than 8 KiB, an entry that expired while
+    /// queued, or a 404 whose request left more than 5 s before it could be published.
     pub unshared: u64,
     /// Messages refused, by reason.
     pub rejected: FleetRejections,

@@ -1,19 +1,21 @@
 //! The tier's two background tasks: one publishes this replica's events, one applies the
 //! others'. Both outlive Redis outages by reconnecting with backoff.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use http::StatusCode;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 use super::Counters;
-use super::wire::{self, Message, Refusal};
-use crate::cache::{PeerEvent, State};
+use super::wire::{self, Body, Message, Refusal};
+use crate::cache::{Learned, PeerEvent, State};
 
 /// Whether this replica's classifier calls a status Missing.
 pub(crate) type IsMissing = Box<dyn Fn(StatusCode) -> bool + Send + Sync>;
@@ -34,6 +36,60 @@ pub(crate) struct Config {
 const KEEPALIVE: Duration = Duration::from_secs(5);
 /// At most this many keys are deleted from Redis for one `clear`.
 const CLEAR_LIMIT: usize = 100_000;
+/// A peer's 404 whose request left longer ago than this (when it was published) is refused
+/// (`stale`): a queue that far behind holds news too old to check against this replica's
+/// tombstones.
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(5);
+/// Time a message may spend between its publisher and a receiver (Redis's queues, the
+/// network) that the age in it cannot show: a local change up to this long before the
+/// estimated start of a peer's request still refuses it.
+pub(crate) const TRANSIT: Duration = Duration::from_secs(1);
+/// How long a forgotten key's tombstone stays in Redis, guarding its stored copy.
+const TOMBSTONE: Duration = crate::cache::RECENT_WINDOW;
+const _: () = assert!(MAX_AGE.as_millis() + TRANSIT.as_millis() < TOMBSTONE.as_millis());
+/// The most replicas whose last sequence number is remembered (to refuse replays).
+const REPLICAS: usize = 4096;
+
+/// Stores a peer-visible copy of a 404 unless a tombstone says its key was forgotten after
+/// the request left (less the transit allowance) or the news is too old. Times are Redis's
+/// own clock, so replicas' clocks need not agree. ARGV: age, ttl, status (ms), transit, max age,
+/// value suffix.
+const SET_MISSING: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local age = tonumber(ARGV[1])
+if age > tonumber(ARGV[5]) then return 0 end
+local start = now - age
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local at = string.match(cur, '^t (%d+)')
+  if at and tonumber(at) >= start - tonumber(ARGV[4]) then return 0 end
+end
+redis.call('SET', KEYS[1], 'm ' .. start .. ' ' .. ARGV[2] .. ' ' .. ARGV[3], 'PX', ARGV[2])
+return 1
+";
+
+/// Replaces a key's stored copy with a tombstone stamped with Redis's clock. ARGV: its TTL.
+const FORGET: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], 't ' .. now, 'PX', ARGV[1])
+return 1
+";
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| ms(d))
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
 
 /// Publishes queued events. A failure drops the event (counted): the request path never
 /// waits for Redis, so neither does the queue.
@@ -45,17 +101,16 @@ pub(crate) async fn publish(
     let mut conn: Option<ConnectionManager> = None;
     // After a failure, events fail fast (counted) until the next try: a Redis that is down
     // costs one timeout per backoff period, not one per event.
-    let mut next_try = tokio::time::Instant::now();
+    let mut next_try = Instant::now();
     let mut backoff = cfg.reconnect_min;
+    let mut seq = 0u64;
     while let Some(event) = rx.recv().await {
-        if let PeerEvent::Missing { key, .. } | PeerEvent::Forget { key } = &event {
-            if key.len() > wire::MAX_KEY {
-                counters.unshared.fetch_add(1, Relaxed);
-                continue;
-            }
-        }
-        if tokio::time::Instant::now() < next_try {
-            counters.publish_failures.fetch_add(1, Relaxed);
+        let Some(body) = outgoing(&event, Instant::now()) else {
+            bump(&counters.unshared);
+            continue;
+        };
+        if Instant::now() < next_try {
+            bump(&counters.publish_failures);
             continue;
         }
         if conn.is_none() {
@@ -70,48 +125,90 @@ pub(crate) async fn publish(
                 conn = Some(c);
             }
         }
+        seq += 1;
         let sent = match conn.as_mut() {
             Some(c) => matches!(
-                timeout(cfg.timeout, send(&cfg, c, &event)).await,
+                timeout(cfg.timeout, send(&cfg, c, seq, &body)).await,
                 Ok(Ok(()))
             ),
             None => false,
         };
         if sent {
-            counters.published.fetch_add(1, Relaxed);
+            bump(&counters.published);
             backoff = cfg.reconnect_min;
         } else {
-            counters.publish_failures.fetch_add(1, Relaxed);
-            next_try = tokio::time::Instant::now() + backoff;
+            bump(&counters.publish_failures);
+            next_try = Instant::now() + backoff;
             backoff = (backoff * 2).min(cfg.reconnect_max);
         }
     }
 }
 
+/// What `event` says at `now`, or `None` if it is not to be shared: a key too long, an entry
+/// expired while queued, or a 404 too old for a peer to accept.
+fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
+    Some(match event {
+        PeerEvent::Missing {
+            key,
+            status,
+            ttl,
+            started,
+            at,
+        } => {
+            let left = (*at + *ttl).checked_duration_since(now)?;
+            let age = now.saturating_duration_since(*started);
+            if key.len() > wire::MAX_KEY || left.is_zero() || age > MAX_AGE {
+                return None;
+            }
+            Body::Missing {
+                key: key.clone(),
+                status: *status,
+                ttl: left,
+                age,
+            }
+        }
+        PeerEvent::Forget { key } if key.len() > wire::MAX_KEY => return None,
+        PeerEvent::Forget { key } => Body::Forget { key: key.clone() },
+        PeerEvent::Clear => Body::Clear,
+    })
+}
+
 async fn send(
     cfg: &Config,
     conn: &mut ConnectionManager,
-    event: &PeerEvent,
+    seq: u64,
+    body: &Body,
 ) -> redis::RedisResult<()> {
-    let payload = wire::encode(cfg.replica, event);
+    let payload = wire::assemble(None, &wire::encode_body(cfg.replica, seq, unix_ms(), body));
     let mut pipe = redis::pipe();
-    match event {
-        PeerEvent::Missing { key, status, ttl } => {
-            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            pipe.cmd("SET")
+    match body {
+        Body::Missing {
+            key,
+            status,
+            ttl,
+            age,
+        } => {
+            pipe.cmd("EVAL")
+                .arg(SET_MISSING)
+                .arg(1)
                 .arg(format!("{}{key}", cfg.key_prefix))
+                .arg(ms(*age))
+                .arg(ms(*ttl).max(1))
                 .arg(status.as_u16())
-                .arg("PX")
-                .arg(ms)
+                .arg(ms(TRANSIT))
+                .arg(ms(MAX_AGE))
                 .ignore();
         }
-        PeerEvent::Forget { key } => {
-            pipe.cmd("DEL")
+        Body::Forget { key } => {
+            pipe.cmd("EVAL")
+                .arg(FORGET)
+                .arg(1)
                 .arg(format!("{}{key}", cfg.key_prefix))
+                .arg(ms(TOMBSTONE))
                 .ignore();
         }
         // Peers first: the stored copies only serve warm-ups, and expire by themselves.
-        PeerEvent::Clear => {
+        Body::Clear => {
             redis::cmd("PUBLISH")
                 .arg(&cfg.channel)
                 .arg(&payload)
@@ -172,6 +269,7 @@ pub(crate) async fn subscribe(cfg: Arc<Config>, state: Arc<State>, counters: Arc
     let mut backoff = cfg.reconnect_min;
     let mut warmed = cfg.warm == 0;
     let mut first = true;
+    let mut seen = Seen::default();
     loop {
         let attempt = async {
             let mut pubsub = cfg.client.get_async_pubsub().await?;
@@ -180,7 +278,7 @@ pub(crate) async fn subscribe(cfg: Arc<Config>, state: Arc<State>, counters: Arc
         };
         if let Ok(Ok(pubsub)) = timeout(cfg.timeout, attempt).await {
             if !first {
-                counters.reconnects.fetch_add(1, Relaxed);
+                bump(&counters.reconnects);
             }
             first = false;
             counters.connected.store(true, Relaxed);
@@ -191,7 +289,10 @@ pub(crate) async fn subscribe(cfg: Arc<Config>, state: Arc<State>, counters: Arc
             let (mut sink, mut stream) = pubsub.split();
             loop {
                 match timeout(KEEPALIVE, stream.next()).await {
-                    Ok(Some(msg)) => apply(&cfg, &state, &counters, msg.get_payload_bytes()),
+                    Ok(Some(msg)) => {
+                        let payload = msg.get_payload_bytes();
+                        apply(&cfg, &state, &counters, &mut seen, payload);
+                    }
                     Ok(None) => break,
                     Err(_) => {
                         // Quiet for a while: make sure the connection is still there.
@@ -211,80 +312,179 @@ pub(crate) async fn subscribe(cfg: Arc<Config>, state: Arc<State>, counters: Arc
     }
 }
 
-fn apply(cfg: &Config, state: &State, counters: &Counters, payload: &[u8]) {
+/// The last sequence number of each replica heard from, for the most recent [`REPLICAS`].
+#[derive(Default)]
+struct Seen {
+    last: HashMap<u64, u64>,
+    order: VecDeque<u64>,
+}
+
+impl Seen {
+    /// Whether `seq` is new from `replica` (and notes it).
+    fn fresh(&mut self, replica: u64, seq: u64) -> bool {
+        match self.last.get_mut(&replica) {
+            Some(last) if seq <= *last => false,
+            Some(last) => {
+                *last = seq;
+                true
+            }
+            None => {
+                if self.order.len() >= REPLICAS {
+                    if let Some(old) = self.order.pop_front() {
+                        self.last.remove(&old);
+                    }
+                }
+                self.order.push_back(replica);
+                self.last.insert(replica, seq);
+                true
+            }
+        }
+    }
+}
+
+fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payload: &[u8]) {
     let rejected = &counters.rejected;
-    let Message { replica, event } = match wire::decode(payload) {
-        Ok(m) => m,
+    let signed = match wire::decode(payload) {
+        Ok(s) => s,
         Err(Refusal::Oversized) => return bump(&rejected.oversized),
+        Err(Refusal::Version) => return bump(&rejected.version),
         Err(Refusal::Malformed) => return bump(&rejected.malformed),
     };
+    let Message {
+        replica, seq, body, ..
+    } = signed.message;
     if replica == cfg.replica {
         return;
     }
-    counters.received.fetch_add(1, Relaxed);
-    match event {
-        PeerEvent::Missing { key, status, ttl } => {
+    bump(&counters.received);
+    if !seen.fresh(replica, seq) {
+        return bump(&rejected.replayed);
+    }
+    match body {
+        Body::Missing {
+            key,
+            status,
+            ttl,
+            age,
+        } => {
             // Only what this replica would have remembered itself: a peer must not make it
             // answer 503 (or 200) from its cache.
             if !(cfg.missing)(status) {
                 return bump(&rejected.status);
             }
-            match state.learn(&key, status, ttl) {
-                Some(clamped) => {
-                    bump(&counters.learned);
-                    if clamped {
-                        bump(&counters.clamped);
-                    }
-                }
-                None => bump(&rejected.malformed),
+            if age > MAX_AGE {
+                return bump(&rejected.stale);
             }
+            learn(state, counters, &key, status, ttl, age, &counters.learned);
         }
-        PeerEvent::Forget { key } => {
+        Body::Forget { key } => {
             if let Some(k) = state.key_from_text(&key) {
                 state.forget_here(&k);
-                counters.forgotten.fetch_add(1, Relaxed);
+                bump(&counters.forgotten);
             }
         }
-        PeerEvent::Clear => {
+        Body::Clear => {
             state.clear(false);
-            counters.forgotten.fetch_add(1, Relaxed);
+            bump(&counters.forgotten);
         }
     }
 }
 
-fn bump(counter: &std::sync::atomic::AtomicU64) {
-    counter.fetch_add(1, Relaxed);
+/// Stores a peer's entry whose request left `age` ago (plus what transit hides) unless the
+/// key changed here since; counts into `stored` or the reason it was refused.
+fn learn(
+    state: &State,
+    counters: &Counters,
+    key: &str,
+    status: StatusCode,
+    ttl: Duration,
+    age: Duration,
+    stored: &AtomicU64,
+) {
+    let Some(started) = Instant::now().checked_sub(age + TRANSIT) else {
+        // Before this process's clock began: nothing to check it against.
+        return bump(&counters.rejected.superseded);
+    };
+    match state.learn(key, status, ttl, started) {
+        Learned::Stored { clamped } => {
+            bump(stored);
+            if clamped {
+                bump(&counters.clamped);
+            }
+        }
+        Learned::Superseded => bump(&counters.rejected.superseded),
+        Learned::Unreadable => bump(&counters.rejected.malformed),
+    }
 }
 
-/// Reads up to `cfg.warm` remembered keys with their remaining TTL; whether it got through.
+/// Reads up to `cfg.warm` remembered keys; whether it got through.
 async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
     let work = async {
         let mut conn = cfg.client.get_multiplexed_async_connection().await?;
         let keys = scan(cfg, &mut conn, cfg.warm).await?;
         for chunk in keys.chunks(500) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
-            }
-            let values: Vec<(Option<String>, i64)> = pipe.query_async(&mut conn).await?;
-            for (k, (status, pttl)) in chunk.iter().zip(values) {
-                let status = status.and_then(|s| s.parse::<u16>().ok());
-                let status = status.and_then(|s| StatusCode::from_u16(s).ok());
+            let (now, values): ((u64, u64), Vec<Option<String>>) = redis::pipe()
+                .cmd("TIME")
+                .cmd("MGET")
+                .arg(chunk)
+                .query_async(&mut conn)
+                .await?;
+            let now = now.0 * 1000 + now.1 / 1000;
+            for (k, value) in chunk.iter().zip(values) {
                 let text = &k[cfg.key_prefix.len()..];
-                if let (Some(status), Ok(ms @ 1..)) = (status, u64::try_from(pttl)) {
-                    if !(cfg.missing)(status) {
-                        bump(&counters.rejected.status);
-                    } else if state
-                        .learn(text, status, Duration::from_millis(ms))
-                        .is_some()
-                    {
-                        counters.warmed.fetch_add(1, Relaxed);
-                    }
-                }
+                warm_one(cfg, state, counters, text, value.as_deref(), now);
             }
         }
         redis::RedisResult::Ok(())
     };
     // Warming is bounded in keys and in time; a failure leaves it for the next connection.
     matches!(timeout(cfg.timeout * 10, work).await, Ok(Ok(())))
+}
+
+/// One stored copy, `m <start> <ttl> <status>` in Redis's clock (`now`); tombstones (`t …`)
+/// and keys gone since the scan are skipped.
+fn warm_one(
+    cfg: &Config,
+    state: &State,
+    counters: &Counters,
+    key: &str,
+    value: Option<&str>,
+    now: u64,
+) {
+    let Some(value) = value else { return };
+    if value.starts_with("t ") {
+        return;
+    }
+    let mut parts = value.split(' ');
+    let fields = (parts.next(), parts.next(), parts.next(), parts.next());
+    let (Some("m"), Some(start), Some(ttl), Some(status)) = fields else {
+        // A copy stored by version 1 (a bare status) or by something else.
+        let version1 = value.parse::<u16>().is_ok();
+        return bump(if version1 {
+            &counters.rejected.version
+        } else {
+            &counters.rejected.malformed
+        });
+    };
+    let parsed = (
+        start.parse::<u64>(),
+        ttl.parse::<u64>(),
+        status.parse::<u16>(),
+    );
+    let (Ok(start), Ok(ttl), Ok(status)) = parsed else {
+        return bump(&counters.rejected.malformed);
+    };
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return bump(&counters.rejected.malformed);
+    };
+    if !(cfg.missing)(status) {
+        return bump(&counters.rejected.status);
+    }
+    let left = start.saturating_add(ttl).saturating_sub(now);
+    if left == 0 {
+        return;
+    }
+    let age = Duration::from_millis(now.saturating_sub(start));
+    let ttl = Duration::from_millis(left);
+    learn(state, counters, key, status, ttl, age, &counters.warmed);
 }
