@@ -492,3 +492,87 @@ async fn warm_up_after_a_forget_does_not_resurrect_the_entry() {
     assert_eq!(late.fleet.stats().warmed, 1);
     assert!(a.cache.peek(&url.parse().unwrap()).is_none());
 }
+
+/// Writes `n` stored copies of 404s straight into Redis, in the tier's layout (under the
+/// current generation), as `n` publishes would have (much faster than through requests).
+async fn fill_stored(redis: &RedisServer, n: u64) {
+    const FILL: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix = KEYS[1] .. (redis.call('GET', 'fleet-test:gen') or '0') .. ':http://h.test/r/'
+for i = 1, tonumber(ARGV[1]) do
+  redis.call('SET', prefix .. i, 'm ' .. now .. ' 60000 404', 'PX', 60000)
+end
+return 1
+";
+    let client = redis::Client::open(redis.url()).unwrap();
+    // Filling takes a while on a busy machine: no response timeout.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("EVAL")
+        .arg(FILL)
+        .arg(1)
+        .arg("fleet-test:k:")
+        .arg(n)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_clear_is_complete_whatever_redis_holds() {
+    let redis = RedisServer::start();
+    let a = replica(&redis.url());
+    a.wait_connected().await;
+    fill_stored(&redis, 150_000).await;
+    a.cache.clear();
+    wait_until(Duration::from_secs(5), || {
+        let s = a.fleet.stats();
+        s.published + s.publish_failures >= 1
+    })
+    .await;
+    assert_eq!(a.fleet.stats().published, 1, "{:?}", a.fleet.stats());
+    // What is stored after the clear is warmed up, and nothing from before.
+    fill_stored(&redis, 5).await;
+    let late = Fleet::builder(redis.url())
+        .prefix("fleet-test")
+        .warm(1_000_000)
+        .timeout(Duration::from_millis(300))
+        .start(&NegativeCacheLayer::new())
+        .unwrap();
+    wait_until(Duration::from_secs(5), || late.stats().warmed >= 5).await;
+    // Warm-up has no end marker: give it time to read anything else it would.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(late.stats().warmed, 5, "{:?}", late.stats());
+}
+
+#[tokio::test]
+async fn a_slow_redis_never_makes_the_tier_drop_a_forget() {
+    let redis = RedisServer::start();
+    let proxy = redis_support::StallProxy::start(redis.port).await;
+    let origin = origin().await;
+    let (a, b) = (replica(&proxy.url()), replica(&redis.url()));
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let uri: Uri = origin.url("/records/f1").parse().unwrap();
+    a.get(&uri.to_string()).await;
+    wait_until(Duration::from_secs(2), || b.cache.peek(&uri).is_some()).await;
+
+    // Redis is slow for A: the next publish times out, and A backs off.
+    proxy.hold(true);
+    a.get(&origin.url("/records/f2")).await;
+    // The forget is queued behind the slow publish, and reaches the queue's head during the
+    // backoff that follows it.
+    assert!(a.cache.invalidate_uri(&uri));
+    wait_until(Duration::from_secs(2), || {
+        a.fleet.stats().publish_failures >= 1
+    })
+    .await;
+    proxy.hold(false);
+    wait_until(Duration::from_secs(5), || b.cache.peek(&uri).is_none()).await;
+    // The 404 for f2 was dropped; the forget went through once Redis answered again.
+    assert_eq!(a.fleet.stats().published, 2, "{:?}", a.fleet.stats());
+}

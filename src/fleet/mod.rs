@@ -198,6 +198,7 @@ impl FleetBuilder {
             },
             channel: format!("{}:events", self.prefix),
             key_prefix: format!("{}:k:", self.prefix),
+            gen_key: format!("{}:gen", self.prefix),
             warm: self.warm,
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
@@ -229,7 +230,21 @@ pub(crate) struct Counters {
     rejected: Rejected,
     warmed: AtomicU64,
     reconnects: AtomicU64,
+    retried: AtomicU64,
+    auth_failures: AtomicU64,
     connected: AtomicBool,
+}
+
+/// Counts an error that says Redis refused this tier's credentials (a wrong password, no
+/// password where one is required, an ACL user without the permission): connecting again
+/// will not help until the URL changes, so it is worth telling apart from an outage.
+pub(crate) fn note_error(counters: &Counters, e: &redis::RedisError) {
+    let denied = e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "NOPERM" | "WRONGPASS"));
+    if denied {
+        counters.auth_failures.fetch_add(1, Relaxed);
+        tracing::warn!(error = %e, "fleet: Redis refused the tier's credentials");
+    }
 }
 
 #[derive(Debug, Default)]
@@ -291,8 +306,17 @@ impl Rejected {
 pub struct FleetStats {
     /// Events published to Redis.
     pub published: u64,
-    /// Events that could not be published (Redis down, slow or failing); they are dropped.
+    /// Publish attempts that failed (Redis down, slow, failing or refusing the credentials).
+    /// A failed 404 is dropped, and so are the 404s that come during the backoff after it;
+    /// a failed forget or clear waits and is tried again (see `retried`).
     pub publish_failures: u64,
+    /// Forgets and clears sent again after a failed attempt (none is dropped for a failure:
+    /// up to 1,024 wait, in order; more collapse into one clear, which covers them).
+    pub retried: u64,
+    /// Connections or commands Redis refused for authentication or permission (a wrong
+    /// password or ACL user in the URL, or none where one is required). Requests go on as
+    /// without the tier; the tier keeps trying with backoff.
+    pub auth_failures: u64,
     /// Events dropped because the publish queue was full.
     pub queue_full: u64,
     /// Messages received from other replicas.
@@ -341,6 +365,8 @@ impl FleetHandle {
             rejected: c.rejected.snapshot(),
             warmed: c.warmed.load(Relaxed),
             reconnects: c.reconnects.load(Relaxed),
+            retried: c.retried.load(Relaxed),
+            auth_failures: c.auth_failures.load(Relaxed),
             connected: c.connected.load(Relaxed),
         }
     }

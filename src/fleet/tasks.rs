@@ -25,6 +25,7 @@ pub(crate) struct Config {
     pub(crate) replica: u64,
     pub(crate) channel: String,
     pub(crate) key_prefix: String,
+    pub(crate) gen_key: String,
     pub(crate) warm: usize,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
@@ -34,8 +35,8 @@ pub(crate) struct Config {
 
 /// How often an idle subscription is checked with PING, so a half-open connection is noticed.
 const KEEPALIVE: Duration = Duration::from_secs(5);
-/// At most this many keys are deleted from Redis for one `clear`.
-const CLEAR_LIMIT: usize = 100_000;
+/// Forgets and clears waiting for Redis to come back; more become one clear.
+const RETRY: usize = 1024;
 /// A peer's 404 whose request left longer ago than this (when it was published) is refused
 /// (`stale`): a queue that far behind holds news too old to check against this replica's
 /// tombstones.
@@ -50,30 +51,45 @@ const _: () = assert!(MAX_AGE.as_millis() + TRANSIT.as_millis() < TOMBSTONE.as_m
 /// The most replicas whose last sequence number is remembered (to refuse replays).
 const REPLICAS: usize = 4096;
 
-/// Stores a peer-visible copy of a 404 unless a tombstone says its key was forgotten after
-/// the request left (less the transit allowance) or the news is too old. Times are Redis's
-/// own clock, so replicas' clocks need not agree. ARGV: age, ttl, status (ms), transit, max age,
-/// value suffix.
-const SET_MISSING: &str = r"
+/// Where a stored copy lives: `KEYS[1]` is the generation key (the Redis time of the last
+/// clear, 0 before any), `ARGV[1]` the key prefix and `ARGV[2]` the key. Every entry lives
+/// under its generation's prefix, so a clear is one `SET` of the generation, whatever Redis
+/// holds, and warm-up reads the current generation only; older ones expire by their TTL.
+const LOCATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local age = tonumber(ARGV[1])
-if age > tonumber(ARGV[5]) then return 0 end
+local gen = tonumber(redis.call('GET', KEYS[1]) or '0')
+local key = ARGV[1] .. gen .. ':' .. ARGV[2]
+";
+
+/// Stores a copy of a 404 unless its request left before the last clear or before a
+/// tombstone of its key (less the transit allowance), or the news is too old. Times are
+/// Redis's own clock, so replicas' clocks need not agree. ARGV[3..]: age, ttl (ms), status,
+/// transit, max age.
+const SET_MISSING: &str = r"
+local age = tonumber(ARGV[3])
+if age > tonumber(ARGV[7]) then return 0 end
 local start = now - age
-local cur = redis.call('GET', KEYS[1])
+if gen >= start - tonumber(ARGV[6]) then return 0 end
+local cur = redis.call('GET', key)
 if cur then
   local at = string.match(cur, '^t (%d+)')
-  if at and tonumber(at) >= start - tonumber(ARGV[4]) then return 0 end
+  if at and tonumber(at) >= start - tonumber(ARGV[6]) then return 0 end
 end
-redis.call('SET', KEYS[1], 'm ' .. start .. ' ' .. ARGV[2] .. ' ' .. ARGV[3], 'PX', ARGV[2])
+redis.call('SET', key, 'm ' .. start .. ' ' .. ARGV[4] .. ' ' .. ARGV[5], 'PX', ARGV[4])
 return 1
 ";
 
-/// Replaces a key's stored copy with a tombstone stamped with Redis's clock. ARGV: its TTL.
+/// Replaces a key's stored copy with a tombstone stamped with Redis's clock. ARGV[3]: its
+/// TTL (ms).
 const FORGET: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('SET', KEYS[1], 't ' .. now, 'PX', ARGV[1])
+redis.call('SET', key, 't ' .. now, 'PX', ARGV[3])
+return 1
+";
+
+/// Starts a new generation (never below the last one, should Redis's clock step back).
+const CLEAR: &str = r"
+redis.call('SET', KEYS[1], math.max(now, gen + 1))
 return 1
 ";
 
@@ -91,29 +107,97 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
 }
 
-/// Publishes queued events. A failure drops the event (counted): the request path never
-/// waits for Redis, so neither does the queue.
+/// Publishes queued events, never making a request wait.
+///
+/// After a failure, 404s fail fast (dropped, counted) until the next try: a Redis that is
+/// down or slow costs one timeout per backoff period, not one per event, and a lost 404 only
+/// costs a peer one upstream request. Forgets and clears are never dropped that way: they
+/// wait (in order, at most [`RETRY`]; more collapse into one clear, which covers them) and
+/// are retried first at the next try — a lost forget would let peers serve a stale 404.
 pub(crate) async fn publish(
     cfg: Arc<Config>,
     mut rx: mpsc::Receiver<PeerEvent>,
     counters: Arc<Counters>,
 ) {
-    let mut conn: Option<ConnectionManager> = None;
-    // After a failure, events fail fast (counted) until the next try: a Redis that is down
-    // costs one timeout per backoff period, not one per event.
-    let mut next_try = Instant::now();
-    let mut backoff = cfg.reconnect_min;
-    let mut seq = 0u64;
-    while let Some(event) = rx.recv().await {
+    let mut link = Link {
+        conn: None,
+        next_try: Instant::now(),
+        backoff: cfg.reconnect_min,
+        seq: 0,
+    };
+    let mut waiting = Waiting::new();
+    loop {
+        let event = if waiting.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout_at(link.next_try, rx.recv()).await {
+                Ok(e) => e,
+                Err(_) => {
+                    link.flush(&cfg, &counters, &mut waiting).await;
+                    continue;
+                }
+            }
+        };
+        let Some(event) = event else { return };
         let Some(body) = outgoing(&event, Instant::now()) else {
             bump(&counters.unshared);
             continue;
         };
-        if Instant::now() < next_try {
-            bump(&counters.publish_failures);
+        if matches!(body, Body::Missing { .. }) {
+            if Instant::now() < link.next_try || !waiting.is_empty() {
+                bump(&counters.publish_failures);
+            } else {
+                link.send(&cfg, &counters, &body).await;
+            }
             continue;
         }
-        if conn.is_none() {
+        wait_for_retry(&mut waiting, body);
+        if Instant::now() >= link.next_try {
+            link.flush(&cfg, &counters, &mut waiting).await;
+        }
+    }
+}
+
+/// Forgets and clears to send, in order, each with whether an attempt at it failed.
+type Waiting = VecDeque<(Body, bool)>;
+
+/// Queues a forget or clear; a clear makes everything before it moot.
+fn wait_for_retry(waiting: &mut Waiting, body: Body) {
+    if matches!(body, Body::Clear) || waiting.len() >= RETRY {
+        let failed = waiting.iter().any(|(_, f)| *f);
+        waiting.clear();
+        waiting.push_back((Body::Clear, failed));
+    } else {
+        waiting.push_back((body, false));
+    }
+}
+
+/// The publisher's connection and its backoff.
+struct Link {
+    conn: Option<ConnectionManager>,
+    next_try: Instant,
+    backoff: Duration,
+    seq: u64,
+}
+
+impl Link {
+    /// Sends what waits, in order, until one fails.
+    async fn flush(&mut self, cfg: &Config, counters: &Counters, waiting: &mut Waiting) {
+        while let Some((body, failed)) = waiting.front_mut() {
+            if !self.send(cfg, counters, body).await {
+                *failed = true;
+                return;
+            }
+            if *failed {
+                bump(&counters.retried);
+            }
+            waiting.pop_front();
+        }
+    }
+
+    /// One attempt; whether it went through.
+    async fn send(&mut self, cfg: &Config, counters: &Counters, body: &Body) -> bool {
+        if self.conn.is_none() {
             let manager_cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(cfg.timeout))
                 .set_response_timeout(Some(cfg.timeout))
@@ -121,26 +205,33 @@ pub(crate) async fn publish(
                 .set_min_delay(cfg.reconnect_min)
                 .set_max_delay(cfg.reconnect_max);
             let connect = ConnectionManager::new_with_config(cfg.client.clone(), manager_cfg);
-            if let Ok(Ok(c)) = timeout(cfg.timeout, connect).await {
-                conn = Some(c);
+            match timeout(cfg.timeout, connect).await {
+                Ok(Ok(c)) => self.conn = Some(c),
+                Ok(Err(e)) => super::note_error(counters, &e),
+                Err(_) => {}
             }
         }
-        seq += 1;
-        let sent = match conn.as_mut() {
-            Some(c) => matches!(
-                timeout(cfg.timeout, send(&cfg, c, seq, &body)).await,
-                Ok(Ok(()))
-            ),
+        self.seq += 1;
+        let sent = match self.conn.as_mut() {
+            Some(c) => match timeout(cfg.timeout, send(cfg, c, self.seq, body)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    super::note_error(counters, &e);
+                    false
+                }
+                Err(_) => false,
+            },
             None => false,
         };
         if sent {
             bump(&counters.published);
-            backoff = cfg.reconnect_min;
+            self.backoff = cfg.reconnect_min;
         } else {
             bump(&counters.publish_failures);
-            next_try = Instant::now() + backoff;
-            backoff = (backoff * 2).min(cfg.reconnect_max);
+            self.next_try = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(cfg.reconnect_max);
         }
+        sent
     }
 }
 
@@ -173,6 +264,8 @@ fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
     })
 }
 
+/// Writes `body`'s stored copy (or tombstone, or generation) and publishes it, in one
+/// round trip.
 async fn send(
     cfg: &Config,
     conn: &mut ConnectionManager,
@@ -181,6 +274,14 @@ async fn send(
 ) -> redis::RedisResult<()> {
     let payload = wire::assemble(None, &wire::encode_body(cfg.replica, seq, unix_ms(), body));
     let mut pipe = redis::pipe();
+    let eval = |pipe: &mut redis::Pipeline, script: &str, key: &str| {
+        pipe.cmd("EVAL")
+            .arg(format!("{LOCATE}{script}"))
+            .arg(1)
+            .arg(&cfg.gen_key)
+            .arg(&cfg.key_prefix)
+            .arg(key);
+    };
     match body {
         Body::Missing {
             key,
@@ -188,11 +289,8 @@ async fn send(
             ttl,
             age,
         } => {
-            pipe.cmd("EVAL")
-                .arg(SET_MISSING)
-                .arg(1)
-                .arg(format!("{}{key}", cfg.key_prefix))
-                .arg(ms(*age))
+            eval(&mut pipe, SET_MISSING, key);
+            pipe.arg(ms(*age))
                 .arg(ms(*ttl).max(1))
                 .arg(status.as_u16())
                 .arg(ms(TRANSIT))
@@ -200,38 +298,25 @@ async fn send(
                 .ignore();
         }
         Body::Forget { key } => {
-            pipe.cmd("EVAL")
-                .arg(FORGET)
-                .arg(1)
-                .arg(format!("{}{key}", cfg.key_prefix))
-                .arg(ms(TOMBSTONE))
-                .ignore();
+            eval(&mut pipe, FORGET, key);
+            pipe.arg(ms(TOMBSTONE)).ignore();
         }
-        // Peers first: the stored copies only serve warm-ups, and expire by themselves.
         Body::Clear => {
-            redis::cmd("PUBLISH")
-                .arg(&cfg.channel)
-                .arg(&payload)
-                .query_async::<()>(conn)
-                .await?;
-            let keys = scan(cfg, conn, CLEAR_LIMIT).await?;
-            for chunk in keys.chunks(500) {
-                pipe.cmd("UNLINK").arg(chunk).ignore();
-            }
-            return pipe.query_async::<()>(conn).await;
+            eval(&mut pipe, CLEAR, "");
+            pipe.ignore();
         }
     }
     pipe.cmd("PUBLISH").arg(&cfg.channel).arg(payload).ignore();
     pipe.query_async::<()>(conn).await
 }
 
-/// Up to `limit` of the tier's keys in Redis.
+/// Up to `limit` of the keys in Redis that start with `prefix`.
 async fn scan(
-    cfg: &Config,
+    prefix: &str,
     conn: &mut impl redis::aio::ConnectionLike,
     limit: usize,
 ) -> redis::RedisResult<Vec<String>> {
-    let pattern = format!("{}*", glob_escape(&cfg.key_prefix));
+    let pattern = format!("{}*", glob_escape(prefix));
     let (mut cursor, mut keys) = (0u64, Vec::new());
     loop {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -239,7 +324,7 @@ async fn scan(
             .arg("MATCH")
             .arg(&pattern)
             .arg("COUNT")
-            .arg(500)
+            .arg(1000)
             .query_async(conn)
             .await?;
         keys.extend(batch);
@@ -276,7 +361,15 @@ pub(crate) async fn subscribe(cfg: Arc<Config>, state: Arc<State>, counters: Arc
             pubsub.subscribe(&cfg.channel).await?;
             redis::RedisResult::Ok(pubsub)
         };
-        if let Ok(Ok(pubsub)) = timeout(cfg.timeout, attempt).await {
+        let pubsub = match timeout(cfg.timeout, attempt).await {
+            Ok(Ok(pubsub)) => Some(pubsub),
+            Ok(Err(e)) => {
+                super::note_error(&counters, &e);
+                None
+            }
+            Err(_) => None,
+        };
+        if let Some(pubsub) = pubsub {
             if !first {
                 bump(&counters.reconnects);
             }
@@ -421,7 +514,12 @@ fn learn(
 async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
     let work = async {
         let mut conn = cfg.client.get_multiplexed_async_connection().await?;
-        let keys = scan(cfg, &mut conn, cfg.warm).await?;
+        let generation: Option<u64> = redis::cmd("GET")
+            .arg(&cfg.gen_key)
+            .query_async(&mut conn)
+            .await?;
+        let prefix = format!("{}{}:", cfg.key_prefix, generation.unwrap_or(0));
+        let keys = scan(&prefix, &mut conn, cfg.warm).await?;
         for chunk in keys.chunks(500) {
             let (now, values): ((u64, u64), Vec<Option<String>>) = redis::pipe()
                 .cmd("TIME")
@@ -431,7 +529,7 @@ async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
                 .await?;
             let now = now.0 * 1000 + now.1 / 1000;
             for (k, value) in chunk.iter().zip(values) {
-                let text = &k[cfg.key_prefix.len()..];
+                let text = &k[prefix.len()..];
                 warm_one(cfg, state, counters, text, value.as_deref(), now);
             }
         }
@@ -487,4 +585,65 @@ fn warm_one(
     let age = Duration::from_millis(now.saturating_sub(start));
     let ttl = Duration::from_millis(left);
     learn(state, counters, key, status, ttl, age, &counters.warmed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forget(i: usize) -> Body {
+        Body::Forget {
+            key: format!("k{i}").into(),
+        }
+    }
+
+    #[test]
+    fn forgets_wait_in_order_and_too_many_become_one_clear() {
+        let mut waiting = Waiting::new();
+        for i in 0..RETRY {
+            wait_for_retry(&mut waiting, forget(i));
+        }
+        assert_eq!(waiting.len(), RETRY);
+        assert_eq!(waiting[0].0, forget(0));
+        waiting[3].1 = true;
+        wait_for_retry(&mut waiting, forget(RETRY));
+        assert_eq!(
+            waiting.iter().cloned().collect::<Vec<_>>(),
+            [(Body::Clear, true)]
+        );
+        // A clear makes what waits before it moot; what comes after it still waits.
+        wait_for_retry(&mut waiting, forget(1));
+        wait_for_retry(&mut waiting, Body::Clear);
+        assert_eq!(waiting.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_not_worth_sharing_is_kept_local() {
+        let now = Instant::now();
+        let missing = |key: String, ttl: u64, age: u64| PeerEvent::Missing {
+            key: key.into(),
+            status: StatusCode::NOT_FOUND,
+            ttl: Duration::from_secs(ttl),
+            started: now - Duration::from_secs(age),
+            at: now - Duration::from_secs(age),
+        };
+        assert!(outgoing(&missing("k".into(), 60, 1), now).is_some());
+        assert!(outgoing(&missing("k".repeat(wire::MAX_KEY + 1), 60, 1), now).is_none());
+        assert!(
+            outgoing(&missing("k".into(), 60, 6), now).is_none(),
+            "too old"
+        );
+        assert!(
+            outgoing(&missing("k".into(), 1, 2), now).is_none(),
+            "expired"
+        );
+        let Some(Body::Missing { ttl, age, .. }) = outgoing(&missing("k".into(), 60, 3), now)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (ttl, age),
+            (Duration::from_secs(57), Duration::from_secs(3))
+        );
+    }
 }
