@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_negative_cache::cache::{NegativeCache, NegativeCacheHandle, NegativeCacheHit};
-use tower_negative_cache::fleet::{Fleet, FleetHandle};
+use tower_negative_cache::fleet::{Fleet, FleetBuilder, FleetHandle};
 use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
 
 use redis_support::RedisServer;
@@ -32,6 +32,11 @@ struct Replica {
 }
 
 fn replica(redis_url: &str) -> Replica {
+    replica_with(redis_url, |b| b)
+}
+
+/// A replica whose tier's builder `tier` adjusts.
+fn replica_with(redis_url: &str, tier: impl FnOnce(FleetBuilder) -> FleetBuilder) -> Replica {
     let cache = NegativeCacheLayer::builder()
         .ttl(Duration::from_secs(60))
         .max_ttl(Duration::from_secs(120))
@@ -40,9 +45,8 @@ fn replica(redis_url: &str) -> Replica {
     let fleet = Fleet::builder(redis_url)
         .prefix("fleet-test")
         .reconnect(Duration::from_millis(20), Duration::from_millis(200))
-        .timeout(Duration::from_millis(300))
-        .start(&cache)
-        .unwrap();
+        .timeout(Duration::from_millis(300));
+    let fleet = tier(fleet).start(&cache).unwrap();
     let retry = StatusAwareRetryLayer::builder()
         .backoff_base(Duration::from_millis(1))
         .build()
@@ -575,4 +579,90 @@ async fn a_slow_redis_never_makes_the_tier_drop_a_forget() {
     wait_until(Duration::from_secs(5), || b.cache.peek(&uri).is_none()).await;
     // The 404 for f2 was dropped; the forget went through once Redis answered again.
     assert_eq!(a.fleet.stats().published, 2, "{:?}", a.fleet.stats());
+}
+
+const SECRET: &str = "a secret all replicas share";
+
+#[tokio::test]
+async fn with_a_secret_only_signed_messages_are_applied() {
+    let redis = RedisServer::start();
+    let origin = origin().await;
+    let signed = |r: &str| replica_with(r, |b| b.secret(SECRET));
+    let (a, b) = (signed(&redis.url()), signed(&redis.url()));
+    let other = replica_with(&redis.url(), |b| b.secret("another secret, another fleet"));
+    for r in [&a, &b, &other] {
+        r.wait_connected().await;
+    }
+    // Listen as an outsider would, to replay what A sends.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut spy = client.get_async_pubsub().await.unwrap();
+    spy.subscribe("fleet-test:events").await.unwrap();
+    let mut spied = spy.on_message();
+
+    // Signed by the shared secret: applied.
+    let url = origin.url("/records/s1");
+    a.get(&url).await;
+    wait_until(Duration::from_secs(2), || b.fleet.stats().learned == 1).await;
+    let genuine: Vec<u8> = {
+        use futures_util::StreamExt;
+        spied.next().await.unwrap().get_payload_bytes().to_vec()
+    };
+    assert!(genuine.starts_with(b"tnc2 "));
+    assert!(!genuine.starts_with(b"tnc2 - "), "signed");
+
+    let k = |i: u32| format!("http://h.test/s/{i}");
+    let forged_mac = format!(
+        "tnc2 {} 0000000000000009 1 0 m 404 60000 0 {}",
+        "0".repeat(64),
+        k(2)
+    );
+    publish_raw(
+        &redis,
+        &[
+            // Unsigned.
+            missing_msg(1, 404, 60_000, 0, &k(1)),
+            // A MAC that is not the secret's.
+            forged_mac.into_bytes(),
+            // A genuine message played again.
+            genuine,
+        ],
+    )
+    .await;
+    // Signed by another fleet's secret.
+    other.get(&origin.url("/records/s3")).await;
+    wait_until(Duration::from_secs(2), || {
+        let r = b.fleet.stats().rejected;
+        r.unsigned + r.signature + r.replayed >= 4
+    })
+    .await;
+    let r = b.fleet.stats().rejected;
+    assert_eq!((r.unsigned, r.signature, r.replayed), (1, 2, 1), "{r:?}");
+    assert_eq!(b.fleet.stats().learned, 1);
+    for uri in [k(1), k(2), origin.url("/records/s3")] {
+        assert!(b.cache.peek(&uri.parse().unwrap()).is_none(), "{uri}");
+    }
+    // The other fleet ignores this one's messages alike.
+    assert_eq!(other.fleet.stats().learned, 0);
+    assert!(other.fleet.stats().rejected.signature >= 1);
+}
+
+#[tokio::test]
+async fn with_a_secret_unsigned_stored_copies_do_not_warm_anyone_up() {
+    let redis = RedisServer::start();
+    let origin = origin().await;
+    let a = replica_with(&redis.url(), |b| b.secret(SECRET));
+    a.wait_connected().await;
+    // Written into Redis by someone without the secret.
+    fill_stored(&redis, 3).await;
+    // Signed by A.
+    a.get(&origin.url("/records/w")).await;
+    wait_until(Duration::from_secs(2), || a.fleet.stats().published == 1).await;
+    let late = replica_with(&redis.url(), |b| b.secret(SECRET));
+    wait_until(Duration::from_secs(2), || {
+        let s = late.fleet.stats();
+        s.warmed + s.rejected.unsigned >= 4
+    })
+    .await;
+    let s = late.fleet.stats();
+    assert_eq!((s.warmed, s.rejected.unsigned), (1, 3), "{s:?}");
 }

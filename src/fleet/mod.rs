@@ -41,6 +41,7 @@
 //! own; `redis` (redis-rs) is the maintained async client for tokio, and its connection manager
 //! reconnects by itself.
 
+mod sign;
 mod tasks;
 mod wire;
 
@@ -75,6 +76,7 @@ impl Fleet {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             timeout: Duration::from_millis(500),
+            secret: None,
             error: FirstError::default(),
         }
     }
@@ -91,7 +93,18 @@ pub struct FleetBuilder {
     reconnect_min: Duration,
     reconnect_max: Duration,
     timeout: Duration,
+    secret: Option<Secret>,
     error: FirstError,
+}
+
+/// A shared secret's bytes; never printed.
+#[derive(Clone)]
+struct Secret(Arc<[u8]>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl FleetBuilder {
@@ -160,6 +173,28 @@ impl FleetBuilder {
         self
     }
 
+    /// A secret shared by every replica of the fleet: each message and stored copy is then
+    /// signed with HMAC-SHA256 under it, and whatever is unsigned, signed with another secret
+    /// or altered is refused and counted (`rejected.unsigned`, `rejected.signature`) — so only
+    /// a holder of the secret can make replicas remember or forget anything. Default: none
+    /// (anyone who can publish on the channel is trusted, as Redis's own access control
+    /// allows). Valid: 16 to 1,024 bytes. Give it to every replica at once: replicas with
+    /// different secrets (or one with none) ignore each other.
+    ///
+    /// With a secret, a signed message is also refused when the publisher's wall clock and
+    /// this replica's disagree by more than 60 s (`rejected.stale`), which bounds how long a
+    /// copied message can be played again.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        let secret = secret.as_ref();
+        if (16..=1024).contains(&secret.len()) {
+            self.secret = Some(Secret(secret.into()));
+        } else {
+            self.error
+                .fail(BuildError::range("secret", secret.len(), "16..=1024 bytes"));
+        }
+        self
+    }
+
     /// Attaches the tier to `cache` and starts its tasks on the current tokio runtime. It
     /// returns at once, whether or not Redis is up. Fails on an invalid setting or URL, outside
     /// a tokio runtime, or when the cache already has a tier.
@@ -204,6 +239,7 @@ impl FleetBuilder {
             reconnect_max: self.reconnect_max,
             timeout: self.timeout,
             missing,
+            signer: self.secret.as_ref().map(|s| sign::Signer::new(&s.0)),
         });
         let counters = Arc::new(Counters::default());
         let tasks = [
@@ -256,6 +292,8 @@ pub(crate) struct Rejected {
     stale: AtomicU64,
     replayed: AtomicU64,
     superseded: AtomicU64,
+    unsigned: AtomicU64,
+    signature: AtomicU64,
 }
 
 /// Messages (and stored copies read when warming up) a replica refused, by reason. A refused
@@ -283,6 +321,10 @@ pub struct FleetRejections {
     /// A 404 whose key changed here (a 2xx, a successful write, an invalidation, a clear)
     /// after the peer's request left, less 1 s for transit: the answer here is newer.
     pub superseded: u64,
+    /// With a [`secret`](FleetBuilder::secret): a message or stored copy without a MAC.
+    pub unsigned: u64,
+    /// With a secret: a MAC that does not match (another secret, or altered bytes).
+    pub signature: u64,
 }
 
 impl Rejected {
@@ -295,6 +337,8 @@ impl Rejected {
             stale: self.stale.load(Relaxed),
             replayed: self.replayed.load(Relaxed),
             superseded: self.superseded.load(Relaxed),
+            unsigned: self.unsigned.load(Relaxed),
+            signature: self.signature.load(Relaxed),
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use super::Counters;
+use super::sign::Signer;
 use super::wire::{self, Body, Message, Refusal};
 use crate::cache::{Learned, PeerEvent, State};
 
@@ -31,6 +32,7 @@ pub(crate) struct Config {
     pub(crate) reconnect_max: Duration,
     pub(crate) timeout: Duration,
     pub(crate) missing: IsMissing,
+    pub(crate) signer: Option<Signer>,
 }
 
 /// How often an idle subscription is checked with PING, so a half-open connection is noticed.
@@ -48,6 +50,8 @@ pub(crate) const TRANSIT: Duration = Duration::from_secs(1);
 /// How long a forgotten key's tombstone stays in Redis, guarding its stored copy.
 const TOMBSTONE: Duration = crate::cache::RECENT_WINDOW;
 const _: () = assert!(MAX_AGE.as_millis() + TRANSIT.as_millis() < TOMBSTONE.as_millis());
+/// With a secret, how far a signed message's wall-clock time may be from this replica's.
+const CLOCKS: Duration = Duration::from_secs(60);
 /// The most replicas whose last sequence number is remembered (to refuse replays).
 const REPLICAS: usize = 4096;
 
@@ -65,7 +69,7 @@ local key = ARGV[1] .. gen .. ':' .. ARGV[2]
 /// Stores a copy of a 404 unless its request left before the last clear or before a
 /// tombstone of its key (less the transit allowance), or the news is too old. Times are
 /// Redis's own clock, so replicas' clocks need not agree. ARGV[3..]: age, ttl (ms), status,
-/// transit, max age.
+/// transit, max age, and what follows in the value (` <sent> <mac>` with a secret).
 const SET_MISSING: &str = r"
 local age = tonumber(ARGV[3])
 if age > tonumber(ARGV[7]) then return 0 end
@@ -76,7 +80,8 @@ if cur then
   local at = string.match(cur, '^t (%d+)')
   if at and tonumber(at) >= start - tonumber(ARGV[6]) then return 0 end
 end
-redis.call('SET', key, 'm ' .. start .. ' ' .. ARGV[4] .. ' ' .. ARGV[5], 'PX', ARGV[4])
+local v = 'm ' .. start .. ' ' .. ARGV[4] .. ' ' .. ARGV[5] .. ARGV[8]
+redis.call('SET', key, v, 'PX', ARGV[4])
 return 1
 ";
 
@@ -272,7 +277,13 @@ async fn send(
     seq: u64,
     body: &Body,
 ) -> redis::RedisResult<()> {
-    let payload = wire::assemble(None, &wire::encode_body(cfg.replica, seq, unix_ms(), body));
+    let sent = unix_ms();
+    let covered = wire::encode_body(cfg.replica, seq, sent, body);
+    let mac = cfg
+        .signer
+        .as_ref()
+        .map(|s| s.message(&cfg.channel, covered.as_bytes()));
+    let payload = wire::assemble(mac.as_deref(), &covered);
     let mut pipe = redis::pipe();
     let eval = |pipe: &mut redis::Pipeline, script: &str, key: &str| {
         pipe.cmd("EVAL")
@@ -289,12 +300,21 @@ async fn send(
             ttl,
             age,
         } => {
+            let (ttl, status) = (ms(*ttl).max(1), status.as_u16());
+            let suffix = match &cfg.signer {
+                Some(s) => {
+                    let fields = format!("{status} {ttl} {sent}");
+                    format!(" {sent} {}", s.stored(&cfg.key_prefix, key, &fields))
+                }
+                None => String::new(),
+            };
             eval(&mut pipe, SET_MISSING, key);
             pipe.arg(ms(*age))
-                .arg(ms(*ttl).max(1))
-                .arg(status.as_u16())
+                .arg(ttl)
+                .arg(status)
                 .arg(ms(TRANSIT))
                 .arg(ms(MAX_AGE))
+                .arg(suffix)
                 .ignore();
         }
         Body::Forget { key } => {
@@ -444,12 +464,28 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
         Err(Refusal::Malformed) => return bump(&rejected.malformed),
     };
     let Message {
-        replica, seq, body, ..
+        replica,
+        seq,
+        sent_ms,
+        body,
     } = signed.message;
     if replica == cfg.replica {
         return;
     }
     bump(&counters.received);
+    // Authenticated before anything else is believed, the sequence number included (a forger
+    // must not be able to make a replica's genuine messages look replayed).
+    if let Some(signer) = &cfg.signer {
+        let Some(mac) = signed.mac else {
+            return bump(&rejected.unsigned);
+        };
+        if !signer.check_message(&cfg.channel, signed.covered, mac) {
+            return bump(&rejected.signature);
+        }
+        if unix_ms().abs_diff(sent_ms) > ms(CLOCKS) {
+            return bump(&rejected.stale);
+        }
+    }
     if !seen.fresh(replica, seq) {
         return bump(&rejected.replayed);
     }
@@ -539,8 +575,8 @@ async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
     matches!(timeout(cfg.timeout * 10, work).await, Ok(Ok(())))
 }
 
-/// One stored copy, `m <start> <ttl> <status>` in Redis's clock (`now`); tombstones (`t …`)
-/// and keys gone since the scan are skipped.
+/// One stored copy, `m <start> <ttl> <status>` in Redis's clock (`now`), then ` <sent> <mac>`
+/// with a secret; tombstones (`t …`) and keys gone since the scan are skipped.
 fn warm_one(
     cfg: &Config,
     state: &State,
@@ -555,6 +591,7 @@ fn warm_one(
     }
     let mut parts = value.split(' ');
     let fields = (parts.next(), parts.next(), parts.next(), parts.next());
+    let (sent, mac) = (parts.next(), parts.next());
     let (Some("m"), Some(start), Some(ttl), Some(status)) = fields else {
         // A copy stored by version 1 (a bare status) or by something else.
         let version1 = value.parse::<u16>().is_ok();
@@ -564,6 +601,24 @@ fn warm_one(
             &counters.rejected.malformed
         });
     };
+    if let Some(signer) = &cfg.signer {
+        let (Some(sent), Some(mac)) = (sent, mac) else {
+            return bump(&counters.rejected.unsigned);
+        };
+        let fields = format!("{status} {ttl} {sent}");
+        if !signer.check_stored(&cfg.key_prefix, key, &fields, mac) {
+            return bump(&counters.rejected.signature);
+        }
+        // Past its lifetime by the publisher's clock (give or take `CLOCKS`): a copy written
+        // back into Redis later.
+        let end = sent
+            .parse::<u64>()
+            .unwrap_or(0)
+            .saturating_add(ttl.parse().unwrap_or(0));
+        if unix_ms() > end.saturating_add(ms(CLOCKS)) {
+            return bump(&counters.rejected.stale);
+        }
+    }
     let parsed = (
         start.parse::<u64>(),
         ttl.parse::<u64>(),
