@@ -346,7 +346,7 @@ async fn a_dropped_tier_can_be_replaced() {
 
 /// Publishes raw payloads on the test tier's channel, as a hostile or broken publisher would.
 async fn publish_raw(redis: &RedisServer, payloads: &[Vec<u8>]) {
-    let client = redis::Client::open(redis.url()).unwrap();
+    let client = redis::Client::open(redis.admin_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for p in payloads {
         let _: i64 = redis::cmd("PUBLISH")
@@ -665,4 +665,57 @@ async fn with_a_secret_unsigned_stored_copies_do_not_warm_anyone_up() {
     .await;
     let s = late.fleet.stats();
     assert_eq!((s.warmed, s.rejected.unsigned), (1, 3), "{s:?}");
+}
+
+#[tokio::test]
+async fn a_password_or_acl_user_in_the_url_works_and_a_wrong_one_is_reported() {
+    let redis = RedisServer::start_with_password("a password long enough");
+    // An ACL user limited to the tier's keys and channel.
+    let admin = redis::Client::open(redis.admin_url()).unwrap();
+    let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "fleet",
+            "on",
+            ">fleet-pass",
+            "~fleet-test:*",
+            "&fleet-test:*",
+        ])
+        .arg(&["+@all", "-@dangerous"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let origin = origin().await;
+    let a = replica(&redis.url_as("", "a password long enough"));
+    let b = replica(&redis.url_as("fleet", "fleet-pass"));
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let url = origin.url("/records/acl");
+    a.get(&url).await;
+    wait_until(Duration::from_secs(2), || b.fleet.stats().learned == 1).await;
+    b.cache.invalidate(&url);
+    wait_until(Duration::from_secs(2), || {
+        a.cache.peek(&url.parse().unwrap()).is_none()
+    })
+    .await;
+
+    // A wrong password, and none: requests carry on, and the tier says why it is not sharing.
+    for url in [redis.url_as("", "wrong"), redis.url()] {
+        let c = replica(&url);
+        let missing = origin.url(&format!("/records/alone-{}", url.len()));
+        for _ in 0..2 {
+            assert_eq!(c.get(&missing).await.status(), StatusCode::NOT_FOUND);
+        }
+        assert_eq!(
+            origin.hits(&missing[missing.find("/records").unwrap()..]),
+            1
+        );
+        wait_until(Duration::from_secs(2), || {
+            c.fleet.stats().auth_failures >= 2
+        })
+        .await;
+        assert!(!c.fleet.stats().connected);
+        assert_eq!(c.fleet.stats().published, 0);
+    }
 }

@@ -275,8 +275,12 @@ pub(crate) struct Counters {
 /// password where one is required, an ACL user without the permission): connecting again
 /// will not help until the URL changes, so it is worth telling apart from an outage.
 pub(crate) fn note_error(counters: &Counters, e: &redis::RedisError) {
+    // A pipeline's error holds its commands' errors: their codes show only in the text.
+    let text = e.to_string();
     let denied = e.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("NOAUTH" | "NOPERM" | "WRONGPASS"));
+        || ["NOAUTH", "NOPERM", "WRONGPASS"]
+            .iter()
+            .any(|code| e.code() == Some(code) || text.contains(code));
     if denied {
         counters.auth_failures.fetch_add(1, Relaxed);
         tracing::warn!(error = %e, "fleet: Redis refused the tier's credentials");

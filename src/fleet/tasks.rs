@@ -379,7 +379,12 @@ pub(crate) async fn subscribe(cfg: Arc<Config>, state: Arc<State>, counters: Arc
         let attempt = async {
             let mut pubsub = cfg.client.get_async_pubsub().await?;
             pubsub.subscribe(&cfg.channel).await?;
-            redis::RedisResult::Ok(pubsub)
+            // A SUBSCRIBE refused (NOAUTH, NOPERM) is not an error to redis-rs: the PING
+            // that follows it is answered with the refusal.
+            match pubsub.ping::<redis::Value>().await? {
+                redis::Value::ServerError(e) => Err(redis::RedisError::from(e)),
+                _ => Ok(pubsub),
+            }
         };
         let pubsub = match timeout(cfg.timeout, attempt).await {
             Ok(Ok(pubsub)) => Some(pubsub),

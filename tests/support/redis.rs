@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// The default user's password (`--requirepass`), if any.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -20,9 +22,42 @@ impl RedisServer {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
             l.local_addr().unwrap().port()
         };
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            password: None,
+        };
         server.restart();
         server
+    }
+
+    /// Starts a throwaway server whose default user needs `password` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            l.local_addr().unwrap().port()
+        };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            password: Some(password.to_owned()),
+        };
+        server.restart();
+        server
+    }
+
+    /// The URL with a user and password (`redis://user:password@…`); an empty user is the
+    /// default one.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// The URL the tests' own admin connections use (with the password, if any).
+    pub fn admin_url(&self) -> String {
+        match &self.password {
+            Some(p) => self.url_as("", p),
+            None => self.url(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -40,9 +75,14 @@ impl RedisServer {
     /// Starts the server again on the same port, and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+        if let Some(p) = &self.password {
+            command.args(["--requirepass", p]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
