@@ -1,24 +1,68 @@
 //! Fleet: replicas share what is missing through Redis (the `redis` feature).
 //!
 //! Each replica keeps its own [`NegativeCacheLayer`](crate::NegativeCacheLayer). With a fleet
-//! tier attached, a Missing answer one replica remembers is published to Redis — key, status
-//! and *remaining* TTL, relative so clock skew doesn't matter — and every subscribed replica
-//! inserts it into its own cache. Forgetting (a successful write, a handle call) propagates
-//! the same way. R replicas then cost about one upstream 404 per key per TTL instead of R.
+//! tier attached, a Missing answer one replica remembers is published to Redis — key, status,
+//! *remaining* TTL and how long ago its request left, all relative so clocks need not agree —
+//! and every subscribed replica that accepts it inserts it into its own cache. Forgetting (a
+//! successful write, a handle call, a clear) propagates the same way. R replicas then cost
+//! about one upstream 404 per key per TTL instead of R.
 //!
 //! - **The request path stays local.** A lookup never waits on Redis; events are handed to a
 //!   bounded queue (default 1,024) that a background task publishes from. When the queue is
 //!   full the event is dropped and counted, never blocking and never growing.
-//! - **Redis down, slow, restarted or unreachable at start:** requests work exactly as without
-//!   the tier. The tasks reconnect with exponential backoff; [`FleetStats`] counts publish
-//!   failures, received messages, entries learned from peers and malformed messages.
+//! - **Redis down, slow, restarted, unreachable at start or refusing the credentials:**
+//!   requests work exactly as without the tier. The tasks reconnect with exponential backoff;
+//!   during a backoff 404s are dropped (counted: a lost 404 costs a peer one upstream
+//!   request), but forgets and clears wait and are sent first when Redis answers again (at
+//!   most 1,024; more collapse into one clear) — a lost forget would let peers serve a stale
+//!   404. [`FleetStats`] counts all of it.
 //! - **Late starters warm up** (optional, bounded): remembered keys are also stored in Redis
-//!   with their TTL (`SET … PX`); a replica scans up to `warm` of them when it connects.
+//!   with their TTL; a replica reads up to `warm` of them when it first connects.
 //! - **Namespaced:** every Redis key and the channel start with a prefix, so services can
-//!   share a Redis.
-//! - **Not shared:** entries of credentialed requests (their fingerprint is secret to each
-//!   replica), hits, and stats. Delivery is best effort (Redis pub/sub): a replica that is
-//!   disconnected when a message is sent misses it, and just asks upstream itself.
+//!   share a Redis. A password or ACL user goes in the URL
+//!   (`redis://user:password@host:port/db`).
+//!
+//! # What a replica trusts, and why
+//!
+//! A message is a claim that a key is missing (or was forgotten). Applying a false one takes a
+//! record offline on every replica for a TTL, so a replica believes only what a peer could
+//! honestly have learned, and counts every refusal by reason in [`FleetRejections`]:
+//!
+//! - **Only its own idea of Missing.** A peer's status is applied only if *this* layer's
+//!   classifier calls it Missing (404, 410 by default): nobody can make a replica answer 503
+//!   or 200 from its cache. The tier is started from the layer for that reason.
+//! - **Only within its own limits.** A peer's TTL is capped at this cache's `max_ttl` (never
+//!   raised to `min_ttl`: what is left of a peer's entry is not extended). Payloads over
+//!   8 KiB + 256 bytes are refused unread, and keys over 8 KiB are neither sent nor accepted.
+//! - **Only news newer than its own.** The latest answer wins across replicas as it does
+//!   locally: a peer's 404 is refused if this replica saw that key answered 2xx, written,
+//!   invalidated or cleared after the peer's request left. The message says how long before
+//!   publishing the request left; the receiver subtracts that and 1 s for transit from the
+//!   time it receives it, and checks its recent changes (short-lived tombstones: 10 s, at most
+//!   65,536, and when full it errs towards refusing). A 404 whose request left more than 5 s
+//!   before it was published is refused as stale, so the tombstones always cover it. Stored
+//!   copies in Redis follow the same rule with Redis's own clock: a forget writes a tombstone
+//!   (not a `DEL`) and a copy is stored only by a Lua script that refuses it if the tombstone,
+//!   or the last clear, is newer than its request.
+//! - **A clear is one write.** Stored copies live under a generation (the Redis time of the
+//!   last clear); a clear starts a new one, whatever Redis holds, and warm-up reads the current
+//!   generation only. Older generations expire by their own TTL.
+//! - **Each message once.** Messages carry a per-replica sequence number; a copy played again
+//!   is refused while its replica is remembered (the last 4,096 replicas heard from).
+//! - **Only the fleet, with a secret** ([`FleetBuilder::secret`]). Without one, whoever can
+//!   publish on the channel is trusted within the rules above — Redis's access control (a
+//!   password, an ACL user limited to the prefix) is then the boundary. With one, every
+//!   message and stored copy carries an HMAC-SHA256 under it, checked in constant time
+//!   before anything else in the message is believed; a signed message whose wall-clock time
+//!   is more than 60 s from the receiver's is refused, which bounds replays to that window.
+//!
+//! Not trusted, not shared: entries of credentialed requests (their fingerprint comes from a
+//! secret of each process, so it means nothing to another replica — even with a shared
+//! secret), hits, and stats. Not guaranteed: delivery (Redis pub/sub is best effort: a
+//! replica that is disconnected when a message is sent misses it, and asks upstream itself);
+//! ordering when a message spends more than 1 s in transit (Redis or the network that slow);
+//! a 2xx seen by a replica more than 10 s before it warms up (warm-up checks stored copies
+//! against Redis's tombstones, which record forgets, not other replicas' 2xx answers).
 //!
 //! # Example
 //!
@@ -28,9 +72,10 @@
 //!
 //! # async fn run() -> Result<(), tower_negative_cache::BuildError> {
 //! let cache = NegativeCacheLayer::new();
-//! let fleet = Fleet::builder("redis://127.0.0.1:6379")
+//! let fleet = Fleet::builder("redis://records:password@127.0.0.1:6379")
 //!     .prefix("records-service")
 //!     .warm(10_000)
+//!     .secret("a secret every replica of records-service is given")
 //!     .start(&cache)?;
 //! // ... build the client with `cache`; keep `fleet` alive as long as sharing should go on.
 //! println!("{:?}", fleet.stats());
@@ -39,15 +84,23 @@
 //!
 //! Why Redis pub/sub and the `redis` crate: an engine replicas already run, no protocol of our
 //! own; `redis` (redis-rs) is the maintained async client for tokio, and its connection manager
-//! reconnects by itself.
+//! reconnects by itself. Lua scripts (`EVAL`) make each check-and-write atomic; they use
+//! `TIME`, so Redis 5 or later (script effects replication) is needed. Not for Redis Cluster:
+//! the scripts compute key names.
 
+mod publish;
+mod receive;
 mod sign;
+mod stats;
 mod tasks;
 mod wire;
 
+pub(crate) use stats::{Counters, note_error};
+pub use stats::{FleetRejections, FleetStats};
+
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -243,8 +296,8 @@ impl FleetBuilder {
         });
         let counters = Arc::new(Counters::default());
         let tasks = [
-            runtime.spawn(tasks::publish(config.clone(), rx, counters.clone())),
-            runtime.spawn(tasks::subscribe(config, state.clone(), counters.clone())),
+            runtime.spawn(publish::run(config.clone(), rx, counters.clone())),
+            runtime.spawn(receive::run(config, state.clone(), counters.clone())),
         ];
         Ok(FleetHandle {
             counters,
@@ -252,141 +305,6 @@ impl FleetBuilder {
             tasks,
         })
     }
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    published: AtomicU64,
-    publish_failures: AtomicU64,
-    received: AtomicU64,
-    learned: AtomicU64,
-    forgotten: AtomicU64,
-    clamped: AtomicU64,
-    unshared: AtomicU64,
-    rejected: Rejected,
-    warmed: AtomicU64,
-    reconnects: AtomicU64,
-    retried: AtomicU64,
-    auth_failures: AtomicU64,
-    connected: AtomicBool,
-}
-
-/// Counts an error that says Redis refused this tier's credentials (a wrong password, no
-/// password where one is required, an ACL user without the permission): connecting again
-/// will not help until the URL changes, so it is worth telling apart from an outage.
-pub(crate) fn note_error(counters: &Counters, e: &redis::RedisError) {
-    // A pipeline's error holds its commands' errors: their codes show only in the text.
-    let text = e.to_string();
-    let denied = e.kind() == redis::ErrorKind::AuthenticationFailed
-        || ["NOAUTH", "NOPERM", "WRONGPASS"]
-            .iter()
-            .any(|code| e.code() == Some(code) || text.contains(code));
-    if denied {
-        counters.auth_failures.fetch_add(1, Relaxed);
-        tracing::warn!(error = %e, "fleet: Redis refused the tier's credentials");
-    }
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Rejected {
-    oversized: AtomicU64,
-    version: AtomicU64,
-    malformed: AtomicU64,
-    status: AtomicU64,
-    stale: AtomicU64,
-    replayed: AtomicU64,
-    superseded: AtomicU64,
-    unsigned: AtomicU64,
-    signature: AtomicU64,
-}
-
-/// Messages (and stored copies read when warming up) a replica refused, by reason. A refused
-/// message changes nothing in the cache.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct FleetRejections {
-    /// Longer than a message may be (8 KiB of key and 256 bytes of the rest), or a key
-    /// longer than 8 KiB.
-    pub oversized: u64,
-    /// A message (or stored copy) of another version of the tier: version 1 carried no age,
-    /// so its 404s cannot be ordered against this replica's changes.
-    pub version: u64,
-    /// Not a message: garbage, a missing field, an unreadable key.
-    pub malformed: u64,
-    /// A status this replica's classifier does not call Missing (a peer may not make a
-    /// replica answer 503 or 200 from its cache).
-    pub status: u64,
-    /// A 404 whose request left more than 5 s before it was published: too old to check
-    /// against this replica's recent changes (tombstones last 10 s).
-    pub stale: u64,
-    /// A sequence number not above the last one seen from its replica: a copy played again.
-    pub replayed: u64,
-    /// A 404 whose key changed here (a 2xx, a successful write, an invalidation, a clear)
-    /// after the peer's request left, less 1 s for transit: the answer here is newer.
-    pub superseded: u64,
-    /// With a [`secret`](FleetBuilder::secret): a message or stored copy without a MAC.
-    pub unsigned: u64,
-    /// With a secret: a MAC that does not match (another secret, or altered bytes).
-    pub signature: u64,
-}
-
-impl Rejected {
-    fn snapshot(&self) -> FleetRejections {
-        FleetRejections {
-            oversized: self.oversized.load(Relaxed),
-            version: self.version.load(Relaxed),
-            malformed: self.malformed.load(Relaxed),
-            status: self.status.load(Relaxed),
-            stale: self.stale.load(Relaxed),
-            replayed: self.replayed.load(Relaxed),
-            superseded: self.superseded.load(Relaxed),
-            unsigned: self.unsigned.load(Relaxed),
-            signature: self.signature.load(Relaxed),
-        }
-    }
-}
-
-/// A snapshot of a fleet tier's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct FleetStats {
-    /// Events published to Redis.
-    pub published: u64,
-    /// Publish attempts that failed (Redis down, slow, failing or refusing the credentials).
-    /// A failed 404 is dropped, and so are the 404s that come during the backoff after it;
-    /// a failed forget or clear waits and is tried again (see `retried`).
-    pub publish_failures: u64,
-    /// Forgets and clears sent again after a failed attempt (none is dropped for a failure:
-    /// up to 1,024 wait, in order; more collapse into one clear, which covers them).
-    pub retried: u64,
-    /// Connections or commands Redis refused for authentication or permission (a wrong
-    /// password or ACL user in the URL, or none where one is required). Requests go on as
-    /// without the tier; the tier keeps trying with backoff.
-    pub auth_failures: u64,
-    /// Events dropped because the publish queue was full.
-    pub queue_full: u64,
-    /// Messages received from other replicas.
-    pub received: u64,
-    /// Missing keys learned from other replicas.
-    pub learned: u64,
-    /// Keys (or whole caches) forgotten because another replica said so.
-    pub forgotten: u64,
-    /// Entries learned from peers whose TTL was longer than this cache's `max_ttl`: they are
-    /// kept for `max_ttl` only.
-    pub clamped: u64,
-    /// Events of this replica not shared: a key longer than 8 KiB, an entry that expired while
-    /// queued, or a 404 whose request left more than 5 s before it could be published.
-    pub unshared: u64,
-    /// Messages refused, by reason.
-    pub rejected: FleetRejections,
-    /// Entries read from Redis when warming up.
-    pub warmed: u64,
-    /// Subscriptions lost and re-established.
-    pub reconnects: u64,
-    /// Whether the subscription is up now.
-    pub connected: bool,
 }
 
 /// The running tier. Dropping it stops sharing (the cache goes on alone, and a new tier can
@@ -400,23 +318,8 @@ pub struct FleetHandle {
 impl FleetHandle {
     /// A snapshot of the tier's counters.
     pub fn stats(&self) -> FleetStats {
-        let c = &self.counters;
-        FleetStats {
-            published: c.published.load(Relaxed),
-            publish_failures: c.publish_failures.load(Relaxed),
-            queue_full: self.cache.state().peers.dropped.load(Relaxed),
-            received: c.received.load(Relaxed),
-            learned: c.learned.load(Relaxed),
-            forgotten: c.forgotten.load(Relaxed),
-            clamped: c.clamped.load(Relaxed),
-            unshared: c.unshared.load(Relaxed),
-            rejected: c.rejected.snapshot(),
-            warmed: c.warmed.load(Relaxed),
-            reconnects: c.reconnects.load(Relaxed),
-            retried: c.retried.load(Relaxed),
-            auth_failures: c.auth_failures.load(Relaxed),
-            connected: c.connected.load(Relaxed),
-        }
+        let queue_full = self.cache.state().peers.dropped.load(Relaxed);
+        self.counters.snapshot(queue_full)
     }
 }
 
