@@ -719,3 +719,27 @@ async fn a_password_or_acl_user_in_the_url_works_and_a_wrong_one_is_reported() {
         assert_eq!(c.fleet.stats().published, 0);
     }
 }
+
+#[tokio::test]
+async fn a_peers_404_learned_while_a_read_was_out_goes_when_its_2xx_lands() {
+    let redis = RedisServer::start();
+    let origin = TestServer::builder()
+        .handler(|_| Some(Reply::ok("here").delay(Duration::from_millis(300))))
+        .start()
+        .await;
+    let a = replica(&redis.url());
+    a.wait_connected().await;
+    let url = origin.url("/records/r1");
+    let read = {
+        let a_client = a.client.clone();
+        let req = Request::get(url.as_str()).body(Empty::new()).unwrap();
+        tokio::spawn(async move { a_client.oneshot(req).await.unwrap().status() })
+    };
+    // While A's read is out, a peer says the key is missing.
+    wait_until(Duration::from_secs(2), || origin.total_hits() == 1).await;
+    publish_raw(&redis, &[missing_msg(1, 404, 60_000, 0, &url)]).await;
+    wait_until(Duration::from_secs(2), || a.fleet.stats().learned == 1).await;
+    // A's own answer is newer, and present: the peer's 404 must not outlive it.
+    assert_eq!(read.await.unwrap(), StatusCode::OK);
+    assert!(a.cache.peek(&url.parse().unwrap()).is_none());
+}

@@ -90,10 +90,10 @@ impl Recent {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The key whose target hashes to `target` changed at `now`.
-    pub(crate) fn record(&self, target: impl Hash, now: Instant) {
+    /// The key whose target hashes to `target` changed at `now`; whether recording is on.
+    pub(crate) fn record(&self, target: impl Hash, now: Instant) -> bool {
         if !self.on.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         let hash = self.hasher.hash_one(target);
         let at = self.ms(now) + 1;
@@ -101,6 +101,7 @@ impl Recent {
         shard.order.push_back((hash, at));
         shard.last.insert(hash, at);
         shard.prune(at);
+        true
     }
 
     /// Every key changed at `now` (a clear).

@@ -76,11 +76,12 @@ impl State {
     }
 
     /// `key` answered present (a 2xx landed for a read): a peer's 404 from a request that
-    /// left before now must not be applied, and a 404 stored before now is stale (invariant 7).
-    /// Removes the entry of this exact key (this credential) only: no scan, no peer message.
+    /// left before now must not be applied. With a fleet tier, a 404 stored before now (a
+    /// peer's, learned while this read was out) is stale too (invariant 7): the entry of this
+    /// exact key is removed (no scan, no peer message). Without a tier this records nothing and
+    /// looks nothing up, so a cache alone pays one atomic load.
     pub(crate) fn note_changed(&self, key: &Key) {
-        self.peers.recent.record(key.target(), Instant::now());
-        if self.store.remove(key) {
+        if self.peers.recent.record(key.target(), Instant::now()) && self.store.remove(key) {
             self.stats.invalidations.fetch_add(1, Relaxed);
         }
     }

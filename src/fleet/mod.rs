@@ -1,6 +1,6 @@
 //! Fleet: replicas share what is missing through Redis (the `redis` feature).
 //!
-//! Each replica keeps its own [`NegativeCacheLayer`](crate::NegativeCacheLayer). With a fleet
+//! Each replica keeps its own [`NegativeCacheLayer`]. With a fleet
 //! tier attached, a Missing answer one replica remembers is published to Redis — key, status,
 //! *remaining* TTL and how long ago its request left, all relative so clocks need not agree —
 //! and every subscribed replica that accepts it inserts it into its own cache. Forgetting (a
