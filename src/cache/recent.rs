@@ -34,7 +34,6 @@ pub(crate) struct Recent {
     all: AtomicU64,
 }
 
-#[derive(Default)]
 struct Shard {
     /// Changes in the order they were recorded (times never decrease).
     order: VecDeque<(u64, u64)>,
@@ -42,15 +41,32 @@ struct Shard {
     last: HashMap<u64, u64>,
     /// Changes at or before this time may have been dropped for room (plus one; 0: none).
     floor: u64,
+    /// The most changes this shard keeps.
+    room: usize,
 }
 
 impl Default for Recent {
     fn default() -> Self {
+        Recent::with_room(CAPACITY / SHARDS)
+    }
+}
+
+impl Recent {
+    fn with_room(room: usize) -> Self {
         Recent {
             on: AtomicBool::new(false),
             epoch: Instant::now(),
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        order: VecDeque::new(),
+                        last: HashMap::new(),
+                        floor: 0,
+                        room,
+                    })
+                })
+                .collect(),
             all: AtomicU64::new(0),
         }
     }
@@ -144,10 +160,9 @@ impl Guard<'_> {
 impl Shard {
     fn prune(&mut self, now: u64) {
         let window = WINDOW.as_millis() as u64;
-        let room = CAPACITY / SHARDS;
         while let Some(&(hash, at)) = self.order.front() {
             let expired = at + window < now;
-            if !expired && self.order.len() <= room {
+            if !expired && self.order.len() <= self.room {
                 break;
             }
             self.order.pop_front();
@@ -221,6 +236,43 @@ mod tests {
             .map(|i| r.shard((i as u64) << 60).order.len())
             .sum();
         assert!(total <= CAPACITY);
+    }
+
+    proptest::proptest! {
+        /// Never a false "unchanged": whatever the order of changes, the room left and the
+        /// time passed, a key changed within the window at or after `since` is reported.
+        #[test]
+        fn a_change_in_the_window_is_never_missed(
+            ops in proptest::collection::vec((0u8..12, 0u64..3_000), 1..200),
+            room in 1usize..6,
+            probe in 0u8..12,
+            back in 0u64..12_000,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let r = Recent::with_room(room);
+                r.turn_on();
+                let mut changes: Vec<(u8, Instant)> = Vec::new();
+                for (key, wait) in ops {
+                    tokio::time::advance(Duration::from_millis(wait)).await;
+                    r.record(key, Instant::now());
+                    changes.push((key, Instant::now()));
+                }
+                let now = Instant::now();
+                let since = now.checked_sub(Duration::from_millis(back)).unwrap();
+                let changed = changes
+                    .iter()
+                    .any(|&(k, at)| k == probe && at >= since && at + WINDOW >= now);
+                if changed {
+                    proptest::prop_assert!(r.lock(probe).changed_since(since, now));
+                }
+                Ok(())
+            })?;
+        }
     }
 
     #[test]

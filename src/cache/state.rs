@@ -176,3 +176,72 @@ impl fmt::Debug for State {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NegativeCacheLayer;
+
+    /// Over many real interleavings: a peer's 404 from a request that left before a local
+    /// forget never survives the forget, whichever of the two runs first.
+    #[test]
+    fn a_learned_entry_never_survives_a_later_forget() {
+        use std::sync::Barrier;
+        const ROUNDS: usize = 20_000;
+        let layer = NegativeCacheLayer::new();
+        let state = layer.state.clone();
+        state.peers.recent.turn_on();
+        // A key per round, so one round's tombstone does not decide the next.
+        let texts: Arc<Vec<String>> = Arc::new(
+            (0..ROUNDS)
+                .map(|i| format!("http://h.test/r/{i}"))
+                .collect(),
+        );
+        // Each round: both threads start together, then the main thread checks.
+        let (go, done) = (Arc::new(Barrier::new(3)), Arc::new(Barrier::new(3)));
+        let started = Instant::now();
+        let spawn = |f: Box<dyn Fn(&str) + Send>| {
+            let (go, done, texts) = (go.clone(), done.clone(), texts.clone());
+            std::thread::spawn(move || {
+                for text in texts.iter() {
+                    go.wait();
+                    f(text);
+                    done.wait();
+                }
+            })
+        };
+        let (a, b) = (state.clone(), state.clone());
+        let learner = spawn(Box::new(move |text| {
+            let ttl = Duration::from_secs(60);
+            a.learn(text, StatusCode::NOT_FOUND, ttl, started);
+        }));
+        let forgetter = spawn(Box::new(move |text| {
+            b.forget_here(&b.key_from_text(text).unwrap());
+        }));
+        let mut survived = 0;
+        for text in texts.iter() {
+            go.wait();
+            done.wait();
+            survived += usize::from(state.store.contains(&state.key_from_text(text).unwrap()));
+        }
+        learner.join().unwrap();
+        forgetter.join().unwrap();
+        assert_eq!(survived, 0, "of {ROUNDS} rounds");
+    }
+
+    #[test]
+    fn nothing_is_recorded_or_removed_without_a_tier() {
+        let layer = NegativeCacheLayer::new();
+        let state = &layer.state;
+        let key = state.key_from_text("http://h.test/r/2").unwrap();
+        state.remember(
+            key.clone(),
+            StatusCode::NOT_FOUND,
+            Duration::from_secs(60),
+            Instant::now(),
+        );
+        state.note_changed(&key);
+        // Alone, the cache keeps its own rules (tickets decide what a 2xx overrides).
+        assert!(state.store.contains(&key));
+    }
+}

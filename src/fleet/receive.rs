@@ -332,3 +332,22 @@ fn warm_one(
     let ttl = Duration::from_millis(left);
     learn(state, counters, key, status, ttl, age, &counters.warmed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_message_once_per_replica_and_bounded() {
+        let mut seen = Seen::default();
+        assert!(seen.fresh(1, 1));
+        assert!(seen.fresh(1, 2));
+        assert!(!seen.fresh(1, 2), "the same again");
+        assert!(!seen.fresh(1, 1), "an older one");
+        assert!(seen.fresh(2, 1), "another replica counts apart");
+        for r in 10..10 + REPLICAS as u64 {
+            seen.fresh(r, 1);
+        }
+        assert!(seen.last.len() <= REPLICAS && seen.order.len() <= REPLICAS);
+    }
+}
