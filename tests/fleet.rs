@@ -344,6 +344,32 @@ async fn a_dropped_tier_can_be_replaced() {
     wait_until(Duration::from_secs(2), || second.stats().connected).await;
 }
 
+#[tokio::test]
+async fn a_secret_too_short_or_too_long_is_refused_at_start() {
+    let cache = NegativeCacheLayer::new();
+    for secret in [vec![b'x'; 15], vec![b'x'; 1025]] {
+        let err = Fleet::builder("redis://127.0.0.1:1")
+            .secret(&secret)
+            .start(&cache)
+            .unwrap_err();
+        assert_eq!(err.setting(), "secret", "{err}");
+    }
+    let ok = Fleet::builder("redis://127.0.0.1:1")
+        .secret([7u8; 16])
+        .start(&cache);
+    assert!(ok.is_ok());
+    // Neither the secret nor the Redis password shows when the builder is logged.
+    let shown = format!(
+        "{:?}",
+        Fleet::builder("redis://fleet:hunter2-pass@127.0.0.1:1/0").secret("the-secret-value-123")
+    );
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("the-secret"),
+        "{shown}"
+    );
+    assert!(shown.contains("redis://fleet:***@127.0.0.1:1/0"), "{shown}");
+}
+
 /// Publishes raw payloads on the test tier's channel, as a hostile or broken publisher would.
 async fn publish_raw(redis: &RedisServer, payloads: &[Vec<u8>]) {
     let client = redis::Client::open(redis.admin_url()).unwrap();

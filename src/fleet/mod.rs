@@ -137,7 +137,6 @@ impl Fleet {
 
 /// Configures a fleet tier. Every setter states its default and valid range.
 #[must_use]
-#[derive(Debug)]
 pub struct FleetBuilder {
     url: String,
     prefix: String,
@@ -148,6 +147,35 @@ pub struct FleetBuilder {
     timeout: Duration,
     secret: Option<Secret>,
     error: FirstError,
+}
+
+impl fmt::Debug for FleetBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetBuilder")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("queue", &self.queue)
+            .field("warm", &self.warm)
+            .field("reconnect", &(self.reconnect_min, self.reconnect_max))
+            .field("timeout", &self.timeout)
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with the password of its userinfo (if any) hidden: builders get logged.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// A shared secret's bytes; never printed.
