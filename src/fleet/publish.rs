@@ -229,6 +229,12 @@ async fn send(
         .map(|s| s.message(&cfg.channel, covered.as_bytes()));
     let payload = wire::assemble(mac.as_deref(), &covered);
     let mut pipe = redis::pipe();
+    // Peers first: they never read the stored copy when a message comes, so the script need
+    // not delay them. A clear bumps the generation first (peers told of a clear must find no
+    // copy from before it).
+    if !matches!(body, Body::Clear) {
+        pipe.cmd("PUBLISH").arg(&cfg.channel).arg(&payload).ignore();
+    }
     let eval = |pipe: &mut redis::Pipeline, script: &str, key: &str| {
         pipe.cmd("EVAL")
             .arg(format!("{LOCATE}{script}"))
@@ -270,7 +276,9 @@ async fn send(
             pipe.ignore();
         }
     }
-    pipe.cmd("PUBLISH").arg(&cfg.channel).arg(payload).ignore();
+    if matches!(body, Body::Clear) {
+        pipe.cmd("PUBLISH").arg(&cfg.channel).arg(&payload).ignore();
+    }
     pipe.query_async::<()>(conn).await
 }
 
