@@ -113,7 +113,7 @@ async fn run(
         let fleet = redis.map(|url| {
             Fleet::builder(url)
                 .prefix(format!("fleet-example-{round}"))
-                .start(&cache.handle())
+                .start(&cache)
                 .unwrap()
         });
         caches.push((cache, fleet));

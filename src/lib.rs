@@ -64,9 +64,12 @@
 //! - The retry layer releases a discarded answer (its body drained up to a bound, then
 //!   dropped) *before* its backoff wait, so the connection returns to the pool and no buffer
 //!   is held through the wait.
-//! - The fleet tier (`fleet`, feature `redis`) hangs off the cache's handle: the cache offers
+//! - The fleet tier (`fleet`, feature `redis`) attaches to a cache layer: the cache offers
 //!   each Missing answer it remembers and each key it forgets to a bounded queue (never
-//!   blocking), a background task publishes them to Redis, another applies other replicas'.
+//!   blocking), a background task publishes them to Redis, another applies other replicas' —
+//!   only what this layer's classifier calls Missing, within its limits, never over a newer
+//!   local answer (the cache keeps short-lived tombstones of its recent changes for that), and
+//!   signed when a secret is set.
 //! - One file owns the negative cache's store ([`quick_cache`](https://docs.rs/quick_cache):
 //!   bounded, sharded, scan-resistant). Entries carry their expiry; nothing runs in the
 //!   background.
@@ -111,7 +114,7 @@
 //! |---|---|---|---|
 //! | `hyper` | yes | recognises hyper's and hyper-util's error types as transient transport errors | hyper and hyper-util (which a hyper client has anyway) |
 //! | `serde` | no | `serde::Serialize` for [`cache::CacheStats`] and [`retry::RetryStats`] | serde |
-//! | `redis` | no | the `fleet` module: replicas share what is missing through Redis | the `redis` client (and `url`) |
+//! | `redis` | no | the `fleet` module: replicas share what is missing through Redis | the `redis` client (and `url`), `hmac` and `sha2` |
 //!
 //! # Runtime
 //!

@@ -42,6 +42,8 @@ pub(crate) struct Pending {
     known: Known,
     /// The read's place among the reads in flight for its key (see `Versions`).
     ticket: Option<Ticket>,
+    /// When the read left: peers order its 404 against their own changes by it.
+    started: Option<tokio::time::Instant>,
 }
 
 /// What a read knows of its key's entry when it goes upstream.
@@ -78,6 +80,7 @@ impl Pending {
             no_store: false,
             known: Known::Maybe,
             ticket: None,
+            started: None,
         }
     }
 
@@ -96,6 +99,7 @@ impl Pending {
             leader,
             no_store: directives.no_store,
             known,
+            started: Some(Instant::now()),
             ..Self::none()
         }
     }
@@ -372,7 +376,8 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
                     };
                     // Remembered only if the key did not change while this read was out.
                     if let Some(t) = pending.ticket.take() {
-                        t.settle_with(|| state.remember(key, stored));
+                        let started = pending.started.unwrap_or_else(Instant::now);
+                        t.settle_with(|| state.remember(key, stored, started));
                     }
                 }
                 None => {
@@ -394,6 +399,7 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
         // Present: a Missing answer remembered for this key is forgotten, and those still on
         // their way are not remembered.
         Outcome::Success => {
+            state.note_changed(&key);
             if let Some(t) = pending.ticket.take() {
                 t.settle_present();
             }

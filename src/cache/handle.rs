@@ -86,8 +86,13 @@ impl NegativeCacheHandle {
         // Only a tier of peers needs the keys' names.
         let tell = st.peers.attached();
         let forgotten = std::sync::Mutex::new(Vec::new());
+        let now = tokio::time::Instant::now();
         let n = st.store.remove_where(|k| {
             let f = forget(k.as_str());
+            if f {
+                // Before the removal, as in `State::forget_here`.
+                st.peers.recent.record(k.target(), now);
+            }
             if f && tell {
                 let mut list = forgotten.lock().unwrap_or_else(|p| p.into_inner());
                 list.push(Box::<str>::from(k.as_str()));

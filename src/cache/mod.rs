@@ -93,6 +93,7 @@ mod handle;
 mod key;
 mod layer;
 mod peers;
+mod recent;
 mod reference;
 mod service;
 mod state;
@@ -112,7 +113,9 @@ pub use stats::CacheStats;
 #[cfg(feature = "redis")]
 pub(crate) use peers::PeerEvent;
 #[cfg(feature = "redis")]
-pub(crate) use state::State;
+pub(crate) use recent::WINDOW as RECENT_WINDOW;
+#[cfg(feature = "redis")]
+pub(crate) use state::{Learned, State};
 
 /// Marks an answer synthesized by the negative cache (in the response's extensions).
 ///

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::recent::Recent;
 
 /// A change to share with other replicas. Keys are as [`NegativeCacheHandle::invalidate`]
 /// takes them (the normalised target or the key function's id).
@@ -17,11 +20,15 @@ use tokio::sync::mpsc;
 /// [`NegativeCacheHandle::invalidate`]: super::NegativeCacheHandle::invalidate
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum PeerEvent {
-    /// `key` answered `status`, remembered for `ttl` (relative, so clocks need not agree).
+    /// `key` answered `status`, remembered at `at` for `ttl`; its request left at `started`.
+    /// Sent relative to the moment of publishing (remaining TTL, age of the request), so
+    /// clocks need not agree.
     Missing {
         key: Box<str>,
         status: StatusCode,
         ttl: Duration,
+        started: Instant,
+        at: Instant,
     },
     /// `key` was forgotten.
     Forget { key: Box<str> },
@@ -35,6 +42,8 @@ pub(crate) struct Peers {
     // attaches or detaches.
     tx: RwLock<Option<mpsc::Sender<PeerEvent>>>,
     pub(crate) dropped: AtomicU64,
+    /// This cache's recent changes, recorded once a tier attaches.
+    pub(crate) recent: Recent,
 }
 
 impl Peers {
@@ -46,6 +55,7 @@ impl Peers {
             return false;
         }
         *slot = Some(tx);
+        self.recent.turn_on();
         true
     }
 

@@ -1,24 +1,68 @@
 //! Fleet: replicas share what is missing through Redis (the `redis` feature).
 //!
-//! Each replica keeps its own [`NegativeCacheLayer`](crate::NegativeCacheLayer). With a fleet
-//! tier attached, a Missing answer one replica remembers is published to Redis — key, status
-//! and *remaining* TTL, relative so clock skew doesn't matter — and every subscribed replica
-//! inserts it into its own cache. Forgetting (a successful write, a handle call) propagates
-//! the same way. R replicas then cost about one upstream 404 per key per TTL instead of R.
+//! Each replica keeps its own [`NegativeCacheLayer`]. With a fleet
+//! tier attached, a Missing answer one replica remembers is published to Redis — key, status,
+//! *remaining* TTL and how long ago its request left, all relative so clocks need not agree —
+//! and every subscribed replica that accepts it inserts it into its own cache. Forgetting (a
+//! successful write, a handle call, a clear) propagates the same way. R replicas then cost
+//! about one upstream 404 per key per TTL instead of R.
 //!
 //! - **The request path stays local.** A lookup never waits on Redis; events are handed to a
 //!   bounded queue (default 1,024) that a background task publishes from. When the queue is
 //!   full the event is dropped and counted, never blocking and never growing.
-//! - **Redis down, slow, restarted or unreachable at start:** requests work exactly as without
-//!   the tier. The tasks reconnect with exponential backoff; [`FleetStats`] counts publish
-//!   failures, received messages, entries learned from peers and malformed messages.
+//! - **Redis down, slow, restarted, unreachable at start or refusing the credentials:**
+//!   requests work exactly as without the tier. The tasks reconnect with exponential backoff;
+//!   during a backoff 404s are dropped (counted: a lost 404 costs a peer one upstream
+//!   request), but forgets and clears wait and are sent first when Redis answers again (at
+//!   most 1,024; more collapse into one clear) — a lost forget would let peers serve a stale
+//!   404. [`FleetStats`] counts all of it.
 //! - **Late starters warm up** (optional, bounded): remembered keys are also stored in Redis
-//!   with their TTL (`SET … PX`); a replica scans up to `warm` of them when it connects.
+//!   with their TTL; a replica reads up to `warm` of them when it first connects.
 //! - **Namespaced:** every Redis key and the channel start with a prefix, so services can
-//!   share a Redis.
-//! - **Not shared:** entries of credentialed requests (their fingerprint is secret to each
-//!   replica), hits, and stats. Delivery is best effort (Redis pub/sub): a replica that is
-//!   disconnected when a message is sent misses it, and just asks upstream itself.
+//!   share a Redis. A password or ACL user goes in the URL
+//!   (`redis://user:password@host:port/db`).
+//!
+//! # What a replica trusts, and why
+//!
+//! A message is a claim that a key is missing (or was forgotten). Applying a false one takes a
+//! record offline on every replica for a TTL, so a replica believes only what a peer could
+//! honestly have learned, and counts every refusal by reason in [`FleetRejections`]:
+//!
+//! - **Only its own idea of Missing.** A peer's status is applied only if *this* layer's
+//!   classifier calls it Missing (404, 410 by default): nobody can make a replica answer 503
+//!   or 200 from its cache. The tier is started from the layer for that reason.
+//! - **Only within its own limits.** A peer's TTL is capped at this cache's `max_ttl` (never
+//!   raised to `min_ttl`: what is left of a peer's entry is not extended). Payloads over
+//!   8 KiB + 256 bytes are refused unread, and keys over 8 KiB are neither sent nor accepted.
+//! - **Only news newer than its own.** The latest answer wins across replicas as it does
+//!   locally: a peer's 404 is refused if this replica saw that key answered 2xx, written,
+//!   invalidated or cleared after the peer's request left. The message says how long before
+//!   publishing the request left; the receiver subtracts that and 1 s for transit from the
+//!   time it receives it, and checks its recent changes (short-lived tombstones: 10 s, at most
+//!   65,536, and when full it errs towards refusing). A 404 whose request left more than 5 s
+//!   before it was published is refused as stale, so the tombstones always cover it. Stored
+//!   copies in Redis follow the same rule with Redis's own clock: a forget writes a tombstone
+//!   (not a `DEL`) and a copy is stored only by a Lua script that refuses it if the tombstone,
+//!   or the last clear, is newer than its request.
+//! - **A clear is one write.** Stored copies live under a generation (the Redis time of the
+//!   last clear); a clear starts a new one, whatever Redis holds, and warm-up reads the current
+//!   generation only. Older generations expire by their own TTL.
+//! - **Each message once.** Messages carry a per-replica sequence number; a copy played again
+//!   is refused while its replica is remembered (the last 4,096 replicas heard from).
+//! - **Only the fleet, with a secret** ([`FleetBuilder::secret`]). Without one, whoever can
+//!   publish on the channel is trusted within the rules above — Redis's access control (a
+//!   password, an ACL user limited to the prefix) is then the boundary. With one, every
+//!   message and stored copy carries an HMAC-SHA256 under it, checked in constant time
+//!   before anything else in the message is believed; a signed message whose wall-clock time
+//!   is more than 60 s from the receiver's is refused, which bounds replays to that window.
+//!
+//! Not trusted, not shared: entries of credentialed requests (their fingerprint comes from a
+//! secret of each process, so it means nothing to another replica — even with a shared
+//! secret), hits, and stats. Not guaranteed: delivery (Redis pub/sub is best effort: a
+//! replica that is disconnected when a message is sent misses it, and asks upstream itself);
+//! ordering when a message spends more than 1 s in transit (Redis or the network that slow);
+//! a 2xx seen by a replica more than 10 s before it warms up (warm-up checks stored copies
+//! against Redis's tombstones, which record forgets, not other replicas' 2xx answers).
 //!
 //! # Example
 //!
@@ -28,10 +72,11 @@
 //!
 //! # async fn run() -> Result<(), tower_negative_cache::BuildError> {
 //! let cache = NegativeCacheLayer::new();
-//! let fleet = Fleet::builder("redis://127.0.0.1:6379")
+//! let fleet = Fleet::builder("redis://records:password@127.0.0.1:6379")
 //!     .prefix("records-service")
 //!     .warm(10_000)
-//!     .start(&cache.handle())?;
+//!     .secret("a secret every replica of records-service is given")
+//!     .start(&cache)?;
 //! // ... build the client with `cache`; keep `fleet` alive as long as sharing should go on.
 //! println!("{:?}", fleet.stats());
 //! # Ok(()) }
@@ -39,21 +84,34 @@
 //!
 //! Why Redis pub/sub and the `redis` crate: an engine replicas already run, no protocol of our
 //! own; `redis` (redis-rs) is the maintained async client for tokio, and its connection manager
-//! reconnects by itself.
+//! reconnects by itself. Lua scripts (`EVAL`) make each check-and-write atomic; they use
+//! `TIME`, so Redis 5 or later (script effects replication) is needed. Not for Redis Cluster:
+//! the scripts compute key names.
 
+mod publish;
+mod receive;
+mod sign;
+mod stats;
 mod tasks;
 mod wire;
 
+pub(crate) use stats::{Counters, note_error};
+pub use stats::{FleetRejections, FleetStats};
+
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use http::{HeaderMap, StatusCode};
+
 use crate::BuildError;
+use crate::NegativeCacheLayer;
 use crate::cache::NegativeCacheHandle;
+use crate::classify::{Classify, response_outcome};
 use crate::error::FirstError;
 
 /// Starts a fleet tier: see [`Fleet::builder`].
@@ -71,6 +129,7 @@ impl Fleet {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             timeout: Duration::from_millis(500),
+            secret: None,
             error: FirstError::default(),
         }
     }
@@ -78,7 +137,6 @@ impl Fleet {
 
 /// Configures a fleet tier. Every setter states its default and valid range.
 #[must_use]
-#[derive(Debug)]
 pub struct FleetBuilder {
     url: String,
     prefix: String,
@@ -87,7 +145,47 @@ pub struct FleetBuilder {
     reconnect_min: Duration,
     reconnect_max: Duration,
     timeout: Duration,
+    secret: Option<Secret>,
     error: FirstError,
+}
+
+impl fmt::Debug for FleetBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetBuilder")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("queue", &self.queue)
+            .field("warm", &self.warm)
+            .field("reconnect", &(self.reconnect_min, self.reconnect_max))
+            .field("timeout", &self.timeout)
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with the password of its userinfo (if any) hidden: builders get logged.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A shared secret's bytes; never printed.
+#[derive(Clone)]
+struct Secret(Arc<[u8]>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl FleetBuilder {
@@ -156,11 +254,46 @@ impl FleetBuilder {
         self
     }
 
+    /// A secret shared by every replica of the fleet: each message and stored copy is then
+    /// signed with HMAC-SHA256 under it, and whatever is unsigned, signed with another secret
+    /// or altered is refused and counted (`rejected.unsigned`, `rejected.signature`) — so only
+    /// a holder of the secret can make replicas remember or forget anything. Default: none
+    /// (anyone who can publish on the channel is trusted, as Redis's own access control
+    /// allows). Valid: 16 to 1,024 bytes. Give it to every replica at once: replicas with
+    /// different secrets (or one with none) ignore each other.
+    ///
+    /// With a secret, a signed message is also refused when the publisher's wall clock and
+    /// this replica's disagree by more than 60 s (`rejected.stale`), which bounds how long a
+    /// copied message can be played again.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        let secret = secret.as_ref();
+        if (16..=1024).contains(&secret.len()) {
+            self.secret = Some(Secret(secret.into()));
+        } else {
+            self.error
+                .fail(BuildError::range("secret", secret.len(), "16..=1024 bytes"));
+        }
+        self
+    }
+
     /// Attaches the tier to `cache` and starts its tasks on the current tokio runtime. It
     /// returns at once, whether or not Redis is up. Fails on an invalid setting or URL, outside
     /// a tokio runtime, or when the cache already has a tier.
-    pub fn start(self, cache: &NegativeCacheHandle) -> Result<FleetHandle, BuildError> {
+    ///
+    /// The tier takes the layer, not only its handle, because a peer's entry is applied only
+    /// if *this* layer's classifier calls its status Missing.
+    pub fn start<C>(self, layer: &NegativeCacheLayer<C>) -> Result<FleetHandle, BuildError>
+    where
+        C: Classify + Clone + Send + Sync + 'static,
+    {
         self.error.result()?;
+        let cache = &layer.handle();
+        let classifier = layer.classifier.clone();
+        // A peer's message carries a status only: it is classified as an answer without
+        // headers would be.
+        let missing: tasks::IsMissing = Box::new(move |status: StatusCode| {
+            response_outcome(&classifier, status, &HeaderMap::new()).is_missing()
+        });
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| BuildError::new("url", format!("not a Redis URL: {e}")))?;
         let runtime = tokio::runtime::Handle::try_current()
@@ -181,15 +314,18 @@ impl FleetBuilder {
             },
             channel: format!("{}:events", self.prefix),
             key_prefix: format!("{}:k:", self.prefix),
+            gen_key: format!("{}:gen", self.prefix),
             warm: self.warm,
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
             timeout: self.timeout,
+            missing,
+            signer: self.secret.as_ref().map(|s| sign::Signer::new(&s.0)),
         });
         let counters = Arc::new(Counters::default());
         let tasks = [
-            runtime.spawn(tasks::publish(config.clone(), rx, counters.clone())),
-            runtime.spawn(tasks::subscribe(config, state.clone(), counters.clone())),
+            runtime.spawn(publish::run(config.clone(), rx, counters.clone())),
+            runtime.spawn(receive::run(config, state.clone(), counters.clone())),
         ];
         Ok(FleetHandle {
             counters,
@@ -197,46 +333,6 @@ impl FleetBuilder {
             tasks,
         })
     }
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    published: AtomicU64,
-    publish_failures: AtomicU64,
-    received: AtomicU64,
-    learned: AtomicU64,
-    forgotten: AtomicU64,
-    malformed: AtomicU64,
-    warmed: AtomicU64,
-    reconnects: AtomicU64,
-    connected: AtomicBool,
-}
-
-/// A snapshot of a fleet tier's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct FleetStats {
-    /// Events published to Redis.
-    pub published: u64,
-    /// Events that could not be published (Redis down, slow or failing); they are dropped.
-    pub publish_failures: u64,
-    /// Events dropped because the publish queue was full.
-    pub queue_full: u64,
-    /// Messages received from other replicas.
-    pub received: u64,
-    /// Missing keys learned from other replicas.
-    pub learned: u64,
-    /// Keys (or whole caches) forgotten because another replica said so.
-    pub forgotten: u64,
-    /// Messages that were not understood (ignored).
-    pub malformed: u64,
-    /// Entries read from Redis when warming up.
-    pub warmed: u64,
-    /// Subscriptions lost and re-established.
-    pub reconnects: u64,
-    /// Whether the subscription is up now.
-    pub connected: bool,
 }
 
 /// The running tier. Dropping it stops sharing (the cache goes on alone, and a new tier can
@@ -250,19 +346,8 @@ pub struct FleetHandle {
 impl FleetHandle {
     /// A snapshot of the tier's counters.
     pub fn stats(&self) -> FleetStats {
-        let c = &self.counters;
-        FleetStats {
-            published: c.published.load(Relaxed),
-            publish_failures: c.publish_failures.load(Relaxed),
-            queue_full: self.cache.state().peers.dropped.load(Relaxed),
-            received: c.received.load(Relaxed),
-            learned: c.learned.load(Relaxed),
-            forgotten: c.forgotten.load(Relaxed),
-            malformed: c.malformed.load(Relaxed),
-            warmed: c.warmed.load(Relaxed),
-            reconnects: c.reconnects.load(Relaxed),
-            connected: c.connected.load(Relaxed),
-        }
+        let queue_full = self.cache.state().peers.dropped.load(Relaxed);
+        self.counters.snapshot(queue_full)
     }
 }
 

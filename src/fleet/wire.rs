@@ -1,76 +1,181 @@
-//! The messages replicas exchange: small, versioned, plain text. Pure: no I/O.
+//! The messages replicas exchange: small, versioned, plain text. Pure: no I/O, no clock.
 //!
-//! `tnc1 <replica> <op> <status> <ttl_ms> <key>`, space-separated, the key last (it may hold
-//! spaces): `op` is `m` (missing: status and relative TTL), `f` (forget) or `c` (clear).
+//! `tnc2 <mac> <replica> <seq> <sent> <op> <status> <ttl_ms> <age_ms> <key>`, space-separated,
+//! the key last (it may hold spaces):
+//!
+//! - `mac`: the HMAC-SHA256 of everything after it (and of the channel's name), in hex, when
+//!   the replicas share a secret; `-` otherwise.
+//! - `replica` (16 hex digits, random per tier) and `seq` (counting up from 1 per replica): a
+//!   receiver refuses a message whose `seq` is not above the last one it saw from that replica,
+//!   so a copied message cannot be played again while the replica is remembered.
+//! - `sent`: the publisher's wall clock (Unix milliseconds), checked only with a secret (to
+//!   refuse copies replayed later); ordering never depends on clocks agreeing.
+//! - `op`: `m` (missing), `f` (forget) or `c` (clear). For `m`, `ttl_ms` is what was left of
+//!   the entry and `age_ms` how long ago its request left, both at the moment of publishing.
+//!
+//! Version 1 (`tnc1`, no age) is refused and counted (`version`): without the age a receiver
+//! cannot tell a stale 404 from a fresh one.
 
-use std::fmt::Write;
 use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::cache::PeerEvent;
+const VERSION: &str = "tnc2";
+/// The longest key shared, in bytes. A longer key is kept local by its publisher (counted
+/// `unshared`) and refused by a receiver (`oversized`): 8 KiB is what common servers accept as
+/// a request line, so nothing a client could send is lost.
+pub(crate) const MAX_KEY: usize = 8 * 1024;
+/// Longer payloads are refused (`oversized`) before they are parsed.
+pub(crate) const MAX_PAYLOAD: usize = MAX_KEY + 256;
 
-const VERSION: &str = "tnc1";
-/// Longer payloads are malformed: keys are at most 64 KiB.
-pub(crate) const MAX_PAYLOAD: usize = 66 * 1024;
+/// Why a payload was not understood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Longer than [`MAX_PAYLOAD`], or a key longer than [`MAX_KEY`].
+    Oversized,
+    /// A message of another version of this protocol.
+    Version,
+    /// Not a message of this version.
+    Malformed,
+}
+
+/// What a message says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Body {
+    Missing {
+        key: Box<str>,
+        status: StatusCode,
+        ttl: Duration,
+        age: Duration,
+    },
+    Forget {
+        key: Box<str>,
+    },
+    Clear,
+}
 
 /// A decoded message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Message {
     pub(crate) replica: u64,
-    pub(crate) event: PeerEvent,
+    pub(crate) seq: u64,
+    pub(crate) sent_ms: u64,
+    pub(crate) body: Body,
 }
 
-pub(crate) fn encode(replica: u64, event: &PeerEvent) -> String {
-    let mut s = String::with_capacity(64);
-    let _ = match event {
-        PeerEvent::Missing { key, status, ttl } => {
-            let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            write!(
-                s,
-                "{VERSION} {replica:016x} m {} {ms} {key}",
-                status.as_u16()
-            )
-        }
-        PeerEvent::Forget { key } => write!(s, "{VERSION} {replica:016x} f 0 0 {key}"),
-        PeerEvent::Clear => write!(s, "{VERSION} {replica:016x} c 0 0 "),
-    };
-    s
+/// A decoded message with what its MAC covers.
+#[derive(Debug)]
+pub(crate) struct Signed<'a> {
+    pub(crate) message: Message,
+    /// The MAC's hex digits, or `None` for `-`.
+    pub(crate) mac: Option<&'a str>,
+    /// The bytes the MAC covers (after the channel's name).
+    pub(crate) covered: &'a [u8],
 }
 
-/// The message in `payload`, or `None` if it is not one this version understands.
-pub(crate) fn decode(payload: &[u8]) -> Option<Message> {
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The part of a message after its MAC.
+pub(crate) fn encode_body(replica: u64, seq: u64, sent_ms: u64, body: &Body) -> String {
+    let head = format!("{replica:016x} {seq} {sent_ms}");
+    match body {
+        Body::Missing {
+            key,
+            status,
+            ttl,
+            age,
+        } => format!(
+            "{head} m {} {} {} {key}",
+            status.as_u16(),
+            ms(*ttl).max(1),
+            ms(*age)
+        ),
+        Body::Forget { key } => format!("{head} f 0 0 0 {key}"),
+        Body::Clear => format!("{head} c 0 0 0 "),
+    }
+}
+
+/// A whole message, from its body and its MAC (hex) if any.
+pub(crate) fn assemble(mac: Option<&str>, body: &str) -> String {
+    format!("{VERSION} {} {body}", mac.unwrap_or("-"))
+}
+
+/// The message in `payload`, or why it is refused.
+pub(crate) fn decode(payload: &[u8]) -> Result<Signed<'_>, Refusal> {
     if payload.len() > MAX_PAYLOAD {
-        return None;
+        return Err(Refusal::Oversized);
     }
+    let word = payload.split(|b| *b == b' ').next().unwrap_or_default();
+    let other_version = word.len() > 3
+        && word.starts_with(b"tnc")
+        && word[3..].iter().all(u8::is_ascii_digit)
+        && word != VERSION.as_bytes();
+    if other_version {
+        return Err(Refusal::Version);
+    }
+    let signed = parse(payload).ok_or(Refusal::Malformed)?;
+    match &signed.message.body {
+        Body::Missing { key, .. } | Body::Forget { key } if key.len() > MAX_KEY => {
+            Err(Refusal::Oversized)
+        }
+        _ => Ok(signed),
+    }
+}
+
+fn parse(payload: &[u8]) -> Option<Signed<'_>> {
     let text = std::str::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(6, ' ');
-    let (version, replica, op, status, ttl, key) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
+    let rest = text.strip_prefix("tnc2 ")?;
+    let (mac, covered) = rest.split_once(' ')?;
+    let mut parts = covered.splitn(8, ' ');
+    let mut next = || parts.next();
+    let (replica, seq, sent, op, status, ttl, age, key) = (
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
     );
-    if version != VERSION || replica.len() != 16 {
+    if replica.len() != 16 {
         return None;
     }
-    let replica = u64::from_str_radix(replica, 16).ok()?;
-    let event = match op {
-        "m" if !key.is_empty() => PeerEvent::Missing {
-            key: key.into(),
-            status: status
-                .parse::<u16>()
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok())?,
-            ttl: Duration::from_millis(ttl.parse::<u64>().ok().filter(|t| *t > 0)?),
+    let number = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse::<u64>().ok())?
+    };
+    let message = Message {
+        replica: u64::from_str_radix(replica, 16).ok()?,
+        seq: number(seq)?,
+        sent_ms: number(sent)?,
+        body: match op {
+            "m" if !key.is_empty() => Body::Missing {
+                key: key.into(),
+                status: number(status)
+                    .and_then(|s| u16::try_from(s).ok())
+                    .and_then(|s| StatusCode::from_u16(s).ok())?,
+                ttl: Duration::from_millis(number(ttl).filter(|t| *t > 0)?),
+                age: Duration::from_millis(number(age)?),
+            },
+            "f" if !key.is_empty() => Body::Forget { key: key.into() },
+            "c" if key.is_empty() => Body::Clear,
+            _ => return None,
         },
-        "f" if !key.is_empty() => PeerEvent::Forget { key: key.into() },
-        "c" if key.is_empty() => PeerEvent::Clear,
+    };
+    let mac = match mac {
+        "-" => None,
+        hex if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Some(hex),
         _ => return None,
     };
-    Some(Message { replica, event })
+    Some(Signed {
+        message,
+        mac,
+        covered: covered.as_bytes(),
+    })
 }
 
 #[cfg(test)]
@@ -80,46 +185,90 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for event in [
-            PeerEvent::Missing {
+        for body in [
+            Body::Missing {
                 key: "http://a.test/r/1?x=y z".into(),
                 status: StatusCode::GONE,
                 ttl: Duration::from_millis(1500),
+                age: Duration::from_millis(42),
             },
-            PeerEvent::Forget {
+            Body::Forget {
                 key: "record:42".into(),
             },
-            PeerEvent::Clear,
+            Body::Clear,
         ] {
-            let wire = encode(0xdead_beef, &event);
+            let wire = assemble(None, &encode_body(0xdead_beef, 7, 1_700_000_000_000, &body));
+            let signed = decode(wire.as_bytes()).unwrap();
+            assert_eq!(signed.mac, None);
             assert_eq!(
-                decode(wire.as_bytes()),
-                Some(Message {
+                signed.message,
+                Message {
                     replica: 0xdead_beef,
-                    event
-                })
+                    seq: 7,
+                    sent_ms: 1_700_000_000_000,
+                    body
+                }
             );
         }
+        let mac = "ab".repeat(32);
+        let wire = assemble(Some(&mac), &encode_body(1, 1, 1, &Body::Clear));
+        let signed = decode(wire.as_bytes()).unwrap();
+        assert_eq!(signed.mac, Some(mac.as_str()));
+        assert_eq!(
+            signed.covered,
+            encode_body(1, 1, 1, &Body::Clear).as_bytes()
+        );
     }
 
     #[test]
     fn malformed_messages_are_refused() {
+        let head = "tnc2 - 00000000deadbeef 1 5";
         for bad in [
-            &b""[..],
-            b"tnc1",
-            b"tnc2 00000000deadbeef m 404 1000 k",
-            b"tnc1 deadbeef m 404 1000 k",
-            b"tnc1 00000000deadbeef m 99 1000 k",
-            b"tnc1 00000000deadbeef m 404 0 k",
-            b"tnc1 00000000deadbeef m 404 -5 k",
-            b"tnc1 00000000deadbeef m 404 1000 ",
-            b"tnc1 00000000deadbeef x 404 1000 k",
-            b"tnc1 00000000deadbeef c 0 0 k",
-            b"tnc1 00000000deadbeef m 404 1000 \xff\xfe",
+            String::new(),
+            "tnc2".into(),
+            "tnc2 -".into(),
+            format!("{head} m 404 1000 0"),
+            "tnc2 - deadbeef 1 5 m 404 1000 0 k".into(),
+            format!("{head} m 99 1000 0 k"),
+            format!("{head} m 404 0 0 k"),
+            format!("{head} m 404 -5 0 k"),
+            format!("{head} m 404 +5 0 k"),
+            format!("{head} m 404 1000 -1 k"),
+            format!("{head} m 404 1000 0 "),
+            format!("{head} x 404 1000 0 k"),
+            format!("{head} c 0 0 0 k"),
+            "tnc2 nothex 00000000deadbeef 1 5 c 0 0 0 ".into(),
+            "tnc2 - 00000000deadbeef x 5 c 0 0 0 ".into(),
         ] {
-            assert_eq!(decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                decode(bad.as_bytes()).err(),
+                Some(Refusal::Malformed),
+                "{bad:?}"
+            );
         }
-        assert_eq!(decode(&vec![b'a'; MAX_PAYLOAD + 1]), None);
+        assert_eq!(
+            decode(b"tnc2 - 00000000deadbeef 1 5 m 404 1000 0 \xff\xfe").err(),
+            Some(Refusal::Malformed)
+        );
+        assert_eq!(
+            decode(&vec![b'a'; MAX_PAYLOAD + 1]).err(),
+            Some(Refusal::Oversized)
+        );
+        let long = assemble(
+            None,
+            &encode_body(
+                1,
+                1,
+                1,
+                &Body::Forget {
+                    key: "k".repeat(MAX_KEY + 1).into(),
+                },
+            ),
+        );
+        assert_eq!(decode(long.as_bytes()).err(), Some(Refusal::Oversized));
+        for old in [&b"tnc1 0000000000000001 m 404 1000 k"[..], b"tnc3 x"] {
+            assert_eq!(decode(old).err(), Some(Refusal::Version));
+        }
     }
 
     proptest! {

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// The default user's password (`--requirepass`), if any.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -20,9 +22,42 @@ impl RedisServer {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
             l.local_addr().unwrap().port()
         };
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            password: None,
+        };
         server.restart();
         server
+    }
+
+    /// Starts a throwaway server whose default user needs `password` (`--requirepass`).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            l.local_addr().unwrap().port()
+        };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            password: Some(password.to_owned()),
+        };
+        server.restart();
+        server
+    }
+
+    /// The URL with a user and password (`redis://user:password@…`); an empty user is the
+    /// default one.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// The URL the tests' own admin connections use (with the password, if any).
+    pub fn admin_url(&self) -> String {
+        match &self.password {
+            Some(p) => self.url_as("", p),
+            None => self.url(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -40,9 +75,14 @@ impl RedisServer {
     /// Starts the server again on the same port, and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+        if let Some(p) = &self.password {
+            command.args(["--requirepass", p]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -69,5 +109,71 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A TCP proxy in front of a Redis that can hold back what clients send (not what the server
+/// answers): a replica behind it sees a slow Redis while the others do not.
+pub struct StallProxy {
+    pub port: u16,
+    held: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StallProxy {
+    pub async fn start(redis_port: u16) -> StallProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let shared = held.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await
+                else {
+                    continue;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let mut rx = shared.subscribe();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if rx.wait_for(|held| !held).await.is_err() {
+                            return;
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+            }
+        });
+        StallProxy { port, held, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Holds back (true) or lets through (false) what clients send.
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
+    }
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

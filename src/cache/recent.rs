@@ -1,0 +1,285 @@
+//! Recent local changes, by key: short-lived tombstones a fleet tier checks a peer's entry
+//! against, so that a peer's 404 never undoes a 2xx, a write or an invalidation that landed
+//! here after the peer's request started (the latest answer wins, across replicas too).
+//!
+//! Bounded in time ([`WINDOW`]) and in entries ([`CAPACITY`]): a change older than the window
+//! is forgotten, and when more changes come in a window than fit, the oldest are dropped and
+//! the time of the newest dropped one becomes a floor — any question about a time before the
+//! floor is answered "changed", so losing a tombstone can only make a peer's entry refused,
+//! never wrongly applied. Records nothing (one atomic load) until a fleet tier turns it on.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long a change is remembered. A fleet tier refuses peers' messages older than this
+/// allows (see `fleet`), so every message it applies is checked against complete knowledge.
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
+/// The most changes remembered at once (about 40 bytes each: 2.6 MB at most).
+pub(crate) const CAPACITY: usize = 65_536;
+const SHARDS: usize = 16;
+
+pub(crate) struct Recent {
+    on: AtomicBool,
+    epoch: Instant,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    /// Milliseconds (since `epoch`) of the last change of every key, plus one; 0 for none.
+    /// Written only with every shard locked, so a reader holding one shard sees it stable.
+    all: AtomicU64,
+}
+
+struct Shard {
+    /// Changes in the order they were recorded (times never decrease).
+    order: VecDeque<(u64, u64)>,
+    /// The latest change of each key in `order`.
+    last: HashMap<u64, u64>,
+    /// Changes at or before this time may have been dropped for room (plus one; 0: none).
+    floor: u64,
+    /// The most changes this shard keeps.
+    room: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent::with_room(CAPACITY / SHARDS)
+    }
+}
+
+impl Recent {
+    fn with_room(room: usize) -> Self {
+        Recent {
+            on: AtomicBool::new(false),
+            epoch: Instant::now(),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        order: VecDeque::new(),
+                        last: HashMap::new(),
+                        floor: 0,
+                        room,
+                    })
+                })
+                .collect(),
+            all: AtomicU64::new(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recent")
+            .field("on", &self.on.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A shard held while a peer's entry is checked and stored: a change of its key waits, so it
+/// comes either before the check (and is seen) or after the store (and forgets the entry).
+pub(crate) struct Guard<'a> {
+    recent: &'a Recent,
+    shard: MutexGuard<'a, Shard>,
+    hash: u64,
+}
+
+impl Recent {
+    /// Starts recording (when a fleet tier attaches). Changes before are not known: a peer's
+    /// entry is checked against what happened since.
+    pub(crate) fn turn_on(&self) {
+        self.on.store(true, Ordering::Release);
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        // The shards hold integers only: whatever a panicking holder left is valid.
+        self.shards[(hash >> 60) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key whose target hashes to `target` changed at `now`; whether recording is on.
+    pub(crate) fn record(&self, target: impl Hash, now: Instant) -> bool {
+        if !self.on.load(Ordering::Acquire) {
+            return false;
+        }
+        let hash = self.hasher.hash_one(target);
+        let at = self.ms(now) + 1;
+        let mut shard = self.shard(hash);
+        shard.order.push_back((hash, at));
+        shard.last.insert(hash, at);
+        shard.prune(at);
+        true
+    }
+
+    /// Every key changed at `now` (a clear).
+    pub(crate) fn record_all(&self, now: Instant) {
+        if !self.on.load(Ordering::Acquire) {
+            return;
+        }
+        let _all: Vec<_> = (0..SHARDS).map(|i| self.shard((i as u64) << 60)).collect();
+        self.all.store(self.ms(now) + 1, Ordering::Release);
+    }
+
+    /// Locks the shard of `target`, to check and store a peer's entry in one step.
+    pub(crate) fn lock(&self, target: impl Hash) -> Guard<'_> {
+        let hash = self.hasher.hash_one(target);
+        Guard {
+            recent: self,
+            shard: self.shard(hash),
+            hash,
+        }
+    }
+}
+
+impl Guard<'_> {
+    /// Whether the key may have changed at or after `since` (as far as this replica knows).
+    pub(crate) fn changed_since(&mut self, since: Instant, now: Instant) -> bool {
+        let r = self.recent;
+        let since = r.ms(since) + 1;
+        self.shard.prune(r.ms(now) + 1);
+        // At `since` itself counts: millisecond resolution must not order a tie the wrong way.
+        since <= self.shard.floor
+            || r.all.load(Ordering::Acquire) >= since
+            || self
+                .shard
+                .last
+                .get(&self.hash)
+                .is_some_and(|&at| at >= since)
+    }
+}
+
+impl Shard {
+    fn prune(&mut self, now: u64) {
+        let window = WINDOW.as_millis() as u64;
+        while let Some(&(hash, at)) = self.order.front() {
+            let expired = at + window < now;
+            if !expired && self.order.len() <= self.room {
+                break;
+            }
+            self.order.pop_front();
+            if self.last.get(&hash) == Some(&at) {
+                self.last.remove(&hash);
+            }
+            if !expired {
+                self.floor = self.floor.max(at);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on() -> Recent {
+        let r = Recent::default();
+        r.turn_on();
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_after_the_start_is_seen_and_one_before_is_not() {
+        let r = on();
+        let t0 = Instant::now();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        r.record("k", Instant::now());
+        let now = Instant::now();
+        assert!(r.lock("k").changed_since(t0, now));
+        assert!(!r.lock("other").changed_since(t0, now));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(!r.lock("k").changed_since(Instant::now(), Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clear_changes_every_key() {
+        let r = on();
+        let t0 = Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        r.record_all(Instant::now());
+        assert!(r.lock("any").changed_since(t0, Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tombstones_expire_after_the_window() {
+        let r = on();
+        let t0 = Instant::now();
+        r.record("k", t0);
+        tokio::time::advance(WINDOW + Duration::from_millis(2)).await;
+        let now = Instant::now();
+        assert!(!r.lock("k").changed_since(t0, now));
+        assert_eq!(r.shard(r.hasher.hash_one("k")).order.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overflow_answers_changed_for_the_dropped_times() {
+        let r = on();
+        let t0 = Instant::now();
+        r.record("victim", t0);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        // Far more changes than fit: the victim's tombstone is dropped for room...
+        for i in 0..CAPACITY * 2 {
+            r.record(i, Instant::now());
+        }
+        let now = Instant::now();
+        // ...but a question about a time it covered is still answered "changed".
+        assert!(r.lock("victim").changed_since(t0, now));
+        let total: usize = (0..SHARDS)
+            .map(|i| r.shard((i as u64) << 60).order.len())
+            .sum();
+        assert!(total <= CAPACITY);
+    }
+
+    proptest::proptest! {
+        /// Never a false "unchanged": whatever the order of changes, the room left and the
+        /// time passed, a key changed within the window at or after `since` is reported.
+        #[test]
+        fn a_change_in_the_window_is_never_missed(
+            ops in proptest::collection::vec((0u8..12, 0u64..3_000), 1..200),
+            room in 1usize..6,
+            probe in 0u8..12,
+            back in 0u64..12_000,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let r = Recent::with_room(room);
+                r.turn_on();
+                let mut changes: Vec<(u8, Instant)> = Vec::new();
+                for (key, wait) in ops {
+                    tokio::time::advance(Duration::from_millis(wait)).await;
+                    r.record(key, Instant::now());
+                    changes.push((key, Instant::now()));
+                }
+                let now = Instant::now();
+                let since = now.checked_sub(Duration::from_millis(back)).unwrap();
+                let changed = changes
+                    .iter()
+                    .any(|&(k, at)| k == probe && at >= since && at + WINDOW >= now);
+                if changed {
+                    proptest::prop_assert!(r.lock(probe).changed_since(since, now));
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    #[test]
+    fn off_records_nothing() {
+        let r = Recent::default();
+        let t0 = Instant::now();
+        r.record("k", t0);
+        assert!(!r.lock("k").changed_since(t0, t0));
+    }
+}

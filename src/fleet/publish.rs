@@ -1,0 +1,345 @@
+//! The publishing task: this replica's events to Redis, never making a request wait.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+use super::Counters;
+use super::tasks::{Config, MAX_AGE, RETRY, TOMBSTONE, TRANSIT, bump, ms, unix_ms};
+use super::wire::{self, Body};
+use crate::cache::PeerEvent;
+
+/// Where a stored copy lives: `KEYS[1]` is the generation key (the Redis time of the last
+/// clear, 0 before any), `ARGV[1]` the key prefix and `ARGV[2]` the key. Every entry lives
+/// under its generation's prefix, so a clear is one `SET` of the generation, whatever Redis
+/// holds, and warm-up reads the current generation only; older ones expire by their TTL.
+const LOCATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gen = tonumber(redis.call('GET', KEYS[1]) or '0')
+local key = ARGV[1] .. gen .. ':' .. ARGV[2]
+";
+
+/// Stores a copy of a 404 unless its request left before the last clear or before a
+/// tombstone of its key (less the transit allowance), or the news is too old. Times are
+/// Redis's own clock, so replicas' clocks need not agree. ARGV[3..]: age, ttl (ms), status,
+/// transit, max age, and what follows in the value (` <sent> <mac>` with a secret).
+const SET_MISSING: &str = r"
+local age = tonumber(ARGV[3])
+if age > tonumber(ARGV[7]) then return 0 end
+local start = now - age
+if gen >= start - tonumber(ARGV[6]) then return 0 end
+local cur = redis.call('GET', key)
+if cur then
+  local at = string.match(cur, '^t (%d+)')
+  if at and tonumber(at) >= start - tonumber(ARGV[6]) then return 0 end
+end
+local v = 'm ' .. start .. ' ' .. ARGV[4] .. ' ' .. ARGV[5] .. ARGV[8]
+redis.call('SET', key, v, 'PX', ARGV[4])
+return 1
+";
+
+/// Replaces a key's stored copy with a tombstone stamped with Redis's clock. ARGV[3]: its
+/// TTL (ms).
+const FORGET: &str = r"
+redis.call('SET', key, 't ' .. now, 'PX', ARGV[3])
+return 1
+";
+
+/// Starts a new generation (never below the last one, should Redis's clock step back).
+const CLEAR: &str = r"
+redis.call('SET', KEYS[1], math.max(now, gen + 1))
+return 1
+";
+
+/// Publishes queued events, never making a request wait.
+///
+/// After a failure, 404s fail fast (dropped, counted) until the next try: a Redis that is
+/// down or slow costs one timeout per backoff period, not one per event, and a lost 404 only
+/// costs a peer one upstream request. Forgets and clears are never dropped that way: they
+/// wait (in order, at most [`RETRY`]; more collapse into one clear, which covers them) and
+/// are retried first at the next try — a lost forget would let peers serve a stale 404.
+pub(crate) async fn run(
+    cfg: Arc<Config>,
+    mut rx: mpsc::Receiver<PeerEvent>,
+    counters: Arc<Counters>,
+) {
+    let mut link = Link {
+        conn: None,
+        next_try: Instant::now(),
+        backoff: cfg.reconnect_min,
+        seq: 0,
+    };
+    let mut waiting = Waiting::new();
+    loop {
+        let event = if waiting.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout_at(link.next_try, rx.recv()).await {
+                Ok(e) => e,
+                Err(_) => {
+                    link.flush(&cfg, &counters, &mut waiting).await;
+                    continue;
+                }
+            }
+        };
+        let Some(event) = event else { return };
+        let Some(body) = outgoing(&event, Instant::now()) else {
+            bump(&counters.unshared);
+            continue;
+        };
+        if matches!(body, Body::Missing { .. }) {
+            if Instant::now() < link.next_try || !waiting.is_empty() {
+                bump(&counters.publish_failures);
+            } else {
+                link.send(&cfg, &counters, &body).await;
+            }
+            continue;
+        }
+        wait_for_retry(&mut waiting, body);
+        if Instant::now() >= link.next_try {
+            link.flush(&cfg, &counters, &mut waiting).await;
+        }
+    }
+}
+
+/// Forgets and clears to send, in order, each with whether an attempt at it failed.
+type Waiting = VecDeque<(Body, bool)>;
+
+/// Queues a forget or clear; a clear makes everything before it moot.
+fn wait_for_retry(waiting: &mut Waiting, body: Body) {
+    if matches!(body, Body::Clear) || waiting.len() >= RETRY {
+        let failed = waiting.iter().any(|(_, f)| *f);
+        waiting.clear();
+        waiting.push_back((Body::Clear, failed));
+    } else {
+        waiting.push_back((body, false));
+    }
+}
+
+/// The publisher's connection and its backoff.
+struct Link {
+    conn: Option<ConnectionManager>,
+    next_try: Instant,
+    backoff: Duration,
+    seq: u64,
+}
+
+impl Link {
+    /// Sends what waits, in order, until one fails.
+    async fn flush(&mut self, cfg: &Config, counters: &Counters, waiting: &mut Waiting) {
+        while let Some((body, failed)) = waiting.front_mut() {
+            if !self.send(cfg, counters, body).await {
+                *failed = true;
+                return;
+            }
+            if *failed {
+                bump(&counters.retried);
+            }
+            waiting.pop_front();
+        }
+    }
+
+    /// One attempt; whether it went through.
+    async fn send(&mut self, cfg: &Config, counters: &Counters, body: &Body) -> bool {
+        if self.conn.is_none() {
+            let manager_cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(cfg.timeout))
+                .set_response_timeout(Some(cfg.timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(cfg.reconnect_min)
+                .set_max_delay(cfg.reconnect_max);
+            let connect = ConnectionManager::new_with_config(cfg.client.clone(), manager_cfg);
+            match timeout(cfg.timeout, connect).await {
+                Ok(Ok(c)) => self.conn = Some(c),
+                Ok(Err(e)) => super::note_error(counters, &e),
+                Err(_) => {}
+            }
+        }
+        self.seq += 1;
+        let sent = match self.conn.as_mut() {
+            Some(c) => match timeout(cfg.timeout, send(cfg, c, self.seq, body)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    super::note_error(counters, &e);
+                    false
+                }
+                Err(_) => false,
+            },
+            None => false,
+        };
+        if sent {
+            bump(&counters.published);
+            self.backoff = cfg.reconnect_min;
+        } else {
+            bump(&counters.publish_failures);
+            self.next_try = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(cfg.reconnect_max);
+        }
+        sent
+    }
+}
+
+/// What `event` says at `now`, or `None` if it is not to be shared: a key too long, an entry
+/// expired while queued, or a 404 too old for a peer to accept.
+fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
+    Some(match event {
+        PeerEvent::Missing {
+            key,
+            status,
+            ttl,
+            started,
+            at,
+        } => {
+            let left = (*at + *ttl).checked_duration_since(now)?;
+            let age = now.saturating_duration_since(*started);
+            if key.len() > wire::MAX_KEY || left.is_zero() || age > MAX_AGE {
+                return None;
+            }
+            Body::Missing {
+                key: key.clone(),
+                status: *status,
+                ttl: left,
+                age,
+            }
+        }
+        PeerEvent::Forget { key } if key.len() > wire::MAX_KEY => return None,
+        PeerEvent::Forget { key } => Body::Forget { key: key.clone() },
+        PeerEvent::Clear => Body::Clear,
+    })
+}
+
+/// Writes `body`'s stored copy (or tombstone, or generation) and publishes it, in one
+/// round trip.
+async fn send(
+    cfg: &Config,
+    conn: &mut ConnectionManager,
+    seq: u64,
+    body: &Body,
+) -> redis::RedisResult<()> {
+    let sent = unix_ms();
+    let covered = wire::encode_body(cfg.replica, seq, sent, body);
+    let mac = cfg
+        .signer
+        .as_ref()
+        .map(|s| s.message(&cfg.channel, covered.as_bytes()));
+    let payload = wire::assemble(mac.as_deref(), &covered);
+    let mut pipe = redis::pipe();
+    // Peers first: they never read the stored copy when a message comes, so the script need
+    // not delay them. A clear bumps the generation first (peers told of a clear must find no
+    // copy from before it).
+    if !matches!(body, Body::Clear) {
+        pipe.cmd("PUBLISH").arg(&cfg.channel).arg(&payload).ignore();
+    }
+    let eval = |pipe: &mut redis::Pipeline, script: &str, key: &str| {
+        pipe.cmd("EVAL")
+            .arg(format!("{LOCATE}{script}"))
+            .arg(1)
+            .arg(&cfg.gen_key)
+            .arg(&cfg.key_prefix)
+            .arg(key);
+    };
+    match body {
+        Body::Missing {
+            key,
+            status,
+            ttl,
+            age,
+        } => {
+            let (ttl, status) = (ms(*ttl).max(1), status.as_u16());
+            let suffix = match &cfg.signer {
+                Some(s) => {
+                    let fields = format!("{status} {ttl} {sent}");
+                    format!(" {sent} {}", s.stored(&cfg.key_prefix, key, &fields))
+                }
+                None => String::new(),
+            };
+            eval(&mut pipe, SET_MISSING, key);
+            pipe.arg(ms(*age))
+                .arg(ttl)
+                .arg(status)
+                .arg(ms(TRANSIT))
+                .arg(ms(MAX_AGE))
+                .arg(suffix)
+                .ignore();
+        }
+        Body::Forget { key } => {
+            eval(&mut pipe, FORGET, key);
+            pipe.arg(ms(TOMBSTONE)).ignore();
+        }
+        Body::Clear => {
+            eval(&mut pipe, CLEAR, "");
+            pipe.ignore();
+        }
+    }
+    if matches!(body, Body::Clear) {
+        pipe.cmd("PUBLISH").arg(&cfg.channel).arg(&payload).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    fn forget(i: usize) -> Body {
+        Body::Forget {
+            key: format!("k{i}").into(),
+        }
+    }
+
+    #[test]
+    fn forgets_wait_in_order_and_too_many_become_one_clear() {
+        let mut waiting = Waiting::new();
+        for i in 0..RETRY {
+            wait_for_retry(&mut waiting, forget(i));
+        }
+        assert_eq!(waiting.len(), RETRY);
+        assert_eq!(waiting[0].0, forget(0));
+        waiting[3].1 = true;
+        wait_for_retry(&mut waiting, forget(RETRY));
+        assert_eq!(
+            waiting.iter().cloned().collect::<Vec<_>>(),
+            [(Body::Clear, true)]
+        );
+        // A clear makes what waits before it moot; what comes after it still waits.
+        wait_for_retry(&mut waiting, forget(1));
+        wait_for_retry(&mut waiting, Body::Clear);
+        assert_eq!(waiting.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_not_worth_sharing_is_kept_local() {
+        let now = Instant::now();
+        let missing = |key: String, ttl: u64, age: u64| PeerEvent::Missing {
+            key: key.into(),
+            status: StatusCode::NOT_FOUND,
+            ttl: Duration::from_secs(ttl),
+            started: now - Duration::from_secs(age),
+            at: now - Duration::from_secs(age),
+        };
+        assert!(outgoing(&missing("k".into(), 60, 1), now).is_some());
+        assert!(outgoing(&missing("k".repeat(wire::MAX_KEY + 1), 60, 1), now).is_none());
+        assert!(
+            outgoing(&missing("k".into(), 60, 6), now).is_none(),
+            "too old"
+        );
+        assert!(
+            outgoing(&missing("k".into(), 1, 2), now).is_none(),
+            "expired"
+        );
+        let Some(Body::Missing { ttl, age, .. }) = outgoing(&missing("k".into(), 60, 3), now)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (ttl, age),
+            (Duration::from_secs(57), Duration::from_secs(3))
+        );
+    }
+}
