@@ -49,6 +49,9 @@ pin_project! {
         service: Option<S>,
         // The copy the next attempt sends.
         replay: Option<Request<ReqB>>,
+        // The request may not be sent twice (method or body): a retryable answer is returned
+        // as `not_retried`.
+        ineligible: bool,
         shared: Arc<Shared<C>>,
         started: Instant,
         attempts: u32,
@@ -82,6 +85,7 @@ where
         future: S::Future,
         service: Option<S>,
         replay: Option<Request<ReqB>>,
+        ineligible: bool,
         shared: Arc<Shared<C>>,
         started: Instant,
     ) -> Self {
@@ -89,6 +93,7 @@ where
             state: State::Called { future },
             service,
             replay,
+            ineligible,
             shared,
             started,
             attempts: 1,
@@ -122,14 +127,12 @@ where
                     };
                     let decision = if !outcome.is_retryable() {
                         Decision::Stop(Stop::Final)
+                    } else if *this.ineligible {
+                        Decision::Stop(Stop::NotEligible)
                     } else if this.replay.is_none() {
-                        // An eligible request keeps a service; its copy is gone only when
-                        // `max_retries` is used up.
-                        Decision::Stop(if this.service.is_some() {
-                            Stop::Exhausted
-                        } else {
-                            Stop::NotEligible
-                        })
+                        // An eligible request has no copy only when `max_retries` is used up
+                        // (at once with `max_retries(0)`).
+                        Decision::Stop(Stop::Exhausted)
                     } else {
                         let at = Attempt {
                             retries: *this.attempts - 1,
@@ -156,7 +159,6 @@ where
                         }
                         Decision::Retry(delay) => delay,
                     };
-                    bump(&shared.stats.retries);
                     *this.prev_delay = delay;
                     match &result {
                         Ok(res) => {
@@ -240,7 +242,11 @@ where
                 }
                 StateProj::Ready => {
                     let service = this.service.as_mut().expect("a retry always has a service");
-                    ready!(service.poll_ready(cx))?;
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        // An answer like any other: counted, so the counters add up.
+                        bump(&shared.stats.failed);
+                        return Poll::Ready(Err(e));
+                    }
                     let mut req = this.replay.take().expect("a retry always has a request");
                     *this.attempts += 1;
                     if *this.attempts <= shared.policy.max_retries {
@@ -251,6 +257,7 @@ where
                             .insert(name.clone(), HeaderValue::from(*this.attempts));
                     }
                     bump(&shared.stats.attempts);
+                    bump(&shared.stats.retries);
                     let future = service.call(req);
                     this.state.set(State::Called { future });
                 }
@@ -279,12 +286,16 @@ fn finish<C, B, E>(
     stop: Stop,
     attempts: u32,
 ) -> Result<Response<B>, E> {
-    match stop {
-        Stop::Final if outcome.is_missing() => bump(&shared.stats.missing),
-        Stop::Budget => bump(&shared.stats.budget_exhausted),
-        Stop::Exhausted | Stop::HintTooLong | Stop::Deadline => bump(&shared.stats.gave_up),
-        Stop::Final | Stop::NotEligible => {}
-    }
+    let stats = &shared.stats;
+    // Exactly one answer counter per returned answer (see `RetryStats`).
+    bump(match (stop, outcome) {
+        (Stop::Final, Outcome::Success) => &stats.succeeded,
+        (Stop::Final, Outcome::Missing) => &stats.missing,
+        (Stop::Final, _) => &stats.failed,
+        (Stop::NotEligible, _) => &stats.not_retried,
+        (Stop::Budget, _) => &stats.budget_exhausted,
+        (Stop::Exhausted | Stop::HintTooLong | Stop::Deadline, _) => &stats.gave_up,
+    });
     if stop != Stop::Final {
         tracing::debug!(?stop, attempts, "returning a retryable answer");
     }

@@ -97,12 +97,13 @@ where
         if let Some(budget) = &shared.budget {
             budget.deposit_at(now);
         }
-        let replay = if shared.policy.max_retries > 0
-            && may_retry_request(req.method(), req.headers(), shared.retry_non_idempotent)
-        {
+        let mut ineligible =
+            !may_retry_request(req.method(), req.headers(), shared.retry_non_idempotent);
+        let replay = if shared.policy.max_retries > 0 && !ineligible {
             let copy = clone_request(&req);
             if copy.is_none() {
                 bump(&shared.stats.not_replayable);
+                ineligible = true;
             }
             copy
         } else {
@@ -115,6 +116,6 @@ where
         let future = self.inner.call(req);
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
-        ResponseFuture::new(future, service, replay, shared.clone(), now)
+        ResponseFuture::new(future, service, replay, ineligible, shared.clone(), now)
     }
 }
