@@ -56,6 +56,12 @@ pin_project! {
         started: Instant,
         attempts: u32,
         prev_delay: Duration,
+        // When the current wait ends: the next attempt starts then, never later than the
+        // policy allowed (the deadline).
+        wake_at: Instant,
+        // One timer for every wait of this request, reset for each; boxed so that only a
+        // request that is retried pays for its size.
+        timer: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -63,15 +69,11 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Called { #[pin] future: F },
-        // A discarded answer's body, read up to the drain limit so its connection is reused.
-        Releasing {
-            #[pin] body: B,
-            // Boxed, like the wait's timer: only a retry pays for a timer's size.
-            timer: Pin<Box<Sleep>>,
-            drained: usize,
-            delay: Duration,
-        },
-        Waiting { sleep: Pin<Box<Sleep>> },
+        // Waiting for the next attempt while reading the discarded answer's body, so its
+        // connection can be reused; the timer ends the drain (drain timeout or end of wait).
+        Releasing { #[pin] body: B, drained: usize },
+        // Waiting for the next attempt, the discarded answer released.
+        Waiting,
         Ready,
     }
 }
@@ -98,7 +100,17 @@ where
             started,
             attempts: 1,
             prev_delay: Duration::ZERO,
+            wake_at: started,
+            timer: None,
         }
+    }
+}
+
+/// Sets `timer` to fire at `at`, allocating it on first use.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
+    match timer {
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
     }
 }
 
@@ -125,6 +137,9 @@ where
                         }
                         Err(e) => error_outcome(&shared.classifier, e),
                     };
+                    // The wait is timed from here, when the retry is decided: draining the
+                    // discarded body happens during it, not before it.
+                    let now = Instant::now();
                     let decision = if !outcome.is_retryable() {
                         Decision::Stop(Stop::Final)
                     } else if *this.ineligible {
@@ -136,7 +151,7 @@ where
                     } else {
                         let at = Attempt {
                             retries: *this.attempts - 1,
-                            elapsed: this.started.elapsed(),
+                            elapsed: now.saturating_duration_since(*this.started),
                             prev_delay: *this.prev_delay,
                         };
                         let u = HasherRng::new().next_f64();
@@ -144,7 +159,7 @@ where
                         shared
                             .policy
                             .decide(&outcome, at, SystemTime::now(), u, || {
-                                budget.is_none_or(|b| b.withdraw_at(Instant::now()))
+                                budget.is_none_or(|b| b.withdraw_at(now))
                             })
                     };
                     let delay = match decision {
@@ -160,6 +175,9 @@ where
                         Decision::Retry(delay) => delay,
                     };
                     *this.prev_delay = delay;
+                    // The policy checked `elapsed + delay` against the deadline: waking at
+                    // `now + delay` starts the next attempt within it.
+                    *this.wake_at = now + delay;
                     match &result {
                         Ok(res) => {
                             tracing::debug!(status = %res.status(), attempt = *this.attempts, ?delay, "retrying")
@@ -177,37 +195,27 @@ where
                             let too_long = body.size_hint().lower() > shared.drain_limit as u64;
                             if body.is_end_stream() || too_long || shared.drain_timeout.is_zero() {
                                 drop(body);
-                                this.state.set(wait(delay));
+                                this.state.set(State::Waiting);
                             } else {
-                                let timer = Box::pin(tokio::time::sleep(shared.drain_timeout));
-                                this.state.set(State::Releasing {
-                                    body,
-                                    timer,
-                                    drained: 0,
-                                    delay,
-                                });
+                                // Drained until the wait ends, or the drain timeout if sooner.
+                                let drain_end = (now + shared.drain_timeout).min(*this.wake_at);
+                                arm(this.timer, drain_end);
+                                this.state.set(State::Releasing { body, drained: 0 });
                             }
                         }
                         Err(e) => {
                             drop(e);
-                            this.state.set(wait(delay));
+                            this.state.set(State::Waiting);
                         }
                     }
                 }
-                StateProj::Releasing {
-                    mut body,
-                    timer,
-                    drained,
-                    delay,
-                } => {
-                    let delay = *delay;
+                StateProj::Releasing { mut body, drained } => {
                     // Bounded in bytes, in time, and in frames per poll: a body that is always
                     // ready (empty frames, trailers) can neither spin nor outlive its timer.
+                    // Frames already buffered are read first, so even a zero wait drains a
+                    // body that came with its head.
                     let mut frames = 0;
                     let done = loop {
-                        if timer.as_mut().poll(cx).is_ready() {
-                            break true;
-                        }
                         if frames == FRAMES_PER_POLL {
                             cx.waker().wake_by_ref();
                             break false;
@@ -226,18 +234,23 @@ where
                             Poll::Pending => break false,
                         }
                     };
-                    if !done {
+                    let timer = this.timer.as_mut().expect("a drain always has a timer");
+                    if !done && timer.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                     shared
                         .stats
                         .drained_bytes
                         .fetch_add(*drained as u64, Relaxed);
-                    // Replacing the state drops the body before the wait begins.
-                    this.state.set(wait(delay));
+                    // Replacing the state drops the body: now, before the wait's end.
+                    this.state.set(State::Waiting);
                 }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.as_mut().poll(cx));
+                StateProj::Waiting => {
+                    if Instant::now() < *this.wake_at {
+                        arm(this.timer, *this.wake_at);
+                        let timer = this.timer.as_mut().expect("armed above");
+                        ready!(timer.as_mut().poll(cx));
+                    }
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
@@ -268,16 +281,6 @@ where
 
 /// Frames read from a discarded body in one poll before yielding to the executor.
 const FRAMES_PER_POLL: u32 = 64;
-
-fn wait<F, B>(delay: Duration) -> State<F, B> {
-    if delay.is_zero() {
-        State::Ready
-    } else {
-        State::Waiting {
-            sleep: Box::pin(tokio::time::sleep(delay)),
-        }
-    }
-}
 
 fn finish<C, B, E>(
     shared: &Shared<C>,

@@ -202,8 +202,10 @@ impl<C> Builder<C> {
         self
     }
 
-    /// The base of the exponential backoff: the n-th retry waits up to `base × factor^n`.
-    /// Default: 100 ms. Valid: `0..=60 s` (0 retries at once).
+    /// The base of the exponential backoff: the first retry waits up to `base`, the n-th up to
+    /// `base × factor^(n-1)` (never above `backoff_cap`; how far "up to" goes is the
+    /// [`jitter`](Builder::jitter)). Default: 100 ms (so 100 ms, 200 ms, 400 ms, ...). Valid:
+    /// `0..=60 s` (0 retries at once).
     pub fn backoff_base(mut self, base: Duration) -> Self {
         if self.error.check(
             "backoff_base",
@@ -260,11 +262,15 @@ impl<C> Builder<C> {
         self
     }
 
-    /// An overall deadline from the first attempt: no retry starts whose wait would end past it
-    /// (the last answer is returned instead). Default: none. Valid: `1 ms..=1 day`.
+    /// An overall deadline from the first attempt: no retry is decided whose wait would end
+    /// past it (the last answer is returned instead, counted as `gave_up`), and as the wait
+    /// is timed from the decision — draining the discarded body runs during the wait, not
+    /// before it — no attempt starts past it (within the timer's 1 ms resolution). Default:
+    /// none. Valid: `1 ms..=1 day`.
     ///
     /// It bounds waits, not attempts: put a `tower::timeout::TimeoutLayer` under this layer to
-    /// bound each attempt.
+    /// bound each attempt. Waiting for the inner service to become ready before a retry is not
+    /// bounded by it either.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         let range = Duration::from_millis(1)..=Duration::from_secs(86_400);
         if self
@@ -309,8 +315,8 @@ impl<C> Builder<C> {
     }
 
     /// How many bytes of a discarded answer's body are read so its connection can be reused;
-    /// a longer body is dropped (closing an HTTP/1 connection). Default: 64 KiB. Valid:
-    /// `0..=16 MiB`.
+    /// a longer body is dropped (closing an HTTP/1 connection). The drain runs during the
+    /// backoff wait and ends with it at the latest. Default: 64 KiB. Valid: `0..=16 MiB`.
     pub fn drain_limit(mut self, bytes: usize) -> Self {
         if self
             .error
@@ -321,8 +327,10 @@ impl<C> Builder<C> {
         self
     }
 
-    /// How long reading a discarded body may take before it is dropped. Default: 100 ms.
-    /// Valid: `0..=10 s` (0 drops at once).
+    /// How long reading a discarded body may take before it is dropped, counted from the
+    /// retry decision; the end of the backoff wait ends the drain too, whichever comes first,
+    /// so draining never delays the next attempt. Default: 100 ms. Valid: `0..=10 s` (0 drops
+    /// at once).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         let range = Duration::ZERO..=Duration::from_secs(10);
         if self

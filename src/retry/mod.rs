@@ -11,9 +11,12 @@
 //!   `max_retries`, the deadline, the `Retry-After` cap and the shared [`RetryBudget`] allow, for
 //!   idempotent methods (and POST/PATCH with `Idempotency-Key`) whose body can be replayed
 //!   ([`ReplayBody`]).
-//! - A retried answer's body is read up to `drain_limit` within `drain_timeout`, then dropped —
-//!   before the backoff wait begins — so its HTTP/1 connection goes back to the pool and no
-//!   buffer is held through the wait.
+//! - The backoff wait is timed from the moment a retry is decided. During it, the retried
+//!   answer's body is read up to `drain_limit` within `drain_timeout` (so its HTTP/1 connection
+//!   goes back to the pool), then dropped — at the latest when the wait ends, so draining never
+//!   delays the next attempt and no attempt starts past the deadline.
+//! - Backoff: the first retry waits up to `backoff_base`, the n-th up to
+//!   `backoff_base × factor^(n-1)`, capped, spread by the jitter.
 //!
 //! The decision is made by pure policy code (time and randomness come in as arguments), the
 //! service and its future only sequence calls, like `tower::retry`.

@@ -128,10 +128,10 @@ impl Cfg {
         }
     }
 
-    /// `min(cap, base × factor^n)`, the un-jittered wait before retry `n`.
+    /// `min(cap, base × factor^(n-1))`, the un-jittered wait before retry `n` (1-based).
     fn exp(&self, n: u32) -> Duration {
         let b = &self.p.backoff;
-        let e = b.base.as_secs_f64() * b.factor.powi(n as i32);
+        let e = b.base.as_secs_f64() * b.factor.powi(n as i32 - 1);
         Duration::from_secs_f64(e.min(b.cap.as_secs_f64()))
     }
 
