@@ -20,7 +20,9 @@ use super::policy::{Attempt, Decision, Stop};
 use super::replay::{ReplayBody, clone_request};
 use super::stats::bump;
 use crate::RetryInfo;
-use crate::classify::{Classify, Outcome, error_outcome, response_outcome};
+use crate::classify::{
+    Classify, ClassifyError, Outcome, SourceWalk, error_outcome, response_outcome,
+};
 
 mod sealed {
     /// Names the body type of the inner service's response, so the future can hold a body
@@ -38,7 +40,7 @@ type BodyOf<S, ReqB> = <<S as Service<Request<ReqB>>>::Response as HttpResponse>
 
 pin_project! {
     /// The future of [`StatusAwareRetry`](super::StatusAwareRetry).
-    pub struct ResponseFuture<S, C, ReqB>
+    pub struct ResponseFuture<S, C, ReqB, EC = SourceWalk>
     where
         S: Service<Request<ReqB>>,
         S::Response: HttpResponse,
@@ -52,7 +54,7 @@ pin_project! {
         // The request may not be sent twice (method or body): a retryable answer is returned
         // as `not_retried`.
         ineligible: bool,
-        shared: Arc<Shared<C>>,
+        shared: Arc<Shared<C, EC>>,
         started: Instant,
         attempts: u32,
         prev_delay: Duration,
@@ -78,7 +80,7 @@ pin_project! {
     }
 }
 
-impl<S, C, ReqB> ResponseFuture<S, C, ReqB>
+impl<S, C, ReqB, EC> ResponseFuture<S, C, ReqB, EC>
 where
     S: Service<Request<ReqB>>,
     S::Response: HttpResponse,
@@ -88,7 +90,7 @@ where
         service: Option<S>,
         replay: Option<Request<ReqB>>,
         ineligible: bool,
-        shared: Arc<Shared<C>>,
+        shared: Arc<Shared<C, EC>>,
         started: Instant,
     ) -> Self {
         ResponseFuture {
@@ -114,11 +116,12 @@ fn arm(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
     }
 }
 
-impl<S, C, ReqB, ResB> Future for ResponseFuture<S, C, ReqB>
+impl<S, C, EC, ReqB, ResB> Future for ResponseFuture<S, C, ReqB, EC>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: 'static,
     C: Classify,
+    EC: ClassifyError<S::Error>,
     ReqB: ReplayBody,
     ResB: Body,
 {
@@ -135,7 +138,8 @@ where
                         Ok(res) => {
                             response_outcome(&shared.classifier, res.status(), res.headers())
                         }
-                        Err(e) => error_outcome(&shared.classifier, e),
+                        Err(e) => error_outcome(&shared.classifier, &shared.error_classifier, e)
+                            .unwrap_or_else(|| unrecognised(shared, e)),
                     };
                     // The wait is timed from here, when the retry is decided: draining the
                     // discarded body happens during it, not before it.
@@ -282,8 +286,29 @@ where
 /// Frames read from a discarded body in one poll before yielding to the executor.
 const FRAMES_PER_POLL: u32 = 64;
 
-fn finish<C, B, E>(
-    shared: &Shared<C>,
+/// An error no rule recognised: Fatal, counted, and logged once per error type.
+#[cold]
+fn unrecognised<C, EC, E: 'static>(shared: &Shared<C, EC>, error: &E) -> Outcome {
+    bump(&shared.stats.unrecognised_errors);
+    let id = std::any::TypeId::of::<E>();
+    // A poisoned list is still a list of type ids.
+    let mut warned = shared.warned.lock().unwrap_or_else(|p| p.into_inner());
+    if !warned.contains(&id) {
+        warned.push(id);
+        drop(warned);
+        let text = crate::classify::error_text(error);
+        tracing::warn!(
+            error_type = std::any::type_name::<E>(),
+            error = text.as_deref().unwrap_or("(not a std::error::Error)"),
+            "an error no rule recognised is returned as fatal, not retried; give the retry \
+             layer an error_classifier for this type (warned once per type)"
+        );
+    }
+    Outcome::Fatal
+}
+
+fn finish<C, EC, B, E>(
+    shared: &Shared<C, EC>,
     result: Result<Response<B>, E>,
     outcome: Outcome,
     stop: Stop,

@@ -1,7 +1,8 @@
 //! The layer and its builder.
 
+use std::any::TypeId;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
@@ -12,7 +13,7 @@ use super::budget::RetryBudget;
 use super::policy::{Backoff, Jitter, Policy};
 use super::stats::{Counters, RetryStats};
 use crate::BuildError;
-use crate::classify::DefaultClassifier;
+use crate::classify::{DefaultClassifier, SourceWalk};
 use crate::error::FirstError;
 
 /// Applies [`StatusAwareRetry`] to a service: retries transient failures, never 404 or 410.
@@ -34,13 +35,16 @@ use crate::error::FirstError;
 ///     .expect("valid settings");
 /// # let _ = layer;
 /// ```
-pub struct StatusAwareRetryLayer<C = DefaultClassifier> {
-    shared: Arc<Shared<C>>,
+pub struct StatusAwareRetryLayer<C = DefaultClassifier, EC = SourceWalk> {
+    shared: Arc<Shared<C, EC>>,
 }
 
 /// What every clone of a layer, its services and their futures share.
-pub(crate) struct Shared<C> {
+pub(crate) struct Shared<C, EC = SourceWalk> {
     pub(crate) classifier: C,
+    pub(crate) error_classifier: EC,
+    /// The error types already warned about as unrecognised: one warning per type.
+    pub(crate) warned: Mutex<Vec<TypeId>>,
     pub(crate) policy: Policy,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) stats: Counters,
@@ -68,14 +72,14 @@ impl Default for StatusAwareRetryLayer {
     }
 }
 
-impl<C> StatusAwareRetryLayer<C> {
+impl<C, EC> StatusAwareRetryLayer<C, EC> {
     /// A snapshot of the counters of this layer and all its clones.
     pub fn stats(&self) -> RetryStats {
         self.shared.stats.snapshot()
     }
 }
 
-impl<C> Clone for StatusAwareRetryLayer<C> {
+impl<C, EC> Clone for StatusAwareRetryLayer<C, EC> {
     fn clone(&self) -> Self {
         StatusAwareRetryLayer {
             shared: self.shared.clone(),
@@ -83,16 +87,17 @@ impl<C> Clone for StatusAwareRetryLayer<C> {
     }
 }
 
-impl<C: fmt::Debug> fmt::Debug for StatusAwareRetryLayer<C> {
+impl<C: fmt::Debug, EC> fmt::Debug for StatusAwareRetryLayer<C, EC> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.shared.fmt(f)
     }
 }
 
-impl<C: fmt::Debug> fmt::Debug for Shared<C> {
+impl<C: fmt::Debug, EC> fmt::Debug for Shared<C, EC> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StatusAwareRetryLayer")
             .field("classifier", &self.classifier)
+            .field("error_classifier", &std::any::type_name::<EC>())
             .field("policy", &self.policy)
             .field("budget", &self.budget)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
@@ -103,8 +108,8 @@ impl<C: fmt::Debug> fmt::Debug for Shared<C> {
     }
 }
 
-impl<S, C> Layer<S> for StatusAwareRetryLayer<C> {
-    type Service = StatusAwareRetry<S, C>;
+impl<S, C, EC> Layer<S> for StatusAwareRetryLayer<C, EC> {
+    type Service = StatusAwareRetry<S, C, EC>;
 
     fn layer(&self, inner: S) -> Self::Service {
         StatusAwareRetry::from_shared(inner, self.shared.clone())
@@ -114,9 +119,9 @@ impl<S, C> Layer<S> for StatusAwareRetryLayer<C> {
 /// Configures a [`StatusAwareRetryLayer`]. Every setter states its default and valid range;
 /// a value outside it makes [`build`](Builder::build) return a [`BuildError`] naming the setter.
 #[must_use]
-#[derive(Debug)]
-pub struct Builder<C = DefaultClassifier> {
+pub struct Builder<C = DefaultClassifier, EC = SourceWalk> {
     classifier: C,
+    error_classifier: EC,
     policy: Policy,
     budget: Option<(f64, u32, Duration)>,
     retry_non_idempotent: bool,
@@ -132,6 +137,7 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             classifier: DefaultClassifier::default(),
+            error_classifier: SourceWalk,
             policy: Policy {
                 max_retries: 2,
                 backoff: Backoff {
@@ -154,7 +160,7 @@ impl Default for Builder {
     }
 }
 
-impl Builder<DefaultClassifier> {
+impl<EC> Builder<DefaultClassifier, EC> {
     /// The statuses retried by the default classifier. Default: 408, 429, 500, 502, 503, 504.
     /// Valid: 4xx and 5xx except 404 and 410, which are final and never retried.
     pub fn retry_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
@@ -166,7 +172,7 @@ impl Builder<DefaultClassifier> {
     }
 }
 
-impl<C> Builder<C> {
+impl<C, EC> Builder<C, EC> {
     /// Changes one of the budget's settings (turning the budget on) and checks them.
     fn set_budget(mut self, change: impl FnOnce(&mut (f64, u32, Duration))) -> Self {
         let budget = self.budget.get_or_insert(DEFAULT_BUDGET);
@@ -180,9 +186,53 @@ impl<C> Builder<C> {
     /// Replaces the classifier that decides what an answer means (and so
     /// [`retry_statuses`](Builder::retry_statuses)). Default: [`DefaultClassifier`].
     /// Whatever it says, 404 and 410 are never retried.
-    pub fn classifier<C2>(self, classifier: C2) -> Builder<C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> Builder<C2, EC> {
         Builder {
             classifier,
+            error_classifier: self.error_classifier,
+            policy: self.policy,
+            budget: self.budget,
+            retry_non_idempotent: self.retry_non_idempotent,
+            drain_limit: self.drain_limit,
+            drain_timeout: self.drain_timeout,
+            attempt_header: self.attempt_header,
+            cap_set: self.cap_set,
+            error: self.error,
+        }
+    }
+
+    /// Rules over the inner service's own error type (`S::Error`), asked before the `source()`
+    /// walk: for a stack that maps its errors into a type of its own (an enum, via
+    /// `map_err`), which the walk can't see into. A closure `|e: &MyError| -> Option<Outcome>`;
+    /// `None` falls back to the walk. Default: [`SourceWalk`] (the walk alone).
+    ///
+    /// An error that neither recognises is [`Outcome::Fatal`](crate::Outcome::Fatal) (returned,
+    /// not retried), counted in `RetryStats::unrecognised_errors` and logged with one `warn!`
+    /// per error type.
+    ///
+    /// ```
+    /// use tower_negative_cache::StatusAwareRetryLayer;
+    /// use tower_negative_cache::classify::{Outcome, recognise_error};
+    ///
+    /// #[derive(Debug)]
+    /// enum AppError {
+    ///     Io(std::io::Error),
+    ///     Auth,
+    /// }
+    ///
+    /// let layer = StatusAwareRetryLayer::builder()
+    ///     .error_classifier(|e: &AppError| match e {
+    ///         AppError::Io(io) => recognise_error(io),
+    ///         AppError::Auth => Some(Outcome::Fatal),
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn error_classifier<EC2>(self, error_classifier: EC2) -> Builder<C, EC2> {
+        Builder {
+            classifier: self.classifier,
+            error_classifier,
             policy: self.policy,
             budget: self.budget,
             retry_non_idempotent: self.retry_non_idempotent,
@@ -349,7 +399,7 @@ impl<C> Builder<C> {
     }
 
     /// The layer, or the first setting given an invalid value.
-    pub fn build(self) -> Result<StatusAwareRetryLayer<C>, BuildError> {
+    pub fn build(self) -> Result<StatusAwareRetryLayer<C, EC>, BuildError> {
         self.error.result()?;
         let b = self.policy.backoff;
         if b.cap < b.base {
@@ -375,6 +425,8 @@ impl<C> Builder<C> {
         Ok(StatusAwareRetryLayer {
             shared: Arc::new(Shared {
                 classifier: self.classifier,
+                error_classifier: self.error_classifier,
+                warned: Mutex::default(),
                 policy: self.policy,
                 budget,
                 stats: Counters::default(),
@@ -384,6 +436,22 @@ impl<C> Builder<C> {
                 attempt_header: self.attempt_header,
             }),
         })
+    }
+}
+
+impl<C: fmt::Debug, EC> fmt::Debug for Builder<C, EC> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("classifier", &self.classifier)
+            .field("error_classifier", &std::any::type_name::<EC>())
+            .field("policy", &self.policy)
+            .field("budget", &self.budget)
+            .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("drain_limit", &self.drain_limit)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("attempt_header", &self.attempt_header)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 

@@ -14,7 +14,7 @@ use super::layer::Shared;
 use super::policy::may_retry_request;
 use super::replay::{ReplayBody, clone_request};
 use super::stats::{RetryStats, bump};
-use crate::classify::{Classify, DefaultClassifier};
+use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
 
 /// Retries transient failures of an HTTP service; returns final answers (404, 410) at once.
 ///
@@ -24,13 +24,13 @@ use crate::classify::{Classify, DefaultClassifier};
 /// Like `tower::retry::Retry`, every attempt after the first is sent through a clone of the
 /// inner service made ready in the response future, so `S` must be `Clone` (a hyper-util
 /// `Client` is).
-pub struct StatusAwareRetry<S, C = DefaultClassifier> {
+pub struct StatusAwareRetry<S, C = DefaultClassifier, EC = SourceWalk> {
     inner: S,
-    shared: Arc<Shared<C>>,
+    shared: Arc<Shared<C, EC>>,
 }
 
-impl<S, C> StatusAwareRetry<S, C> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<C>>) -> Self {
+impl<S, C, EC> StatusAwareRetry<S, C, EC> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<C, EC>>) -> Self {
         StatusAwareRetry { inner, shared }
     }
 
@@ -55,7 +55,7 @@ impl<S, C> StatusAwareRetry<S, C> {
     }
 }
 
-impl<S: Clone, C> Clone for StatusAwareRetry<S, C> {
+impl<S: Clone, C, EC> Clone for StatusAwareRetry<S, C, EC> {
     fn clone(&self) -> Self {
         StatusAwareRetry {
             inner: self.inner.clone(),
@@ -64,7 +64,7 @@ impl<S: Clone, C> Clone for StatusAwareRetry<S, C> {
     }
 }
 
-impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for StatusAwareRetry<S, C> {
+impl<S: fmt::Debug, C: fmt::Debug, EC> fmt::Debug for StatusAwareRetry<S, C, EC> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StatusAwareRetry")
             .field("inner", &self.inner)
@@ -73,17 +73,18 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for StatusAwareRetry<S, C> {
     }
 }
 
-impl<S, C, ReqB, ResB> Service<Request<ReqB>> for StatusAwareRetry<S, C>
+impl<S, C, EC, ReqB, ResB> Service<Request<ReqB>> for StatusAwareRetry<S, C, EC>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     S::Error: 'static,
     C: Classify,
+    EC: ClassifyError<S::Error>,
     ReqB: ReplayBody,
     ResB: Body,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, C, ReqB>;
+    type Future = ResponseFuture<S, C, ReqB, EC>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// still in flight + requests whose future the caller dropped before it finished.
 ///
 /// The other counters count events, not answers: `attempts`, `retries`, `not_replayable`,
-/// `drained_bytes`.
+/// `drained_bytes`, `unrecognised_errors`.
 ///
 /// ```
 /// let layer = tower_negative_cache::StatusAwareRetryLayer::new();
@@ -52,6 +52,10 @@ pub struct RetryStats {
     pub not_replayable: u64,
     /// Bytes of discarded response bodies read (drained) before a retry.
     pub drained_bytes: u64,
+    /// Errors of the inner service that no rule recognised — neither the layer's
+    /// `error_classifier` nor the `source()` walk — and that were therefore treated as Fatal
+    /// (and returned, in `failed`). Each error type is also logged once with `warn!`.
+    pub unrecognised_errors: u64,
 }
 
 impl RetryStats {
@@ -79,6 +83,7 @@ pub(crate) struct Counters {
     pub(crate) not_retried: AtomicU64,
     pub(crate) not_replayable: AtomicU64,
     pub(crate) drained_bytes: AtomicU64,
+    pub(crate) unrecognised_errors: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -99,6 +104,7 @@ impl Counters {
             not_retried: self.not_retried.load(Relaxed),
             not_replayable: self.not_replayable.load(Relaxed),
             drained_bytes: self.drained_bytes.load(Relaxed),
+            unrecognised_errors: self.unrecognised_errors.load(Relaxed),
         }
     }
 }
