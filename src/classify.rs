@@ -111,6 +111,12 @@ impl RetryAfter {
 ///
 /// Whatever a classifier returns, 404 and 410 are never retried: a `Retryable` verdict on either
 /// is read as [`Outcome::Missing`] (see [`response_outcome`]).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a classifier",
+    label = "`Classify` is not implemented for `{Self}`",
+    note = "a classifier is `DefaultClassifier` (or `DefaultClassifier::with_retryable(..)`), or a closure `|status: StatusCode, headers: &HeaderMap| -> Outcome` with both argument types written out",
+    note = "to classify errors of your own type, use the retry builder's `error_classifier` instead"
+)]
 pub trait Classify {
     /// The outcome of a response, from its head only.
     fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Outcome;

@@ -104,6 +104,7 @@
 //! | `hyper` | yes | recognises hyper's and hyper-util's error types as transient transport errors | hyper and hyper-util (which a hyper client has anyway) |
 //! | `serde` | no | `serde::Serialize` for [`cache::CacheStats`] and [`retry::RetryStats`] | serde |
 //! | `redis` | no | the `fleet` module: replicas share what is missing through Redis | the `redis` client (and `url`) |
+//! | `axum` | no | [`retry::ReplayBody`] for `axum::body::Body` (bodiless replay, capture of streams) | axum-core (which an axum server has anyway) |
 //!
 //! # Runtime
 //!

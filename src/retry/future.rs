@@ -15,9 +15,10 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 use tower::util::rng::{HasherRng, Rng};
 
+use super::capture::Capture;
 use super::layer::Shared;
 use super::policy::{Attempt, Decision, Stop};
-use super::replay::{ReplayBody, clone_request};
+use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::bump;
 use crate::RetryInfo;
 use crate::classify::{
@@ -51,6 +52,8 @@ pin_project! {
         service: Option<S>,
         // The copy the next attempt sends.
         replay: Option<Request<ReqB>>,
+        // A streamed body's capture: its copies may be sent only once it is complete.
+        capture: Option<Capture<ReqB>>,
         // The request may not be sent twice (method or body): a retryable answer is returned
         // as `not_retried`.
         ineligible: bool,
@@ -74,8 +77,9 @@ pin_project! {
         // Waiting for the next attempt while reading the discarded answer's body, so its
         // connection can be reused; the timer ends the drain (drain timeout or end of wait).
         Releasing { #[pin] body: B, drained: usize },
-        // Waiting for the next attempt, the discarded answer released.
-        Waiting,
+        // Waiting for the next attempt, the discarded answer released; the timer is set to the
+        // end of the wait on the first poll.
+        Waiting { armed: bool },
         Ready,
     }
 }
@@ -89,6 +93,7 @@ where
         future: S::Future,
         service: Option<S>,
         replay: Option<Request<ReqB>>,
+        capture: Option<Capture<ReqB>>,
         ineligible: bool,
         shared: Arc<Shared<C, EC>>,
         started: Instant,
@@ -97,6 +102,7 @@ where
             state: State::Called { future },
             service,
             replay,
+            capture,
             ineligible,
             shared,
             started,
@@ -141,9 +147,10 @@ where
                         Err(e) => error_outcome(&shared.classifier, &shared.error_classifier, e)
                             .unwrap_or_else(|| unrecognised(shared, e)),
                     };
-                    // The wait is timed from here, when the retry is decided: draining the
-                    // discarded body happens during it, not before it.
-                    let now = Instant::now();
+                    // The wait is timed from when the retry is decided (read only when the
+                    // policy is asked: a final answer costs no clock read): draining the
+                    // discarded body happens during the wait, not before it.
+                    let mut now = *this.started;
                     let decision = if !outcome.is_retryable() {
                         Decision::Stop(Stop::Final)
                     } else if *this.ineligible {
@@ -152,7 +159,13 @@ where
                         // An eligible request has no copy only when `max_retries` is used up
                         // (at once with `max_retries(0)`).
                         Decision::Stop(Stop::Exhausted)
+                    } else if this.capture.as_ref().is_some_and(|c| !c.is_complete()) {
+                        // The stream outgrew the capture, failed, or was not sent to its end:
+                        // sent once, whole or not at all, never again.
+                        bump(&shared.stats.not_replayable);
+                        Decision::Stop(Stop::NotEligible)
                     } else {
+                        now = Instant::now();
                         let at = Attempt {
                             retries: *this.attempts - 1,
                             elapsed: now.saturating_duration_since(*this.started),
@@ -199,7 +212,7 @@ where
                             let too_long = body.size_hint().lower() > shared.drain_limit as u64;
                             if body.is_end_stream() || too_long || shared.drain_timeout.is_zero() {
                                 drop(body);
-                                this.state.set(State::Waiting);
+                                this.state.set(wait(delay));
                             } else {
                                 // Drained until the wait ends, or the drain timeout if sooner.
                                 let drain_end = (now + shared.drain_timeout).min(*this.wake_at);
@@ -209,7 +222,7 @@ where
                         }
                         Err(e) => {
                             drop(e);
-                            this.state.set(State::Waiting);
+                            this.state.set(wait(delay));
                         }
                     }
                 }
@@ -247,14 +260,15 @@ where
                         .drained_bytes
                         .fetch_add(*drained as u64, Relaxed);
                     // Replacing the state drops the body: now, before the wait's end.
-                    this.state.set(State::Waiting);
+                    this.state.set(wait(*this.prev_delay));
                 }
-                StateProj::Waiting => {
-                    if Instant::now() < *this.wake_at {
+                StateProj::Waiting { armed } => {
+                    if !*armed {
                         arm(this.timer, *this.wake_at);
-                        let timer = this.timer.as_mut().expect("armed above");
-                        ready!(timer.as_mut().poll(cx));
+                        *armed = true;
                     }
+                    let timer = this.timer.as_mut().expect("armed above");
+                    ready!(timer.as_mut().poll(cx));
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
@@ -267,7 +281,10 @@ where
                     let mut req = this.replay.take().expect("a retry always has a request");
                     *this.attempts += 1;
                     if *this.attempts <= shared.policy.max_retries {
-                        *this.replay = clone_request(&req);
+                        *this.replay = match this.capture {
+                            Some(c) => Some(with_body(&req, c.copy())),
+                            None => clone_request(&req),
+                        };
                     }
                     if let Some(name) = &shared.attempt_header {
                         req.headers_mut()
@@ -285,6 +302,16 @@ where
 
 /// Frames read from a discarded body in one poll before yielding to the executor.
 const FRAMES_PER_POLL: u32 = 64;
+
+/// The state after a discarded answer is released: a zero wait retries at once, without a
+/// timer or a clock read.
+fn wait<F, B>(delay: Duration) -> State<F, B> {
+    if delay.is_zero() {
+        State::Ready
+    } else {
+        State::Waiting { armed: false }
+    }
+}
 
 /// An error no rule recognised: Fatal, counted, and logged once per error type.
 #[cold]

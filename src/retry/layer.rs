@@ -51,6 +51,7 @@ pub(crate) struct Shared<C, EC = SourceWalk> {
     pub(crate) retry_non_idempotent: bool,
     pub(crate) drain_limit: usize,
     pub(crate) drain_timeout: Duration,
+    pub(crate) capture_limit: usize,
     pub(crate) attempt_header: Option<HeaderName>,
 }
 
@@ -103,6 +104,7 @@ impl<C: fmt::Debug, EC> fmt::Debug for Shared<C, EC> {
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("drain_limit", &self.drain_limit)
             .field("drain_timeout", &self.drain_timeout)
+            .field("capture_limit", &self.capture_limit)
             .field("attempt_header", &self.attempt_header)
             .finish_non_exhaustive()
     }
@@ -127,6 +129,7 @@ pub struct Builder<C = DefaultClassifier, EC = SourceWalk> {
     retry_non_idempotent: bool,
     drain_limit: usize,
     drain_timeout: Duration,
+    capture_limit: usize,
     attempt_header: Option<HeaderName>,
     /// Whether `backoff_cap` was set, so a base above the cap blames a setting the caller used.
     cap_set: bool,
@@ -153,6 +156,7 @@ impl Default for Builder {
             retry_non_idempotent: false,
             drain_limit: 64 * 1024,
             drain_timeout: Duration::from_millis(100),
+            capture_limit: 64 * 1024,
             attempt_header: None,
             cap_set: false,
             error: FirstError::default(),
@@ -195,6 +199,7 @@ impl<C, EC> Builder<C, EC> {
             retry_non_idempotent: self.retry_non_idempotent,
             drain_limit: self.drain_limit,
             drain_timeout: self.drain_timeout,
+            capture_limit: self.capture_limit,
             attempt_header: self.attempt_header,
             cap_set: self.cap_set,
             error: self.error,
@@ -238,6 +243,7 @@ impl<C, EC> Builder<C, EC> {
             retry_non_idempotent: self.retry_non_idempotent,
             drain_limit: self.drain_limit,
             drain_timeout: self.drain_timeout,
+            capture_limit: self.capture_limit,
             attempt_header: self.attempt_header,
             cap_set: self.cap_set,
             error: self.error,
@@ -392,6 +398,26 @@ impl<C, EC> Builder<C, EC> {
         self
     }
 
+    /// How many bytes of a streamed request body (one that [`ReplayBody`](super::ReplayBody)
+    /// can't copy before sending, such as a `BoxBody` of a forwarded request) are kept as the
+    /// first attempt sends it, so that a retry can replay them. A body that ends within the
+    /// bound is replayed from the copy; a larger one is sent once, whole, and never retried
+    /// (counted as `not_replayable`); it is never truncated or sent twice partially.
+    ///
+    /// Memory: at most this many bytes per request in flight whose body is being captured (the
+    /// buffer's capacity may round up, to under twice the bound), freed as soon as the body
+    /// outgrows the bound, else when the request's future ends. Default: 64 KiB. Valid:
+    /// `0..=16 MiB`; 0 turns capturing off (streamed bodies are sent once).
+    pub fn capture_limit(mut self, bytes: usize) -> Self {
+        if self
+            .error
+            .check("capture_limit", bytes, 0..=16 << 20, "0..=16777216")
+        {
+            self.capture_limit = bytes;
+        }
+        self
+    }
+
     /// Sends the attempt number (1, 2, ...) in this request header. Default: no header.
     pub fn attempt_header(mut self, name: HeaderName) -> Self {
         self.attempt_header = Some(name);
@@ -433,6 +459,7 @@ impl<C, EC> Builder<C, EC> {
                 retry_non_idempotent: self.retry_non_idempotent,
                 drain_limit: self.drain_limit,
                 drain_timeout: self.drain_timeout,
+                capture_limit: self.capture_limit,
                 attempt_header: self.attempt_header,
             }),
         })
@@ -449,6 +476,7 @@ impl<C: fmt::Debug, EC> fmt::Debug for Builder<C, EC> {
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("drain_limit", &self.drain_limit)
             .field("drain_timeout", &self.drain_timeout)
+            .field("capture_limit", &self.capture_limit)
             .field("attempt_header", &self.attempt_header)
             .field("error", &self.error)
             .finish_non_exhaustive()

@@ -12,7 +12,7 @@ use tower::Service;
 use super::future::ResponseFuture;
 use super::layer::Shared;
 use super::policy::may_retry_request;
-use super::replay::{ReplayBody, clone_request};
+use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::{RetryStats, bump};
 use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
 
@@ -100,16 +100,19 @@ where
         }
         let mut ineligible =
             !may_retry_request(req.method(), req.headers(), shared.retry_non_idempotent);
-        let replay = if shared.policy.max_retries > 0 && !ineligible {
-            let copy = clone_request(&req);
-            if copy.is_none() {
+        let (mut replay, mut capture) = (None, None);
+        if shared.policy.max_retries > 0 && !ineligible {
+            replay = clone_request(&req);
+            if replay.is_none() && shared.capture_limit > 0 {
+                // A stream: keep what the first attempt sends, up to the bound.
+                capture = req.body_mut().capture(shared.capture_limit);
+                replay = capture.as_ref().map(|c| with_body(&req, c.copy()));
+            }
+            if replay.is_none() {
                 bump(&shared.stats.not_replayable);
                 ineligible = true;
             }
-            copy
-        } else {
-            None
-        };
+        }
         if let Some(name) = &shared.attempt_header {
             req.headers_mut()
                 .insert(name.clone(), http::HeaderValue::from_static("1"));
@@ -117,6 +120,14 @@ where
         let future = self.inner.call(req);
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
-        ResponseFuture::new(future, service, replay, ineligible, shared.clone(), now)
+        ResponseFuture::new(
+            future,
+            service,
+            replay,
+            capture,
+            ineligible,
+            shared.clone(),
+            now,
+        )
     }
 }
