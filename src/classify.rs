@@ -228,9 +228,9 @@ where
         .or_else(|| classifier.classify_error(as_dyn_error(error)?))
 }
 
-/// The text of an error, if its type is one the `source()` walk can read, for logs.
-pub(crate) fn error_text<E: 'static>(error: &E) -> Option<String> {
-    as_dyn_error(error).map(|e| e.to_string())
+/// The error as a `dyn Error`, if its type is one the `source()` walk can read (for logs).
+pub(crate) fn as_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+    as_dyn_error(error)
 }
 
 /// 404 and 410: answers that say the resource does not exist, and that no configuration may retry.

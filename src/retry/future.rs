@@ -17,6 +17,7 @@ use tower::util::rng::{HasherRng, Rng};
 
 use super::capture::Capture;
 use super::layer::Shared;
+use super::log::{ErrorText, Head, Target};
 use super::policy::{Attempt, Decision, Stop};
 use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::bump;
@@ -54,6 +55,9 @@ pin_project! {
         replay: Option<Request<ReqB>>,
         // A streamed body's capture: its copies may be sent only once it is complete.
         capture: Option<Capture<ReqB>>,
+        // The request's method and URI for log events, kept (when they are enabled) only
+        // when there is no copy to read them from.
+        head: Option<Box<Head>>,
         // The request may not be sent twice (method or body): a retryable answer is returned
         // as `not_retried`.
         ineligible: bool,
@@ -68,6 +72,14 @@ pin_project! {
         // request that is retried pays for its size.
         timer: Option<Pin<Box<Sleep>>>,
     }
+}
+
+/// What a request keeps for its later attempts (see the future's fields).
+pub(crate) struct Again<ReqB> {
+    pub(crate) replay: Option<Request<ReqB>>,
+    pub(crate) capture: Option<Capture<ReqB>>,
+    pub(crate) head: Option<Box<Head>>,
+    pub(crate) ineligible: bool,
 }
 
 pin_project! {
@@ -92,17 +104,22 @@ where
     pub(crate) fn new(
         future: S::Future,
         service: Option<S>,
-        replay: Option<Request<ReqB>>,
-        capture: Option<Capture<ReqB>>,
-        ineligible: bool,
+        again: Again<ReqB>,
         shared: Arc<Shared<C, EC>>,
         started: Instant,
     ) -> Self {
+        let Again {
+            replay,
+            capture,
+            head,
+            ineligible,
+        } = again;
         ResponseFuture {
             state: State::Called { future },
             service,
             replay,
             capture,
+            head,
             ineligible,
             shared,
             started,
@@ -140,12 +157,13 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
+                    let target = Target::of(this.replay.as_ref(), this.head.as_deref());
                     let outcome = match &result {
                         Ok(res) => {
                             response_outcome(&shared.classifier, res.status(), res.headers())
                         }
                         Err(e) => error_outcome(&shared.classifier, &shared.error_classifier, e)
-                            .unwrap_or_else(|| unrecognised(shared, e)),
+                            .unwrap_or_else(|| unrecognised(shared, e, target)),
                     };
                     // The wait is timed from when the retry is decided (read only when the
                     // policy is asked: a final answer costs no clock read): draining the
@@ -187,6 +205,7 @@ where
                                 outcome,
                                 stop,
                                 *this.attempts,
+                                target,
                             ));
                         }
                         Decision::Retry(delay) => delay,
@@ -195,14 +214,14 @@ where
                     // The policy checked `elapsed + delay` against the deadline: waking at
                     // `now + delay` starts the next attempt within it.
                     *this.wake_at = now + delay;
+                    let (method, uri, attempt) = (target.method(), target.uri(), *this.attempts);
                     match &result {
-                        Ok(res) => {
-                            tracing::debug!(status = %res.status(), attempt = *this.attempts, ?delay, "retrying")
-                        }
-                        Err(_) => tracing::debug!(
-                            error = true,
-                            attempt = *this.attempts,
-                            ?delay,
+                        Ok(res) => tracing::debug!(
+                            %method, %uri, attempt, wait = ?delay, status = %res.status(),
+                            "retrying"
+                        ),
+                        Err(e) => tracing::debug!(
+                            %method, %uri, attempt, wait = ?delay, error = %ErrorText(e),
                             "retrying"
                         ),
                     }
@@ -285,6 +304,8 @@ where
                             Some(c) => Some(with_body(&req, c.copy())),
                             None => clone_request(&req),
                         };
+                    } else {
+                        *this.head = Head::for_logs(&req);
                     }
                     if let Some(name) = &shared.attempt_header {
                         req.headers_mut()
@@ -315,7 +336,11 @@ fn wait<F, B>(delay: Duration) -> State<F, B> {
 
 /// An error no rule recognised: Fatal, counted, and logged once per error type.
 #[cold]
-fn unrecognised<C, EC, E: 'static>(shared: &Shared<C, EC>, error: &E) -> Outcome {
+fn unrecognised<C, EC, E: 'static>(
+    shared: &Shared<C, EC>,
+    error: &E,
+    target: Target<'_>,
+) -> Outcome {
     bump(&shared.stats.unrecognised_errors);
     let id = std::any::TypeId::of::<E>();
     // A poisoned list is still a list of type ids.
@@ -323,10 +348,11 @@ fn unrecognised<C, EC, E: 'static>(shared: &Shared<C, EC>, error: &E) -> Outcome
     if !warned.contains(&id) {
         warned.push(id);
         drop(warned);
-        let text = crate::classify::error_text(error);
         tracing::warn!(
+            method = %target.method(),
+            uri = %target.uri(),
             error_type = std::any::type_name::<E>(),
-            error = text.as_deref().unwrap_or("(not a std::error::Error)"),
+            error = %ErrorText(error),
             "an error no rule recognised is returned as fatal, not retried; give the retry \
              layer an error_classifier for this type (warned once per type)"
         );
@@ -340,7 +366,11 @@ fn finish<C, EC, B, E>(
     outcome: Outcome,
     stop: Stop,
     attempts: u32,
-) -> Result<Response<B>, E> {
+    target: Target<'_>,
+) -> Result<Response<B>, E>
+where
+    E: 'static,
+{
     let stats = &shared.stats;
     // Exactly one answer counter per returned answer (see `RetryStats`).
     bump(match (stop, outcome) {
@@ -352,7 +382,17 @@ fn finish<C, EC, B, E>(
         (Stop::Exhausted | Stop::HintTooLong | Stop::Deadline, _) => &stats.gave_up,
     });
     if stop != Stop::Final {
-        tracing::debug!(?stop, attempts, "returning a retryable answer");
+        let (method, uri, reason) = (target.method(), target.uri(), stop.reason());
+        match &result {
+            Ok(res) => tracing::debug!(
+                %method, %uri, attempts, reason, status = %res.status(),
+                "returning a retryable answer"
+            ),
+            Err(e) => tracing::debug!(
+                %method, %uri, attempts, reason, error = %ErrorText(e),
+                "returning a retryable answer"
+            ),
+        }
     }
     result.map(|mut res| {
         res.extensions_mut().insert(RetryInfo { outcome, attempts });

@@ -114,6 +114,7 @@ mod budget;
 mod capture;
 mod future;
 mod layer;
+mod log;
 mod policy;
 mod replay;
 mod service;

@@ -82,6 +82,20 @@ pub(crate) enum Stop {
     Budget,
 }
 
+impl Stop {
+    /// Why a retryable answer was returned, for log events.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Stop::Final => "final",
+            Stop::NotEligible => "not replayable or not idempotent",
+            Stop::Exhausted => "max_retries used up",
+            Stop::HintTooLong => "retry-after beyond max_retry_after",
+            Stop::Deadline => "the next wait would end past the deadline",
+            Stop::Budget => "retry budget spent",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
     Retry(Duration),

@@ -9,8 +9,9 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::future::ResponseFuture;
+use super::future::{Again, ResponseFuture};
 use super::layer::Shared;
+use super::log::Head;
 use super::policy::may_retry_request;
 use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::{RetryStats, bump};
@@ -113,6 +114,13 @@ where
                 ineligible = true;
             }
         }
+        // No copy to read the method and URI from later: keep them, if a log event could
+        // show them.
+        let head = if replay.is_none() {
+            Head::for_logs(&req)
+        } else {
+            None
+        };
         if let Some(name) = &shared.attempt_header {
             req.headers_mut()
                 .insert(name.clone(), http::HeaderValue::from_static("1"));
@@ -120,14 +128,12 @@ where
         let future = self.inner.call(req);
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
-        ResponseFuture::new(
-            future,
-            service,
+        let again = Again {
             replay,
             capture,
+            head,
             ineligible,
-            shared.clone(),
-            now,
-        )
+        };
+        ResponseFuture::new(future, service, again, shared.clone(), now)
     }
 }
