@@ -62,8 +62,9 @@
 //!   header parsing are pure functions of their inputs (time is an argument) and are
 //!   property-tested; services and futures only sequence calls.
 //! - The retry layer releases a discarded answer (its body drained up to a bound, then
-//!   dropped) *before* its backoff wait, so the connection returns to the pool and no buffer
-//!   is held through the wait.
+//!   dropped) *during* its backoff wait, timed from the retry decision, and at the latest when
+//!   the wait ends: the connection returns to the pool, no buffer is held into the next
+//!   attempt, and draining never pushes an attempt past the deadline.
 //! - The fleet tier (`fleet`, feature `redis`) hangs off the cache's handle: the cache offers
 //!   each Missing answer it remembers and each key it forgets to a bounded queue (never
 //!   blocking), a background task publishes them to Redis, another applies other replicas'.
@@ -90,7 +91,8 @@
 //!
 //! 1. A 404 or 410 reaches upstream exactly once per request, whatever the configuration.
 //! 2. Upstream calls per request ≤ 1 + `max_retries`; retries overall ≤ the budget.
-//! 3. A discarded answer's body is released before the next attempt's wait begins.
+//! 3. A discarded answer's body is released before the next attempt begins (drained during
+//!    the wait, dropped at its end at the latest); no attempt starts past the deadline.
 //! 4. A remembered key is answered without an upstream call until its TTL ends or it is
 //!    invalidated; 404 stays 404, 410 stays 410.
 //! 5. Entries never exceed capacity; memory stays bounded under a flood of missing keys.

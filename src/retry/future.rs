@@ -233,9 +233,12 @@ where
                                 drop(body);
                                 this.state.set(wait(delay));
                             } else {
-                                // Drained until the wait ends, or the drain timeout if sooner.
-                                let drain_end = (now + shared.drain_timeout).min(*this.wake_at);
-                                arm(this.timer, drain_end);
+                                // Drained until the wait ends, or the drain timeout if sooner;
+                                // a zero wait reads only what is already there (no timer).
+                                if !delay.is_zero() {
+                                    let drain_end = (now + shared.drain_timeout).min(*this.wake_at);
+                                    arm(this.timer, drain_end);
+                                }
                                 this.state.set(State::Releasing { body, drained: 0 });
                             }
                         }
@@ -270,9 +273,11 @@ where
                             Poll::Pending => break false,
                         }
                     };
-                    let timer = this.timer.as_mut().expect("a drain always has a timer");
-                    if !done && timer.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
+                    if !done && !this.prev_delay.is_zero() {
+                        let timer = this.timer.as_mut().expect("a drain in a wait has a timer");
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
                     }
                     shared
                         .stats

@@ -47,8 +47,10 @@ pub struct RetryStats {
     /// can't be replayed.
     pub not_retried: u64,
     /// Requests that the method and `max_retries` allowed to be retried but that were sent
-    /// once because their body can't be replayed — counted when the request is sent, whatever
-    /// its answer.
+    /// once because their body can't be replayed: a body that can be neither copied nor
+    /// captured (counted when the request is sent, whatever its answer), or a streamed body
+    /// whose capture was not complete — larger than `capture_limit`, failed, or not sent to its
+    /// end — when a retry was wanted (counted then).
     pub not_replayable: u64,
     /// Bytes of discarded response bodies read (drained) before a retry.
     pub drained_bytes: u64,
