@@ -263,6 +263,8 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
     );
     #[cfg(feature = "hyper")]
     try_as!(hyper::Error, hyper_util::client::legacy::Error);
+    #[cfg(feature = "reqwest")]
+    try_as!(reqwest::Error);
     None
 }
 
@@ -272,7 +274,8 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
 /// Transient: an `io::Error` of kind `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`,
 /// `BrokenPipe`, `TimedOut`, `NotConnected` or `UnexpectedEof`; a timeout of tower or tokio;
 /// with the `hyper` feature, hyper-util's connect errors and hyper's incomplete-message,
-/// canceled, closed and timeout errors.
+/// canceled, closed and timeout errors; with the `reqwest` feature, reqwest's connect errors
+/// and timeouts.
 pub fn transport_error_outcome(error: &(dyn Error + 'static)) -> Outcome {
     recognise_error(error).unwrap_or(Outcome::Fatal)
 }
@@ -311,6 +314,11 @@ fn transient(e: &(dyn Error + 'static)) -> Option<bool> {
     }
     if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
         return Some(true);
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+        // Not transient itself unless a connect error or a timeout; its source may still be.
+        return Some(r.is_connect() || r.is_timeout());
     }
     #[cfg(feature = "hyper")]
     {

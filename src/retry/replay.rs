@@ -20,6 +20,7 @@ use super::capture::{Capture, capture};
 /// |---|---|
 /// | `Full`, `Empty`, `String`, `Vec<u8>`, `Bytes`, `&'static str`, `&'static [u8]`, `()` | by cloning |
 /// | `BoxBody<Bytes, E>`, `UnsyncBoxBody<Bytes, E>`, `axum::body::Body` (feature `axum`) | as an empty body when bodiless (already at its end, or an exact size of 0 — trailers of such a body are not replayed); otherwise captured up to `capture_limit` |
+/// | `reqwest::Body` (feature `reqwest`) | a buffered body by copying its bytes; a stream captured up to `capture_limit` |
 /// | `Either<L, R>` | when the side it holds is |
 /// | [`Replayable<B>`] | by cloning (any `B: Clone`) |
 /// | [`SendOnce<B>`], `hyper::body::Incoming` | never: sent once |
@@ -124,6 +125,27 @@ impl ReplayBody for axum_core::body::Body {
         }
         let (sent, capture) = capture(std::mem::take(self), limit, AxumBody::new, |r| {
             AxumBody::new(r.typed::<std::convert::Infallible>())
+        });
+        *self = sent;
+        Some(capture)
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl ReplayBody for reqwest::Body {
+    fn try_clone_body(&self) -> Option<Self> {
+        // reqwest keeps a buffered body as `Bytes` but lends only a slice: a copy.
+        self.as_bytes()
+            .map(|b| reqwest::Body::from(Bytes::copy_from_slice(b)))
+    }
+
+    fn capture(&mut self, limit: usize) -> Option<Capture<Self>> {
+        if too_large(self, limit) {
+            return None;
+        }
+        let original = std::mem::replace(self, reqwest::Body::from(Bytes::new()));
+        let (sent, capture) = capture(original, limit, reqwest::Body::wrap, |r| {
+            reqwest::Body::wrap(r.typed::<std::convert::Infallible>())
         });
         *self = sent;
         Some(capture)
