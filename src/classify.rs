@@ -100,7 +100,8 @@ impl RetryAfter {
 ///
 /// Implemented for [`DefaultClassifier`] and for every closure
 /// `Fn(StatusCode, &HeaderMap) -> Outcome`; errors of the inner service are then classified by
-/// [`transport_error_outcome`]. The negative cache clones its classifier into each service and
+/// [`recognise_error`] (the `source()` walk). For errors of your own type (an enum your stack
+/// maps errors into), give the retry layer a [`ClassifyError`] too. The negative cache clones its classifier into each service and
 /// each request that goes upstream, so there it must be `Clone` and should be cheap to clone
 /// (a closure capturing nothing, or an `Arc`).
 ///
@@ -110,13 +111,77 @@ impl RetryAfter {
 ///
 /// Whatever a classifier returns, 404 and 410 are never retried: a `Retryable` verdict on either
 /// is read as [`Outcome::Missing`] (see [`response_outcome`]).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a classifier",
+    label = "`Classify` is not implemented for `{Self}`",
+    note = "a classifier is `DefaultClassifier` (or `DefaultClassifier::with_retryable(..)`), or a closure `|status: StatusCode, headers: &HeaderMap| -> Outcome` with both argument types written out",
+    note = "to classify errors of your own type, use the retry builder's `error_classifier` instead"
+)]
 pub trait Classify {
     /// The outcome of a response, from its head only.
     fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Outcome;
 
-    /// The outcome of an error of the inner service. Defaults to [`transport_error_outcome`].
-    fn classify_error(&self, error: &(dyn Error + 'static)) -> Outcome {
-        transport_error_outcome(error)
+    /// The outcome of an error of the inner service, seen as a `dyn Error`; `None` when no
+    /// rule recognises it (the retry layer then treats it as [`Outcome::Fatal`], counts it in
+    /// `RetryStats::unrecognised_errors` and logs one warning per error type). Defaults to
+    /// [`recognise_error`].
+    fn classify_error(&self, error: &(dyn Error + 'static)) -> Option<Outcome> {
+        recognise_error(error)
+    }
+}
+
+/// Classifies the inner service's own error type `E` (its `S::Error`), before the `source()`
+/// walk: for a stack that maps errors into an enum of its own, which the walk can't see into.
+///
+/// Implemented for every closure `Fn(&E) -> Option<Outcome>`, and by [`SourceWalk`], the
+/// default, which has no rules of its own. `None` means "not mine": the error then goes to the
+/// `source()` walk ([`Classify::classify_error`]), if its type is one the walk can read.
+///
+/// ```
+/// use std::io;
+/// use tower_negative_cache::classify::{ClassifyError, Outcome, recognise_error};
+///
+/// #[derive(Debug)]
+/// enum AppError {
+///     Transport(io::Error),
+///     Decode,
+/// }
+///
+/// let rules = |e: &AppError| match e {
+///     AppError::Transport(io) => recognise_error(io),
+///     AppError::Decode => Some(Outcome::Fatal),
+/// };
+/// let refused = AppError::Transport(io::ErrorKind::ConnectionRefused.into());
+/// assert_eq!(rules.classify(&refused), Some(Outcome::RETRYABLE));
+/// assert_eq!(rules.classify(&AppError::Decode), Some(Outcome::Fatal));
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` can't classify errors of type `{E}`",
+    label = "not an error classifier for `{E}`",
+    note = "an error classifier is a closure `|e: &{E}| -> Option<Outcome>` over the inner service's error type"
+)]
+pub trait ClassifyError<E> {
+    /// The outcome of `error`, or `None` if no rule of this classifier recognises it.
+    fn classify(&self, error: &E) -> Option<Outcome>;
+}
+
+impl<E, F> ClassifyError<E> for F
+where
+    F: Fn(&E) -> Option<Outcome>,
+{
+    fn classify(&self, error: &E) -> Option<Outcome> {
+        self(error)
+    }
+}
+
+/// The default [`ClassifyError`]: no rules of its own, so every error goes to the `source()`
+/// walk ([`error_outcome`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceWalk;
+
+impl<E> ClassifyError<E> for SourceWalk {
+    fn classify(&self, _: &E) -> Option<Outcome> {
+        None
     }
 }
 
@@ -143,18 +208,29 @@ pub fn response_outcome<C: Classify + ?Sized>(
     outcome
 }
 
-/// The outcome of an error of the inner service as both layers see it.
+/// The outcome of an error of the inner service as the retry layer sees it, or `None` when no
+/// rule recognised it (the layer then treats it as [`Outcome::Fatal`], and counts and logs it).
 ///
-/// Errors are typed by the inner service, so they are recognised by type: `Box<dyn Error>` (as
-/// returned by `tower::timeout` and most middleware), hyper-util's client error, hyper's error,
-/// `std::io::Error` and the timeout errors of tower and tokio are walked through their `source()`
-/// chains and given to [`Classify::classify_error`]. An error of any other type is
-/// [`Outcome::Fatal`]: map it into a `Box<dyn Error + Send + Sync>` to have it classified.
-pub fn error_outcome<C: Classify + ?Sized, E: 'static>(classifier: &C, error: &E) -> Outcome {
-    match as_dyn_error(error) {
-        Some(e) => classifier.classify_error(e),
-        None => Outcome::Fatal,
-    }
+/// First the user's `rules` over the error's own type ([`ClassifyError`]). Then, as errors are
+/// typed by the inner service, the `source()` walk for the types it can read: `Box<dyn Error>`
+/// (as returned by `tower::timeout` and most middleware), hyper-util's client error, hyper's
+/// error, `std::io::Error` and the timeout errors of tower and tokio are given to
+/// [`Classify::classify_error`]. An error of any other type — an enum of your own, say — is
+/// recognised only by `rules`.
+pub fn error_outcome<C, R, E>(classifier: &C, rules: &R, error: &E) -> Option<Outcome>
+where
+    C: Classify + ?Sized,
+    R: ClassifyError<E> + ?Sized,
+    E: 'static,
+{
+    rules
+        .classify(error)
+        .or_else(|| classifier.classify_error(as_dyn_error(error)?))
+}
+
+/// The error as a `dyn Error`, if its type is one the `source()` walk can read (for logs).
+pub(crate) fn as_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+    as_dyn_error(error)
 }
 
 /// 404 and 410: answers that say the resource does not exist, and that no configuration may retry.
@@ -187,6 +263,8 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
     );
     #[cfg(feature = "hyper")]
     try_as!(hyper::Error, hyper_util::client::legacy::Error);
+    #[cfg(feature = "reqwest")]
+    try_as!(reqwest::Error);
     None
 }
 
@@ -196,21 +274,34 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
 /// Transient: an `io::Error` of kind `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`,
 /// `BrokenPipe`, `TimedOut`, `NotConnected` or `UnexpectedEof`; a timeout of tower or tokio;
 /// with the `hyper` feature, hyper-util's connect errors and hyper's incomplete-message,
-/// canceled, closed and timeout errors.
+/// canceled, closed and timeout errors; with the `reqwest` feature, reqwest's connect errors
+/// and timeouts.
 pub fn transport_error_outcome(error: &(dyn Error + 'static)) -> Outcome {
-    let mut next = Some(error);
+    recognise_error(error).unwrap_or(Outcome::Fatal)
+}
+
+/// The `source()` walk: [`Outcome::Retryable`] when anything in the chain is a transient
+/// transport failure (see [`transport_error_outcome`]); [`Outcome::Fatal`] when the chain holds
+/// a transport error type this crate knows (`io::Error`, a timeout, hyper's and hyper-util's
+/// errors) and none is transient; `None` when nothing in the chain is known — a plain message,
+/// or an error type of another crate.
+pub fn recognise_error(error: &(dyn Error + 'static)) -> Option<Outcome> {
+    let (mut next, mut known) = (Some(error), false);
     while let Some(e) = next {
-        if is_transient(e) {
-            return Outcome::RETRYABLE;
+        match transient(e) {
+            Some(true) => return Some(Outcome::RETRYABLE),
+            Some(false) => known = true,
+            None => {}
         }
         next = e.source();
     }
-    Outcome::Fatal
+    known.then_some(Outcome::Fatal)
 }
 
-fn is_transient(e: &(dyn Error + 'static)) -> bool {
+/// Whether `e` itself is a transient failure; `None` if its type is not one this crate knows.
+fn transient(e: &(dyn Error + 'static)) -> Option<bool> {
     if let Some(io) = e.downcast_ref::<io::Error>() {
-        return matches!(
+        return Some(matches!(
             io.kind(),
             io::ErrorKind::ConnectionRefused
                 | io::ErrorKind::ConnectionReset
@@ -219,21 +310,28 @@ fn is_transient(e: &(dyn Error + 'static)) -> bool {
                 | io::ErrorKind::TimedOut
                 | io::ErrorKind::NotConnected
                 | io::ErrorKind::UnexpectedEof
-        );
+        ));
     }
     if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
-        return true;
+        return Some(true);
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+        // Not transient itself unless a connect error or a timeout; its source may still be.
+        return Some(r.is_connect() || r.is_timeout());
     }
     #[cfg(feature = "hyper")]
     {
         if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            return h.is_connect();
+            // Not transient itself unless a connect error; its source may still be.
+            return Some(h.is_connect());
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message() || h.is_canceled() || h.is_closed() || h.is_timeout();
+            let t = h.is_incomplete_message() || h.is_canceled() || h.is_closed() || h.is_timeout();
+            return Some(t);
         }
     }
-    false
+    None
 }
 
 /// The statuses [`DefaultClassifier`] retries unless told otherwise: 408, 429, 500, 502, 503, 504.
@@ -405,15 +503,20 @@ mod tests {
             io::ErrorKind::TimedOut,
         ] {
             assert_eq!(
-                error_outcome(&c, &io::Error::from(kind)),
-                Outcome::RETRYABLE,
+                walk(&c, &io::Error::from(kind)),
+                Some(Outcome::RETRYABLE),
                 "{kind:?}"
             );
         }
+        // A known type, not transient: recognised as Fatal.
         assert_eq!(
-            error_outcome(&c, &io::Error::from(io::ErrorKind::PermissionDenied)),
-            Outcome::Fatal
+            walk(&c, &io::Error::from(io::ErrorKind::PermissionDenied)),
+            Some(Outcome::Fatal)
         );
+    }
+
+    fn walk<E: 'static>(c: &DefaultClassifier, e: &E) -> Option<Outcome> {
+        error_outcome(c, &SourceWalk, e)
     }
 
     #[derive(Debug)]
@@ -434,17 +537,24 @@ mod tests {
         let c = DefaultClassifier::default();
         let boxed: Box<dyn Error + Send + Sync> =
             Box::new(Wrapper(io::Error::from(io::ErrorKind::ConnectionReset)));
-        assert_eq!(error_outcome(&c, &boxed), Outcome::RETRYABLE);
+        assert_eq!(walk(&c, &boxed), Some(Outcome::RETRYABLE));
+        // Nothing known in the chain: unrecognised.
         let boxed: Box<dyn Error + Send + Sync> = "plain message".into();
-        assert_eq!(error_outcome(&c, &boxed), Outcome::Fatal);
-        // An unknown error type can't be walked: Fatal, as documented.
+        assert_eq!(walk(&c, &boxed), None);
+        // An unknown error type can't be walked: unrecognised, unless rules over it say more.
+        let own = Wrapper(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert_eq!(walk(&c, &own), None);
+        let rules = |e: &Wrapper| recognise_error(&e.0);
+        assert_eq!(error_outcome(&c, &rules, &own), Some(Outcome::RETRYABLE));
+        // The rules come first; `None` from them falls back to the walk.
+        let not_mine = |_: &io::Error| None;
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         assert_eq!(
-            error_outcome(
-                &c,
-                &Wrapper(io::Error::from(io::ErrorKind::ConnectionReset))
-            ),
-            Outcome::Fatal
+            error_outcome(&c, &not_mine, &refused),
+            Some(Outcome::RETRYABLE)
         );
+        let fatal = |_: &io::Error| Some(Outcome::Fatal);
+        assert_eq!(error_outcome(&c, &fatal, &refused), Some(Outcome::Fatal));
     }
 
     #[tokio::test(start_paused = true)]
@@ -458,11 +568,11 @@ mod tests {
         let mut svc = tower::timeout::Timeout::new(slow, Duration::from_millis(1));
         let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
         assert!(err.is::<tower::timeout::error::Elapsed>());
-        assert_eq!(error_outcome(&c, &err), Outcome::RETRYABLE);
+        assert_eq!(walk(&c, &err), Some(Outcome::RETRYABLE));
 
         let err = tokio::time::timeout(Duration::from_millis(1), std::future::pending::<()>())
             .await
             .unwrap_err();
-        assert_eq!(error_outcome(&c, &err), Outcome::RETRYABLE);
+        assert_eq!(walk(&c, &err), Some(Outcome::RETRYABLE));
     }
 }

@@ -62,8 +62,9 @@
 //!   header parsing are pure functions of their inputs (time is an argument) and are
 //!   property-tested; services and futures only sequence calls.
 //! - The retry layer releases a discarded answer (its body drained up to a bound, then
-//!   dropped) *before* its backoff wait, so the connection returns to the pool and no buffer
-//!   is held through the wait.
+//!   dropped) *during* its backoff wait, timed from the retry decision, and at the latest when
+//!   the wait ends: the connection returns to the pool, no buffer is held into the next
+//!   attempt, and draining never pushes an attempt past the deadline.
 //! - The fleet tier (`fleet`, feature `redis`) attaches to a cache layer: the cache offers
 //!   each Missing answer it remembers and each key it forgets to a bounded queue (never
 //!   blocking), a background task publishes them to Redis, another applies other replicas' —
@@ -94,7 +95,8 @@
 //!
 //! 1. A 404 or 410 reaches upstream exactly once per request, whatever the configuration.
 //! 2. Upstream calls per request ≤ 1 + `max_retries`; retries overall ≤ the budget.
-//! 3. A discarded answer's body is released before the next attempt's wait begins.
+//! 3. A discarded answer's body is released before the next attempt begins (drained during
+//!    the wait, dropped at its end at the latest); no attempt starts past the deadline.
 //! 4. A remembered key is answered without an upstream call until its TTL ends or it is
 //!    invalidated; 404 stays 404, 410 stays 410.
 //! 5. Entries never exceed capacity; memory stays bounded under a flood of missing keys.
@@ -115,6 +117,8 @@
 //! | `hyper` | yes | recognises hyper's and hyper-util's error types as transient transport errors | hyper and hyper-util (which a hyper client has anyway) |
 //! | `serde` | no | `serde::Serialize` for [`cache::CacheStats`] and [`retry::RetryStats`] | serde |
 //! | `redis` | no | the `fleet` module: replicas share what is missing through Redis | the `redis` client (and `url`), `hmac` and `sha2` |
+//! | `reqwest` | no | [`reqwest::ReqwestService`]: both layers over a `reqwest::Client`; reqwest's connect errors and timeouts classified as transient; `ReplayBody` for `reqwest::Body` | reqwest (without TLS features; yours picks them) |
+//! | `axum` | no | [`retry::ReplayBody`] for `axum::body::Body` (bodiless replay, capture of streams) | axum-core (which an axum server has anyway) |
 //!
 //! # Runtime
 //!
@@ -131,6 +135,9 @@ mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
 mod headers;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
 pub mod retry;
 
 pub use cache::NegativeCacheLayer;

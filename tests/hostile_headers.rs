@@ -472,9 +472,8 @@ fn run_retry_case(case: &RetryCase) -> Result<(), TestCaseError> {
         }
         Hint::None => {
             let gap = gap.ok_or_else(|| TestCaseError::fail("no retry without a hint"))?;
-            // The first backoff: min(cap, base × factor), spread by the jitter.
-            let full = case.base.as_secs_f64() * case.factor;
-            let full = Duration::from_secs_f64(full.min(case.cap.as_secs_f64()));
+            // The first backoff: min(cap, base), spread by the jitter.
+            let full = case.base.min(case.cap);
             let lowest = match case.jitter {
                 Jitter::None => full.saturating_sub(TICK),
                 _ => Duration::ZERO,

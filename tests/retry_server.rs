@@ -21,10 +21,10 @@ use tower_negative_cache::{Outcome, RetryInfo, StatusAwareRetryLayer};
 
 use support::{BodyProbe, Reply, TestServer, TrackedBody};
 
-/// Backoff 10 ms, 20 ms (base 5 ms × 2^n), no jitter: deterministic and quick.
+/// Backoff 10 ms, 20 ms (base 10 ms × 2^(n-1)), no jitter: deterministic and quick.
 fn fast() -> Builder {
     StatusAwareRetryLayer::builder()
-        .backoff_base(Duration::from_millis(5))
+        .backoff_base(Duration::from_millis(10))
         .jitter(Jitter::None)
 }
 
@@ -349,15 +349,31 @@ async fn undrained_bodies_cost_a_connection_per_attempt() {
     .await;
     assert_eq!(observed, (1, 0));
 
-    // Sent 20 ms after the head: the layer's drain (default: 64 KiB within 100 ms) waits for it
-    // and the connection is reused...
-    let observed = connections_for(late(), fast(), "default drain, 100 B 20 ms after head").await;
+    // Sent 20 ms after the head: the layer's drain (default: 64 KiB within 100 ms, during the
+    // wait) waits for it and the connection is reused...
+    let waits_50_100 = || fast().backoff_base(Duration::from_millis(50));
+    let observed = connections_for(
+        late(),
+        waits_50_100(),
+        "default drain, waits 50/100 ms, 100 B 20 ms after head",
+    )
+    .await;
     assert_eq!(observed, (1, 200));
     // ...without the drain, each dropped body closes its connection.
     let observed = connections_for(
         late(),
-        fast().drain_limit(0),
+        waits_50_100().drain_limit(0),
         "drain_limit(0), 100 B 20 ms after head",
+    )
+    .await;
+    assert_eq!(observed, (3, 0));
+    // ...and the drain never outlasts the backoff wait: a body arriving after the wait has
+    // ended is dropped with its connection, so draining never delays the next attempt.
+    let after_wait = small().body_delay(Duration::from_millis(150));
+    let observed = connections_for(
+        after_wait,
+        fast().drain_timeout(Duration::from_secs(1)),
+        "drain_timeout 1 s, waits 10/20 ms, 100 B 150 ms after head",
     )
     .await;
     assert_eq!(observed, (3, 0));
@@ -511,10 +527,10 @@ fn the_service_and_its_future_are_send_and_sync() {
 #[tokio::test]
 async fn the_deadline_stops_retries_whose_wait_would_end_past_it() {
     let server = TestServer::always(Reply::status(503)).await;
-    // Waits would be 200 ms then 400 ms.
+    // Waits would be 200 ms then 400 ms (the first retry waits the base).
     let base = || {
         StatusAwareRetryLayer::builder()
-            .backoff_base(Duration::from_millis(100))
+            .backoff_base(Duration::from_millis(200))
             .jitter(Jitter::None)
     };
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{
     AtomicI64, AtomicU64, AtomicUsize,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 use std::time::Duration;
 
@@ -114,19 +114,28 @@ impl RetryBudget {
     }
 
     /// Takes one retry at `now` if the budget allows it.
+    ///
+    /// Atomic: concurrent withdrawals never take more retries than the balance holds. Under
+    /// contention a withdrawal may be refused although a retry was left (two callers racing
+    /// for the last one may both be refused); it is never granted twice.
     pub fn withdraw_at(&self, now: Instant) -> bool {
         let slot = self.slot(now);
+        // Subtract first, then check, then refund: checking the balance and subtracting as two
+        // steps let two callers both take the last retry (tower's `TpsBudget` does so). Every
+        // withdrawal's subtraction is ordered before its reads (SeqCst), so of two racing
+        // withdrawals at least one sees the other's subtraction, even in different slots.
+        slot.fetch_sub(UNIT, SeqCst);
         let sum = self
             .slots
             .iter()
-            .fold(self.reserve, |a, b| a.saturating_add(b.load(Relaxed)));
-        if sum < UNIT {
-            return false;
+            .fold(self.reserve, |a, b| a.saturating_add(b.load(SeqCst)));
+        if sum >= 0 {
+            return true;
         }
-        // Two withdrawals racing here may both pass: the budget can be overdrawn by one retry
-        // per concurrent caller, as tower's is.
-        slot.fetch_sub(UNIT, Relaxed);
-        true
+        // If the slot was recycled in between (a jump of a whole window), the refund lands in
+        // the new slot: at most one retry per racing caller, expiring with that slot.
+        slot.fetch_add(UNIT, SeqCst);
+        false
     }
 
     /// The current slot at `now`, after recycling the slots that have expired.
@@ -235,6 +244,78 @@ mod tests {
         ] {
             let e = RetryBudget::new(r, m, Duration::from_secs(w)).unwrap_err();
             assert_eq!(e.setting(), setting);
+        }
+    }
+
+    /// Two threads withdraw the one retry of the same budget at the same moment, round after
+    /// round: a check-then-subtract withdrawal grants it twice in most rounds.
+    #[test]
+    fn one_retry_is_never_granted_twice_under_concurrency() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+        const ROUNDS: u64 = 20_000;
+        let now = Instant::now();
+        // ratio 1.0, no reserve, one deposit: exactly one retry in each budget.
+        let budgets: Arc<Vec<RetryBudget>> = Arc::new(
+            (0..ROUNDS)
+                .map(|_| {
+                    let b = RetryBudget::new(1.0, 0, Duration::from_secs(10)).unwrap();
+                    b.deposit_at(now);
+                    b
+                })
+                .collect(),
+        );
+        let arrived = Arc::new(AtomicU64::new(0));
+        let grants: Vec<_> = (0..2)
+            .map(|_| {
+                let (budgets, arrived) = (budgets.clone(), arrived.clone());
+                std::thread::spawn(move || {
+                    let mut granted = Vec::with_capacity(ROUNDS as usize);
+                    for (round, b) in budgets.iter().enumerate() {
+                        // A spinning barrier, so both threads withdraw at the same moment.
+                        arrived.fetch_add(1, SeqCst);
+                        let mut spins = 0u32;
+                        while arrived.load(SeqCst) < 2 * (round as u64 + 1) {
+                            spins += 1;
+                            if spins % 1024 == 0 {
+                                std::thread::yield_now();
+                            }
+                            std::hint::spin_loop();
+                        }
+                        granted.push(b.withdraw_at(now));
+                    }
+                    granted
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let twice = (0..ROUNDS as usize)
+            .filter(|&i| grants[0][i] && grants[1][i])
+            .count();
+        let once = (0..ROUNDS as usize)
+            .filter(|&i| grants[0][i] != grants[1][i])
+            .count();
+        assert_eq!(
+            twice, 0,
+            "{twice} of {ROUNDS} one-retry budgets granted twice"
+        );
+        // Not vacuous: the budgets do grant their retry (a refused withdrawal under contention
+        // is allowed, never a second grant).
+        assert!(
+            once as u64 > ROUNDS / 2,
+            "only {once} of {ROUNDS} granted once"
+        );
+        // A refused withdrawal left the retry where it was; a granted one took it.
+        for (i, b) in budgets.iter().enumerate() {
+            let left = !(grants[0][i] || grants[1][i]);
+            assert_eq!(b.withdraw_at(now), left, "round {i}: the balance is off");
+            assert!(
+                !b.withdraw_at(now),
+                "round {i}: a spent budget granted another retry"
+            );
         }
     }
 

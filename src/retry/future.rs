@@ -15,12 +15,16 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 use tower::util::rng::{HasherRng, Rng};
 
+use super::capture::Capture;
 use super::layer::Shared;
+use super::log::{ErrorText, Head, Target};
 use super::policy::{Attempt, Decision, Stop};
-use super::replay::{ReplayBody, clone_request};
+use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::bump;
 use crate::RetryInfo;
-use crate::classify::{Classify, Outcome, error_outcome, response_outcome};
+use crate::classify::{
+    Classify, ClassifyError, Outcome, SourceWalk, error_outcome, response_outcome,
+};
 
 mod sealed {
     /// Names the body type of the inner service's response, so the future can hold a body
@@ -38,7 +42,7 @@ type BodyOf<S, ReqB> = <<S as Service<Request<ReqB>>>::Response as HttpResponse>
 
 pin_project! {
     /// The future of [`StatusAwareRetry`](super::StatusAwareRetry).
-    pub struct ResponseFuture<S, C, ReqB>
+    pub struct ResponseFuture<S, C, ReqB, EC = SourceWalk>
     where
         S: Service<Request<ReqB>>,
         S::Response: HttpResponse,
@@ -49,31 +53,50 @@ pin_project! {
         service: Option<S>,
         // The copy the next attempt sends.
         replay: Option<Request<ReqB>>,
-        shared: Arc<Shared<C>>,
+        // A streamed body's capture: its copies may be sent only once it is complete.
+        capture: Option<Capture<ReqB>>,
+        // The request's method and URI for log events, kept (when they are enabled) only
+        // when there is no copy to read them from.
+        head: Option<Box<Head>>,
+        // The request may not be sent twice (method or body): a retryable answer is returned
+        // as `not_retried`.
+        ineligible: bool,
+        shared: Arc<Shared<C, EC>>,
         started: Instant,
         attempts: u32,
         prev_delay: Duration,
+        // When the current wait ends: the next attempt starts then, never later than the
+        // policy allowed (the deadline).
+        wake_at: Instant,
+        // One timer for every wait of this request, reset for each; boxed so that only a
+        // request that is retried pays for its size.
+        timer: Option<Pin<Box<Sleep>>>,
     }
+}
+
+/// What a request keeps for its later attempts (see the future's fields).
+pub(crate) struct Again<ReqB> {
+    pub(crate) replay: Option<Request<ReqB>>,
+    pub(crate) capture: Option<Capture<ReqB>>,
+    pub(crate) head: Option<Box<Head>>,
+    pub(crate) ineligible: bool,
 }
 
 pin_project! {
     #[project = StateProj]
     enum State<F, B> {
         Called { #[pin] future: F },
-        // A discarded answer's body, read up to the drain limit so its connection is reused.
-        Releasing {
-            #[pin] body: B,
-            // Boxed, like the wait's timer: only a retry pays for a timer's size.
-            timer: Pin<Box<Sleep>>,
-            drained: usize,
-            delay: Duration,
-        },
-        Waiting { sleep: Pin<Box<Sleep>> },
+        // Waiting for the next attempt while reading the discarded answer's body, so its
+        // connection can be reused; the timer ends the drain (drain timeout or end of wait).
+        Releasing { #[pin] body: B, drained: usize },
+        // Waiting for the next attempt, the discarded answer released; the timer is set to the
+        // end of the wait on the first poll.
+        Waiting { armed: bool },
         Ready,
     }
 }
 
-impl<S, C, ReqB> ResponseFuture<S, C, ReqB>
+impl<S, C, ReqB, EC> ResponseFuture<S, C, ReqB, EC>
 where
     S: Service<Request<ReqB>>,
     S::Response: HttpResponse,
@@ -81,27 +104,47 @@ where
     pub(crate) fn new(
         future: S::Future,
         service: Option<S>,
-        replay: Option<Request<ReqB>>,
-        shared: Arc<Shared<C>>,
+        again: Again<ReqB>,
+        shared: Arc<Shared<C, EC>>,
         started: Instant,
     ) -> Self {
+        let Again {
+            replay,
+            capture,
+            head,
+            ineligible,
+        } = again;
         ResponseFuture {
             state: State::Called { future },
             service,
             replay,
+            capture,
+            head,
+            ineligible,
             shared,
             started,
             attempts: 1,
             prev_delay: Duration::ZERO,
+            wake_at: started,
+            timer: None,
         }
     }
 }
 
-impl<S, C, ReqB, ResB> Future for ResponseFuture<S, C, ReqB>
+/// Sets `timer` to fire at `at`, allocating it on first use.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) {
+    match timer {
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
+impl<S, C, EC, ReqB, ResB> Future for ResponseFuture<S, C, ReqB, EC>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: 'static,
     C: Classify,
+    EC: ClassifyError<S::Error>,
     ReqB: ReplayBody,
     ResB: Body,
 {
@@ -114,26 +157,36 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
+                    let target = Target::of(this.replay.as_ref(), this.head.as_deref());
                     let outcome = match &result {
                         Ok(res) => {
                             response_outcome(&shared.classifier, res.status(), res.headers())
                         }
-                        Err(e) => error_outcome(&shared.classifier, e),
+                        Err(e) => error_outcome(&shared.classifier, &shared.error_classifier, e)
+                            .unwrap_or_else(|| unrecognised(shared, e, target)),
                     };
+                    // The wait is timed from when the retry is decided (read only when the
+                    // policy is asked: a final answer costs no clock read): draining the
+                    // discarded body happens during the wait, not before it.
+                    let mut now = *this.started;
                     let decision = if !outcome.is_retryable() {
                         Decision::Stop(Stop::Final)
+                    } else if *this.ineligible {
+                        Decision::Stop(Stop::NotEligible)
                     } else if this.replay.is_none() {
-                        // An eligible request keeps a service; its copy is gone only when
-                        // `max_retries` is used up.
-                        Decision::Stop(if this.service.is_some() {
-                            Stop::Exhausted
-                        } else {
-                            Stop::NotEligible
-                        })
+                        // An eligible request has no copy only when `max_retries` is used up
+                        // (at once with `max_retries(0)`).
+                        Decision::Stop(Stop::Exhausted)
+                    } else if this.capture.as_ref().is_some_and(|c| !c.is_complete()) {
+                        // The stream outgrew the capture, failed, or was not sent to its end:
+                        // sent once, whole or not at all, never again.
+                        bump(&shared.stats.not_replayable);
+                        Decision::Stop(Stop::NotEligible)
                     } else {
+                        now = Instant::now();
                         let at = Attempt {
                             retries: *this.attempts - 1,
-                            elapsed: this.started.elapsed(),
+                            elapsed: now.saturating_duration_since(*this.started),
                             prev_delay: *this.prev_delay,
                         };
                         let u = HasherRng::new().next_f64();
@@ -141,7 +194,7 @@ where
                         shared
                             .policy
                             .decide(&outcome, at, SystemTime::now(), u, || {
-                                budget.is_none_or(|b| b.withdraw_at(Instant::now()))
+                                budget.is_none_or(|b| b.withdraw_at(now))
                             })
                     };
                     let delay = match decision {
@@ -152,20 +205,23 @@ where
                                 outcome,
                                 stop,
                                 *this.attempts,
+                                target,
                             ));
                         }
                         Decision::Retry(delay) => delay,
                     };
-                    bump(&shared.stats.retries);
                     *this.prev_delay = delay;
+                    // The policy checked `elapsed + delay` against the deadline: waking at
+                    // `now + delay` starts the next attempt within it.
+                    *this.wake_at = now + delay;
+                    let (method, uri, attempt) = (target.method(), target.uri(), *this.attempts);
                     match &result {
-                        Ok(res) => {
-                            tracing::debug!(status = %res.status(), attempt = *this.attempts, ?delay, "retrying")
-                        }
-                        Err(_) => tracing::debug!(
-                            error = true,
-                            attempt = *this.attempts,
-                            ?delay,
+                        Ok(res) => tracing::debug!(
+                            %method, %uri, attempt, wait = ?delay, status = %res.status(),
+                            "retrying"
+                        ),
+                        Err(e) => tracing::debug!(
+                            %method, %uri, attempt, wait = ?delay, error = %ErrorText(e),
                             "retrying"
                         ),
                     }
@@ -177,13 +233,13 @@ where
                                 drop(body);
                                 this.state.set(wait(delay));
                             } else {
-                                let timer = Box::pin(tokio::time::sleep(shared.drain_timeout));
-                                this.state.set(State::Releasing {
-                                    body,
-                                    timer,
-                                    drained: 0,
-                                    delay,
-                                });
+                                // Drained until the wait ends, or the drain timeout if sooner;
+                                // a zero wait reads only what is already there (no timer).
+                                if !delay.is_zero() {
+                                    let drain_end = (now + shared.drain_timeout).min(*this.wake_at);
+                                    arm(this.timer, drain_end);
+                                }
+                                this.state.set(State::Releasing { body, drained: 0 });
                             }
                         }
                         Err(e) => {
@@ -192,20 +248,13 @@ where
                         }
                     }
                 }
-                StateProj::Releasing {
-                    mut body,
-                    timer,
-                    drained,
-                    delay,
-                } => {
-                    let delay = *delay;
+                StateProj::Releasing { mut body, drained } => {
                     // Bounded in bytes, in time, and in frames per poll: a body that is always
                     // ready (empty frames, trailers) can neither spin nor outlive its timer.
+                    // Frames already buffered are read first, so even a zero wait drains a
+                    // body that came with its head.
                     let mut frames = 0;
                     let done = loop {
-                        if timer.as_mut().poll(cx).is_ready() {
-                            break true;
-                        }
                         if frames == FRAMES_PER_POLL {
                             cx.waker().wake_by_ref();
                             break false;
@@ -224,33 +273,51 @@ where
                             Poll::Pending => break false,
                         }
                     };
-                    if !done {
-                        return Poll::Pending;
+                    if !done && !this.prev_delay.is_zero() {
+                        let timer = this.timer.as_mut().expect("a drain in a wait has a timer");
+                        if timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
                     }
                     shared
                         .stats
                         .drained_bytes
                         .fetch_add(*drained as u64, Relaxed);
-                    // Replacing the state drops the body before the wait begins.
-                    this.state.set(wait(delay));
+                    // Replacing the state drops the body: now, before the wait's end.
+                    this.state.set(wait(*this.prev_delay));
                 }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.as_mut().poll(cx));
+                StateProj::Waiting { armed } => {
+                    if !*armed {
+                        arm(this.timer, *this.wake_at);
+                        *armed = true;
+                    }
+                    let timer = this.timer.as_mut().expect("armed above");
+                    ready!(timer.as_mut().poll(cx));
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
                     let service = this.service.as_mut().expect("a retry always has a service");
-                    ready!(service.poll_ready(cx))?;
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        // An answer like any other: counted, so the counters add up.
+                        bump(&shared.stats.failed);
+                        return Poll::Ready(Err(e));
+                    }
                     let mut req = this.replay.take().expect("a retry always has a request");
                     *this.attempts += 1;
                     if *this.attempts <= shared.policy.max_retries {
-                        *this.replay = clone_request(&req);
+                        *this.replay = match this.capture {
+                            Some(c) => Some(with_body(&req, c.copy())),
+                            None => clone_request(&req),
+                        };
+                    } else {
+                        *this.head = Head::for_logs(&req);
                     }
                     if let Some(name) = &shared.attempt_header {
                         req.headers_mut()
                             .insert(name.clone(), HeaderValue::from(*this.attempts));
                     }
                     bump(&shared.stats.attempts);
+                    bump(&shared.stats.retries);
                     let future = service.call(req);
                     this.state.set(State::Called { future });
                 }
@@ -262,31 +329,75 @@ where
 /// Frames read from a discarded body in one poll before yielding to the executor.
 const FRAMES_PER_POLL: u32 = 64;
 
+/// The state after a discarded answer is released: a zero wait retries at once, without a
+/// timer or a clock read.
 fn wait<F, B>(delay: Duration) -> State<F, B> {
     if delay.is_zero() {
         State::Ready
     } else {
-        State::Waiting {
-            sleep: Box::pin(tokio::time::sleep(delay)),
-        }
+        State::Waiting { armed: false }
     }
 }
 
-fn finish<C, B, E>(
-    shared: &Shared<C>,
+/// An error no rule recognised: Fatal, counted, and logged once per error type.
+#[cold]
+fn unrecognised<C, EC, E: 'static>(
+    shared: &Shared<C, EC>,
+    error: &E,
+    target: Target<'_>,
+) -> Outcome {
+    bump(&shared.stats.unrecognised_errors);
+    let id = std::any::TypeId::of::<E>();
+    // A poisoned list is still a list of type ids.
+    let mut warned = shared.warned.lock().unwrap_or_else(|p| p.into_inner());
+    if !warned.contains(&id) {
+        warned.push(id);
+        drop(warned);
+        tracing::warn!(
+            method = %target.method(),
+            uri = %target.uri(),
+            error_type = std::any::type_name::<E>(),
+            error = %ErrorText(error),
+            "an error no rule recognised is returned as fatal, not retried; give the retry \
+             layer an error_classifier for this type (warned once per type)"
+        );
+    }
+    Outcome::Fatal
+}
+
+fn finish<C, EC, B, E>(
+    shared: &Shared<C, EC>,
     result: Result<Response<B>, E>,
     outcome: Outcome,
     stop: Stop,
     attempts: u32,
-) -> Result<Response<B>, E> {
-    match stop {
-        Stop::Final if outcome.is_missing() => bump(&shared.stats.missing),
-        Stop::Budget => bump(&shared.stats.budget_exhausted),
-        Stop::Exhausted | Stop::HintTooLong | Stop::Deadline => bump(&shared.stats.gave_up),
-        Stop::Final | Stop::NotEligible => {}
-    }
+    target: Target<'_>,
+) -> Result<Response<B>, E>
+where
+    E: 'static,
+{
+    let stats = &shared.stats;
+    // Exactly one answer counter per returned answer (see `RetryStats`).
+    bump(match (stop, outcome) {
+        (Stop::Final, Outcome::Success) => &stats.succeeded,
+        (Stop::Final, Outcome::Missing) => &stats.missing,
+        (Stop::Final, _) => &stats.failed,
+        (Stop::NotEligible, _) => &stats.not_retried,
+        (Stop::Budget, _) => &stats.budget_exhausted,
+        (Stop::Exhausted | Stop::HintTooLong | Stop::Deadline, _) => &stats.gave_up,
+    });
     if stop != Stop::Final {
-        tracing::debug!(?stop, attempts, "returning a retryable answer");
+        let (method, uri, reason) = (target.method(), target.uri(), stop.reason());
+        match &result {
+            Ok(res) => tracing::debug!(
+                %method, %uri, attempts, reason, status = %res.status(),
+                "returning a retryable answer"
+            ),
+            Err(e) => tracing::debug!(
+                %method, %uri, attempts, reason, error = %ErrorText(e),
+                "returning a retryable answer"
+            ),
+        }
     }
     result.map(|mut res| {
         res.extensions_mut().insert(RetryInfo { outcome, attempts });

@@ -1,7 +1,8 @@
 //! The layer and its builder.
 
+use std::any::TypeId;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
@@ -12,7 +13,7 @@ use super::budget::RetryBudget;
 use super::policy::{Backoff, Jitter, Policy};
 use super::stats::{Counters, RetryStats};
 use crate::BuildError;
-use crate::classify::DefaultClassifier;
+use crate::classify::{DefaultClassifier, SourceWalk};
 use crate::error::FirstError;
 
 /// Applies [`StatusAwareRetry`] to a service: retries transient failures, never 404 or 410.
@@ -34,19 +35,23 @@ use crate::error::FirstError;
 ///     .expect("valid settings");
 /// # let _ = layer;
 /// ```
-pub struct StatusAwareRetryLayer<C = DefaultClassifier> {
-    shared: Arc<Shared<C>>,
+pub struct StatusAwareRetryLayer<C = DefaultClassifier, EC = SourceWalk> {
+    shared: Arc<Shared<C, EC>>,
 }
 
 /// What every clone of a layer, its services and their futures share.
-pub(crate) struct Shared<C> {
+pub(crate) struct Shared<C, EC = SourceWalk> {
     pub(crate) classifier: C,
+    pub(crate) error_classifier: EC,
+    /// The error types already warned about as unrecognised: one warning per type.
+    pub(crate) warned: Mutex<Vec<TypeId>>,
     pub(crate) policy: Policy,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) stats: Counters,
     pub(crate) retry_non_idempotent: bool,
     pub(crate) drain_limit: usize,
     pub(crate) drain_timeout: Duration,
+    pub(crate) capture_limit: usize,
     pub(crate) attempt_header: Option<HeaderName>,
 }
 
@@ -68,14 +73,14 @@ impl Default for StatusAwareRetryLayer {
     }
 }
 
-impl<C> StatusAwareRetryLayer<C> {
+impl<C, EC> StatusAwareRetryLayer<C, EC> {
     /// A snapshot of the counters of this layer and all its clones.
     pub fn stats(&self) -> RetryStats {
         self.shared.stats.snapshot()
     }
 }
 
-impl<C> Clone for StatusAwareRetryLayer<C> {
+impl<C, EC> Clone for StatusAwareRetryLayer<C, EC> {
     fn clone(&self) -> Self {
         StatusAwareRetryLayer {
             shared: self.shared.clone(),
@@ -83,28 +88,30 @@ impl<C> Clone for StatusAwareRetryLayer<C> {
     }
 }
 
-impl<C: fmt::Debug> fmt::Debug for StatusAwareRetryLayer<C> {
+impl<C: fmt::Debug, EC> fmt::Debug for StatusAwareRetryLayer<C, EC> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.shared.fmt(f)
     }
 }
 
-impl<C: fmt::Debug> fmt::Debug for Shared<C> {
+impl<C: fmt::Debug, EC> fmt::Debug for Shared<C, EC> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StatusAwareRetryLayer")
             .field("classifier", &self.classifier)
+            .field("error_classifier", &std::any::type_name::<EC>())
             .field("policy", &self.policy)
             .field("budget", &self.budget)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("drain_limit", &self.drain_limit)
             .field("drain_timeout", &self.drain_timeout)
+            .field("capture_limit", &self.capture_limit)
             .field("attempt_header", &self.attempt_header)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, C> Layer<S> for StatusAwareRetryLayer<C> {
-    type Service = StatusAwareRetry<S, C>;
+impl<S, C, EC> Layer<S> for StatusAwareRetryLayer<C, EC> {
+    type Service = StatusAwareRetry<S, C, EC>;
 
     fn layer(&self, inner: S) -> Self::Service {
         StatusAwareRetry::from_shared(inner, self.shared.clone())
@@ -114,14 +121,15 @@ impl<S, C> Layer<S> for StatusAwareRetryLayer<C> {
 /// Configures a [`StatusAwareRetryLayer`]. Every setter states its default and valid range;
 /// a value outside it makes [`build`](Builder::build) return a [`BuildError`] naming the setter.
 #[must_use]
-#[derive(Debug)]
-pub struct Builder<C = DefaultClassifier> {
+pub struct Builder<C = DefaultClassifier, EC = SourceWalk> {
     classifier: C,
+    error_classifier: EC,
     policy: Policy,
     budget: Option<(f64, u32, Duration)>,
     retry_non_idempotent: bool,
     drain_limit: usize,
     drain_timeout: Duration,
+    capture_limit: usize,
     attempt_header: Option<HeaderName>,
     /// Whether `backoff_cap` was set, so a base above the cap blames a setting the caller used.
     cap_set: bool,
@@ -132,6 +140,7 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             classifier: DefaultClassifier::default(),
+            error_classifier: SourceWalk,
             policy: Policy {
                 max_retries: 2,
                 backoff: Backoff {
@@ -147,6 +156,7 @@ impl Default for Builder {
             retry_non_idempotent: false,
             drain_limit: 64 * 1024,
             drain_timeout: Duration::from_millis(100),
+            capture_limit: 64 * 1024,
             attempt_header: None,
             cap_set: false,
             error: FirstError::default(),
@@ -154,7 +164,7 @@ impl Default for Builder {
     }
 }
 
-impl Builder<DefaultClassifier> {
+impl<EC> Builder<DefaultClassifier, EC> {
     /// The statuses retried by the default classifier. Default: 408, 429, 500, 502, 503, 504.
     /// Valid: 4xx and 5xx except 404 and 410, which are final and never retried.
     pub fn retry_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
@@ -166,7 +176,7 @@ impl Builder<DefaultClassifier> {
     }
 }
 
-impl<C> Builder<C> {
+impl<C, EC> Builder<C, EC> {
     /// Changes one of the budget's settings (turning the budget on) and checks them.
     fn set_budget(mut self, change: impl FnOnce(&mut (f64, u32, Duration))) -> Self {
         let budget = self.budget.get_or_insert(DEFAULT_BUDGET);
@@ -180,14 +190,60 @@ impl<C> Builder<C> {
     /// Replaces the classifier that decides what an answer means (and so
     /// [`retry_statuses`](Builder::retry_statuses)). Default: [`DefaultClassifier`].
     /// Whatever it says, 404 and 410 are never retried.
-    pub fn classifier<C2>(self, classifier: C2) -> Builder<C2> {
+    pub fn classifier<C2>(self, classifier: C2) -> Builder<C2, EC> {
         Builder {
             classifier,
+            error_classifier: self.error_classifier,
             policy: self.policy,
             budget: self.budget,
             retry_non_idempotent: self.retry_non_idempotent,
             drain_limit: self.drain_limit,
             drain_timeout: self.drain_timeout,
+            capture_limit: self.capture_limit,
+            attempt_header: self.attempt_header,
+            cap_set: self.cap_set,
+            error: self.error,
+        }
+    }
+
+    /// Rules over the inner service's own error type (`S::Error`), asked before the `source()`
+    /// walk: for a stack that maps its errors into a type of its own (an enum, via
+    /// `map_err`), which the walk can't see into. A closure `|e: &MyError| -> Option<Outcome>`;
+    /// `None` falls back to the walk. Default: [`SourceWalk`] (the walk alone).
+    ///
+    /// An error that neither recognises is [`Outcome::Fatal`](crate::Outcome::Fatal) (returned,
+    /// not retried), counted in `RetryStats::unrecognised_errors` and logged with one `warn!`
+    /// per error type.
+    ///
+    /// ```
+    /// use tower_negative_cache::StatusAwareRetryLayer;
+    /// use tower_negative_cache::classify::{Outcome, recognise_error};
+    ///
+    /// #[derive(Debug)]
+    /// enum AppError {
+    ///     Io(std::io::Error),
+    ///     Auth,
+    /// }
+    ///
+    /// let layer = StatusAwareRetryLayer::builder()
+    ///     .error_classifier(|e: &AppError| match e {
+    ///         AppError::Io(io) => recognise_error(io),
+    ///         AppError::Auth => Some(Outcome::Fatal),
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn error_classifier<EC2>(self, error_classifier: EC2) -> Builder<C, EC2> {
+        Builder {
+            classifier: self.classifier,
+            error_classifier,
+            policy: self.policy,
+            budget: self.budget,
+            retry_non_idempotent: self.retry_non_idempotent,
+            drain_limit: self.drain_limit,
+            drain_timeout: self.drain_timeout,
+            capture_limit: self.capture_limit,
             attempt_header: self.attempt_header,
             cap_set: self.cap_set,
             error: self.error,
@@ -202,8 +258,10 @@ impl<C> Builder<C> {
         self
     }
 
-    /// The base of the exponential backoff: the n-th retry waits up to `base × factor^n`.
-    /// Default: 100 ms. Valid: `0..=60 s` (0 retries at once).
+    /// The base of the exponential backoff: the first retry waits up to `base`, the n-th up to
+    /// `base × factor^(n-1)` (never above `backoff_cap`; how far "up to" goes is the
+    /// [`jitter`](Builder::jitter)). Default: 100 ms (so 100 ms, 200 ms, 400 ms, ...). Valid:
+    /// `0..=60 s` (0 retries at once).
     pub fn backoff_base(mut self, base: Duration) -> Self {
         if self.error.check(
             "backoff_base",
@@ -260,11 +318,15 @@ impl<C> Builder<C> {
         self
     }
 
-    /// An overall deadline from the first attempt: no retry starts whose wait would end past it
-    /// (the last answer is returned instead). Default: none. Valid: `1 ms..=1 day`.
+    /// An overall deadline from the first attempt: no retry is decided whose wait would end
+    /// past it (the last answer is returned instead, counted as `gave_up`), and as the wait
+    /// is timed from the decision — draining the discarded body runs during the wait, not
+    /// before it — no attempt starts past it (within the timer's 1 ms resolution). Default:
+    /// none. Valid: `1 ms..=1 day`.
     ///
     /// It bounds waits, not attempts: put a `tower::timeout::TimeoutLayer` under this layer to
-    /// bound each attempt.
+    /// bound each attempt. Waiting for the inner service to become ready before a retry is not
+    /// bounded by it either.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         let range = Duration::from_millis(1)..=Duration::from_secs(86_400);
         if self
@@ -309,8 +371,8 @@ impl<C> Builder<C> {
     }
 
     /// How many bytes of a discarded answer's body are read so its connection can be reused;
-    /// a longer body is dropped (closing an HTTP/1 connection). Default: 64 KiB. Valid:
-    /// `0..=16 MiB`.
+    /// a longer body is dropped (closing an HTTP/1 connection). The drain runs during the
+    /// backoff wait and ends with it at the latest. Default: 64 KiB. Valid: `0..=16 MiB`.
     pub fn drain_limit(mut self, bytes: usize) -> Self {
         if self
             .error
@@ -321,8 +383,10 @@ impl<C> Builder<C> {
         self
     }
 
-    /// How long reading a discarded body may take before it is dropped. Default: 100 ms.
-    /// Valid: `0..=10 s` (0 drops at once).
+    /// How long reading a discarded body may take before it is dropped, counted from the
+    /// retry decision; the end of the backoff wait ends the drain too, whichever comes first,
+    /// so draining never delays the next attempt. Default: 100 ms. Valid: `0..=10 s` (0 drops
+    /// at once).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         let range = Duration::ZERO..=Duration::from_secs(10);
         if self
@@ -334,6 +398,26 @@ impl<C> Builder<C> {
         self
     }
 
+    /// How many bytes of a streamed request body (one that [`ReplayBody`](super::ReplayBody)
+    /// can't copy before sending, such as a `BoxBody` of a forwarded request) are kept as the
+    /// first attempt sends it, so that a retry can replay them. A body that ends within the
+    /// bound is replayed from the copy; a larger one is sent once, whole, and never retried
+    /// (counted as `not_replayable`); it is never truncated or sent twice partially.
+    ///
+    /// Memory: at most this many bytes per request in flight whose body is being captured (the
+    /// buffer's capacity may round up, to under twice the bound), freed as soon as the body
+    /// outgrows the bound, else when the request's future ends. Default: 64 KiB. Valid:
+    /// `0..=16 MiB`; 0 turns capturing off (streamed bodies are sent once).
+    pub fn capture_limit(mut self, bytes: usize) -> Self {
+        if self
+            .error
+            .check("capture_limit", bytes, 0..=16 << 20, "0..=16777216")
+        {
+            self.capture_limit = bytes;
+        }
+        self
+    }
+
     /// Sends the attempt number (1, 2, ...) in this request header. Default: no header.
     pub fn attempt_header(mut self, name: HeaderName) -> Self {
         self.attempt_header = Some(name);
@@ -341,7 +425,7 @@ impl<C> Builder<C> {
     }
 
     /// The layer, or the first setting given an invalid value.
-    pub fn build(self) -> Result<StatusAwareRetryLayer<C>, BuildError> {
+    pub fn build(self) -> Result<StatusAwareRetryLayer<C, EC>, BuildError> {
         self.error.result()?;
         let b = self.policy.backoff;
         if b.cap < b.base {
@@ -367,15 +451,35 @@ impl<C> Builder<C> {
         Ok(StatusAwareRetryLayer {
             shared: Arc::new(Shared {
                 classifier: self.classifier,
+                error_classifier: self.error_classifier,
+                warned: Mutex::default(),
                 policy: self.policy,
                 budget,
                 stats: Counters::default(),
                 retry_non_idempotent: self.retry_non_idempotent,
                 drain_limit: self.drain_limit,
                 drain_timeout: self.drain_timeout,
+                capture_limit: self.capture_limit,
                 attempt_header: self.attempt_header,
             }),
         })
+    }
+}
+
+impl<C: fmt::Debug, EC> fmt::Debug for Builder<C, EC> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("classifier", &self.classifier)
+            .field("error_classifier", &std::any::type_name::<EC>())
+            .field("policy", &self.policy)
+            .field("budget", &self.budget)
+            .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("drain_limit", &self.drain_limit)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("capture_limit", &self.capture_limit)
+            .field("attempt_header", &self.attempt_header)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 

@@ -11,9 +11,12 @@
 //!   `max_retries`, the deadline, the `Retry-After` cap and the shared [`RetryBudget`] allow, for
 //!   idempotent methods (and POST/PATCH with `Idempotency-Key`) whose body can be replayed
 //!   ([`ReplayBody`]).
-//! - A retried answer's body is read up to `drain_limit` within `drain_timeout`, then dropped —
-//!   before the backoff wait begins — so its HTTP/1 connection goes back to the pool and no
-//!   buffer is held through the wait.
+//! - The backoff wait is timed from the moment a retry is decided. During it, the retried
+//!   answer's body is read up to `drain_limit` within `drain_timeout` (so its HTTP/1 connection
+//!   goes back to the pool), then dropped — at the latest when the wait ends, so draining never
+//!   delays the next attempt and no attempt starts past the deadline.
+//! - Backoff: the first retry waits up to `backoff_base`, the n-th up to
+//!   `backoff_base × factor^(n-1)`, capped, spread by the jitter.
 //!
 //! The decision is made by pure policy code (time and randomness come in as arguments), the
 //! service and its future only sequence calls, like `tower::retry`.
@@ -59,16 +62,66 @@
 //! assert_eq!(layer.stats().retries, 2);
 //! # }
 //! ```
+//!
+//! # Request bodies
+//!
+//! A retry sends a copy of the request ([`ReplayBody`]): buffered bodies are cloned; bodiless
+//! `BoxBody`, `UnsyncBoxBody` and axum bodies are replayed as empty; a streamed body of those
+//! types (what a proxy forwards) is captured as the first attempt sends it, up to
+//! [`capture_limit`](Builder::capture_limit) bytes (64 KiB by default) per request in flight,
+//! and replayed from the copy if it fit; a larger one is sent once, whole, and counted as
+//! `not_replayable`. hyper's `Incoming` must be boxed first (`req.map(BodyExt::boxed)`).
+//!
+//! # Troubleshooting compile errors
+//!
+//! The layer's service implements `Service` only when every part fits, so a mismatch often
+//! shows up at a method call as *"the method `oneshot` exists for struct
+//! `StatusAwareRetry<…>`, but its trait bounds were not satisfied"*, naming no culprit. Call
+//! the service through `tower::Service::call(&mut svc, req)` once (or put it where a
+//! `Service<Request<B>>` is required) and rustc names the unmet bound and its fix:
+//!
+//! - *"the retry layer can't tell whether a request body of type `X` may be sent again"*: the
+//!   body type has no [`ReplayBody`]. Wrap it: [`Replayable`] for a `Clone` body, [`SendOnce`]
+//!   for a stream you never want retried — or box it.
+//! - *"`X` is not a classifier"*: the value given to [`Builder::classifier`] is not a
+//!   [`Classify`](crate::classify::Classify). A closure must name both argument types:
+//!   `|status: StatusCode, headers: &HeaderMap| -> Outcome`.
+//! - *"`X` can't classify errors of type `E`"*: the [`Builder::error_classifier`] closure takes
+//!   another error type than the inner service's `S::Error` (`E` in the message).
+//! - *"the trait bound `S: Clone` is not satisfied"*: retries go through a clone of the inner
+//!   service, as with `tower::retry`; wrap a non-`Clone` service in `tower::buffer::Buffer`.
+//!
+//! ```compile_fail
+//! // error[E0277]: the retry layer can't tell whether a request body of type `MyBody` may be
+//! // sent again
+//! # use bytes::Bytes;
+//! # use std::{pin::Pin, task::{Context, Poll}};
+//! struct MyBody;
+//! # impl http_body::Body for MyBody {
+//! #     type Data = Bytes;
+//! #     type Error = std::convert::Infallible;
+//! #     fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>)
+//! #         -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> { Poll::Ready(None) }
+//! # }
+//! let upstream = tower::service_fn(|_: http::Request<MyBody>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<Bytes>::new()))
+//! });
+//! let mut svc = tower::Layer::layer(&tower_negative_cache::StatusAwareRetryLayer::new(), upstream);
+//! let _ = tower::Service::call(&mut svc, http::Request::new(MyBody));
+//! ```
 
 mod budget;
+mod capture;
 mod future;
 mod layer;
+mod log;
 mod policy;
 mod replay;
 mod service;
 mod stats;
 
 pub use budget::RetryBudget;
+pub use capture::Capture;
 pub use future::ResponseFuture;
 pub use layer::{Builder, StatusAwareRetryLayer};
 pub use policy::Jitter;

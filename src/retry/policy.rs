@@ -8,8 +8,8 @@ use crate::classify::Outcome;
 
 /// How a backoff delay is spread, so that clients failing together do not retry together.
 ///
-/// See AWS's "Exponential Backoff and Jitter". With `e = min(cap, base × factor^n)` for the
-/// n-th retry (1-based) and `u` uniform in `[0, 1)`:
+/// See AWS's "Exponential Backoff and Jitter". With `e = min(cap, base × factor^(n-1))` for the
+/// n-th retry (1-based: the first retry's `e` is `base`) and `u` uniform in `[0, 1)`:
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Jitter {
     /// `e`: deterministic, for tests.
@@ -33,13 +33,14 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     /// The wait before retry `n` (1-based); `prev` the wait before the last one; `u` in [0, 1).
-    /// Always within `[0, cap]`.
+    /// Always within `[0, cap]`. The first retry's wait is drawn from `base` itself.
     pub(crate) fn delay(&self, n: u32, prev: Duration, u: f64) -> Duration {
         let u = if (0.0..1.0).contains(&u) { u } else { 0.0 };
         let cap = self.cap.as_secs_f64();
         let base = self.base.as_secs_f64();
         // factor <= 10, so factor^64 <= 1e64 stays finite: no `0 × inf = NaN` for a zero base.
-        let exp = (base * self.factor.powi(n.min(64) as i32)).min(cap);
+        let growth = n.saturating_sub(1).min(64) as i32;
+        let exp = (base * self.factor.powi(growth)).min(cap);
         let secs = match self.jitter {
             Jitter::None => exp,
             Jitter::Full => exp * u,
@@ -79,6 +80,20 @@ pub(crate) enum Stop {
     Deadline,
     /// The retry budget is spent.
     Budget,
+}
+
+impl Stop {
+    /// Why a retryable answer was returned, for log events.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Stop::Final => "final",
+            Stop::NotEligible => "not replayable or not idempotent",
+            Stop::Exhausted => "max_retries used up",
+            Stop::HintTooLong => "retry-after beyond max_retry_after",
+            Stop::Deadline => "the next wait would end past the deadline",
+            Stop::Budget => "retry budget spent",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,10 +210,24 @@ mod tests {
     }
 
     #[test]
-    fn the_incidents_waits_are_200_and_400_ms_without_jitter() {
+    fn the_first_wait_is_base_then_it_grows_by_factor() {
         let b = policy(Jitter::None).backoff;
-        assert_eq!(b.delay(1, Duration::ZERO, 0.5), Duration::from_millis(200));
-        assert_eq!(b.delay(2, Duration::ZERO, 0.5), Duration::from_millis(400));
+        assert_eq!(b.delay(1, Duration::ZERO, 0.5), Duration::from_millis(100));
+        assert_eq!(b.delay(2, Duration::ZERO, 0.5), Duration::from_millis(200));
+        assert_eq!(b.delay(3, Duration::ZERO, 0.5), Duration::from_millis(400));
+        // The incident's 200 ms then 400 ms: base 200 ms.
+        let incident = Backoff {
+            base: Duration::from_millis(200),
+            ..b
+        };
+        assert_eq!(
+            incident.delay(1, Duration::ZERO, 0.0),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            incident.delay(2, Duration::ZERO, 0.0),
+            Duration::from_millis(400)
+        );
         assert_eq!(b.delay(20, Duration::ZERO, 0.5), Duration::from_secs(10));
         let zero = Backoff {
             base: Duration::ZERO,

@@ -128,10 +128,10 @@ impl Cfg {
         }
     }
 
-    /// `min(cap, base × factor^n)`, the un-jittered wait before retry `n`.
+    /// `min(cap, base × factor^(n-1))`, the un-jittered wait before retry `n` (1-based).
     fn exp(&self, n: u32) -> Duration {
         let b = &self.p.backoff;
-        let e = b.base.as_secs_f64() * b.factor.powi(n as i32);
+        let e = b.base.as_secs_f64() * b.factor.powi(n as i32 - 1);
         Duration::from_secs_f64(e.min(b.cap.as_secs_f64()))
     }
 
@@ -412,16 +412,33 @@ proptest! {
         prop_assert_eq!((s.missing, s.drained_bytes, s.not_replayable), (missing, drained, 0));
     }
 
-    /// `gave_up` + `budget_exhausted` count the retryable answers returned to the caller of an
-    /// eligible request, as `RetryStats` documents.
+    /// Every returned answer lands in exactly one answer counter, the one its outcome and the
+    /// reason it was returned name; the answer counters add up to `requests`.
     #[test]
-    fn returned_retryable_answers_are_counted(cfg in cfg(), script in vec(answer(), 0..12)) {
+    fn every_answer_lands_in_exactly_one_counter(
+        cfg in cfg(), m in method(), script in vec(answer(), 0..12),
+    ) {
         let layer = cfg.builder().build().unwrap();
-        let t = runtime().block_on(send(&layer, &(Method::GET, false), &script));
-        let last = &t.calls.last().unwrap().answer;
-        let expected = u64::from(cfg.p.max_retries > 0 && by_default(last).is_retryable());
+        let t = runtime().block_on(send(&layer, &m, &script));
         let s = layer.stats();
-        prop_assert_eq!(s.gave_up + s.budget_exhausted, expected, "{:?}", s);
+        prop_assert_eq!((s.requests, s.answered()), (1, 1), "{:?}", s);
+        let last = &t.calls.last().unwrap().answer;
+        let method_ok = retry_eligible(&Cfg { p: Policy { max_retries: 1, ..cfg.p }, ..cfg.clone() }, &m);
+        let (counter, value) = match by_default(last) {
+            Outcome::Success => ("succeeded", s.succeeded),
+            Outcome::Missing => ("missing", s.missing),
+            Outcome::Fatal => ("failed", s.failed),
+            Outcome::Retryable { .. } if !method_ok => ("not_retried", s.not_retried),
+            Outcome::Retryable { .. } if cfg.p.max_retries == 0 => ("gave_up", s.gave_up),
+            // Spent max_retries, deadline or hint cap, or the budget: timing decides which.
+            Outcome::Retryable { .. } => {
+                let budget = if cfg.budget.is_some() { s.budget_exhausted } else { 0 };
+                ("gave_up or budget_exhausted", s.gave_up + budget)
+            }
+        };
+        prop_assert_eq!(value, 1, "{} for {:?}: {:?}", counter, last, s);
+        prop_assert_eq!(s.retries, s.attempts - s.requests);
+        prop_assert_eq!(s.attempts, t.calls.len() as u64);
     }
 
     #[test]

@@ -2,18 +2,36 @@
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{Empty, Full};
+use http_body::Body;
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
+use http_body_util::{Either, Empty, Full};
+
+use super::capture::{Capture, capture};
 
 /// A request body that can be sent again.
 ///
 /// The retry layer copies the request before each attempt. A body that returns `None` here (a
-/// stream such as hyper's `Incoming`) is sent exactly once — never dropped or half-sent — and
-/// counted as `not_replayable` in [`RetryStats`](super::RetryStats).
+/// stream) is, if it can be [captured](ReplayBody::capture), kept up to the layer's
+/// `capture_limit` as it is sent and replayed from that copy; otherwise it is sent exactly once —
+/// never dropped, truncated or half-sent twice — and counted as `not_replayable` in
+/// [`RetryStats`](super::RetryStats).
 ///
-/// Implemented for the buffered bodies of `http-body-util` (`Full`, `Empty`) and for `String`,
-/// `Vec<u8>`, `Bytes`, `&'static str` and `()`; never replayable: `hyper::body::Incoming`,
-/// `BoxBody`, `UnsyncBoxBody`. For a body type of another crate, wrap it: [`Replayable`] (any
-/// `Clone` body) or [`SendOnce`] (streams). Implement it for a body of your own in three lines:
+/// | body | replayed |
+/// |---|---|
+/// | `Full`, `Empty`, `String`, `Vec<u8>`, `Bytes`, `&'static str`, `&'static [u8]`, `()` | by cloning |
+/// | `BoxBody<Bytes, E>`, `UnsyncBoxBody<Bytes, E>`, `axum::body::Body` (feature `axum`) | as an empty body when bodiless (already at its end, or an exact size of 0 — trailers of such a body are not replayed); otherwise captured up to `capture_limit` |
+/// | `reqwest::Body` (feature `reqwest`) | a buffered body by copying its bytes; a stream captured up to `capture_limit` |
+/// | `Either<L, R>` | when the side it holds is |
+/// | [`Replayable<B>`] | by cloning (any `B: Clone`) |
+/// | [`SendOnce<B>`], `hyper::body::Incoming` | never: sent once |
+///
+/// hyper's `Incoming` can't be made empty or wrapped in place (hyper gives no constructor), so
+/// a server forwarding `Request<Incoming>` should box the body first —
+/// `req.map(http_body_util::BodyExt::boxed)` — to have it replayed: a client for
+/// `BoxBody<Bytes, hyper::Error>`.
+///
+/// For a body type of another crate, wrap it: [`Replayable`] (any `Clone` body) or [`SendOnce`]
+/// (streams). Implement it for a body of your own in three lines:
 ///
 /// ```
 /// use tower_negative_cache::retry::ReplayBody;
@@ -27,9 +45,131 @@ use http_body_util::{Empty, Full};
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "the retry layer can't tell whether a request body of type `{Self}` may be sent again",
+    label = "`{Self}` does not implement `ReplayBody`",
+    note = "wrap a `Clone` body in `tower_negative_cache::retry::Replayable` to replay it by cloning, or a stream in `tower_negative_cache::retry::SendOnce` to send it once (never retried)",
+    note = "`Full`, `Empty`, `BoxBody<Bytes, _>`, `UnsyncBoxBody<Bytes, _>` and `Either` of such bodies are replayable as they are"
+)]
 pub trait ReplayBody: Sized {
-    /// A copy of the body to send again, or `None` if it can be sent only once.
+    /// A copy of the body to send again, or `None` if it can't be copied before it is sent.
     fn try_clone_body(&self) -> Option<Self>;
+
+    /// For a stream that [`try_clone_body`](ReplayBody::try_clone_body) can't copy: replaces
+    /// `self` with a body that sends the same frames while keeping up to `limit` bytes of them,
+    /// and returns the capture that replays them once the whole stream has been sent within the
+    /// bound. `None` (the default): can't be captured, the request is sent once.
+    ///
+    /// Implemented by the crate for `BoxBody<Bytes, E>`, `UnsyncBoxBody<Bytes, E>`,
+    /// `axum::body::Body` and `Either`; a body of your own can delegate to one of those.
+    fn capture(&mut self, limit: usize) -> Option<Capture<Self>> {
+        let _ = limit;
+        None
+    }
+}
+
+/// Whether a body holds nothing to send: at its end already, or of exact size 0.
+fn bodiless<B: Body>(body: &B) -> bool {
+    body.is_end_stream() || body.size_hint().exact() == Some(0)
+}
+
+/// Whether a stream can't fit in `limit` bytes, as far as its size hint tells.
+fn too_large<B: Body>(body: &B, limit: usize) -> bool {
+    body.size_hint().lower() > limit as u64
+}
+
+impl<E: 'static> ReplayBody for BoxBody<Bytes, E> {
+    fn try_clone_body(&self) -> Option<Self> {
+        bodiless(self).then(BoxBody::default)
+    }
+
+    fn capture(&mut self, limit: usize) -> Option<Capture<Self>> {
+        if too_large(self, limit) {
+            return None;
+        }
+        let (sent, capture) = capture(std::mem::take(self), limit, BoxBody::new, |r| {
+            BoxBody::new(r.typed::<E>())
+        });
+        *self = sent;
+        Some(capture)
+    }
+}
+
+impl<E: 'static> ReplayBody for UnsyncBoxBody<Bytes, E> {
+    fn try_clone_body(&self) -> Option<Self> {
+        bodiless(self).then(UnsyncBoxBody::default)
+    }
+
+    fn capture(&mut self, limit: usize) -> Option<Capture<Self>> {
+        if too_large(self, limit) {
+            return None;
+        }
+        let (sent, capture) = capture(std::mem::take(self), limit, UnsyncBoxBody::new, |r| {
+            UnsyncBoxBody::new(r.typed::<E>())
+        });
+        *self = sent;
+        Some(capture)
+    }
+}
+
+#[cfg(feature = "axum")]
+impl ReplayBody for axum_core::body::Body {
+    fn try_clone_body(&self) -> Option<Self> {
+        bodiless(self).then(axum_core::body::Body::empty)
+    }
+
+    fn capture(&mut self, limit: usize) -> Option<Capture<Self>> {
+        use axum_core::body::Body as AxumBody;
+        if too_large(self, limit) {
+            return None;
+        }
+        let (sent, capture) = capture(std::mem::take(self), limit, AxumBody::new, |r| {
+            AxumBody::new(r.typed::<std::convert::Infallible>())
+        });
+        *self = sent;
+        Some(capture)
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl ReplayBody for reqwest::Body {
+    fn try_clone_body(&self) -> Option<Self> {
+        // reqwest keeps a buffered body as `Bytes` but lends only a slice: a copy.
+        self.as_bytes()
+            .map(|b| reqwest::Body::from(Bytes::copy_from_slice(b)))
+    }
+
+    fn capture(&mut self, limit: usize) -> Option<Capture<Self>> {
+        if too_large(self, limit) {
+            return None;
+        }
+        let original = std::mem::replace(self, reqwest::Body::from(Bytes::new()));
+        let (sent, capture) = capture(original, limit, reqwest::Body::wrap, |r| {
+            reqwest::Body::wrap(r.typed::<std::convert::Infallible>())
+        });
+        *self = sent;
+        Some(capture)
+    }
+}
+
+impl<L, R> ReplayBody for Either<L, R>
+where
+    L: ReplayBody + 'static,
+    R: ReplayBody + 'static,
+{
+    fn try_clone_body(&self) -> Option<Self> {
+        match self {
+            Either::Left(l) => l.try_clone_body().map(Either::Left),
+            Either::Right(r) => r.try_clone_body().map(Either::Right),
+        }
+    }
+
+    fn capture(&mut self, limit: usize) -> Option<Capture<Self>> {
+        match self {
+            Either::Left(l) => Some(l.capture(limit)?.map(Either::Left)),
+            Either::Right(r) => Some(r.capture(limit)?.map(Either::Right)),
+        }
+    }
 }
 
 macro_rules! replay_by_clone {
@@ -64,10 +204,6 @@ macro_rules! never_replay {
         }
     )*};
 }
-never_replay!(
-    [D, E] http_body_util::combinators::BoxBody<D, E>,
-    [D, E] http_body_util::combinators::UnsyncBoxBody<D, E>
-);
 #[cfg(feature = "hyper")]
 never_replay!([] hyper::body::Incoming);
 
@@ -158,14 +294,18 @@ impl<B> ReplayBody for SendOnce<B> {
 
 /// A copy of `req` for another attempt, if its body can be replayed.
 pub(crate) fn clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
-    let body = req.body().try_clone_body()?;
+    Some(with_body(req, req.body().try_clone_body()?))
+}
+
+/// A copy of `req`'s head with `body`.
+pub(crate) fn with_body<B, B2>(req: &Request<B>, body: B2) -> Request<B2> {
     let mut copy = Request::new(body);
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     *copy.extensions_mut() = req.extensions().clone();
-    Some(copy)
+    copy
 }
 
 #[cfg(test)]

@@ -9,12 +9,13 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::future::ResponseFuture;
+use super::future::{Again, ResponseFuture};
 use super::layer::Shared;
+use super::log::Head;
 use super::policy::may_retry_request;
-use super::replay::{ReplayBody, clone_request};
+use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::{RetryStats, bump};
-use crate::classify::{Classify, DefaultClassifier};
+use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
 
 /// Retries transient failures of an HTTP service; returns final answers (404, 410) at once.
 ///
@@ -24,13 +25,13 @@ use crate::classify::{Classify, DefaultClassifier};
 /// Like `tower::retry::Retry`, every attempt after the first is sent through a clone of the
 /// inner service made ready in the response future, so `S` must be `Clone` (a hyper-util
 /// `Client` is).
-pub struct StatusAwareRetry<S, C = DefaultClassifier> {
+pub struct StatusAwareRetry<S, C = DefaultClassifier, EC = SourceWalk> {
     inner: S,
-    shared: Arc<Shared<C>>,
+    shared: Arc<Shared<C, EC>>,
 }
 
-impl<S, C> StatusAwareRetry<S, C> {
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<C>>) -> Self {
+impl<S, C, EC> StatusAwareRetry<S, C, EC> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<C, EC>>) -> Self {
         StatusAwareRetry { inner, shared }
     }
 
@@ -55,7 +56,7 @@ impl<S, C> StatusAwareRetry<S, C> {
     }
 }
 
-impl<S: Clone, C> Clone for StatusAwareRetry<S, C> {
+impl<S: Clone, C, EC> Clone for StatusAwareRetry<S, C, EC> {
     fn clone(&self) -> Self {
         StatusAwareRetry {
             inner: self.inner.clone(),
@@ -64,7 +65,7 @@ impl<S: Clone, C> Clone for StatusAwareRetry<S, C> {
     }
 }
 
-impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for StatusAwareRetry<S, C> {
+impl<S: fmt::Debug, C: fmt::Debug, EC> fmt::Debug for StatusAwareRetry<S, C, EC> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StatusAwareRetry")
             .field("inner", &self.inner)
@@ -73,17 +74,18 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for StatusAwareRetry<S, C> {
     }
 }
 
-impl<S, C, ReqB, ResB> Service<Request<ReqB>> for StatusAwareRetry<S, C>
+impl<S, C, EC, ReqB, ResB> Service<Request<ReqB>> for StatusAwareRetry<S, C, EC>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     S::Error: 'static,
     C: Classify,
+    EC: ClassifyError<S::Error>,
     ReqB: ReplayBody,
     ResB: Body,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
-    type Future = ResponseFuture<S, C, ReqB>;
+    type Future = ResponseFuture<S, C, ReqB, EC>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -97,14 +99,25 @@ where
         if let Some(budget) = &shared.budget {
             budget.deposit_at(now);
         }
-        let replay = if shared.policy.max_retries > 0
-            && may_retry_request(req.method(), req.headers(), shared.retry_non_idempotent)
-        {
-            let copy = clone_request(&req);
-            if copy.is_none() {
-                bump(&shared.stats.not_replayable);
+        let mut ineligible =
+            !may_retry_request(req.method(), req.headers(), shared.retry_non_idempotent);
+        let (mut replay, mut capture) = (None, None);
+        if shared.policy.max_retries > 0 && !ineligible {
+            replay = clone_request(&req);
+            if replay.is_none() && shared.capture_limit > 0 {
+                // A stream: keep what the first attempt sends, up to the bound.
+                capture = req.body_mut().capture(shared.capture_limit);
+                replay = capture.as_ref().map(|c| with_body(&req, c.copy()));
             }
-            copy
+            if replay.is_none() {
+                bump(&shared.stats.not_replayable);
+                ineligible = true;
+            }
+        }
+        // No copy to read the method and URI from later: keep them, if a log event could
+        // show them.
+        let head = if replay.is_none() {
+            Head::for_logs(&req)
         } else {
             None
         };
@@ -115,6 +128,12 @@ where
         let future = self.inner.call(req);
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
-        ResponseFuture::new(future, service, replay, shared.clone(), now)
+        let again = Again {
+            replay,
+            capture,
+            head,
+            ineligible,
+        };
+        ResponseFuture::new(future, service, again, shared.clone(), now)
     }
 }

@@ -4,31 +4,72 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a retry layer's counters, shared by all its clones.
 ///
+/// Every answer the layer returns — a response or an error — lands in exactly one of the six
+/// *answer counters*: `succeeded`, `missing`, `failed`, `gave_up`, `budget_exhausted` and
+/// `not_retried`. So `requests` = their sum ([`answered`](RetryStats::answered)) + requests
+/// still in flight + requests whose future the caller dropped before it finished.
+///
+/// The other counters count events, not answers: `attempts`, `retries`, `not_replayable`,
+/// `drained_bytes`, `unrecognised_errors`.
+///
 /// ```
 /// let layer = tower_negative_cache::StatusAwareRetryLayer::new();
 /// assert_eq!(layer.stats().requests, 0);
+/// assert_eq!(layer.stats().answered(), 0);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct RetryStats {
-    /// Requests received.
+    /// Requests received (calls of the service).
     pub requests: u64,
-    /// Calls made to the inner service (first attempts and retries).
+    /// Calls made to the inner service: first attempts and retries.
     pub attempts: u64,
-    /// Retries made.
+    /// Retries sent to the inner service (so `attempts = requests + retries`). A retry that
+    /// was decided but never sent — its future dropped during the wait, or the inner service
+    /// failing to become ready — is not counted.
     pub retries: u64,
-    /// Missing answers (404/410) returned at once, without a retry.
+    /// Answer counter: Success answers (1xx-3xx by default) returned.
+    pub succeeded: u64,
+    /// Answer counter: Missing answers (404/410) returned — at once, never retried.
     pub missing: u64,
-    /// Retryable answers returned because the retry budget was spent.
-    pub budget_exhausted: u64,
-    /// Retryable answers returned because `max_retries`, the deadline or the `Retry-After` cap
-    /// allowed no further attempt.
+    /// Answer counter: Fatal answers returned (other 4xx/5xx, errors no rule calls transient),
+    /// and errors of the inner service's readiness before a retry.
+    pub failed: u64,
+    /// Answer counter: Retryable answers returned because no further attempt was allowed:
+    /// `max_retries` used up (with `max_retries(0)`, at the first answer), the next wait would
+    /// end past the deadline, or `Retry-After` asked for more than `max_retry_after`.
     pub gave_up: u64,
-    /// Retry-eligible requests sent once because their body can't be replayed.
+    /// Answer counter: Retryable answers returned because the retry budget was spent.
+    pub budget_exhausted: u64,
+    /// Answer counter: Retryable answers returned at once because the request may not be sent
+    /// twice: its method (POST/PATCH without `Idempotency-Key`, CONNECT, ...) or a body that
+    /// can't be replayed.
+    pub not_retried: u64,
+    /// Requests that the method and `max_retries` allowed to be retried but that were sent
+    /// once because their body can't be replayed: a body that can be neither copied nor
+    /// captured (counted when the request is sent, whatever its answer), or a streamed body
+    /// whose capture was not complete — larger than `capture_limit`, failed, or not sent to its
+    /// end — when a retry was wanted (counted then).
     pub not_replayable: u64,
     /// Bytes of discarded response bodies read (drained) before a retry.
     pub drained_bytes: u64,
+    /// Errors of the inner service that no rule recognised — neither the layer's
+    /// `error_classifier` nor the `source()` walk — and that were therefore treated as Fatal
+    /// (and returned, in `failed`). Each error type is also logged once with `warn!`.
+    pub unrecognised_errors: u64,
+}
+
+impl RetryStats {
+    /// The answers returned: the sum of the six answer counters.
+    pub fn answered(&self) -> u64 {
+        self.succeeded
+            + self.missing
+            + self.failed
+            + self.gave_up
+            + self.budget_exhausted
+            + self.not_retried
+    }
 }
 
 #[derive(Debug, Default)]
@@ -36,11 +77,15 @@ pub(crate) struct Counters {
     pub(crate) requests: AtomicU64,
     pub(crate) attempts: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) succeeded: AtomicU64,
     pub(crate) missing: AtomicU64,
-    pub(crate) budget_exhausted: AtomicU64,
+    pub(crate) failed: AtomicU64,
     pub(crate) gave_up: AtomicU64,
+    pub(crate) budget_exhausted: AtomicU64,
+    pub(crate) not_retried: AtomicU64,
     pub(crate) not_replayable: AtomicU64,
     pub(crate) drained_bytes: AtomicU64,
+    pub(crate) unrecognised_errors: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -53,11 +98,15 @@ impl Counters {
             requests: self.requests.load(Relaxed),
             attempts: self.attempts.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            succeeded: self.succeeded.load(Relaxed),
             missing: self.missing.load(Relaxed),
-            budget_exhausted: self.budget_exhausted.load(Relaxed),
+            failed: self.failed.load(Relaxed),
             gave_up: self.gave_up.load(Relaxed),
+            budget_exhausted: self.budget_exhausted.load(Relaxed),
+            not_retried: self.not_retried.load(Relaxed),
             not_replayable: self.not_replayable.load(Relaxed),
             drained_bytes: self.drained_bytes.load(Relaxed),
+            unrecognised_errors: self.unrecognised_errors.load(Relaxed),
         }
     }
 }

@@ -1,0 +1,107 @@
+//! reqwest under both layers (feature `reqwest`): a `tower::Service<http::Request<reqwest::Body>>`
+//! over a `reqwest::Client`.
+//!
+//! reqwest's `Client` is a `tower::Service` of its own request type (`reqwest::Request`), which
+//! the layers can't read as an `http::Request`, and no well-kept crate adapts it; this adapter is
+//! the conversion both ways (`reqwest::Request::try_from(http::Request)`,
+//! `http::Response::from(reqwest::Response)`). Its errors are `reqwest::Error`, which the
+//! [`classify`](crate::classify) walk reads: connect errors and timeouts are transient.
+//! A buffered `reqwest::Body` is replayed by copying its bytes; a streamed one is captured
+//! (see [`ReplayBody`](crate::retry::ReplayBody)).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_negative_cache::reqwest::ReqwestService;
+//! use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = ServiceBuilder::new()
+//!     .layer(NegativeCacheLayer::new())
+//!     .layer(StatusAwareRetryLayer::new())
+//!     .service(ReqwestService::new(reqwest::Client::new()));
+//! let req = http::Request::get("http://localhost:8080/records/42").body(reqwest::Body::from(""))?;
+//! let res = client.oneshot(req).await?;
+//! println!("{}", res.status());
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+
+/// A `tower::Service<http::Request<reqwest::Body>>` sending through a `reqwest::Client`.
+///
+/// Cloning it clones the client (an `Arc`): the connection pool is shared.
+#[derive(Clone, Debug)]
+pub struct ReqwestService {
+    client: reqwest::Client,
+}
+
+impl ReqwestService {
+    /// Sends through `client`.
+    pub fn new(client: reqwest::Client) -> Self {
+        ReqwestService { client }
+    }
+
+    /// The client.
+    pub fn get_ref(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// The client, mutably.
+    pub fn get_mut(&mut self) -> &mut reqwest::Client {
+        &mut self.client
+    }
+
+    /// Unwraps the client.
+    pub fn into_inner(self) -> reqwest::Client {
+        self.client
+    }
+}
+
+/// The future of [`ReqwestService`].
+pub struct ResponseFuture {
+    // reqwest's own future type is not public: boxed, as reqwest boxes its own internally.
+    inner: Pin<Box<dyn Future<Output = Result<Response<reqwest::Body>, reqwest::Error>> + Send>>,
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<reqwest::Body>, reqwest::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl tower::Service<Request<reqwest::Body>> for ReqwestService {
+    type Response = Response<reqwest::Body>;
+    type Error = reqwest::Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // reqwest queues nothing of its own: always ready, like its own `Service` impl.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<reqwest::Body>) -> Self::Future {
+        let client = self.client.clone();
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let req = reqwest::Request::try_from(req)?;
+                let res = client.execute(req).await?;
+                Ok(Response::from(res))
+            }),
+        }
+    }
+}

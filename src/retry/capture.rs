@@ -1,0 +1,297 @@
+//! Streamed request bodies kept, up to a bound, as they are sent, so a retry can replay them.
+//!
+//! The first attempt sends the original stream through [`Capturing`], which forwards every frame
+//! unchanged and copies its bytes into a buffer shared with the request's [`Capture`]. If the
+//! stream ends within the bound the copy is complete and each retry sends a [`ReplayCaptured`]
+//! of it; if it outgrows the bound (or fails) the buffer is freed at once and the request is
+//! never sent again — a body is never truncated, never sent twice partially.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// The shared record of one request body's capture.
+pub(crate) struct CaptureState {
+    limit: usize,
+    inner: Mutex<Kept>,
+}
+
+enum Kept {
+    /// The stream is being sent; this much of it so far.
+    Capturing {
+        data: BytesMut,
+        trailers: Option<HeaderMap>,
+    },
+    /// The whole stream, within the bound: replayable.
+    Complete {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// Larger than the bound, or failed: nothing kept, not replayable.
+    Spoiled,
+}
+
+impl CaptureState {
+    fn lock(&self) -> MutexGuard<'_, Kept> {
+        // The state is plain data, valid whatever a panicking holder left.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, frame: &Frame<Bytes>) {
+        let mut kept = self.lock();
+        let Kept::Capturing { data, trailers } = &mut *kept else {
+            return;
+        };
+        if let Some(chunk) = frame.data_ref() {
+            if data.len().saturating_add(chunk.len()) > self.limit {
+                // Outgrown: free the copy now rather than at the end of the request.
+                *kept = Kept::Spoiled;
+                return;
+            }
+            // A copy, not a reference: a chunk may share (and pin) a larger read buffer, and
+            // the bound is on memory held.
+            data.extend_from_slice(chunk);
+        } else if let Some(t) = frame.trailers_ref() {
+            *trailers = Some(t.clone());
+        }
+    }
+
+    fn finish(&self) {
+        let mut kept = self.lock();
+        if let Kept::Capturing { data, trailers } = &mut *kept {
+            *kept = Kept::Complete {
+                data: std::mem::take(data).freeze(),
+                trailers: trailers.take(),
+            };
+        }
+    }
+
+    fn spoil(&self) {
+        *self.lock() = Kept::Spoiled;
+    }
+}
+
+/// A request body's capture, held by the retry layer: whether it is complete, and a body that
+/// replays it.
+///
+/// Made by [`ReplayBody::capture`](super::ReplayBody::capture); opaque.
+pub struct Capture<B> {
+    state: Arc<CaptureState>,
+    make: Replayer<B>,
+}
+
+/// Makes a body replaying a capture.
+type Replayer<B> = Arc<dyn Fn(&Arc<CaptureState>) -> B + Send + Sync>;
+
+impl<B> Capture<B> {
+    /// Whether the whole body was sent and kept, within the bound.
+    pub(crate) fn is_complete(&self) -> bool {
+        matches!(*self.state.lock(), Kept::Complete { .. })
+    }
+
+    /// A body replaying the capture; to be sent only once it [is complete](Self::is_complete).
+    pub(crate) fn copy(&self) -> B {
+        (self.make)(&self.state)
+    }
+
+    /// The same capture replayed as another body type (a side of an `Either`, say).
+    pub fn map<B2>(self, f: impl Fn(B) -> B2 + Send + Sync + 'static) -> Capture<B2>
+    where
+        B: 'static,
+    {
+        let make = self.make;
+        Capture {
+            state: self.state,
+            make: Arc::new(move |s| f(make(s))),
+        }
+    }
+}
+
+impl<B> fmt::Debug for Capture<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (state, bytes) = match &*self.state.lock() {
+            Kept::Capturing { data, .. } => ("capturing", data.len()),
+            Kept::Complete { data, .. } => ("complete", data.len()),
+            Kept::Spoiled => ("spoiled", 0),
+        };
+        f.debug_struct("Capture")
+            .field("limit", &self.state.limit)
+            .field("state", &state)
+            .field("bytes", &bytes)
+            .finish()
+    }
+}
+
+/// Wraps `body` so that sending it keeps a copy of up to `limit` bytes: the body to send in its
+/// place (made by `wrap`), and the capture that replays it (each copy made by `replay`).
+pub(crate) fn capture<B, W, R>(
+    body: B,
+    limit: usize,
+    wrap: impl FnOnce(Capturing<B>) -> W,
+    replay: R,
+) -> (W, Capture<W>)
+where
+    R: Fn(ReplayCaptured) -> W + Send + Sync + 'static,
+    B: Body,
+{
+    // Reserve what the body says it holds (an exact hint), never more than the bound.
+    let hint = body.size_hint();
+    let reserve = hint.exact().map_or(0, |n| n.min(limit as u64) as usize);
+    let state = Arc::new(CaptureState {
+        limit,
+        inner: Mutex::new(Kept::Capturing {
+            data: BytesMut::with_capacity(reserve),
+            trailers: None,
+        }),
+    });
+    let sent = wrap(Capturing {
+        inner: body,
+        state: state.clone(),
+    });
+    let make = Arc::new(move |s: &Arc<CaptureState>| {
+        replay(ReplayCaptured {
+            state: s.clone(),
+            step: Step::Data,
+        })
+    });
+    (sent, Capture { state, make })
+}
+
+pin_project! {
+    /// The original stream, forwarded unchanged while its bytes are kept (see the module docs).
+    pub(crate) struct Capturing<B> {
+        #[pin]
+        inner: B,
+        state: Arc<CaptureState>,
+    }
+}
+
+impl<B: Body> Body for Capturing<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
+                this.state.record(&frame);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                this.state.spoil();
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.state.finish();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // A client may stop polling once the body says it has ended, without the final `None`.
+        let end = self.inner.is_end_stream();
+        if end {
+            self.state.finish();
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// A retry's body: the complete capture, as one data frame and its trailers.
+pub(crate) struct ReplayCaptured {
+    state: Arc<CaptureState>,
+    step: Step,
+}
+
+impl ReplayCaptured {
+    /// The same body with any error type (it never fails).
+    pub(crate) fn typed<E>(self) -> Typed<E> {
+        Typed {
+            inner: self,
+            _error: PhantomData,
+        }
+    }
+}
+
+/// [`ReplayCaptured`] with the error type the body it stands in for has.
+pub(crate) struct Typed<E> {
+    inner: ReplayCaptured,
+    _error: PhantomData<fn() -> E>,
+}
+
+impl<E> Body for Typed<E> {
+    type Data = Bytes;
+    type Error = E;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+        let this = &mut self.inner;
+        let kept = this.state.lock();
+        let Kept::Complete { data, trailers } = &*kept else {
+            // The layer sends a copy only once the capture is complete, and a complete capture
+            // stays complete; sending nothing is safer than sending a truncated body.
+            return Poll::Pending;
+        };
+        loop {
+            match this.step {
+                Step::Data => {
+                    this.step = Step::Trailers;
+                    if !data.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(data.clone()))));
+                    }
+                }
+                Step::Trailers => {
+                    this.step = Step::Done;
+                    if let Some(t) = trailers {
+                        return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+                    }
+                }
+                Step::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &*self.inner.state.lock() {
+            Kept::Complete { data, trailers } => match self.inner.step {
+                Step::Data => data.is_empty() && trailers.is_none(),
+                Step::Trailers => trailers.is_none(),
+                Step::Done => true,
+            },
+            _ => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&*self.inner.state.lock(), self.inner.step) {
+            (Kept::Complete { data, .. }, Step::Data) => SizeHint::with_exact(data.len() as u64),
+            (Kept::Complete { .. }, _) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Both layers over a `reqwest::Client` (feature `reqwest`), against a real hyper server on
+//! 127.0.0.1: retries, a 404 sent once and remembered, connect errors and timeouts classified as
+//! transient, buffered and streamed `reqwest::Body`s replayed.
+#![cfg(feature = "reqwest")]
+
+mod support;
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_negative_cache::reqwest::ReqwestService;
+use tower_negative_cache::retry::{Builder, Jitter};
+use tower_negative_cache::{NegativeCacheLayer, RetryInfo, StatusAwareRetryLayer};
+
+use support::{Reply, TestServer};
+
+fn fast() -> Builder {
+    StatusAwareRetryLayer::builder()
+        .backoff_base(Duration::from_millis(1))
+        .jitter(Jitter::None)
+        .no_budget()
+}
+
+fn client() -> ReqwestService {
+    ReqwestService::new(reqwest::Client::new())
+}
+
+fn get(url: &str) -> Request<reqwest::Body> {
+    Request::get(url).body(reqwest::Body::from("")).unwrap()
+}
+
+#[tokio::test]
+async fn a_503_is_retried_and_a_404_reaches_the_origin_once_and_is_remembered() {
+    let server = TestServer::builder()
+        .route("/flaky", [Reply::status(503), Reply::ok("ok")])
+        .route("/missing", [Reply::status(404), Reply::ok("no")])
+        .start()
+        .await;
+    let retry = fast().build().unwrap();
+    let cache = NegativeCacheLayer::new();
+    let svc = ServiceBuilder::new()
+        .layer(cache.clone())
+        .layer(retry.clone())
+        .service(client());
+
+    let res = svc
+        .clone()
+        .oneshot(get(&server.url("/flaky")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 2);
+    assert_eq!(support::body_bytes(res).await, "ok");
+    for _ in 0..3 {
+        let res = svc
+            .clone()
+            .oneshot(get(&server.url("/missing")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!((server.hits("/flaky"), server.hits("/missing")), (2, 1));
+    assert_eq!(cache.handle().stats().hits, 2);
+}
+
+#[tokio::test]
+async fn connect_errors_and_timeouts_are_transient() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = format!("http://{}/r", listener.local_addr().unwrap());
+    drop(listener);
+    let retry = fast().build().unwrap();
+    let svc = ServiceBuilder::new().layer(retry.clone()).service(client());
+    let err = svc.oneshot(get(&refused)).await.unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+    let s = retry.stats();
+    assert_eq!(
+        (s.attempts, s.gave_up, s.unrecognised_errors),
+        (3, 1, 0),
+        "{s:?}"
+    );
+
+    // A reqwest timeout shorter than the origin's answer: each attempt times out.
+    let slow = TestServer::always(Reply::ok("late").delay(Duration::from_secs(5))).await;
+    let timing_out = reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let retry = fast().max_retries(1).build().unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(retry.clone())
+        .service(ReqwestService::new(timing_out));
+    let err = svc.oneshot(get(&slow.url("/slow"))).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(retry.stats().attempts, 2);
+}
+
+/// A stream of two chunks, of unknown size.
+struct Chunks(Vec<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready((!self.0.is_empty()).then(|| Ok(Frame::data(self.0.remove(0)))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[tokio::test]
+async fn buffered_and_streamed_bodies_are_replayed() {
+    let server = TestServer::builder()
+        .route("/buffered", [Reply::status(503), Reply::ok("1")])
+        .route("/streamed", [Reply::status(503), Reply::ok("2")])
+        .start()
+        .await;
+    let retry = fast().build().unwrap();
+    let svc = ServiceBuilder::new().layer(retry.clone()).service(client());
+    let bodies = [
+        ("/buffered", reqwest::Body::from("payload")),
+        (
+            "/streamed",
+            reqwest::Body::wrap(Chunks(vec!["pay".into(), "load".into()])),
+        ),
+    ];
+    for (path, body) in bodies {
+        let req = Request::put(server.url(path)).body(body).unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let seen: Vec<_> = server
+            .requests_for(path)
+            .into_iter()
+            .map(|r| r.body)
+            .collect();
+        assert_eq!(seen, ["payload", "payload"], "{path}");
+    }
+    assert_eq!(retry.stats().not_replayable, 0);
+}
