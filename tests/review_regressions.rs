@@ -386,3 +386,44 @@ proptest::proptest! {
 }
 
 // ---- coalescing on a runtime without timers ----
+
+/// "The other order works" (lib.rs, Layer ordering): with the retry layer outside the cache,
+/// an `only-if-cached` miss is answered with the cache's own synthesized 504 - which the retry
+/// layer calls Retryable, and retries with backoff (spending budget) to get the same made-up
+/// 504 again. Nothing upstream can change it: it must not be retried.
+#[tokio::test(start_paused = true)]
+async fn the_only_if_cached_504_is_not_retried() {
+    let origin = Origin::default();
+    let retry = tower_negative_cache::StatusAwareRetryLayer::builder()
+        .max_retries(2)
+        .build()
+        .unwrap();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(retry)
+        .layer(NegativeCacheLayer::new())
+        .service(origin.service());
+    let t0 = tokio::time::Instant::now();
+    let res = send(
+        &mut svc,
+        req(
+            Method::GET,
+            "http://o.test/r/1",
+            &[("cache-control", "only-if-cached")],
+        ),
+    )
+    .await;
+    assert_eq!(
+        (res.status(), origin.calls()),
+        (StatusCode::GATEWAY_TIMEOUT, 0)
+    );
+    let info = res
+        .extensions()
+        .get::<tower_negative_cache::RetryInfo>()
+        .copied();
+    assert_eq!(
+        info.map(|i| i.attempts),
+        Some(1),
+        "the synthesized 504 was retried ({:?} of paused time in backoff)",
+        t0.elapsed()
+    );
+}

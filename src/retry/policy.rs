@@ -165,11 +165,16 @@ impl Policy {
 
 /// Whether a request may be sent more than once: idempotent methods (RFC 9110 §9.2.2) always;
 /// POST and PATCH when they carry `Idempotency-Key` or the user opted in; other methods never.
+/// Never a request with `Cache-Control: only-if-cached` (RFC 9111 §5.2.1.7): it asks not to
+/// reach the network, so the 504 a cache gives it will not change by asking again.
 pub(crate) fn may_retry_request(
     method: &Method,
     headers: &HeaderMap,
     non_idempotent: bool,
 ) -> bool {
+    if crate::headers::request_directives(headers).only_if_cached {
+        return false;
+    }
     match *method {
         Method::GET
         | Method::HEAD
@@ -288,5 +293,11 @@ mod tests {
             assert!(may_retry_request(&m, &h, true), "{m}");
         }
         assert!(!may_retry_request(&Method::CONNECT, &h, true));
+        let mut cached = HeaderMap::new();
+        cached.insert(
+            "cache-control",
+            "max-age=5, only-if-cached".parse().unwrap(),
+        );
+        assert!(!may_retry_request(&Method::GET, &cached, true));
     }
 }
