@@ -130,6 +130,7 @@
 
 pub mod cache;
 pub mod classify;
+mod counter;
 mod error;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -20,10 +20,10 @@ use super::coalesce::{Flight, Leader};
 use super::key::{Key, origin_target, target_key};
 use super::reference::{Target, resolve};
 use super::state::State;
-use super::stats::bump;
 use super::store::{Fresh, Stored, Ticket};
 use super::ttl::freshness;
 use crate::classify::{Classify, Outcome};
+use crate::counter::bump;
 use crate::headers::RequestDirectives;
 
 /// What to do with the answer once it comes.

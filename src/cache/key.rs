@@ -5,9 +5,31 @@
 //! to be normalised (an upper-case scheme or host, an absolute URI without a path) is copied.
 
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use quick_cache::Equivalent;
+
+/// Maps a request target to the application's own key; `None` leaves the request uncached.
+pub(crate) type KeyFn = Arc<dyn Fn(&Uri) -> Option<String> + Send + Sync>;
+
+/// What to do with requests that carry credentials (`Authorization`, `Cookie`, or a userinfo
+/// `user:password@` in the URI).
+///
+/// A 404 can mean "not yours" (GitHub answers 404 for private resources), so a negative
+/// answer must never be shared across credentials.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credentials {
+    /// Neither served from nor stored in the cache (the default).
+    #[default]
+    Bypass,
+    /// Cached under a fingerprint of the credentials: a 64-bit hash keyed by a random secret
+    /// of the cache, so two credentials collide with probability 2^-64 and nobody can pick a
+    /// colliding one. An invalidation (a successful write, a handle call) must then find the
+    /// entry under every credential, so it visits every entry: O(capacity) per write.
+    Fingerprint,
+}
 
 /// A stored key: `{scheme}://{host}{:port}{path?query}` (`//{host}{:port}{path?query}` for an
 /// origin-form target with a `Host` header, just `{path?query}` without one, or the

@@ -11,7 +11,7 @@ use tower::Layer;
 
 use super::NegativeCache;
 use super::handle::NegativeCacheHandle;
-use super::key::DEFAULT_CREDENTIAL_HEADERS;
+use super::key::{Credentials, DEFAULT_CREDENTIAL_HEADERS, KeyFn};
 use super::peers::Peers;
 use super::state::State;
 use super::stats::Counters;
@@ -20,27 +20,6 @@ use super::ttl::TtlConfig;
 use crate::BuildError;
 use crate::classify::DefaultClassifier;
 use crate::error::FirstError;
-
-/// Maps a request target to the application's own key; `None` leaves the request uncached.
-pub(crate) type KeyFn = Arc<dyn Fn(&Uri) -> Option<String> + Send + Sync>;
-
-/// What to do with requests that carry credentials (`Authorization`, `Cookie`, or a userinfo
-/// `user:password@` in the URI).
-///
-/// A 404 can mean "not yours" (GitHub answers 404 for private resources), so a negative
-/// answer must never be shared across credentials.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Credentials {
-    /// Neither served from nor stored in the cache (the default).
-    #[default]
-    Bypass,
-    /// Cached under a fingerprint of the credentials: a 64-bit hash keyed by a random secret
-    /// of the cache, so two credentials collide with probability 2^-64 and nobody can pick a
-    /// colliding one. An invalidation (a successful write, a handle call) must then find the
-    /// entry under every credential, so it visits every entry: O(capacity) per write.
-    Fingerprint,
-}
 
 /// Applies [`NegativeCache`] to a service: remembers keys that answered Missing (404, 410)
 /// and answers them without calling upstream until their TTL ends or they are invalidated.

@@ -106,7 +106,8 @@ use std::time::Duration;
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use handle::NegativeCacheHandle;
-pub use layer::{Builder, Credentials, NegativeCacheLayer};
+pub use key::Credentials;
+pub use layer::{Builder, NegativeCacheLayer};
 pub use service::{BypassNegativeCache, NegativeCache};
 pub use stats::CacheStats;
 

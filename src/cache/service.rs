@@ -13,11 +13,11 @@ use super::body::ResponseBody;
 use super::coalesce::Role;
 use super::future::{Known, Pending, ResponseFuture, Synth, Written};
 use super::handle::NegativeCacheHandle;
+use super::key::Credentials;
 use super::key::{credential_fingerprint, has_credentials};
-use super::layer::Credentials;
 use super::state::State;
-use super::stats::bump;
 use crate::classify::{Classify, DefaultClassifier};
+use crate::counter::bump;
 use crate::headers::{RequestDirectives, request_directives};
 
 /// Put this in a request's extensions to skip the cache for it: the request goes upstream and

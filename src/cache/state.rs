@@ -11,8 +11,7 @@ use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::coalesce::Flights;
-use super::key::{Key, Lookup, target_key, text_key, uri_key};
-use super::layer::{Credentials, KeyFn};
+use super::key::{Credentials, Key, KeyFn, Lookup, target_key, text_key, uri_key};
 use super::peers::{PeerEvent, Peers};
 use super::reference::Target;
 use super::stats::{CacheStats, Counters};

@@ -67,10 +67,6 @@ pub(crate) struct Counters {
     pub(crate) wait_timeouts: AtomicU64,
 }
 
-pub(crate) fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Relaxed);
-}
-
 impl Counters {
     pub(crate) fn snapshot(&self, len: u64, capacity: u64, evictions: u64) -> CacheStats {
         // `lookups` is derived, so that a snapshot taken while requests run never shows more

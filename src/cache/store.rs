@@ -20,7 +20,7 @@ use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, Wei
 use tokio::time::Instant;
 
 use super::key::Key;
-use super::stats::bump;
+use crate::counter::bump;
 
 /// What is remembered of a Missing answer, in 24 bytes: when it expires (microseconds since
 /// the store's epoch, rounded up, so it never expires before its TTL and outlives it by less

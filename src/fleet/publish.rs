@@ -9,9 +9,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use super::Counters;
-use super::tasks::{Config, MAX_AGE, RETRY, TOMBSTONE, TRANSIT, bump, ms, unix_ms};
+use super::tasks::{Config, MAX_AGE, RETRY, TOMBSTONE, TRANSIT, ms, unix_ms};
 use super::wire::{self, Body};
 use crate::cache::PeerEvent;
+use crate::counter::bump;
 
 /// Where a stored copy lives: `KEYS[1]` is the generation key (the Redis time of the last
 /// clear, 0 before any), `ARGV[1]` the key prefix and `ARGV[2]` the key. Every entry lives

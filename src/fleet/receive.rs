@@ -12,9 +12,10 @@ use http::StatusCode;
 use tokio::time::{Instant, timeout};
 
 use super::Counters;
-use super::tasks::{CLOCKS, Config, KEEPALIVE, MAX_AGE, REPLICAS, TRANSIT, bump, ms, unix_ms};
+use super::tasks::{CLOCKS, Config, KEEPALIVE, MAX_AGE, REPLICAS, TRANSIT, ms, unix_ms};
 use super::wire::{self, Body, Message, Refusal};
 use crate::cache::{Learned, State};
+use crate::counter::bump;
 
 /// Up to `limit` of the keys in Redis that start with `prefix`.
 async fn scan(

@@ -3,8 +3,6 @@
 //! [`receive`](super::receive) applies the others'. Both outlive Redis outages by
 //! reconnecting with backoff.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
@@ -54,8 +52,4 @@ pub(super) fn ms(d: Duration) -> u64 {
 
 pub(super) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
-}
-
-pub(super) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Relaxed);
 }

@@ -88,9 +88,7 @@ pub(crate) struct Counters {
     pub(crate) unrecognised_errors: AtomicU64,
 }
 
-pub(crate) fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Relaxed);
-}
+pub(crate) use crate::counter::bump;
 
 impl Counters {
     pub(crate) fn snapshot(&self) -> RetryStats {
