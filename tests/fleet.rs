@@ -120,7 +120,10 @@ async fn origin() -> TestServer {
 
 #[tokio::test]
 async fn a_404_seen_by_one_replica_costs_the_others_nothing() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("a_404_seen_by_one_replica_costs_the_others_nothing")
+    else {
+        return;
+    };
     let origin = origin().await;
     let (a, b) = (replica(&redis.url()), replica(&redis.url()));
     a.wait_connected().await;
@@ -154,7 +157,10 @@ async fn a_404_seen_by_one_replica_costs_the_others_nothing() {
 
 #[tokio::test]
 async fn invalidation_on_one_replica_reaches_the_others() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("invalidation_on_one_replica_reaches_the_others")
+    else {
+        return;
+    };
     let origin = origin().await;
     let (a, b) = (replica(&redis.url()), replica(&redis.url()));
     a.wait_connected().await;
@@ -178,7 +184,11 @@ async fn invalidation_on_one_replica_reaches_the_others() {
 
 #[tokio::test]
 async fn requests_work_while_redis_is_down_and_sharing_resumes_when_it_is_back() {
-    let mut redis = RedisServer::start();
+    let Some(mut redis) = RedisServer::try_start(
+        "requests_work_while_redis_is_down_and_sharing_resumes_when_it_is_back",
+    ) else {
+        return;
+    };
     let origin = origin().await;
     let (a, b) = (replica(&redis.url()), replica(&redis.url()));
     a.wait_connected().await;
@@ -236,7 +246,9 @@ async fn wait_until_soft(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 #[tokio::test]
 async fn malformed_messages_are_ignored_and_counted() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("malformed_messages_are_ignored_and_counted") else {
+        return;
+    };
     let origin = origin().await;
     let b = replica(&redis.url());
     b.wait_connected().await;
@@ -270,7 +282,9 @@ async fn malformed_messages_are_ignored_and_counted() {
 
 #[tokio::test]
 async fn a_late_replica_warms_up_from_redis() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("a_late_replica_warms_up_from_redis") else {
+        return;
+    };
     let origin = origin().await;
     let a = replica(&redis.url());
     a.wait_connected().await;
@@ -315,7 +329,9 @@ async fn an_unreachable_redis_changes_nothing_for_requests() {
 
 #[tokio::test]
 async fn an_idle_subscription_stays_up() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("an_idle_subscription_stays_up") else {
+        return;
+    };
     let origin = origin().await;
     let (a, b) = (replica(&redis.url()), replica(&redis.url()));
     a.wait_connected().await;
@@ -332,7 +348,9 @@ async fn an_idle_subscription_stays_up() {
 
 #[tokio::test]
 async fn a_dropped_tier_can_be_replaced() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("a_dropped_tier_can_be_replaced") else {
+        return;
+    };
     let cache = NegativeCacheLayer::new();
     let first = Fleet::builder(redis.url()).start(&cache).unwrap();
     assert!(
@@ -392,7 +410,10 @@ fn missing_msg(seq: u64, status: u16, ttl_ms: u64, age_ms: u64, key: &str) -> Ve
 
 #[tokio::test]
 async fn a_hostile_publisher_cannot_take_records_offline() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("a_hostile_publisher_cannot_take_records_offline")
+    else {
+        return;
+    };
     let b = replica(&redis.url());
     b.wait_connected().await;
     let k = |i: u32| format!("http://h.test/r/{i}");
@@ -461,7 +482,9 @@ async fn writable_origin() -> TestServer {
 
 #[tokio::test]
 async fn a_peers_stale_404_does_not_undo_a_local_put() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("a_peers_stale_404_does_not_undo_a_local_put") else {
+        return;
+    };
     let proxy = redis_support::StallProxy::start(redis.port).await;
     let origin = writable_origin().await;
     // B reaches Redis through a proxy that can stall it: its publish queue backs up.
@@ -488,7 +511,10 @@ async fn a_peers_stale_404_does_not_undo_a_local_put() {
 
 #[tokio::test]
 async fn warm_up_after_a_forget_does_not_resurrect_the_entry() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("warm_up_after_a_forget_does_not_resurrect_the_entry")
+    else {
+        return;
+    };
     let proxy = redis_support::StallProxy::start(redis.port).await;
     let origin = writable_origin().await;
     let (a, b) = (replica(&redis.url()), replica(&proxy.url()));
@@ -554,7 +580,9 @@ return 1
 
 #[tokio::test]
 async fn a_clear_is_complete_whatever_redis_holds() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("a_clear_is_complete_whatever_redis_holds") else {
+        return;
+    };
     let a = replica(&redis.url());
     a.wait_connected().await;
     fill_stored(&redis, 150_000).await;
@@ -581,7 +609,10 @@ async fn a_clear_is_complete_whatever_redis_holds() {
 
 #[tokio::test]
 async fn a_slow_redis_never_makes_the_tier_drop_a_forget() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("a_slow_redis_never_makes_the_tier_drop_a_forget")
+    else {
+        return;
+    };
     let proxy = redis_support::StallProxy::start(redis.port).await;
     let origin = origin().await;
     let (a, b) = (replica(&proxy.url()), replica(&redis.url()));
@@ -611,7 +642,10 @@ const SECRET: &str = "a secret all replicas share";
 
 #[tokio::test]
 async fn with_a_secret_only_signed_messages_are_applied() {
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::try_start("with_a_secret_only_signed_messages_are_applied")
+    else {
+        return;
+    };
     let origin = origin().await;
     let signed = |r: &str| replica_with(r, |b| b.secret(SECRET));
     let (a, b) = (signed(&redis.url()), signed(&redis.url()));
@@ -674,7 +708,11 @@ async fn with_a_secret_only_signed_messages_are_applied() {
 
 #[tokio::test]
 async fn with_a_secret_unsigned_stored_copies_do_not_warm_anyone_up() {
-    let redis = RedisServer::start();
+    let Some(redis) =
+        RedisServer::try_start("with_a_secret_unsigned_stored_copies_do_not_warm_anyone_up")
+    else {
+        return;
+    };
     let origin = origin().await;
     let a = replica_with(&redis.url(), |b| b.secret(SECRET));
     a.wait_connected().await;
@@ -695,7 +733,12 @@ async fn with_a_secret_unsigned_stored_copies_do_not_warm_anyone_up() {
 
 #[tokio::test]
 async fn a_password_or_acl_user_in_the_url_works_and_a_wrong_one_is_reported() {
-    let redis = RedisServer::start_with_password("a password long enough");
+    let Some(redis) = RedisServer::try_start_with_password(
+        "a_password_or_acl_user_in_the_url_works_and_a_wrong_one_is_reported",
+        "a password long enough",
+    ) else {
+        return;
+    };
     // An ACL user limited to the tier's keys and channel.
     let admin = redis::Client::open(redis.admin_url()).unwrap();
     let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
@@ -748,7 +791,11 @@ async fn a_password_or_acl_user_in_the_url_works_and_a_wrong_one_is_reported() {
 
 #[tokio::test]
 async fn a_peers_404_learned_while_a_read_was_out_goes_when_its_2xx_lands() {
-    let redis = RedisServer::start();
+    let Some(redis) =
+        RedisServer::try_start("a_peers_404_learned_while_a_read_was_out_goes_when_its_2xx_lands")
+    else {
+        return;
+    };
     let origin = TestServer::builder()
         .handler(|_| Some(Reply::ok("here").delay(Duration::from_millis(300))))
         .start()

@@ -1,6 +1,8 @@
 //! A `redis-server` of the test's own, on a free loopback port, stopped when dropped.
 //!
-//! The binary comes from `PATH`; without it the test fails with how to install it.
+//! The binary comes from `PATH`. Without it, each test that needs one prints a line saying it
+//! was skipped and how to install it, and passes — unless `CI` is set: there a missing
+//! `redis-server` fails the run (`.ci/run` installs it), so CI never passes without them.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -15,7 +17,46 @@ pub struct RedisServer {
     password: Option<String>,
 }
 
+/// Whether `redis-server` can be run. Without it: a failure under `CI`, else a line saying the
+/// calling test is skipped (once per test, since each test calls this once).
+pub fn available(test: &str) -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let found = *FOUND.get_or_init(|| {
+        Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`redis-server` is not on PATH and CI is set: the fleet tests must run here \
+             (`.ci/run` installs it with `apt-get install redis-server`)"
+        );
+        // Straight to stderr: the test harness captures `println!` of a passing test.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped {test}: `redis-server` is not on PATH (install it with \
+             `apt-get install redis-server` or `brew install redis` to run the fleet tests)"
+        );
+    }
+    found
+}
+
 impl RedisServer {
+    /// A throwaway server, or `None` (the test is skipped: see [`available`]).
+    pub fn try_start(test: &str) -> Option<RedisServer> {
+        available(test).then(RedisServer::start)
+    }
+
+    /// A throwaway server with a password, or `None` (see [`available`]).
+    pub fn try_start_with_password(test: &str, password: &str) -> Option<RedisServer> {
+        available(test).then(|| RedisServer::start_with_password(password))
+    }
+
     /// Starts a throwaway server (no persistence) on a free port.
     pub fn start() -> RedisServer {
         let port = {
