@@ -320,6 +320,9 @@ mod tests {
     }
 
     proptest! {
+        // No regression files: a failure prints its minimal case, to be pinned by hand.
+        #![proptest_config(proptest::test_runner::Config { failure_persistence: None, ..Default::default() })]
+
         /// Over a long run, retries <= ratio x requests + min_per_sec x (run + window).
         #[test]
         fn long_run_stays_within_ratio_plus_allowance(
