@@ -379,7 +379,7 @@ fn ttl_410_rejects_zero_more_than_30_days_and_above_max_ttl() {
 }
 
 #[test]
-fn max_ttl_rejects_zero_and_more_than_a_year() {
+fn max_ttl_rejects_zero_and_more_than_30_days() {
     for (ttl, shown) in [
         (Duration::ZERO, "0ns"),
         (Duration::from_micros(999), "999µs"),

@@ -123,7 +123,7 @@ async fn dropped_during_the_backoff_wait_spends_only_its_own_retry() {
             Ok::<_, Infallible>(res)
         }
     });
-    // No per-second reserve: 1 request deposits 0.5 retry, so exactly the cancelled request's
+    // No per-second reserve: 1 request deposits 1 retry (ratio 1.0), so exactly the cancelled request's
     // own allowance is visible.
     let layer = StatusAwareRetryLayer::builder()
         .backoff_base(Duration::from_secs(1))
