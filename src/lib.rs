@@ -1,19 +1,14 @@
-//! Status-aware retry and negative caching for Tower HTTP clients.
-//!
-//! Clients that fan out — resolving references, crawling graphs, fetching records by id — melt
-//! down when they retry answers that are final. In the incident this crate was written after,
-//! a retry loop released the error response and only then asked whether it was a 404: the
-//! check was always false, every 404 was retried twice, 61 fetches became 183 requests and the
-//! discarded buffers crashed the node daily. This crate gives any Tower HTTP client two layers
-//! that make that class of bug impossible to write and cheap to avoid:
+//! Status-aware retry and negative caching for Tower HTTP clients: two layers for any
+//! `Service<http::Request<B>, Response = http::Response<_>>`, usable alone or together.
 //!
 //! - [`StatusAwareRetryLayer`] retries transient failures (connect errors, 408, 429, 500, 502,
 //!   503, 504) with backoff, jitter, `Retry-After`, a shared retry budget and an idempotency
 //!   rule. It reads each answer's status *before* the answer can be released, and never
 //!   retries 404 or 410.
-//! - [`NegativeCacheLayer`] remembers keys that answered 404 or 410 in a bounded store with
-//!   TTLs and answers them without touching the network, forgets them on writes, and reports
-//!   stats.
+//! - [`NegativeCacheLayer`] remembers keys that answered 404 or 410 in a store bounded in
+//!   entries and bytes, for as long as the origin says they stay fresh (RFC 9111), answers
+//!   them without touching the network, forgets them when a 2xx or a write lands, and reports
+//!   stats. With the `redis` feature, replicas share what is missing (`fleet`).
 //!
 //! # Example
 //!
@@ -41,6 +36,15 @@
 //! println!("{} {:?} {:?}", res.status(), retry.stats(), cache.handle().stats());
 //! # Ok(()) }
 //! ```
+//!
+//! # Why
+//!
+//! Clients that fan out — resolving references, crawling graphs, fetching records by id — melt
+//! down when they retry answers that are final. In the incident this crate was written after,
+//! a retry loop released the error response and only then asked whether it was a 404: the
+//! check was always false, every 404 was retried twice, 61 fetches became 183 requests and the
+//! discarded buffers crashed the node daily. These layers make that class of bug impossible to
+//! write and cheap to avoid.
 //!
 //! # Architecture
 //!

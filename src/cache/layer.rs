@@ -216,7 +216,7 @@ impl<C> Builder<C> {
     ///
     /// **The store's memory is bounded in bytes:** at most `max_bytes` of key text, plus its
     /// tables, which `capacity` sizes: about 100 bytes per entry of capacity (the key and
-    /// entry structs and quick_cache's index; measured by `examples/alloc_counts.rs`). At the
+    /// entry structs and quick_cache's index; `examples/alloc_counts.rs` measures it). At the
     /// defaults, at most about 5 MB, whatever the keys.
     ///
     /// Each entry weighs its key's text, and at least `max_bytes / capacity`: at the defaults,
