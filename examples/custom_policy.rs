@@ -6,9 +6,10 @@
 //! The local origin serves records under `/records/{id}` (v1) and `/v2/records/{id}` (v2). For an
 //! unknown id v1 answers 404, but v2 answers `400` with `x-error: unknown-id`, which the default
 //! classifier calls Fatal (not retried, not remembered). The custom classifier calls it Missing
-//! and defers to [`DefaultClassifier`] for everything else; it is given to *both* builders,
-//! because the cache reads the retry layer's verdict (`RetryInfo`) when it sits outside it. The
-//! last step shows what happens when only the cache is given the classifier.
+//! and defers to [`DefaultClassifier`] for everything else. Given to the retry layer's builder,
+//! both layers apply it (the cache follows the retry layer's verdict, `RetryInfo`, unless it
+//! has a classifier of its own); here it is given to both. The last step shows a classifier
+//! given to the cache only: the cache applies it too — a classifier is never ignored.
 //!
 //! Every step checks its status, the origin's request count and whether the cache answered; the
 //! process exits non-zero if one differs.
@@ -312,8 +313,8 @@ async fn main() -> ExitCode {
     }
 
     // The classifier given to the cache only: the retry layer (default classifier) calls the
-    // 400 Fatal and leaves that verdict on the answer, and the cache, outside it, reads the
-    // verdict instead of classifying again. Nothing is remembered.
+    // 400 Fatal, but the cache has a classifier of its own and applies it: the 400 is
+    // remembered, and the repeat is answered without the origin.
     let cache_only = NegativeCacheLayer::builder()
         .classifier(classifier)
         .key_fn(record_key)
@@ -323,10 +324,10 @@ async fn main() -> ExitCode {
         .layer(cache_only.clone())
         .layer(StatusAwareRetryLayer::new())
         .service(http);
-    header("Classifier on the cache only: the retry layer's verdict (fatal) wins");
+    header("Classifier on the cache only: the cache applies its own");
     run.step(&mut mismatched, M::GET, "/v2/records/88", 400, 1, false)
         .await;
-    run.step(&mut mismatched, M::GET, "/v2/records/88", 400, 1, false)
+    run.step(&mut mismatched, M::GET, "/v2/records/88", 400, 0, true)
         .await;
     println!(
         "cache_only.handle().stats().inserts = {}",
