@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_negative_cache::NegativeCacheLayer;
 use tower_negative_cache::cache::NegativeCacheHandle;
-use tower_negative_cache::fleet::{Fleet, FleetHandle};
+use tower_negative_cache::fleet::Fleet;
 
 const KEYS: usize = 200;
 /// Replica i asks for a key `i × STAGGER` after replica 0 did.
@@ -104,7 +104,7 @@ async fn run(
     redis: Option<&str>,
     round: &str,
 ) -> (u64, Vec<Duration>) {
-    let mut caches: Vec<(NegativeCacheLayer, Option<FleetHandle>)> = Vec::new();
+    let mut caches: Vec<(NegativeCacheLayer, Option<Fleet>)> = Vec::new();
     for _ in 0..replicas {
         let cache = NegativeCacheLayer::builder()
             .ttl(Duration::from_secs(300))

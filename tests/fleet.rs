@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_negative_cache::cache::{NegativeCache, NegativeCacheHandle, NegativeCacheHit};
-use tower_negative_cache::fleet::{Fleet, FleetBuilder, FleetHandle};
+use tower_negative_cache::fleet::{Fleet, FleetBuilder, StartErrorKind};
 use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
 
 use redis_support::RedisServer;
@@ -28,7 +28,7 @@ type Stack = NegativeCache<
 struct Replica {
     client: Stack,
     cache: NegativeCacheHandle,
-    fleet: FleetHandle,
+    fleet: Fleet,
 }
 
 fn replica(redis_url: &str) -> Replica {
@@ -353,13 +353,34 @@ async fn a_dropped_tier_can_be_replaced() {
     };
     let cache = NegativeCacheLayer::new();
     let first = Fleet::builder(redis.url()).start(&cache).unwrap();
-    assert!(
-        Fleet::builder(redis.url()).start(&cache).is_err(),
-        "one tier at a time"
+    let err = Fleet::builder(redis.url()).start(&cache).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        StartErrorKind::AlreadyStarted,
+        "one tier at a time: {err}"
     );
     drop(first);
     let second = Fleet::builder(redis.url()).start(&cache).unwrap();
     wait_until(Duration::from_secs(2), || second.stats().connected).await;
+}
+
+#[test]
+fn a_tier_outside_a_runtime_or_with_a_bad_url_does_not_start() {
+    let cache = NegativeCacheLayer::new();
+    let err = Fleet::builder("redis://127.0.0.1:1")
+        .start(&cache)
+        .unwrap_err();
+    assert_eq!(err.kind(), StartErrorKind::NoRuntime, "{err}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _in = rt.enter();
+    let err = Fleet::builder("not a url").start(&cache).unwrap_err();
+    assert_eq!(err.kind(), StartErrorKind::Url, "{err}");
+    assert!(
+        err.to_string().starts_with("fleet tier not started: "),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -370,7 +391,8 @@ async fn a_secret_too_short_or_too_long_is_refused_at_start() {
             .secret(&secret)
             .start(&cache)
             .unwrap_err();
-        assert_eq!(err.setting(), "secret", "{err}");
+        assert_eq!(err.kind(), StartErrorKind::Setting, "{err}");
+        assert_eq!(err.invalid_setting(), Some("secret"), "{err}");
     }
     let ok = Fleet::builder("redis://127.0.0.1:1")
         .secret([7u8; 16])

@@ -70,7 +70,7 @@
 //! use tower_negative_cache::NegativeCacheLayer;
 //! use tower_negative_cache::fleet::Fleet;
 //!
-//! # async fn run() -> Result<(), tower_negative_cache::BuildError> {
+//! # async fn run() -> Result<(), tower_negative_cache::fleet::StartError> {
 //! let cache = NegativeCacheLayer::new();
 //! let fleet = Fleet::builder("redis://records:password@127.0.0.1:6379")
 //!     .prefix("records-service")
@@ -114,12 +114,9 @@ use crate::cache::NegativeCacheHandle;
 use crate::classify::{Classify, response_outcome};
 use crate::error::FirstError;
 
-/// Starts a fleet tier: see [`Fleet::builder`].
-#[derive(Debug)]
-pub struct Fleet;
-
 impl Fleet {
-    /// A builder for a tier talking to the Redis at `url` (`redis://host:port/db`).
+    /// A builder for a tier talking to the Redis at `url` (`redis://host:port/db`, with a
+    /// password or an ACL user as `redis://user:password@host:port/db`).
     pub fn builder(url: impl Into<String>) -> FleetBuilder {
         FleetBuilder {
             url: url.into(),
@@ -282,11 +279,11 @@ impl FleetBuilder {
     ///
     /// The tier takes the layer, not only its handle, because a peer's entry is applied only
     /// if *this* layer's classifier calls its status Missing.
-    pub fn start<C>(self, layer: &NegativeCacheLayer<C>) -> Result<FleetHandle, BuildError>
+    pub fn start<C>(self, layer: &NegativeCacheLayer<C>) -> Result<Fleet, StartError>
     where
         C: Classify + Clone + Send + Sync + 'static,
     {
-        self.error.result()?;
+        self.error.result().map_err(StartError::setting)?;
         let cache = &layer.handle();
         let classifier = layer.classifier.clone();
         // A peer's message carries a status only: it is classified as an answer without
@@ -294,17 +291,24 @@ impl FleetBuilder {
         let missing: tasks::IsMissing = Box::new(move |status: StatusCode| {
             response_outcome(&classifier, status, &HeaderMap::new()).is_missing()
         });
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| BuildError::new("url", format!("not a Redis URL: {e}")))?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| BuildError::new("start", "must be called within a tokio runtime"))?;
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| StartError {
+            kind: StartErrorKind::Url,
+            detail: format!("not a Redis URL: {e}").into(),
+            setting: None,
+        })?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError {
+            kind: StartErrorKind::NoRuntime,
+            detail: "must be called within a tokio runtime".into(),
+            setting: None,
+        })?;
         let (tx, rx) = mpsc::channel(self.queue);
         let state = cache.state().clone();
         if !state.peers.attach(tx) {
-            return Err(BuildError::new(
-                "start",
-                "this cache already has a fleet tier",
-            ));
+            return Err(StartError {
+                kind: StartErrorKind::AlreadyStarted,
+                detail: "this cache already has a fleet tier".into(),
+                setting: None,
+            });
         }
         let config = Arc::new(tasks::Config {
             client,
@@ -327,7 +331,7 @@ impl FleetBuilder {
             runtime.spawn(publish::run(config.clone(), rx, counters.clone())),
             runtime.spawn(receive::run(config, state.clone(), counters.clone())),
         ];
-        Ok(FleetHandle {
+        Ok(Fleet {
             counters,
             cache: cache.clone(),
             tasks,
@@ -335,15 +339,68 @@ impl FleetBuilder {
     }
 }
 
-/// The running tier. Dropping it stops sharing (the cache goes on alone, and a new tier can
-/// be started on it).
-pub struct FleetHandle {
+/// A running fleet tier, started with [`Fleet::builder`]`(url)…`[`start`](FleetBuilder::start).
+/// Keep it: dropping it stops sharing (the cache goes on alone, and a new tier can be started
+/// on it).
+pub struct Fleet {
     counters: Arc<Counters>,
     cache: NegativeCacheHandle,
     tasks: [JoinHandle<()>; 2],
 }
 
-impl FleetHandle {
+/// Why a fleet tier could not start. Its [`kind`](StartError::kind) says what went wrong;
+/// `Display` says it in words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartError {
+    kind: StartErrorKind,
+    detail: std::borrow::Cow<'static, str>,
+    setting: Option<&'static str>,
+}
+
+/// What kept a fleet tier from starting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartErrorKind {
+    /// A builder setting was given a value outside its valid range (see
+    /// [`StartError::setting`]).
+    Setting,
+    /// The URL is not a Redis URL.
+    Url,
+    /// `start` was called outside a tokio runtime.
+    NoRuntime,
+    /// The cache already has a running tier (drop it first).
+    AlreadyStarted,
+}
+
+impl StartError {
+    fn setting(e: BuildError) -> Self {
+        StartError {
+            kind: StartErrorKind::Setting,
+            setting: Some(e.setting()),
+            detail: e.to_string().into(),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> StartErrorKind {
+        self.kind
+    }
+
+    /// For [`StartErrorKind::Setting`]: the builder setter whose value was refused.
+    pub fn invalid_setting(&self) -> Option<&'static str> {
+        self.setting
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fleet tier not started: {}", self.detail)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Fleet {
     /// A snapshot of the tier's counters.
     pub fn stats(&self) -> FleetStats {
         let queue_full = self.cache.state().peers.dropped.load(Relaxed);
@@ -351,7 +408,7 @@ impl FleetHandle {
     }
 }
 
-impl Drop for FleetHandle {
+impl Drop for Fleet {
     fn drop(&mut self) {
         self.cache.state().peers.detach();
         for t in &self.tasks {
@@ -360,9 +417,9 @@ impl Drop for FleetHandle {
     }
 }
 
-impl fmt::Debug for FleetHandle {
+impl fmt::Debug for Fleet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FleetHandle")
+        f.debug_struct("Fleet")
             .field("stats", &self.stats())
             .finish()
     }
