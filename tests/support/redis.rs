@@ -59,21 +59,15 @@ impl RedisServer {
 
     /// Starts a throwaway server (no persistence) on a free port.
     pub fn start() -> RedisServer {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-            l.local_addr().unwrap().port()
-        };
-        let mut server = RedisServer {
-            port,
-            child: None,
-            password: None,
-        };
-        server.restart();
-        server
+        Self::start_as(None)
     }
 
     /// Starts a throwaway server whose default user needs `password` (`--requirepass`).
     pub fn start_with_password(password: &str) -> RedisServer {
+        Self::start_as(Some(password.to_owned()))
+    }
+
+    fn start_as(password: Option<String>) -> RedisServer {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
             l.local_addr().unwrap().port()
@@ -81,7 +75,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             child: None,
-            password: Some(password.to_owned()),
+            password,
         };
         server.restart();
         server
