@@ -92,6 +92,7 @@ impl Pending {
         known: Known,
         leader: Option<Leader>,
         directives: &RequestDirectives,
+        started: Instant,
     ) -> Self {
         Pending {
             ticket: Some(state.store.versions.start(&key)),
@@ -99,7 +100,7 @@ impl Pending {
             leader,
             no_store: directives.no_store,
             known,
-            started: Some(Instant::now()),
+            started: Some(started),
             ..Self::none()
         }
     }

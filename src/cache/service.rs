@@ -157,7 +157,9 @@ where
             }
             bump(&st.stats.bypasses);
             let pending = match lookup.to_key() {
-                Some(key) => Pending::read(st, key, Known::Maybe, None, &directives),
+                Some(key) => {
+                    Pending::read(st, key, Known::Maybe, None, &directives, Instant::now())
+                }
                 None => Pending::none(),
             };
             return self.upstream(req, pending);
@@ -187,7 +189,7 @@ where
         };
         let Some(bound) = st.coalesce.filter(|_| !directives.no_store) else {
             bump(&st.stats.misses);
-            let pending = Pending::read(st, key, known, None, &directives);
+            let pending = Pending::read(st, key, known, None, &directives, now);
             return self.upstream(req, pending);
         };
         match st.flights.join(key.clone()) {
@@ -202,13 +204,13 @@ where
                     return ResponseFuture::synthesized(Synth::hit(fresh, version));
                 }
                 bump(&st.stats.misses);
-                let pending = Pending::read(st, key, known, Some(leader), &directives);
+                let pending = Pending::read(st, key, known, Some(leader), &directives, now);
                 self.upstream(req, pending)
             }
             Role::Waiter(flight) => {
                 bump(&st.stats.misses);
                 bump(&st.stats.coalesced);
-                let pending = Pending::read(st, key, known, None, &directives);
+                let pending = Pending::read(st, key, known, None, &directives, now);
                 self.release_reservation();
                 ResponseFuture::wait(
                     flight,
