@@ -194,7 +194,9 @@ impl<C> Builder<C> {
         }
     }
 
-    /// The most entries held: a hard bound. Default: 10,000. Valid: `1..=100_000_000`.
+    /// The most entries held: a hard bound. Default: 10,000. Valid: `1..=100_000_000` (the
+    /// store sizes its tables for `capacity` up front, about 100 bytes each: past 10 GB, a
+    /// typo is likelier than a need).
     ///
     /// The store is split into shards (for a capacity of 4,096 or more), each with an equal
     /// share, so an entry can be evicted slightly before the total is reached (filling a
@@ -270,7 +272,8 @@ impl<C> Builder<C> {
     }
 
     /// The longest time anything is remembered: an origin's longer lifetime is cut to it.
-    /// Default: 1 day. Valid: `1 ms..=30 d`.
+    /// Default: 1 day. Valid: `1 ms..=30 d` (an entry keeps its TTL in 32 bits of
+    /// milliseconds, 49.7 days; negative answers are rarely worth keeping longer).
     ///
     /// There is no minimum: an origin's explicit lifetime (`max-age`, `Expires`) is an upper
     /// bound the cache never exceeds, and a lifetime of zero (`max-age=0`, an `Age` at or past
@@ -348,7 +351,9 @@ impl<C> Builder<C> {
     /// it wait up to `bound` for its answer instead of calling upstream too. When it has
     /// settled (or fails, or is cancelled), every waiter wakes at once and looks the key up:
     /// a Missing answer it remembered answers them all; otherwise each goes upstream itself.
-    /// Default: off. Valid: `1 ms..=60 s`. The wait uses tokio's timer: the runtime must have
+    /// Default: off. Valid: `1 ms..=60 s` (a waiter holds its request and its caller that
+    /// long at most; a minute is past any upstream timeout worth waiting on). The wait uses
+    /// tokio's timer: the runtime must have
     /// time enabled.
     pub fn coalesce(mut self, bound: Duration) -> Self {
         let range = Duration::from_millis(1)..=Duration::from_secs(60);
