@@ -283,7 +283,7 @@ impl FleetBuilder {
     where
         C: Classify + Clone + Send + Sync + 'static,
     {
-        self.error.result().map_err(StartError::setting)?;
+        self.error.result().map_err(StartError::from_build)?;
         let cache = &layer.handle();
         let classifier = layer.classifier.clone();
         // A peer's message carries a status only: it is classified as an answer without
@@ -362,7 +362,7 @@ pub struct StartError {
 #[non_exhaustive]
 pub enum StartErrorKind {
     /// A builder setting was given a value outside its valid range (see
-    /// [`StartError::setting`]).
+    /// [`StartError::invalid_setting`]).
     Setting,
     /// The URL is not a Redis URL.
     Url,
@@ -373,7 +373,7 @@ pub enum StartErrorKind {
 }
 
 impl StartError {
-    fn setting(e: BuildError) -> Self {
+    fn from_build(e: BuildError) -> Self {
         StartError {
             kind: StartErrorKind::Setting,
             setting: Some(e.setting()),
