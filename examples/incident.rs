@@ -311,7 +311,7 @@ async fn main() -> ExitCode {
         "naive: retries every non-2xx twice, releasing the answer first; backoff {BACKOFF:?} x 2^n"
     );
     println!(
-        "layers: NegativeCacheLayer (coalescing on) outside StatusAwareRetryLayer, same backoff\n"
+        "layers: NegativeCacheLayer (coalescing on) outside StatusAwareRetryLayer, the same waits as their cap (full jitter)\n"
     );
     println!(
         "{:<58} {:>14} {:>14} {:>14}",
@@ -341,7 +341,8 @@ async fn main() -> ExitCode {
             .build()
             .unwrap();
         let retry = StatusAwareRetryLayer::builder()
-            .backoff_base(BACKOFF)
+            // The first retry waits up to the base: the naive client's first wait, BACKOFF x 2.
+            .backoff_base(BACKOFF * 2)
             .jitter(Jitter::Full)
             .build()
             .unwrap();
