@@ -114,8 +114,9 @@ where
                 replay = capture.as_ref().map(|c| with_body(&req, c.copy()));
             }
             if replay.is_none() {
-                // Counted only where a retry was likely wanted: a request that may be retried
-                // only if refused unprocessed is rarely retried, and that is counted then.
+                // Not counted for a request retried only if unprocessed: that would count
+                // every POST whose body can't be copied, though few are ever refused (a
+                // refused one is returned as `not_retried`).
                 if eligible == Eligible::Any {
                     bump(&shared.stats.not_replayable);
                 }
