@@ -46,18 +46,48 @@ pub enum Outcome {
     Retryable {
         /// The server's own hint of when to try again (`Retry-After`), if it gave a valid one.
         after: Option<RetryAfter>,
+        /// The server never processed the request, so sending it again can't apply it twice
+        /// (RFC 9110 §9.2.2): the retry layer may then retry it *whatever its method*, POST
+        /// included, if its body can be replayed. By default only errors that prove it set
+        /// this ([`recognise_error`]): an HTTP/2 stream refused with `REFUSED_STREAM` or above
+        /// a GOAWAY's last stream id (RFC 9113 §8.7), a request hyper canceled before sending
+        /// it, a connection that was never established. A response never sets it by default;
+        /// a classifier that sets it on one vouches that such an answer means "not processed".
+        unprocessed: bool,
     },
     /// Any other failure: return it, do not retry, do not remember.
     Fatal,
 }
 
 impl Outcome {
-    /// A [`Retryable`](Outcome::Retryable) outcome without a server hint.
-    pub const RETRYABLE: Outcome = Outcome::Retryable { after: None };
+    /// A [`Retryable`](Outcome::Retryable) outcome without a server hint, of a request the
+    /// server may have processed.
+    pub const RETRYABLE: Outcome = Outcome::Retryable {
+        after: None,
+        unprocessed: false,
+    };
+
+    /// A [`Retryable`](Outcome::Retryable) outcome of a request the server never processed:
+    /// retried whatever its method.
+    pub const UNPROCESSED: Outcome = Outcome::Retryable {
+        after: None,
+        unprocessed: true,
+    };
 
     /// Whether this is [`Outcome::Retryable`], with or without a hint.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Outcome::Retryable { .. })
+    }
+
+    /// Whether this is [`Outcome::Retryable`] for a request the server never processed.
+    pub fn is_unprocessed(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Retryable {
+                unprocessed: true,
+                ..
+            }
+        )
     }
 
     /// Whether this is [`Outcome::Missing`].
@@ -262,7 +292,7 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
         tokio::time::error::Elapsed,
     );
     #[cfg(feature = "hyper")]
-    try_as!(hyper::Error, hyper_util::client::legacy::Error);
+    try_as!(hyper::Error, hyper_util::client::legacy::Error, h2::Error);
     #[cfg(feature = "reqwest")]
     try_as!(reqwest::Error);
     None
@@ -276,32 +306,66 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
 /// with the `hyper` feature, hyper-util's connect errors and hyper's incomplete-message,
 /// canceled, closed and timeout errors; with the `reqwest` feature, reqwest's connect errors
 /// and timeouts.
+///
+/// Transient *and unprocessed* ([`Outcome::UNPROCESSED`], retried whatever the method): with
+/// the `hyper` feature, an `h2::Error` that is a `RST_STREAM` with `REFUSED_STREAM` from the
+/// server, or a GOAWAY from the server (h2 gives it only to streams above the GOAWAY's last
+/// stream id and to streams opened after it; streams the server may have processed end with
+/// an I/O error instead) — RFC 9113 §8.7: "the request can be safely retried"; hyper's
+/// canceled error (the request was never handed to the connection); hyper-util's connect
+/// errors (no connection, nothing sent); with the `reqwest` feature, reqwest's connect errors.
 pub fn transport_error_outcome(error: &(dyn Error + 'static)) -> Outcome {
     recognise_error(error).unwrap_or(Outcome::Fatal)
 }
 
 /// The `source()` walk: [`Outcome::Retryable`] when anything in the chain is a transient
-/// transport failure (see [`transport_error_outcome`]); [`Outcome::Fatal`] when the chain holds
-/// a transport error type this crate knows (`io::Error`, a timeout, hyper's and hyper-util's
-/// errors) and none is transient; `None` when nothing in the chain is known — a plain message,
-/// or an error type of another crate.
+/// transport failure (see [`transport_error_outcome`]), with `unprocessed` set when anything in
+/// it proves the server never processed the request; [`Outcome::Fatal`] when the chain holds a
+/// transport error type this crate knows (`io::Error`, a timeout, hyper's, hyper-util's and
+/// h2's errors) and none is transient; `None` when nothing in the chain is known — a plain
+/// message, or an error type of another crate.
 pub fn recognise_error(error: &(dyn Error + 'static)) -> Option<Outcome> {
-    let (mut next, mut known) = (Some(error), false);
+    let (mut next, mut verdict) = (Some(error), None);
     while let Some(e) = next {
-        match transient(e) {
-            Some(true) => return Some(Outcome::RETRYABLE),
-            Some(false) => known = true,
+        match kind_of(e) {
+            // Proof that the request was never processed outweighs the rest of the chain.
+            Some(Kind::Unprocessed) => return Some(Outcome::UNPROCESSED),
+            Some(Kind::Transient) => verdict = Some(Outcome::RETRYABLE),
+            Some(Kind::Other) => {
+                verdict.get_or_insert(Outcome::Fatal);
+            }
             None => {}
         }
         next = e.source();
     }
-    known.then_some(Outcome::Fatal)
+    verdict
 }
 
-/// Whether `e` itself is a transient failure; `None` if its type is not one this crate knows.
-fn transient(e: &(dyn Error + 'static)) -> Option<bool> {
+/// What one error of a chain says, if its type is one this crate knows.
+enum Kind {
+    /// The server never processed the request (only the `hyper` and `reqwest` rules can tell).
+    #[cfg_attr(not(any(feature = "hyper", feature = "reqwest")), allow(dead_code))]
+    Unprocessed,
+    /// A transient failure; the request may have been processed.
+    Transient,
+    /// Known, not transient.
+    Other,
+}
+
+impl From<bool> for Kind {
+    fn from(transient: bool) -> Kind {
+        if transient {
+            Kind::Transient
+        } else {
+            Kind::Other
+        }
+    }
+}
+
+/// What `e` itself says; `None` if its type is not one this crate knows.
+fn kind_of(e: &(dyn Error + 'static)) -> Option<Kind> {
     if let Some(io) = e.downcast_ref::<io::Error>() {
-        return Some(matches!(
+        return Some(Kind::from(matches!(
             io.kind(),
             io::ErrorKind::ConnectionRefused
                 | io::ErrorKind::ConnectionReset
@@ -310,25 +374,51 @@ fn transient(e: &(dyn Error + 'static)) -> Option<bool> {
                 | io::ErrorKind::TimedOut
                 | io::ErrorKind::NotConnected
                 | io::ErrorKind::UnexpectedEof
-        ));
+        )));
     }
     if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
-        return Some(true);
+        return Some(Kind::Transient);
     }
     #[cfg(feature = "reqwest")]
     if let Some(r) = e.downcast_ref::<reqwest::Error>() {
-        // Not transient itself unless a connect error or a timeout; its source may still be.
-        return Some(r.is_connect() || r.is_timeout());
+        // A connect error: nothing was sent. Otherwise not transient itself unless a timeout;
+        // its source may still be.
+        if r.is_connect() {
+            return Some(Kind::Unprocessed);
+        }
+        return Some(Kind::from(r.is_timeout()));
     }
     #[cfg(feature = "hyper")]
     {
         if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            // Not transient itself unless a connect error; its source may still be.
-            return Some(h.is_connect());
+            // A connect error: no connection, nothing sent. Otherwise not transient itself;
+            // its source may still be.
+            return Some(if h.is_connect() {
+                Kind::Unprocessed
+            } else {
+                Kind::Other
+            });
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            let t = h.is_incomplete_message() || h.is_canceled() || h.is_closed() || h.is_timeout();
-            return Some(t);
+            // hyper: canceled "before it can be dispatched to the connection".
+            if h.is_canceled() {
+                return Some(Kind::Unprocessed);
+            }
+            let t = h.is_incomplete_message() || h.is_closed() || h.is_timeout();
+            return Some(Kind::from(t));
+        }
+        if let Some(h) = e.downcast_ref::<h2::Error>() {
+            // RFC 9113 §8.7: REFUSED_STREAM means "closed prior to any processing", and
+            // requests on streams above a GOAWAY's last stream id were not processed. h2 gives
+            // the server's GOAWAY as an error only to those streams and to streams opened
+            // after it; the streams it may have processed end with an I/O error.
+            let refused = h.is_reset() && h.reason() == Some(h2::Reason::REFUSED_STREAM);
+            let above_goaway = h.is_go_away();
+            return Some(if h.is_remote() && (refused || above_goaway) {
+                Kind::Unprocessed
+            } else {
+                Kind::Other
+            });
         }
     }
     None
@@ -418,6 +508,7 @@ impl Classify for DefaultClassifier {
         } else if self.is_retryable_status(status) {
             Outcome::Retryable {
                 after: headers::retry_after(headers.get(header::RETRY_AFTER)),
+                unprocessed: false,
             }
         } else {
             Outcome::Fatal
@@ -458,7 +549,8 @@ mod tests {
         assert_eq!(
             o,
             Outcome::Retryable {
-                after: Some(RetryAfter::Delay(Duration::from_secs(7)))
+                after: Some(RetryAfter::Delay(Duration::from_secs(7))),
+                unprocessed: false,
             }
         );
     }
@@ -555,6 +647,33 @@ mod tests {
         );
         let fatal = |_: &io::Error| Some(Outcome::Fatal);
         assert_eq!(error_outcome(&c, &fatal, &refused), Some(Outcome::Fatal));
+    }
+
+    #[cfg(feature = "hyper")]
+    #[test]
+    fn only_the_servers_refusal_makes_an_h2_error_unprocessed() {
+        // A reason h2 made locally (not the server's RST_STREAM or GOAWAY) proves nothing:
+        // known, not transient. The server's own are in tests/refused_stream.rs (h2 makes
+        // remote errors only from frames it received).
+        for reason in [h2::Reason::REFUSED_STREAM, h2::Reason::INTERNAL_ERROR] {
+            let e = h2::Error::from(reason);
+            assert_eq!(recognise_error(&e), Some(Outcome::Fatal), "{reason:?}");
+        }
+        let boxed: Box<dyn Error + Send + Sync> = Box::new(h2::Error::from(h2::Reason::CANCEL));
+        assert_eq!(
+            walk(&DefaultClassifier::default(), &boxed),
+            Some(Outcome::Fatal)
+        );
+    }
+
+    #[test]
+    fn unprocessed_outweighs_the_rest_of_the_chain() {
+        assert!(Outcome::UNPROCESSED.is_retryable() && Outcome::UNPROCESSED.is_unprocessed());
+        assert!(!Outcome::RETRYABLE.is_unprocessed() && !Outcome::Fatal.is_unprocessed());
+        // A transient error under a known fatal one is still transient (the walk goes on).
+        let reset = Wrapper(io::Error::from(io::ErrorKind::ConnectionReset));
+        let outer = io::Error::other(reset);
+        assert_eq!(recognise_error(&outer), Some(Outcome::RETRYABLE));
     }
 
     #[tokio::test(start_paused = true)]

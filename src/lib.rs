@@ -93,6 +93,86 @@
 //! The other order works, but every hit then goes through the retry layer (and counts in its
 //! budget as a request), and the cache sees each attempt, not the final answer.
 //!
+//! # Composing with tower-http
+//!
+//! tower-http's client middleware goes around and between the two layers like this,
+//! outermost first (`examples/tower_http_stack.rs` runs this stack against a local server and
+//! checks each point below):
+//!
+//! ```text
+//! TraceLayer -> FollowRedirectLayer -> NegativeCacheLayer -> DecompressionLayer
+//!            -> StatusAwareRetryLayer -> tower::timeout::TimeoutLayer -> Client
+//! ```
+//!
+//! - **`TraceLayer` outermost**: one span per caller request, with the answer the caller gets
+//!   — cache hits (which never reach anything inside) included. The retry layer logs each
+//!   attempt itself (method, URI, attempt, wait, error text).
+//! - **`FollowRedirectLayer` outside the cache**: each hop is a request of its own, so each
+//!   goes through the cache under its own key and through the retry loop on its own. A
+//!   redirect to a missing resource is remembered under the *target* that answered 404, as
+//!   RFC 9111 keys a response by the request that got it; a redirect itself is not Missing and
+//!   is not remembered, so when the origin moves the redirect elsewhere the next request
+//!   follows it. Inside the cache, the cache would store the target's 404 under the old URI,
+//!   where no write or invalidation of the target ever reaches it.
+//! - **`DecompressionLayer` outside the retry layer**: the retry layer then drains a discarded
+//!   answer's body as it came on the wire — compressed, counted against `drain_limit` in wire
+//!   bytes, never inflated (a small compressed error page can inflate to far more than the
+//!   drain bound). Between the cache and the retry layer, it adds `Accept-Encoding` to every
+//!   attempt; the cache never needs a body (its own answers are empty).
+//! - **A per-attempt `tower::timeout::TimeoutLayer` inside the retry layer**: it bounds each
+//!   attempt, and its `Elapsed` error is a transient error the retry layer retries. Outside
+//!   the retry layer it would bound the whole loop and cancel it with no answer; the retry
+//!   layer's own [`deadline`](retry::Builder::deadline) does that job and still returns the
+//!   last answer. The timeout's error type is `Box<dyn Error + Send + Sync>`, which the
+//!   default error classification reads through its `source()` chain.
+//!
+//! tower-http's own `TimeoutLayer` is server-side: it answers a *server's* slow request with
+//! a 408 response instead of an error. Don't use it on a client: use `tower::timeout`.
+//!
+//! To keep the stack in a struct, box it: `tower::util::BoxCloneSyncService` is `Clone`,
+//! `Send` and `Sync`, and a `map_response` gives it one body type.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full, combinators::BoxBody};
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::ServiceBuilder;
+//! use tower::timeout::TimeoutLayer;
+//! use tower::util::BoxCloneSyncService;
+//! use tower_http::{decompression::DecompressionLayer, follow_redirect::FollowRedirectLayer};
+//! use tower_http::trace::TraceLayer;
+//! use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
+//!
+//! type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//! /// The whole stack as one type: clone it into each task that sends requests.
+//! type HttpClient = BoxCloneSyncService<
+//!     http::Request<Full<Bytes>>,
+//!     http::Response<BoxBody<Bytes, BoxError>>,
+//!     BoxError,
+//! >;
+//!
+//! struct Records {
+//!     http: HttpClient,
+//! }
+//!
+//! fn records(cache: &NegativeCacheLayer, retry: &StatusAwareRetryLayer) -> Records {
+//!     let stack = ServiceBuilder::new()
+//!         .map_response(|res: http::Response<_>| {
+//!             res.map(|body: _| BodyExt::map_err(body, Into::into).boxed())
+//!         })
+//!         .layer(TraceLayer::new_for_http())
+//!         .layer(FollowRedirectLayer::new())
+//!         .layer(cache.clone())
+//!         .layer(DecompressionLayer::new())
+//!         .layer(retry.clone())
+//!         .layer(TimeoutLayer::new(Duration::from_secs(2))) // per attempt
+//!         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+//!     Records { http: BoxCloneSyncService::new(stack) }
+//! }
+//! ```
+//!
 //! # Guarantees
 //!
 //! Each holds by a test (the README lists which):
@@ -132,7 +212,7 @@
 //!
 //! | feature | default | what it adds | cost |
 //! |---|---|---|---|
-//! | `hyper` | yes | recognises hyper's and hyper-util's error types as transient transport errors | hyper and hyper-util (which a hyper client has anyway) |
+//! | `hyper` | yes | recognises hyper's, hyper-util's and h2's error types as transient transport errors, and an HTTP/2 stream the server refused before processing it (`REFUSED_STREAM`, GOAWAY) as retryable whatever the method | hyper, hyper-util and h2 (which a hyper HTTP/2 client has anyway; h2 because hyper keeps the HTTP/2 reason private) |
 //! | `serde` | no | `serde::Serialize` for [`cache::CacheStats`] and [`retry::RetryStats`] | serde |
 //! | `redis` | no | the `fleet` module: replicas share what is missing through Redis | the `redis` client (and `url`), `hmac` and `sha2` |
 //! | `reqwest` | no | [`reqwest::ReqwestService`]: both layers over a `reqwest::Client`; reqwest's connect errors and timeouts classified as transient; `ReplayBody` for `reqwest::Body` | reqwest (without TLS features; yours picks them) |

@@ -18,7 +18,7 @@ use tower::util::rng::{HasherRng, Rng};
 use super::capture::Capture;
 use super::layer::Shared;
 use super::log::{ErrorText, Head, Target};
-use super::policy::{Attempt, Decision, Stop};
+use super::policy::{Attempt, Decision, Eligible, Stop};
 use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::bump;
 use crate::RetryInfo;
@@ -58,9 +58,9 @@ pin_project! {
         // The request's method and URI for log events, kept (when they are enabled) only
         // when there is no copy to read them from.
         head: Option<Box<Head>>,
-        // The request may not be sent twice (method or body): a retryable answer is returned
-        // as `not_retried`.
-        ineligible: bool,
+        // Which retryable answers may send the request again (method and body): one it does
+        // not allow is returned as `not_retried`.
+        eligible: Eligible,
         shared: Arc<Shared<C, EC>>,
         started: Instant,
         attempts: u32,
@@ -79,7 +79,7 @@ pub(crate) struct Again<ReqB> {
     pub(crate) replay: Option<Request<ReqB>>,
     pub(crate) capture: Option<Capture<ReqB>>,
     pub(crate) head: Option<Box<Head>>,
-    pub(crate) ineligible: bool,
+    pub(crate) eligible: Eligible,
 }
 
 pin_project! {
@@ -112,7 +112,7 @@ where
             replay,
             capture,
             head,
-            ineligible,
+            eligible,
         } = again;
         ResponseFuture {
             state: State::Called { future },
@@ -120,7 +120,7 @@ where
             replay,
             capture,
             head,
-            ineligible,
+            eligible,
             shared,
             started,
             attempts: 1,
@@ -171,7 +171,8 @@ where
                     let mut now = *this.started;
                     let decision = if !outcome.is_retryable() {
                         Decision::Stop(Stop::Final)
-                    } else if *this.ineligible {
+                    } else if !this.eligible.allows(&outcome) {
+                        // Not idempotent and not proven unprocessed, or never to be sent twice.
                         Decision::Stop(Stop::NotEligible)
                     } else if this.replay.is_none() {
                         // An eligible request has no copy only when `max_retries` is used up
@@ -222,7 +223,7 @@ where
                         ),
                         Err(e) => tracing::debug!(
                             %method, %uri, attempt, wait = ?delay, error = %ErrorText(e),
-                            "retrying"
+                            unprocessed = outcome.is_unprocessed(), "retrying"
                         ),
                     }
                     match result {

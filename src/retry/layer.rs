@@ -49,6 +49,7 @@ pub(crate) struct Shared<C, EC = SourceWalk> {
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) stats: Counters,
     pub(crate) retry_non_idempotent: bool,
+    pub(crate) retry_unprocessed: bool,
     pub(crate) drain_limit: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) capture_limit: usize,
@@ -102,6 +103,7 @@ impl<C: fmt::Debug, EC> fmt::Debug for Shared<C, EC> {
             .field("policy", &self.policy)
             .field("budget", &self.budget)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("retry_unprocessed", &self.retry_unprocessed)
             .field("drain_limit", &self.drain_limit)
             .field("drain_timeout", &self.drain_timeout)
             .field("capture_limit", &self.capture_limit)
@@ -127,6 +129,7 @@ pub struct Builder<C = DefaultClassifier, EC = SourceWalk> {
     policy: Policy,
     budget: Option<(f64, u32, Duration)>,
     retry_non_idempotent: bool,
+    retry_unprocessed: bool,
     drain_limit: usize,
     drain_timeout: Duration,
     capture_limit: usize,
@@ -154,6 +157,7 @@ impl Default for Builder {
             },
             budget: Some(DEFAULT_BUDGET),
             retry_non_idempotent: false,
+            retry_unprocessed: true,
             drain_limit: 64 * 1024,
             drain_timeout: Duration::from_millis(100),
             capture_limit: 64 * 1024,
@@ -197,6 +201,7 @@ impl<C, EC> Builder<C, EC> {
             policy: self.policy,
             budget: self.budget,
             retry_non_idempotent: self.retry_non_idempotent,
+            retry_unprocessed: self.retry_unprocessed,
             drain_limit: self.drain_limit,
             drain_timeout: self.drain_timeout,
             capture_limit: self.capture_limit,
@@ -241,6 +246,7 @@ impl<C, EC> Builder<C, EC> {
             policy: self.policy,
             budget: self.budget,
             retry_non_idempotent: self.retry_non_idempotent,
+            retry_unprocessed: self.retry_unprocessed,
             drain_limit: self.drain_limit,
             drain_timeout: self.drain_timeout,
             capture_limit: self.capture_limit,
@@ -370,6 +376,23 @@ impl<C, EC> Builder<C, EC> {
         self
     }
 
+    /// Retry a request of any method — POST, PATCH, CONNECT included — when the answer proves
+    /// the server never processed it ([`Outcome::is_unprocessed`](crate::Outcome::is_unprocessed):
+    /// an HTTP/2 stream refused with `REFUSED_STREAM` or above a GOAWAY's last stream id, a
+    /// request never sent), as Envoy's `refused-stream` policy does (RFC 9110 §9.2.2, RFC 9113
+    /// §8.7). Other retryable answers still retry such a request only as
+    /// [`retry_non_idempotent`](Builder::retry_non_idempotent) and `Idempotency-Key` allow.
+    /// Default: `true`.
+    ///
+    /// Cost: each such request keeps a copy of itself for the retry, as an idempotent one does
+    /// — a clone of a buffered body (a reference count for `Full<Bytes>`), or a capture of a
+    /// streamed one up to [`capture_limit`](Builder::capture_limit). `false` sends them once
+    /// and keeps no copy.
+    pub fn retry_unprocessed(mut self, yes: bool) -> Self {
+        self.retry_unprocessed = yes;
+        self
+    }
+
     /// How many bytes of a discarded answer's body are read so its connection can be reused;
     /// a longer body is dropped (closing an HTTP/1 connection). The drain runs during the
     /// backoff wait and ends with it at the latest. Default: 64 KiB. Valid: `0..=16 MiB`.
@@ -457,6 +480,7 @@ impl<C, EC> Builder<C, EC> {
                 budget,
                 stats: Counters::default(),
                 retry_non_idempotent: self.retry_non_idempotent,
+                retry_unprocessed: self.retry_unprocessed,
                 drain_limit: self.drain_limit,
                 drain_timeout: self.drain_timeout,
                 capture_limit: self.capture_limit,
@@ -474,6 +498,7 @@ impl<C: fmt::Debug, EC> fmt::Debug for Builder<C, EC> {
             .field("policy", &self.policy)
             .field("budget", &self.budget)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("retry_unprocessed", &self.retry_unprocessed)
             .field("drain_limit", &self.drain_limit)
             .field("drain_timeout", &self.drain_timeout)
             .field("capture_limit", &self.capture_limit)

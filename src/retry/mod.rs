@@ -10,7 +10,10 @@
 //! - **Retryable** answers (408, 429, 500, 502, 503, 504, transport errors) are retried while
 //!   `max_retries`, the deadline, the `Retry-After` cap and the shared [`RetryBudget`] allow, for
 //!   idempotent methods (and POST/PATCH with `Idempotency-Key`) whose body can be replayed
-//!   ([`ReplayBody`]).
+//!   ([`ReplayBody`]). A request of any method is retried when the answer proves the server
+//!   never processed it ([`Outcome::is_unprocessed`](crate::Outcome::is_unprocessed): an HTTP/2
+//!   stream refused with `REFUSED_STREAM` or above a GOAWAY's last stream id, RFC 9113 §8.7),
+//!   as Envoy's `refused-stream` policy does; [`Builder::retry_unprocessed`] turns that off.
 //! - The backoff wait is timed from the moment a retry is decided. During it, the retried
 //!   answer's body is read up to `drain_limit` within `drain_timeout` (so its HTTP/1 connection
 //!   goes back to the pool), then dropped — at the latest when the wait ends, so draining never

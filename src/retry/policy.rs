@@ -126,7 +126,7 @@ impl Policy {
     ) -> Decision {
         // The only way to another attempt: a Retryable outcome. Missing (404/410, whatever the
         // classifier said — see `classify::response_outcome`) stops here.
-        let Outcome::Retryable { after } = outcome else {
+        let Outcome::Retryable { after, .. } = outcome else {
             return Decision::Stop(Stop::Final);
         };
         // Whatever the caller's random source gave, a sample outside [0, 1) (NaN included)
@@ -160,6 +160,48 @@ impl Policy {
             return Decision::Stop(Stop::Budget);
         }
         Decision::Retry(delay)
+    }
+}
+
+/// Which retryable answers may send a request again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Eligible {
+    /// Idempotent, or made so: any retryable answer.
+    Any,
+    /// Not idempotent: only an answer that proves the server never processed the request
+    /// ([`Outcome::is_unprocessed`]) — RFC 9110 §9.2.2 allows a retry of any method when the
+    /// client can "detect that the original request was never applied".
+    Unprocessed,
+    /// Sent once, whatever the answer.
+    Never,
+}
+
+impl Eligible {
+    /// Whether `outcome` may send the request again (the rest of the policy permitting).
+    pub(crate) fn allows(self, outcome: &Outcome) -> bool {
+        match self {
+            Eligible::Any => outcome.is_retryable(),
+            Eligible::Unprocessed => outcome.is_unprocessed(),
+            Eligible::Never => false,
+        }
+    }
+}
+
+/// Which answers may send this request again: any retryable one when its method may be
+/// repeated ([`may_retry_request`]), else — if `unprocessed` is on — only one that proves the
+/// server never processed it, whatever the method.
+pub(crate) fn eligibility(
+    method: &Method,
+    headers: &HeaderMap,
+    non_idempotent: bool,
+    unprocessed: bool,
+) -> Eligible {
+    if may_retry_request(method, headers, non_idempotent) {
+        Eligible::Any
+    } else if unprocessed {
+        Eligible::Unprocessed
+    } else {
+        Eligible::Never
     }
 }
 
@@ -246,6 +288,7 @@ mod tests {
         let p = policy(Jitter::Full);
         let o = Outcome::Retryable {
             after: Some(RetryAfter::Delay(Duration::from_secs(31))),
+            unprocessed: false,
         };
         assert_eq!(
             p.decide(&o, first(), SystemTime::now(), 0.5, || true),
@@ -253,6 +296,7 @@ mod tests {
         );
         let o = Outcome::Retryable {
             after: Some(RetryAfter::Delay(Duration::from_secs(3))),
+            unprocessed: false,
         };
         assert_eq!(
             p.decide(&o, first(), SystemTime::now(), 0.5, || true),
@@ -299,5 +343,28 @@ mod tests {
             "max-age=5, only-if-cached".parse().unwrap(),
         );
         assert!(!may_retry_request(&Method::GET, &cached, true));
+    }
+
+    #[test]
+    fn a_request_that_may_not_be_repeated_is_retried_only_when_unprocessed() {
+        let h = HeaderMap::new();
+        let refused = Outcome::UNPROCESSED;
+        let hinted = Outcome::Retryable {
+            after: Some(RetryAfter::Delay(Duration::from_secs(1))),
+            unprocessed: false,
+        };
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            let e = eligibility(&m, &h, false, true);
+            assert_eq!(e, Eligible::Unprocessed, "{m}");
+            assert!(e.allows(&refused), "{m}");
+            for o in [Outcome::RETRYABLE, hinted, Outcome::Fatal, Outcome::Missing] {
+                assert!(!e.allows(&o), "{m} {o:?}");
+            }
+            assert_eq!(eligibility(&m, &h, false, false), Eligible::Never, "{m}");
+            assert!(!Eligible::Never.allows(&refused));
+        }
+        let get = eligibility(&Method::GET, &h, false, false);
+        assert_eq!(get, Eligible::Any);
+        assert!(get.allows(&refused) && get.allows(&hinted) && !get.allows(&Outcome::Missing));
     }
 }

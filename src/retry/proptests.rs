@@ -47,6 +47,36 @@ fn cases(cases: u32) -> Config {
 enum Answer {
     Status(u16, Option<HeaderValue>),
     Fail(ErrorKind),
+    /// An error that [`WithRefusals`] calls unprocessed (as the default classifier calls an
+    /// HTTP/2 stream refused with `REFUSED_STREAM`, which a mock can't produce).
+    Refused,
+}
+
+#[derive(Debug)]
+struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused before processing")
+    }
+}
+
+impl Error for Refused {}
+
+/// The default classifier, with [`Refused`] errors unprocessed.
+struct WithRefusals;
+
+impl Classify for WithRefusals {
+    fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Outcome {
+        DefaultClassifier::default().classify_response(status, headers)
+    }
+
+    fn classify_error(&self, error: &(dyn Error + 'static)) -> Option<Outcome> {
+        if error.is::<Refused>() {
+            return Some(Outcome::UNPROCESSED);
+        }
+        crate::classify::recognise_error(error)
+    }
 }
 
 impl Answer {
@@ -65,10 +95,10 @@ impl Answer {
 
     fn respond(&self) -> Result<Response<Full<Bytes>>, BoxError> {
         let Some((status, headers)) = self.head() else {
-            let Answer::Fail(kind) = self else {
-                unreachable!()
-            };
-            return Err(Box::new(io::Error::from(*kind)));
+            return Err(match self {
+                Answer::Fail(kind) => Box::new(io::Error::from(*kind)),
+                _ => Box::new(Refused),
+            });
         };
         let mut res = Response::new(Full::new(Bytes::from_static(BODY)));
         (*res.status_mut(), *res.headers_mut()) = (status, headers);
@@ -82,6 +112,14 @@ fn by_default(a: &Answer) -> Outcome {
         (_, Some((s, h))) => response_outcome(&DefaultClassifier::default(), s, &h),
         (Answer::Fail(PermissionDenied), _) => Outcome::Fatal,
         _ => Outcome::RETRYABLE,
+    }
+}
+
+/// What [`WithRefusals`] must make of an answer.
+fn by_refusals(a: &Answer) -> Outcome {
+    match a {
+        Answer::Refused => Outcome::UNPROCESSED,
+        _ => by_default(a),
     }
 }
 
@@ -273,10 +311,17 @@ impl Trace {
     fn check(&self, cfg: &Cfg, m: &Meth, model: Model) -> R {
         let (n, p) = (self.calls.len(), &cfg.p);
         prop_assert!(n >= 1 && n <= 1 + p.max_retries as usize, "{n} calls");
-        prop_assert!(n == 1 || retry_eligible(cfg, m), "{m:?} sent {n} times");
-        // Success, Missing and Fatal end the loop at once: all answers but the last were retryable.
+        // Success, Missing and Fatal end the loop at once: all answers but the last were
+        // retryable; a request whose method may not be repeated was sent again only after an
+        // answer proving it unprocessed.
         for c in &self.calls[..n - 1] {
-            prop_assert!(model(&c.answer).is_retryable(), "retried {:?}", c.answer);
+            let o = model(&c.answer);
+            prop_assert!(o.is_retryable(), "retried {:?}", c.answer);
+            prop_assert!(
+                retry_eligible(cfg, m) || o.is_unprocessed(),
+                "{m:?} sent {n} times, again after {:?}",
+                c.answer
+            );
         }
         // The caller gets the last answer, as it was, with its verdict.
         let last = &self.calls[n - 1].answer;
@@ -293,6 +338,7 @@ impl Trace {
                 let got = e.downcast_ref::<io::Error>().map(io::Error::kind);
                 prop_assert_eq!(got, Some(*kind));
             }
+            (Err(e), Answer::Refused) => prop_assert!(e.is::<Refused>(), "{e}"),
             (r, _) => prop_assert!(false, "{:?} for {last:?}", r.as_ref().map(|r| r.status())),
         }
         for (i, c) in self.calls.iter().enumerate() {
@@ -304,7 +350,9 @@ impl Trace {
         for (i, pair) in self.calls.windows(2).enumerate() {
             let gap = pair[1].at - pair[0].at;
             let (lo, hi) = match model(&pair[0].answer) {
-                Outcome::Retryable { after: Some(hint) } => {
+                Outcome::Retryable {
+                    after: Some(hint), ..
+                } => {
                     let lo = hint.delay_from(self.wall.1);
                     prop_assert!(lo <= p.max_retry_after, "hint {lo:?} over the cap honoured");
                     let hi = hint.delay_from(self.wall.0) + cfg.spread();
@@ -330,7 +378,9 @@ impl Trace {
         );
         // Liveness: with nothing else to stop it, a retryable answer is retried.
         let hint_over = match model(last) {
-            Outcome::Retryable { after: Some(h) } => h.delay_from(self.wall.0) > p.max_retry_after,
+            Outcome::Retryable { after: Some(h), .. } => {
+                h.delay_from(self.wall.0) > p.max_retry_after
+            }
             o => !o.is_retryable(),
         };
         if retry_eligible(cfg, m) && cfg.budget.is_none() && p.deadline.is_none() && !hint_over {
@@ -346,7 +396,7 @@ fn forced(script: &[Answer], model: Model) -> (usize, Vec<Answer>) {
     let p = p.unwrap();
     let mut s = script.to_vec();
     for a in &mut s[..p] {
-        if !matches!(model(a), Outcome::Retryable { after: None }) {
+        if !matches!(model(a), Outcome::Retryable { after: None, .. }) {
             *a = Answer::Fail(ConnectionReset);
         }
     }
@@ -456,6 +506,46 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(cases(256))]
+
+    /// POST, PATCH and CONNECT (without opt-in) are sent again only after an answer proving
+    /// the server never processed them, and — unless `retry_unprocessed(false)` — are sent
+    /// again after one when nothing else stops the retry.
+    #[test]
+    fn a_request_that_may_not_be_repeated_is_resent_only_when_unprocessed(
+        cfg in cfg(), opt_out: bool,
+        script in vec(prop_oneof![2 => answer(), 1 => Just(Answer::Refused)], 1..8),
+        m in prop_oneof![
+            select(vec![Method::POST, Method::PATCH]).prop_map(|m| (m, false)),
+            any::<bool>().prop_map(|key| (Method::CONNECT, key)),
+        ],
+    ) {
+        let cfg = Cfg { non_idempotent: false, ..cfg };
+        let layer = cfg
+            .builder()
+            .retry_unprocessed(!opt_out)
+            .classifier(WithRefusals)
+            .build()
+            .unwrap();
+        let t = runtime().block_on(send(&layer, &m, &script));
+        t.check(&cfg, &m, by_refusals)?;
+        let n = t.calls.len();
+        for c in &t.calls[..n - 1] {
+            prop_assert!(matches!(c.answer, Answer::Refused), "resent after {:?}", c.answer);
+        }
+        if opt_out {
+            prop_assert_eq!(n, 1);
+        }
+        let free = cfg.p.max_retries > 0 && cfg.budget.is_none() && cfg.p.deadline.is_none();
+        if !opt_out && free && matches!(script[0], Answer::Refused) {
+            prop_assert!(n >= 2, "a refused request was not retried");
+        }
+        let s = layer.stats();
+        prop_assert_eq!((s.requests, s.answered(), s.not_replayable), (1, 1, 0));
+    }
+}
+
 fn unit() -> impl Strategy<Value = f64> {
     let inf = f64::INFINITY;
     let odd = vec![f64::NAN, -1.0, 2.0, 1.0, -0.0, inf, -inf, f64::MIN_POSITIVE];
@@ -479,7 +569,7 @@ fn decide_checked(cfg: &Cfg, outcome: Outcome, at: Attempt, u: f64, budget_ok: b
         budget_ok
     };
     let d = p.decide(&outcome, at, wall, u, &mut withdraw);
-    let Outcome::Retryable { after } = outcome else {
+    let Outcome::Retryable { after, .. } = outcome else {
         prop_assert_eq!((d, asked), (Decision::Stop(Stop::Final), false));
         return Ok(());
     };
@@ -518,7 +608,7 @@ proptest! {
     #[test]
     fn delays_within_bounds_and_no_panic(
         cfg in cfg(), at in attempt(), u in unit(), budget_ok: bool,
-        status in 100u16..=599, ra in option::of(retry_after()), n: u32,
+        status in 100u16..=599, ra in option::of(retry_after()), n: u32, unprocessed: bool,
     ) {
         let b = cfg.p.backoff;
         let d = b.delay(n, at.prev_delay, u);
@@ -531,7 +621,7 @@ proptest! {
         let outcome = DefaultClassifier::default().classify_response(status, &headers);
         let hint = crate::headers::retry_after(headers.get(header::RETRY_AFTER));
         decide_checked(&cfg, outcome, at, u, budget_ok)?;
-        decide_checked(&cfg, Outcome::Retryable { after: hint }, at, u, budget_ok)?;
+        decide_checked(&cfg, Outcome::Retryable { after: hint, unprocessed }, at, u, budget_ok)?;
     }
 }
 

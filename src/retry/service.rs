@@ -12,7 +12,7 @@ use tower::Service;
 use super::future::{Again, ResponseFuture};
 use super::layer::Shared;
 use super::log::Head;
-use super::policy::may_retry_request;
+use super::policy::{Eligible, eligibility};
 use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::{RetryStats, bump};
 use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
@@ -99,10 +99,14 @@ where
         if let Some(budget) = &shared.budget {
             budget.deposit_at(now);
         }
-        let mut ineligible =
-            !may_retry_request(req.method(), req.headers(), shared.retry_non_idempotent);
+        let mut eligible = eligibility(
+            req.method(),
+            req.headers(),
+            shared.retry_non_idempotent,
+            shared.retry_unprocessed,
+        );
         let (mut replay, mut capture) = (None, None);
-        if shared.policy.max_retries > 0 && !ineligible {
+        if shared.policy.max_retries > 0 && eligible != Eligible::Never {
             replay = clone_request(&req);
             if replay.is_none() && shared.capture_limit > 0 {
                 // A stream: keep what the first attempt sends, up to the bound.
@@ -110,8 +114,13 @@ where
                 replay = capture.as_ref().map(|c| with_body(&req, c.copy()));
             }
             if replay.is_none() {
-                bump(&shared.stats.not_replayable);
-                ineligible = true;
+                // Not counted for a request retried only if unprocessed: that would count
+                // every POST whose body can't be copied, though few are ever refused (a
+                // refused one is returned as `not_retried`).
+                if eligible == Eligible::Any {
+                    bump(&shared.stats.not_replayable);
+                }
+                eligible = Eligible::Never;
             }
         }
         // No copy to read the method and URI from later: keep them, if a log event could
@@ -132,7 +141,7 @@ where
             replay,
             capture,
             head,
-            ineligible,
+            eligible,
         };
         ResponseFuture::new(future, service, again, shared.clone(), now)
     }
