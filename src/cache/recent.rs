@@ -278,6 +278,38 @@ mod tests {
         }
     }
 
+    /// Review (round 2), item 7: `State::note_changed` records every 2xx of a read once a tier
+    /// is attached. One hot key answered 2xx 5,000 times a second (a health check, a popular
+    /// record) must not fill its shard's room and raise the floor: every peer's 404 for any key
+    /// of that shard (a sixteenth of all keys) would be refused as superseded, though none of
+    /// them changed.
+    #[tokio::test(start_paused = true)]
+    async fn one_hot_key_does_not_make_its_shard_refuse_every_peer() {
+        let r = on();
+        let shard_of = |k: &str| (r.hasher.hash_one(k) >> 60) % SHARDS as u64;
+        let other = (0..)
+            .map(|i| format!("http://h/records/{i}"))
+            .find(|k| shard_of(k) == shard_of("http://h/health"))
+            .unwrap();
+        // 3 s of 2xx for the hot key, 5 per millisecond.
+        for _ in 0..3_000 {
+            for _ in 0..5 {
+                r.record("http://h/health", Instant::now());
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let now = Instant::now();
+        // A peer's 404 for `other`, whose request left 200 ms ago (less the 1 s transit
+        // allowance the tier subtracts).
+        let since = now - Duration::from_millis(1_200);
+        assert!(
+            !r.lock(other.as_str()).changed_since(since, now),
+            "{other} never changed, yet a peer's 404 for it is refused"
+        );
+        // The hot key itself still reads as changed.
+        assert!(r.lock("http://h/health").changed_since(since, now));
+    }
+
     #[test]
     fn off_records_nothing() {
         let r = Recent::default();
