@@ -2,10 +2,12 @@
 //!
 //! Nothing listens unless a fleet tier (the `redis` feature) attaches: until then sending is
 //! an uncontended read lock, on misses and invalidations only. Sending never blocks: a full
-//! queue drops the event and counts it.
+//! queue drops the event and counts it — and a dropped forget or clear leaves the publisher a
+//! debt of one clear, so peers never keep what this cache forgot.
 
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -42,6 +44,11 @@ pub(crate) struct Peers {
     // attaches or detaches.
     tx: RwLock<Option<mpsc::Sender<PeerEvent>>>,
     pub(crate) dropped: AtomicU64,
+    /// A forget or clear found the queue full: the publisher owes the peers one clear (which
+    /// covers any forget, as past its own limit of forgets waiting).
+    owed_clear: AtomicBool,
+    /// Wakes the publisher when a clear becomes owed while it waits for events.
+    owed_wake: tokio::sync::Notify,
     /// This cache's recent changes, recorded once a tier attaches.
     pub(crate) recent: Recent,
 }
@@ -55,6 +62,8 @@ impl Peers {
             return false;
         }
         *slot = Some(tx);
+        // A debt to a former tier's peers: this tier starts from what the cache holds now.
+        self.owed_clear.store(false, Ordering::Release);
         self.recent.turn_on();
         true
     }
@@ -70,13 +79,33 @@ impl Peers {
         slot.as_ref().is_some_and(|t| !t.is_closed())
     }
 
-    /// Offers an event, built only if someone listens.
+    /// Offers an event, built only if someone listens. A 404 that finds the queue full is
+    /// dropped (it costs a peer one upstream request); a forget or clear becomes a clear owed,
+    /// because a lost forget would let peers serve a stale 404.
     pub(crate) fn send(&self, event: impl FnOnce() -> PeerEvent) {
         let slot = self.tx.read().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = slot.as_ref() {
-            if tx.try_send(event()).is_err() {
+            if let Err(e) = tx.try_send(event()) {
                 self.dropped.fetch_add(1, Relaxed);
+                if !matches!(e.into_inner(), PeerEvent::Missing { .. }) {
+                    self.owed_clear.store(true, Ordering::Release);
+                    self.owed_wake.notify_one();
+                }
             }
         }
+    }
+
+    /// Whether a clear is owed to the peers (and it is now the caller's to send).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn take_owed_clear(&self) -> bool {
+        self.owed_clear.swap(false, Ordering::AcqRel)
+    }
+
+    /// Resolves when a clear may have become owed (then see [`take_owed_clear`]).
+    ///
+    /// [`take_owed_clear`]: Peers::take_owed_clear
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) async fn clear_owed(&self) {
+        self.owed_wake.notified().await;
     }
 }

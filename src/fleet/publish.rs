@@ -11,7 +11,7 @@ use tokio::time::{Instant, timeout};
 use super::Counters;
 use super::tasks::{Config, MAX_AGE, RETRY, TOMBSTONE, TRANSIT, ms, unix_ms};
 use super::wire::{self, Body};
-use crate::cache::PeerEvent;
+use crate::cache::{PeerEvent, State};
 use crate::counter::bump;
 
 /// Where a stored copy lives: `KEYS[1]` is the generation key (the Redis time of the last
@@ -63,10 +63,13 @@ return 1
 /// down or slow costs one timeout per backoff period, not one per event, and a lost 404 only
 /// costs a peer one upstream request. Forgets and clears are never dropped that way: they
 /// wait (in order, at most [`RETRY`]; more collapse into one clear, which covers them) and
-/// are retried first at the next try — a lost forget would let peers serve a stale 404.
+/// are retried first at the next try — a lost forget would let peers serve a stale 404. A
+/// forget or clear that found the queue full (this task stuck on a slow Redis while traffic
+/// went on) is owed as one clear the same way.
 pub(crate) async fn run(
     cfg: Arc<Config>,
     mut rx: mpsc::Receiver<PeerEvent>,
+    state: Arc<State>,
     counters: Arc<Counters>,
 ) {
     let mut link = Link {
@@ -76,17 +79,25 @@ pub(crate) async fn run(
         seq: 0,
     };
     let mut waiting = Waiting::new();
+    let peers = &state.peers;
     loop {
-        let event = if waiting.is_empty() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout_at(link.next_try, rx.recv()).await {
-                Ok(e) => e,
-                Err(_) => {
-                    link.flush(&cfg, &counters, &mut waiting).await;
-                    continue;
-                }
+        // Checked on every turn, not only when woken: a debt run up while this task was
+        // busy is paid before the next event is looked at.
+        if peers.take_owed_clear() {
+            wait_for_retry(&mut waiting, Body::Clear);
+            if Instant::now() >= link.next_try {
+                link.flush(&cfg, &counters, &mut waiting).await;
             }
+            continue;
+        }
+        let event = tokio::select! {
+            biased;
+            () = peers.clear_owed() => continue,
+            () = tokio::time::sleep_until(link.next_try), if !waiting.is_empty() => {
+                link.flush(&cfg, &counters, &mut waiting).await;
+                continue;
+            }
+            event = rx.recv() => event,
         };
         let Some(event) = event else { return };
         let Some(body) = outgoing(&event, Instant::now()) else {
