@@ -328,7 +328,12 @@ impl FleetBuilder {
         });
         let counters = Arc::new(Counters::default());
         let tasks = [
-            runtime.spawn(publish::run(config.clone(), rx, state.clone(), counters.clone())),
+            runtime.spawn(publish::run(
+                config.clone(),
+                rx,
+                state.clone(),
+                counters.clone(),
+            )),
             runtime.spawn(receive::run(config, state.clone(), counters.clone())),
         ];
         Ok(Fleet {

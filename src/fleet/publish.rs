@@ -18,11 +18,20 @@ use crate::counter::bump;
 /// clear, 0 before any), `ARGV[1]` the key prefix and `ARGV[2]` the key. Every entry lives
 /// under its generation's prefix, so a clear is one `SET` of the generation, whatever Redis
 /// holds, and warm-up reads the current generation only; older ones expire by their TTL.
+///
+/// A generation that is not a plain number of at most 15 digits (something else wrote the
+/// key, or a value of another type) would make every script fail for good: it is replaced by a new generation, as a clear
+/// would, since nothing stored before can be trusted to be newer than the last real clear.
 const LOCATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gen = tonumber(redis.call('GET', KEYS[1]) or '0')
-local key = ARGV[1] .. gen .. ':' .. ARGV[2]
+local raw = redis.pcall('GET', KEYS[1]) or '0'
+if type(raw) ~= 'string' or #raw > 15 or not string.match(raw, '^%d+$') then
+  raw = tostring(now)
+  redis.call('SET', KEYS[1], raw)
+end
+local gen = tonumber(raw)
+local key = ARGV[1] .. raw .. ':' .. ARGV[2]
 ";
 
 /// Stores a copy of a 404 unless its request left before the last clear or before a

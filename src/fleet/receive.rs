@@ -244,11 +244,26 @@ fn learn(
 async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
     let work = async {
         let mut conn = cfg.client.get_multiplexed_async_connection().await?;
-        let generation: Option<u64> = redis::cmd("GET")
+        // Not a number: something else wrote the key. Nothing stored can be placed after the
+        // last clear then; the next publish starts a new generation (see `publish::LOCATE`).
+        let generation = redis::cmd("GET")
             .arg(&cfg.gen_key)
-            .query_async(&mut conn)
+            .query_async::<redis::Value>(&mut conn)
             .await?;
-        let prefix = format!("{}{}:", cfg.key_prefix, generation.unwrap_or(0));
+        let generation = match &generation {
+            redis::Value::Nil => Some(0),
+            redis::Value::BulkString(b) if b.len() <= 15 => std::str::from_utf8(b)
+                .ok()
+                .filter(|s| s.bytes().all(|c| c.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok()),
+            _ => None,
+        };
+        let Some(generation) = generation else {
+            bump(&counters.rejected.malformed);
+            tracing::warn!(key = %cfg.gen_key, "fleet: the generation key holds no number; not warming up");
+            return Ok(());
+        };
+        let prefix = format!("{}{generation}:", cfg.key_prefix);
         let keys = scan(&prefix, &mut conn, cfg.warm).await?;
         for chunk in keys.chunks(500) {
             let (now, values): ((u64, u64), Vec<Option<String>>) = redis::pipe()

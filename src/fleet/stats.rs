@@ -32,6 +32,9 @@ pub(crate) fn note_error(counters: &Counters, e: &redis::RedisError) {
     if denied {
         counters.auth_failures.fetch_add(1, Relaxed);
         tracing::warn!(error = %e, "fleet: Redis refused the tier's credentials");
+    } else {
+        // An outage logs once per attempt, with backoff between attempts: debug, not warn.
+        tracing::debug!(error = %e, "fleet: a Redis command failed");
     }
 }
 
