@@ -7,7 +7,7 @@
 
 use std::sync::RwLock;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -51,6 +51,52 @@ pub(crate) struct Peers {
     owed_wake: tokio::sync::Notify,
     /// This cache's recent changes, recorded once a tier attaches.
     pub(crate) recent: Recent,
+    /// What this cache's stack last called each status, when the cache follows the retry
+    /// layer's verdict (it has no classifier of its own for a tier to ask).
+    pub(crate) verdicts: Verdicts,
+}
+
+/// The last verdict this cache's stack gave each status (100 to 999): Missing or not, or none
+/// yet. A peer's answer of a status is applied only if this stack would remember it too.
+pub(crate) struct Verdicts(Box<[AtomicU8]>);
+
+const UNKNOWN: u8 = 0;
+const MISSING: u8 = 1;
+const NOT_MISSING: u8 = 2;
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Verdicts((100..1000).map(|_| AtomicU8::new(UNKNOWN)).collect())
+    }
+}
+
+impl std::fmt::Debug for Verdicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verdicts(..)")
+    }
+}
+
+impl Verdicts {
+    /// This stack called `status` Missing or not.
+    pub(crate) fn note(&self, status: StatusCode, missing: bool) {
+        let v = if missing { MISSING } else { NOT_MISSING };
+        let slot = &self.0[usize::from(status.as_u16() - 100)];
+        // Read first: the same verdict again (nearly always) writes nothing, so replicas'
+        // cores do not fight over the line.
+        if slot.load(Relaxed) != v {
+            slot.store(v, Relaxed);
+        }
+    }
+
+    /// Whether this stack last called `status` Missing; `None` before it answered one.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn missing(&self, status: StatusCode) -> Option<bool> {
+        match self.0[usize::from(status.as_u16() - 100)].load(Relaxed) {
+            MISSING => Some(true),
+            NOT_MISSING => Some(false),
+            _ => None,
+        }
+    }
 }
 
 impl Peers {

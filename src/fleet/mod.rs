@@ -286,10 +286,14 @@ impl FleetBuilder {
         self.error.result().map_err(StartError::from_build)?;
         let cache = &layer.handle();
         let classifier = layer.classifier.clone();
+        let verdicts = cache.state().clone();
         // A peer's message carries a status only: it is classified as an answer without
-        // headers would be.
+        // headers would be. A cache that follows the retry layer's verdict has no classifier
+        // here to ask: what its stack last called the status decides, once it answered one.
         let missing: tasks::IsMissing = Box::new(move |status: StatusCode| {
-            response_outcome(&classifier, status, &HeaderMap::new()).is_missing()
+            verdicts.peers.verdicts.missing(status).unwrap_or_else(|| {
+                response_outcome(&classifier, status, &HeaderMap::new()).is_missing()
+            })
         });
         let client = redis::Client::open(self.url.as_str()).map_err(|e| StartError {
             kind: StartErrorKind::Url,
