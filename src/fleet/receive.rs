@@ -275,7 +275,7 @@ async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
             let now = now.0 * 1000 + now.1 / 1000;
             for (k, value) in chunk.iter().zip(values) {
                 let text = &k[prefix.len()..];
-                warm_one(cfg, state, counters, text, value.as_deref(), now);
+                warm_one(cfg, state, counters, &prefix, text, value.as_deref(), now);
             }
         }
         redis::RedisResult::Ok(())
@@ -290,6 +290,7 @@ fn warm_one(
     cfg: &Config,
     state: &State,
     counters: &Counters,
+    place: &str,
     key: &str,
     value: Option<&str>,
     now: u64,
@@ -315,7 +316,9 @@ fn warm_one(
             return bump(&counters.rejected.unsigned);
         };
         let fields = format!("{status} {ttl} {sent}");
-        if !signer.check_stored(&cfg.key_prefix, key, &fields, mac) {
+        // The MAC covers where the copy is stored, its generation included: a copy moved
+        // past a clear (a `RENAME` by someone without the secret) does not check.
+        if !signer.check_stored(place, key, &fields, mac) {
             return bump(&counters.rejected.signature);
         }
         // Past its lifetime by the publisher's clock (give or take `CLOCKS`): a copy written
