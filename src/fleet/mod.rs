@@ -160,19 +160,41 @@ impl fmt::Debug for FleetBuilder {
     }
 }
 
-/// `url` with the password of its userinfo (if any) hidden: builders get logged.
+/// `url` with its passwords hidden, builders get logged: the userinfo's, and the value of
+/// every query parameter but `db`, `user` and `protocol` (a Unix-socket URL takes its
+/// password as `?pass=`; what is not known to be harmless is hidden).
 fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***{}", &rest[at..])
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let user = rest[..at].split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:***{}", &rest[at..])
+                }
+                None => head.to_owned(),
+            }
         }
-        None => url.to_owned(),
+        None => head.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if !["db", "user", "protocol"].contains(&name) => {
+                    format!("{name}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// A shared secret's bytes; never printed.
