@@ -9,7 +9,9 @@
 //!
 //! - **The request path stays local.** A lookup never waits on Redis; events are handed to a
 //!   bounded queue (default 1,024) that a background task publishes from. When the queue is
-//!   full the event is dropped and counted, never blocking and never growing.
+//!   full the event is dropped and counted (`queue_full`), never blocking and never growing —
+//!   but a forget or clear dropped that way leaves one clear owed, which the task sends
+//!   before anything else: a lost forget would let peers serve a stale 404.
 //! - **Redis down, slow, restarted, unreachable at start or refusing the credentials:**
 //!   requests work exactly as without the tier. The tasks reconnect with exponential backoff;
 //!   during a backoff 404s are dropped (counted: a lost 404 costs a peer one upstream
@@ -30,7 +32,11 @@
 //!
 //! - **Only its own idea of Missing.** A peer's status is applied only if *this* layer's
 //!   classifier calls it Missing (404, 410 by default): nobody can make a replica answer 503
-//!   or 200 from its cache. The tier is started from the layer for that reason.
+//!   or 200 from its cache. The tier is started from the layer for that reason. A layer
+//!   without a classifier of its own follows the retry layer's verdict, which the tier cannot
+//!   ask in advance: there what this replica's stack last called the status decides (a retry
+//!   classifier that calls 404 Success closes 404 sharing at this replica's first 404), and
+//!   the layer's default classifier before the stack has answered that status once.
 //! - **Only within its own limits.** A peer's TTL is capped at this cache's `max_ttl` (never
 //!   raised to `min_ttl`: what is left of a peer's entry is not extended). Payloads over
 //!   8 KiB + 256 bytes are refused unread, and keys over 8 KiB are neither sent nor accepted.
@@ -46,14 +52,17 @@
 //!   or the last clear, is newer than its request.
 //! - **A clear is one write.** Stored copies live under a generation (the Redis time of the
 //!   last clear); a clear starts a new one, whatever Redis holds, and warm-up reads the current
-//!   generation only. Older generations expire by their own TTL.
+//!   generation only. Older generations expire by their own TTL. A generation key holding
+//!   anything but a number (something else wrote it) is replaced by a new generation at the
+//!   next write, as a clear would; warm-up skips it (`rejected.malformed`, logged).
 //! - **Each message once.** Messages carry a per-replica sequence number; a copy played again
 //!   is refused while its replica is remembered (the last 4,096 replicas heard from).
 //! - **Only the fleet, with a secret** ([`FleetBuilder::secret`]). Without one, whoever can
 //!   publish on the channel is trusted within the rules above — Redis's access control (a
 //!   password, an ACL user limited to the prefix) is then the boundary. With one, every
-//!   message and stored copy carries an HMAC-SHA256 under it, checked in constant time
-//!   before anything else in the message is believed; a signed message whose wall-clock time
+//!   message and stored copy carries an HMAC-SHA256 under it (a stored copy's covers where it
+//!   is stored, generation included, so it cannot be moved past a clear), checked in constant
+//!   time before anything else in the message is believed; a signed message whose wall-clock time
 //!   is more than 60 s from the receiver's is refused, which bounds replays to that window.
 //!
 //! Not trusted, not shared: entries of credentialed requests (their fingerprint comes from a
@@ -62,7 +71,10 @@
 //! replica that is disconnected when a message is sent misses it, and asks upstream itself);
 //! ordering when a message spends more than 1 s in transit (Redis or the network that slow);
 //! a 2xx seen by a replica more than 10 s before it warms up (warm-up checks stored copies
-//! against Redis's tombstones, which record forgets, not other replicas' 2xx answers).
+//! against Redis's tombstones, which record forgets, not other replicas' 2xx answers);
+//! [`invalidate_if`](crate::cache::NegativeCacheHandle::invalidate_if) on peers' entries for
+//! matching keys this replica did not hold (a closure cannot be sent: peers are told the keys
+//! it held).
 //!
 //! # Example
 //!

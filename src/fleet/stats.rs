@@ -116,7 +116,8 @@ pub struct FleetStats {
     /// password or ACL user in the URL, or none where one is required). Requests go on as
     /// without the tier; the tier keeps trying with backoff.
     pub auth_failures: u64,
-    /// Events dropped because the publish queue was full.
+    /// Events dropped because the publish queue was full. A 404 dropped so costs a peer one
+    /// upstream request; forgets and clears dropped so are sent as one clear instead.
     pub queue_full: u64,
     /// Messages received from other replicas.
     pub received: u64,
