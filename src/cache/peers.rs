@@ -155,3 +155,32 @@ impl Peers {
         self.owed_wake.notified().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forget_or_clear_that_finds_the_queue_full_is_owed_as_a_clear() {
+        let peers = Peers::default();
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(peers.attach(tx));
+        let missing = || PeerEvent::Missing {
+            key: "k".into(),
+            status: StatusCode::NOT_FOUND,
+            ttl: Duration::from_secs(1),
+            started: Instant::now(),
+            at: Instant::now(),
+        };
+        peers.send(missing);
+        // Full: a 404 is dropped and owes nothing.
+        peers.send(missing);
+        assert!(!peers.take_owed_clear());
+        peers.send(|| PeerEvent::Forget { key: "k".into() });
+        assert!(peers.take_owed_clear(), "a dropped forget is owed");
+        assert!(!peers.take_owed_clear(), "once");
+        peers.send(|| PeerEvent::Clear);
+        assert!(peers.take_owed_clear(), "a dropped clear is owed");
+        assert_eq!(peers.dropped.load(Relaxed), 3);
+    }
+}
