@@ -203,9 +203,9 @@
 //! | the negative cache's store | `max_bytes` of key text (default 400 B × `capacity`) plus tables that `capacity` sizes, about 100 B per entry of it: about 5 MB at the defaults, whatever the keys |
 //! | reads in flight (the store's key versions) | one small slot per key with reads in flight, freed when its last read settles: grows with concurrent requests, not with traffic |
 //! | coalescing flights | one per key with a leader in flight (its key and a notifier), freed when the leader settles or is dropped |
-//! | recent local changes (with a fleet tier) | 65,536 tombstones of about 40 B (2.6 MB), each kept 10 s |
+//! | recent local changes (with a fleet tier) | tombstones of 65,536 keys, each kept 10 s (a key changed again moves its own): under 4 MB |
 //! | the retry layer's copy of a streamed request body | `capture_limit` per request in flight (default 64 KiB; its buffer under twice that), freed as soon as the body outgrows it; in total, that times the requests in flight (bound those with a concurrency limit) |
-//! | the fleet's publish queue | `queue` events (default 1,024), each a key of at most 8 KiB; forgets and clears waiting for a slow Redis: 1,024, beyond which they collapse into one clear |
+//! | the fleet's publish queue | `queue` events (default 1,024), each a key of at most 8 KiB; forgets and clears waiting for a slow Redis: 1,024, beyond which they collapse into one clear (as does a forget or clear that finds the queue full) |
 //! | the fleet's receiver | messages over 8 KiB + 256 B refused unread; replay protection for the last 4,096 replicas heard from |
 //!
 //! # Feature flags

@@ -78,21 +78,24 @@ impl NegativeCacheHandle {
 
     /// Forgets every entry whose key `forget` accepts; how many. Visits every entry.
     ///
+    /// With a fleet tier, peers are told to forget the keys this cache held; a peer's entry for
+    /// a matching key this cache did not hold stays (a closure cannot be sent): to reach every
+    /// replica, call this on each, or [`clear`](Self::clear). A peer's 404 from a request that
+    /// left before this call is not applied after it, matching or not (as after a clear).
+    ///
     /// `forget` runs under the store's locks: it must not call back into this cache (through
     /// this handle or a request), or it deadlocks.
     pub fn invalidate_if(&self, forget: impl Fn(&str) -> bool) -> u64 {
         let st = &*self.state;
         st.store.versions.bump_all();
+        // Before the removal, as in `State::forget_here`; every key, as the versions above:
+        // which keys a peer's 404 could match is known only to `forget`.
+        st.peers.recent.record_all(tokio::time::Instant::now());
         // Only a tier of peers needs the keys' names.
         let tell = st.peers.attached();
         let forgotten = std::sync::Mutex::new(Vec::new());
-        let now = tokio::time::Instant::now();
         let n = st.store.remove_where(|k| {
             let f = forget(k.as_str());
-            if f {
-                // Before the removal, as in `State::forget_here`.
-                st.peers.recent.record(k.target(), now);
-            }
             if f && tell {
                 let mut list = forgotten.lock().unwrap_or_else(|p| p.into_inner());
                 list.push(Box::<str>::from(k.as_str()));

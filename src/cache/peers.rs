@@ -2,10 +2,12 @@
 //!
 //! Nothing listens unless a fleet tier (the `redis` feature) attaches: until then sending is
 //! an uncontended read lock, on misses and invalidations only. Sending never blocks: a full
-//! queue drops the event and counts it.
+//! queue drops the event and counts it — and a dropped forget or clear leaves the publisher a
+//! debt of one clear, so peers never keep what this cache forgot.
 
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -42,8 +44,59 @@ pub(crate) struct Peers {
     // attaches or detaches.
     tx: RwLock<Option<mpsc::Sender<PeerEvent>>>,
     pub(crate) dropped: AtomicU64,
+    /// A forget or clear found the queue full: the publisher owes the peers one clear (which
+    /// covers any forget, as past its own limit of forgets waiting).
+    owed_clear: AtomicBool,
+    /// Wakes the publisher when a clear becomes owed while it waits for events.
+    owed_wake: tokio::sync::Notify,
     /// This cache's recent changes, recorded once a tier attaches.
     pub(crate) recent: Recent,
+    /// What this cache's stack last called each status, when the cache follows the retry
+    /// layer's verdict (it has no classifier of its own for a tier to ask).
+    pub(crate) verdicts: Verdicts,
+}
+
+/// The last verdict this cache's stack gave each status (100 to 999): Missing or not, or none
+/// yet. A peer's answer of a status is applied only if this stack would remember it too.
+pub(crate) struct Verdicts(Box<[AtomicU8]>);
+
+const UNKNOWN: u8 = 0;
+const MISSING: u8 = 1;
+const NOT_MISSING: u8 = 2;
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Verdicts((100..1000).map(|_| AtomicU8::new(UNKNOWN)).collect())
+    }
+}
+
+impl std::fmt::Debug for Verdicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verdicts(..)")
+    }
+}
+
+impl Verdicts {
+    /// This stack called `status` Missing or not.
+    pub(crate) fn note(&self, status: StatusCode, missing: bool) {
+        let v = if missing { MISSING } else { NOT_MISSING };
+        let slot = &self.0[usize::from(status.as_u16() - 100)];
+        // Read first: the same verdict again (nearly always) writes nothing, so replicas'
+        // cores do not fight over the line.
+        if slot.load(Relaxed) != v {
+            slot.store(v, Relaxed);
+        }
+    }
+
+    /// Whether this stack last called `status` Missing; `None` before it answered one.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn missing(&self, status: StatusCode) -> Option<bool> {
+        match self.0[usize::from(status.as_u16() - 100)].load(Relaxed) {
+            MISSING => Some(true),
+            NOT_MISSING => Some(false),
+            _ => None,
+        }
+    }
 }
 
 impl Peers {
@@ -55,6 +108,8 @@ impl Peers {
             return false;
         }
         *slot = Some(tx);
+        // A debt to a former tier's peers: this tier starts from what the cache holds now.
+        self.owed_clear.store(false, Ordering::Release);
         self.recent.turn_on();
         true
     }
@@ -70,13 +125,62 @@ impl Peers {
         slot.as_ref().is_some_and(|t| !t.is_closed())
     }
 
-    /// Offers an event, built only if someone listens.
+    /// Offers an event, built only if someone listens. A 404 that finds the queue full is
+    /// dropped (it costs a peer one upstream request); a forget or clear becomes a clear owed,
+    /// because a lost forget would let peers serve a stale 404.
     pub(crate) fn send(&self, event: impl FnOnce() -> PeerEvent) {
         let slot = self.tx.read().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = slot.as_ref() {
-            if tx.try_send(event()).is_err() {
+            if let Err(e) = tx.try_send(event()) {
                 self.dropped.fetch_add(1, Relaxed);
+                if !matches!(e.into_inner(), PeerEvent::Missing { .. }) {
+                    self.owed_clear.store(true, Ordering::Release);
+                    self.owed_wake.notify_one();
+                }
             }
         }
+    }
+
+    /// Whether a clear is owed to the peers (and it is now the caller's to send).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn take_owed_clear(&self) -> bool {
+        self.owed_clear.swap(false, Ordering::AcqRel)
+    }
+
+    /// Resolves when a clear may have become owed (then see [`take_owed_clear`]).
+    ///
+    /// [`take_owed_clear`]: Peers::take_owed_clear
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) async fn clear_owed(&self) {
+        self.owed_wake.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forget_or_clear_that_finds_the_queue_full_is_owed_as_a_clear() {
+        let peers = Peers::default();
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(peers.attach(tx));
+        let missing = || PeerEvent::Missing {
+            key: "k".into(),
+            status: StatusCode::NOT_FOUND,
+            ttl: Duration::from_secs(1),
+            started: Instant::now(),
+            at: Instant::now(),
+        };
+        peers.send(missing);
+        // Full: a 404 is dropped and owes nothing.
+        peers.send(missing);
+        assert!(!peers.take_owed_clear());
+        peers.send(|| PeerEvent::Forget { key: "k".into() });
+        assert!(peers.take_owed_clear(), "a dropped forget is owed");
+        assert!(!peers.take_owed_clear(), "once");
+        peers.send(|| PeerEvent::Clear);
+        assert!(peers.take_owed_clear(), "a dropped clear is owed");
+        assert_eq!(peers.dropped.load(Relaxed), 3);
     }
 }

@@ -2,11 +2,13 @@
 //! against, so that a peer's 404 never undoes a 2xx, a write or an invalidation that landed
 //! here after the peer's request started (the latest answer wins, across replicas too).
 //!
-//! Bounded in time ([`WINDOW`]) and in entries ([`CAPACITY`]): a change older than the window
-//! is forgotten, and when more changes come in a window than fit, the oldest are dropped and
+//! Bounded in time ([`WINDOW`]) and in keys ([`CAPACITY`]): a change older than the window
+//! is forgotten, and when more keys change in a window than fit, the oldest are dropped and
 //! the time of the newest dropped one becomes a floor — any question about a time before the
 //! floor is answered "changed", so losing a tombstone can only make a peer's entry refused,
-//! never wrongly applied. Records nothing (one atomic load) until a fleet tier turns it on.
+//! never wrongly applied. A key changed again only moves its own tombstone: one hot key (a
+//! 2xx at every request) takes one key's room, never its neighbours'. Records nothing (one
+//! atomic load) until a fleet tier turns it on.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -20,7 +22,8 @@ use tokio::time::Instant;
 /// How long a change is remembered. A fleet tier refuses peers' messages older than this
 /// allows (see `fleet`), so every message it applies is checked against complete knowledge.
 pub(crate) const WINDOW: Duration = Duration::from_secs(10);
-/// The most changes remembered at once (about 40 bytes each: 2.6 MB at most).
+/// The most keys remembered at once (under 60 bytes each with their place in the order, which
+/// holds at most twice as many: under 4 MB).
 pub(crate) const CAPACITY: usize = 65_536;
 const SHARDS: usize = 16;
 
@@ -35,13 +38,15 @@ pub(crate) struct Recent {
 }
 
 struct Shard {
-    /// Changes in the order they were recorded (times never decrease).
+    /// Changes in the order they were recorded (times never decrease). An entry whose time is
+    /// not its key's time in `last` is dead (the key changed again since): skipped when it
+    /// comes first, and swept out when dead ones make up half the order.
     order: VecDeque<(u64, u64)>,
     /// The latest change of each key in `order`.
     last: HashMap<u64, u64>,
     /// Changes at or before this time may have been dropped for room (plus one; 0: none).
     floor: u64,
-    /// The most changes this shard keeps.
+    /// The most keys this shard keeps.
     room: usize,
 }
 
@@ -112,10 +117,13 @@ impl Recent {
             return false;
         }
         let hash = self.hasher.hash_one(target);
-        let at = self.ms(now) + 1;
         let mut shard = self.shard(hash);
-        shard.order.push_back((hash, at));
-        shard.last.insert(hash, at);
+        // `now` was read before the lock: another thread may have recorded a later time since.
+        // Recording a change as later than it was only refuses more, so the order stays sorted.
+        let at = (self.ms(now) + 1).max(shard.order.back().map_or(0, |&(_, at)| at));
+        if shard.last.insert(hash, at) != Some(at) {
+            shard.order.push_back((hash, at));
+        }
         shard.prune(at);
         true
     }
@@ -162,16 +170,23 @@ impl Shard {
         let window = WINDOW.as_millis() as u64;
         while let Some(&(hash, at)) = self.order.front() {
             let expired = at + window < now;
-            if !expired && self.order.len() <= self.room {
+            if !expired && self.last.len() <= self.room {
                 break;
             }
             self.order.pop_front();
+            // A dead entry's key has a later change further on: nothing is lost with it.
             if self.last.get(&hash) == Some(&at) {
                 self.last.remove(&hash);
+                if !expired {
+                    self.floor = self.floor.max(at);
+                }
             }
-            if !expired {
-                self.floor = self.floor.max(at);
-            }
+        }
+        // Each sweep follows at least `room` records since the last: O(1) per record, and
+        // the order never holds more than twice the room.
+        if self.order.len() > 2 * self.room.max(1) {
+            let last = &self.last;
+            self.order.retain(|(hash, at)| last.get(hash) == Some(at));
         }
     }
 }
@@ -276,6 +291,40 @@ mod tests {
                 Ok(())
             })?;
         }
+    }
+
+    /// Review (round 2), item 7: `State::note_changed` records every 2xx of a read once a tier
+    /// is attached. One hot key answered 2xx 5,000 times a second (a health check, a popular
+    /// record) must not fill its shard's room and raise the floor: every peer's 404 for any key
+    /// of that shard (a sixteenth of all keys) would be refused as superseded, though none of
+    /// them changed.
+    #[tokio::test(start_paused = true)]
+    async fn one_hot_key_does_not_make_its_shard_refuse_every_peer() {
+        let r = on();
+        let shard_of = |k: &str| (r.hasher.hash_one(k) >> 60) % SHARDS as u64;
+        let other = (0..)
+            .map(|i| format!("http://h/records/{i}"))
+            .find(|k| shard_of(k) == shard_of("http://h/health"))
+            .unwrap();
+        // 3 s of 2xx for the hot key, 5 per millisecond.
+        for _ in 0..3_000 {
+            for _ in 0..5 {
+                r.record("http://h/health", Instant::now());
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let now = Instant::now();
+        // A peer's 404 for `other`, whose request left 200 ms ago (less the 1 s transit
+        // allowance the tier subtracts).
+        let since = now - Duration::from_millis(1_200);
+        assert!(
+            !r.lock(other.as_str()).changed_since(since, now),
+            "{other} never changed, yet a peer's 404 for it is refused"
+        );
+        // The hot key itself still reads as changed, and its shard stays within its bound.
+        assert!(r.lock("http://h/health").changed_since(since, now));
+        let shard = r.shard(r.hasher.hash_one("http://h/health"));
+        assert!(shard.order.len() <= 2 * (CAPACITY / SHARDS) && shard.last.len() == 1);
     }
 
     #[test]

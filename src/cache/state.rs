@@ -82,13 +82,19 @@ impl State {
     /// What an answer means to the cache: its own classifier's verdict when one was given
     /// to the builder, else the retry layer's (its [`RetryInfo`]) when there is one, else the
     /// default classifier's. One place, so a classifier given once is never half-applied.
+    ///
+    /// When following, the verdict is noted per status for a fleet tier, which has no
+    /// classifier of the retry layer to ask what a peer's status means here.
     pub(crate) fn outcome<C: Classify, B>(&self, classifier: &C, res: &Response<B>) -> Outcome {
-        if self.follow_retry {
-            if let Some(info) = res.extensions().get::<RetryInfo>() {
-                return info.outcome;
-            }
+        if !self.follow_retry {
+            return response_outcome(classifier, res.status(), res.headers());
         }
-        response_outcome(classifier, res.status(), res.headers())
+        let outcome = match res.extensions().get::<RetryInfo>() {
+            Some(info) => info.outcome,
+            None => response_outcome(classifier, res.status(), res.headers()),
+        };
+        self.peers.verdicts.note(res.status(), outcome.is_missing());
+        outcome
     }
 
     /// Forgets `key` under every credential it was stored with, and tells the peers; whether

@@ -9,7 +9,9 @@
 //!
 //! - **The request path stays local.** A lookup never waits on Redis; events are handed to a
 //!   bounded queue (default 1,024) that a background task publishes from. When the queue is
-//!   full the event is dropped and counted, never blocking and never growing.
+//!   full the event is dropped and counted (`queue_full`), never blocking and never growing —
+//!   but a forget or clear dropped that way leaves one clear owed, which the task sends
+//!   before anything else: a lost forget would let peers serve a stale 404.
 //! - **Redis down, slow, restarted, unreachable at start or refusing the credentials:**
 //!   requests work exactly as without the tier. The tasks reconnect with exponential backoff;
 //!   during a backoff 404s are dropped (counted: a lost 404 costs a peer one upstream
@@ -30,7 +32,11 @@
 //!
 //! - **Only its own idea of Missing.** A peer's status is applied only if *this* layer's
 //!   classifier calls it Missing (404, 410 by default): nobody can make a replica answer 503
-//!   or 200 from its cache. The tier is started from the layer for that reason.
+//!   or 200 from its cache. The tier is started from the layer for that reason. A layer
+//!   without a classifier of its own follows the retry layer's verdict, which the tier cannot
+//!   ask in advance: there what this replica's stack last called the status decides (a retry
+//!   classifier that calls 404 Success closes 404 sharing at this replica's first 404), and
+//!   the layer's default classifier before the stack has answered that status once.
 //! - **Only within its own limits.** A peer's TTL is capped at this cache's `max_ttl` (never
 //!   raised to `min_ttl`: what is left of a peer's entry is not extended). Payloads over
 //!   8 KiB + 256 bytes are refused unread, and keys over 8 KiB are neither sent nor accepted.
@@ -46,14 +52,17 @@
 //!   or the last clear, is newer than its request.
 //! - **A clear is one write.** Stored copies live under a generation (the Redis time of the
 //!   last clear); a clear starts a new one, whatever Redis holds, and warm-up reads the current
-//!   generation only. Older generations expire by their own TTL.
+//!   generation only. Older generations expire by their own TTL. A generation key holding
+//!   anything but a number (something else wrote it) is replaced by a new generation at the
+//!   next write, as a clear would; warm-up skips it (`rejected.malformed`, logged).
 //! - **Each message once.** Messages carry a per-replica sequence number; a copy played again
 //!   is refused while its replica is remembered (the last 4,096 replicas heard from).
 //! - **Only the fleet, with a secret** ([`FleetBuilder::secret`]). Without one, whoever can
 //!   publish on the channel is trusted within the rules above — Redis's access control (a
 //!   password, an ACL user limited to the prefix) is then the boundary. With one, every
-//!   message and stored copy carries an HMAC-SHA256 under it, checked in constant time
-//!   before anything else in the message is believed; a signed message whose wall-clock time
+//!   message and stored copy carries an HMAC-SHA256 under it (a stored copy's covers where it
+//!   is stored, generation included, so it cannot be moved past a clear), checked in constant
+//!   time before anything else in the message is believed; a signed message whose wall-clock time
 //!   is more than 60 s from the receiver's is refused, which bounds replays to that window.
 //!
 //! Not trusted, not shared: entries of credentialed requests (their fingerprint comes from a
@@ -62,7 +71,10 @@
 //! replica that is disconnected when a message is sent misses it, and asks upstream itself);
 //! ordering when a message spends more than 1 s in transit (Redis or the network that slow);
 //! a 2xx seen by a replica more than 10 s before it warms up (warm-up checks stored copies
-//! against Redis's tombstones, which record forgets, not other replicas' 2xx answers).
+//! against Redis's tombstones, which record forgets, not other replicas' 2xx answers);
+//! [`invalidate_if`](crate::cache::NegativeCacheHandle::invalidate_if) on peers' entries for
+//! matching keys this replica did not hold (a closure cannot be sent: peers are told the keys
+//! it held).
 //!
 //! # Example
 //!
@@ -160,19 +172,41 @@ impl fmt::Debug for FleetBuilder {
     }
 }
 
-/// `url` with the password of its userinfo (if any) hidden: builders get logged.
+/// `url` with its passwords hidden, builders get logged: the userinfo's, and the value of
+/// every query parameter but `db`, `user` and `protocol` (a Unix-socket URL takes its
+/// password as `?pass=`; what is not known to be harmless is hidden).
 fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***{}", &rest[at..])
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    let user = rest[..at].split(':').next().unwrap_or("");
+                    format!("{scheme}://{user}:***{}", &rest[at..])
+                }
+                None => head.to_owned(),
+            }
         }
-        None => url.to_owned(),
+        None => head.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if !["db", "user", "protocol"].contains(&name) => {
+                    format!("{name}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// A shared secret's bytes; never printed.
@@ -286,10 +320,14 @@ impl FleetBuilder {
         self.error.result().map_err(StartError::from_build)?;
         let cache = &layer.handle();
         let classifier = layer.classifier.clone();
+        let verdicts = cache.state().clone();
         // A peer's message carries a status only: it is classified as an answer without
-        // headers would be.
+        // headers would be. A cache that follows the retry layer's verdict has no classifier
+        // here to ask: what its stack last called the status decides, once it answered one.
         let missing: tasks::IsMissing = Box::new(move |status: StatusCode| {
-            response_outcome(&classifier, status, &HeaderMap::new()).is_missing()
+            verdicts.peers.verdicts.missing(status).unwrap_or_else(|| {
+                response_outcome(&classifier, status, &HeaderMap::new()).is_missing()
+            })
         });
         let client = redis::Client::open(self.url.as_str()).map_err(|e| StartError {
             kind: StartErrorKind::Url,
@@ -328,7 +366,12 @@ impl FleetBuilder {
         });
         let counters = Arc::new(Counters::default());
         let tasks = [
-            runtime.spawn(publish::run(config.clone(), rx, counters.clone())),
+            runtime.spawn(publish::run(
+                config.clone(),
+                rx,
+                state.clone(),
+                counters.clone(),
+            )),
             runtime.spawn(receive::run(config, state.clone(), counters.clone())),
         ];
         Ok(Fleet {

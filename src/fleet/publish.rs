@@ -11,25 +11,37 @@ use tokio::time::{Instant, timeout};
 use super::Counters;
 use super::tasks::{Config, MAX_AGE, RETRY, TOMBSTONE, TRANSIT, ms, unix_ms};
 use super::wire::{self, Body};
-use crate::cache::PeerEvent;
+use crate::cache::{PeerEvent, State};
 use crate::counter::bump;
 
 /// Where a stored copy lives: `KEYS[1]` is the generation key (the Redis time of the last
 /// clear, 0 before any), `ARGV[1]` the key prefix and `ARGV[2]` the key. Every entry lives
 /// under its generation's prefix, so a clear is one `SET` of the generation, whatever Redis
 /// holds, and warm-up reads the current generation only; older ones expire by their TTL.
+///
+/// A generation that is not a plain number of at most 15 digits (something else wrote the
+/// key, or a value of another type) would make every script fail for good: it is replaced by a new generation, as a clear
+/// would, since nothing stored before can be trusted to be newer than the last real clear.
 const LOCATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gen = tonumber(redis.call('GET', KEYS[1]) or '0')
-local key = ARGV[1] .. gen .. ':' .. ARGV[2]
+local raw = redis.pcall('GET', KEYS[1]) or '0'
+if type(raw) ~= 'string' or #raw > 15 or not string.match(raw, '^%d+$') then
+  raw = tostring(now)
+  redis.call('SET', KEYS[1], raw)
+end
+local gen = tonumber(raw)
+local key = ARGV[1] .. raw .. ':' .. ARGV[2]
 ";
 
 /// Stores a copy of a 404 unless its request left before the last clear or before a
 /// tombstone of its key (less the transit allowance), or the news is too old. Times are
 /// Redis's own clock, so replicas' clocks need not agree. ARGV[3..]: age, ttl (ms), status,
-/// transit, max age, and what follows in the value (` <sent> <mac>` with a secret).
+/// transit, max age, what follows in the value (` <sent> <mac>` with a secret), and the
+/// generation that MAC was made for (empty without a secret): if another is current, nothing
+/// is stored and the current one is returned (`g<generation>`), for the next copy's MAC.
 const SET_MISSING: &str = r"
+if ARGV[9] ~= '' and ARGV[9] ~= raw then return 'g' .. raw end
 local age = tonumber(ARGV[3])
 if age > tonumber(ARGV[7]) then return 0 end
 local start = now - age
@@ -51,10 +63,12 @@ redis.call('SET', key, 't ' .. now, 'PX', ARGV[3])
 return 1
 ";
 
-/// Starts a new generation (never below the last one, should Redis's clock step back).
+/// Starts a new generation (never below the last one, should Redis's clock step back), and
+/// returns it (`g<generation>`).
 const CLEAR: &str = r"
-redis.call('SET', KEYS[1], math.max(now, gen + 1))
-return 1
+local next = string.format('%d', math.max(now, gen + 1))
+redis.call('SET', KEYS[1], next)
+return 'g' .. next
 ";
 
 /// Publishes queued events, never making a request wait.
@@ -63,10 +77,13 @@ return 1
 /// down or slow costs one timeout per backoff period, not one per event, and a lost 404 only
 /// costs a peer one upstream request. Forgets and clears are never dropped that way: they
 /// wait (in order, at most [`RETRY`]; more collapse into one clear, which covers them) and
-/// are retried first at the next try — a lost forget would let peers serve a stale 404.
+/// are retried first at the next try — a lost forget would let peers serve a stale 404. A
+/// forget or clear that found the queue full (this task stuck on a slow Redis while traffic
+/// went on) is owed as one clear the same way.
 pub(crate) async fn run(
     cfg: Arc<Config>,
     mut rx: mpsc::Receiver<PeerEvent>,
+    state: Arc<State>,
     counters: Arc<Counters>,
 ) {
     let mut link = Link {
@@ -74,19 +91,28 @@ pub(crate) async fn run(
         next_try: Instant::now(),
         backoff: cfg.reconnect_min,
         seq: 0,
+        generation: None,
     };
     let mut waiting = Waiting::new();
+    let peers = &state.peers;
     loop {
-        let event = if waiting.is_empty() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout_at(link.next_try, rx.recv()).await {
-                Ok(e) => e,
-                Err(_) => {
-                    link.flush(&cfg, &counters, &mut waiting).await;
-                    continue;
-                }
+        // Checked on every turn, not only when woken: a debt run up while this task was
+        // busy is paid before the next event is looked at.
+        if peers.take_owed_clear() {
+            wait_for_retry(&mut waiting, Body::Clear);
+            if Instant::now() >= link.next_try {
+                link.flush(&cfg, &counters, &mut waiting).await;
             }
+            continue;
+        }
+        let event = tokio::select! {
+            biased;
+            () = peers.clear_owed() => continue,
+            () = tokio::time::sleep_until(link.next_try), if !waiting.is_empty() => {
+                link.flush(&cfg, &counters, &mut waiting).await;
+                continue;
+            }
+            event = rx.recv() => event,
         };
         let Some(event) = event else { return };
         let Some(body) = outgoing(&event, Instant::now()) else {
@@ -128,6 +154,9 @@ struct Link {
     next_try: Instant,
     backoff: Duration,
     seq: u64,
+    /// With a secret: the generation stored copies are signed for (a copy's MAC covers where
+    /// it is stored, so it cannot be moved past a clear). `None` until read from Redis.
+    generation: Option<String>,
 }
 
 impl Link {
@@ -163,7 +192,12 @@ impl Link {
         }
         self.seq += 1;
         let sent = match self.conn.as_mut() {
-            Some(c) => match timeout(cfg.timeout, send(cfg, c, self.seq, body)).await {
+            Some(c) => match timeout(
+                cfg.timeout,
+                send(cfg, c, self.seq, body, &mut self.generation),
+            )
+            .await
+            {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
                     super::note_error(counters, &e);
@@ -215,13 +249,22 @@ fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
 }
 
 /// Writes `body`'s stored copy (or tombstone, or generation) and publishes it, in one
-/// round trip.
+/// round trip (two for the first signed copy, which needs the generation to sign for).
 async fn send(
     cfg: &Config,
     conn: &mut ConnectionManager,
     seq: u64,
     body: &Body,
+    generation: &mut Option<String>,
 ) -> redis::RedisResult<()> {
+    let signed_copy = cfg.signer.is_some() && matches!(body, Body::Missing { .. });
+    if signed_copy && generation.is_none() {
+        let current: Option<String> = redis::cmd("GET")
+            .arg(&cfg.gen_key)
+            .query_async(&mut *conn)
+            .await?;
+        *generation = Some(current.unwrap_or_else(|| "0".to_owned()));
+    }
     let sent = unix_ms();
     let covered = wire::encode_body(cfg.replica, seq, sent, body);
     let mac = cfg
@@ -252,12 +295,14 @@ async fn send(
             age,
         } => {
             let (ttl, status) = (ms(*ttl).max(1), status.as_u16());
-            let suffix = match &cfg.signer {
-                Some(s) => {
+            let (suffix, signed_for) = match (&cfg.signer, generation.as_deref()) {
+                (Some(s), Some(generation)) => {
                     let fields = format!("{status} {ttl} {sent}");
-                    format!(" {sent} {}", s.stored(&cfg.key_prefix, key, &fields))
+                    let place = format!("{}{generation}:", cfg.key_prefix);
+                    let mac = s.stored(&place, key, &fields);
+                    (format!(" {sent} {mac}"), generation)
                 }
-                None => String::new(),
+                _ => (String::new(), ""),
             };
             eval(&mut pipe, SET_MISSING, key);
             pipe.arg(ms(*age))
@@ -266,21 +311,25 @@ async fn send(
                 .arg(ms(TRANSIT))
                 .arg(ms(MAX_AGE))
                 .arg(suffix)
-                .ignore();
+                .arg(signed_for);
         }
         Body::Forget { key } => {
             eval(&mut pipe, FORGET, key);
-            pipe.arg(ms(TOMBSTONE)).ignore();
+            pipe.arg(ms(TOMBSTONE));
         }
-        Body::Clear => {
-            eval(&mut pipe, CLEAR, "");
-            pipe.ignore();
-        }
+        Body::Clear => eval(&mut pipe, CLEAR, ""),
     }
     if matches!(body, Body::Clear) {
         pipe.cmd("PUBLISH").arg(&cfg.channel).arg(&payload).ignore();
     }
-    pipe.query_async::<()>(conn).await
+    // The script's answer: `g<generation>` when it names the current generation.
+    let (answer,): (redis::Value,) = pipe.query_async(conn).await?;
+    if let redis::Value::BulkString(b) = answer {
+        if let Some(g) = b.strip_prefix(b"g") {
+            *generation = Some(String::from_utf8_lossy(g).into_owned());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

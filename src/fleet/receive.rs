@@ -244,11 +244,26 @@ fn learn(
 async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
     let work = async {
         let mut conn = cfg.client.get_multiplexed_async_connection().await?;
-        let generation: Option<u64> = redis::cmd("GET")
+        // Not a number: something else wrote the key. Nothing stored can be placed after the
+        // last clear then; the next publish starts a new generation (see `publish::LOCATE`).
+        let generation = redis::cmd("GET")
             .arg(&cfg.gen_key)
-            .query_async(&mut conn)
+            .query_async::<redis::Value>(&mut conn)
             .await?;
-        let prefix = format!("{}{}:", cfg.key_prefix, generation.unwrap_or(0));
+        let generation = match &generation {
+            redis::Value::Nil => Some(0),
+            redis::Value::BulkString(b) if b.len() <= 15 => std::str::from_utf8(b)
+                .ok()
+                .filter(|s| s.bytes().all(|c| c.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok()),
+            _ => None,
+        };
+        let Some(generation) = generation else {
+            bump(&counters.rejected.malformed);
+            tracing::warn!(key = %cfg.gen_key, "fleet: the generation key holds no number; not warming up");
+            return Ok(());
+        };
+        let prefix = format!("{}{generation}:", cfg.key_prefix);
         let keys = scan(&prefix, &mut conn, cfg.warm).await?;
         for chunk in keys.chunks(500) {
             let (now, values): ((u64, u64), Vec<Option<String>>) = redis::pipe()
@@ -260,7 +275,7 @@ async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
             let now = now.0 * 1000 + now.1 / 1000;
             for (k, value) in chunk.iter().zip(values) {
                 let text = &k[prefix.len()..];
-                warm_one(cfg, state, counters, text, value.as_deref(), now);
+                warm_one(cfg, state, counters, &prefix, text, value.as_deref(), now);
             }
         }
         redis::RedisResult::Ok(())
@@ -275,6 +290,7 @@ fn warm_one(
     cfg: &Config,
     state: &State,
     counters: &Counters,
+    place: &str,
     key: &str,
     value: Option<&str>,
     now: u64,
@@ -300,7 +316,9 @@ fn warm_one(
             return bump(&counters.rejected.unsigned);
         };
         let fields = format!("{status} {ttl} {sent}");
-        if !signer.check_stored(&cfg.key_prefix, key, &fields, mac) {
+        // The MAC covers where the copy is stored, its generation included: a copy moved
+        // past a clear (a `RENAME` by someone without the secret) does not check.
+        if !signer.check_stored(place, key, &fields, mac) {
             return bump(&counters.rejected.signature);
         }
         // Past its lifetime by the publisher's clock (give or take `CLOCKS`): a copy written

@@ -3,8 +3,8 @@
 //!
 //! Two domains, so a MAC of one kind can never pass for the other: a message's MAC covers the
 //! channel's name and the message after its MAC field (so it cannot be moved to another
-//! fleet's channel); a stored copy's covers its Redis key's prefix and key, status, TTL and the
-//! publisher's wall-clock time. Checked in constant time (`Mac::verify_slice`).
+//! fleet's channel); a stored copy's covers where it is stored (its Redis key: the
+//! prefix, the generation, the key), status, TTL and the publisher's wall-clock time. Checked in constant time (`Mac::verify_slice`).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

@@ -32,6 +32,9 @@ pub(crate) fn note_error(counters: &Counters, e: &redis::RedisError) {
     if denied {
         counters.auth_failures.fetch_add(1, Relaxed);
         tracing::warn!(error = %e, "fleet: Redis refused the tier's credentials");
+    } else {
+        // An outage logs once per attempt, with backoff between attempts: debug, not warn.
+        tracing::debug!(error = %e, "fleet: a Redis command failed");
     }
 }
 
@@ -113,7 +116,8 @@ pub struct FleetStats {
     /// password or ACL user in the URL, or none where one is required). Requests go on as
     /// without the tier; the tier keeps trying with backoff.
     pub auth_failures: u64,
-    /// Events dropped because the publish queue was full.
+    /// Events dropped because the publish queue was full. A 404 dropped so costs a peer one
+    /// upstream request; forgets and clears dropped so are sent as one clear instead.
     pub queue_full: u64,
     /// Messages received from other replicas.
     pub received: u64,

@@ -195,17 +195,13 @@ impl<D> ReplayBody for Empty<D> {
     }
 }
 
-macro_rules! never_replay {
-    ($([$($g:tt)*] $t:ty),*) => {$(
-        impl<$($g)*> ReplayBody for $t {
-            fn try_clone_body(&self) -> Option<Self> {
-                None
-            }
-        }
-    )*};
-}
+/// hyper's `Incoming` can't be copied (hyper has no public constructor for it): sent once.
 #[cfg(feature = "hyper")]
-never_replay!([] hyper::body::Incoming);
+impl ReplayBody for hyper::body::Incoming {
+    fn try_clone_body(&self) -> Option<Self> {
+        None
+    }
+}
 
 pin_project_lite::pin_project! {
     /// Makes any `Clone` body replayable — for a body type from another crate, for which the
