@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-use tower_negative_cache::StatusAwareRetryLayer;
+use tower_negative_cache::{RetryInfo, StatusAwareRetryLayer};
 use tower_negative_cache::retry::{Builder, Jitter};
 
 use support::{Reply, TestServer};
@@ -166,12 +166,25 @@ async fn a_uri_password_never_reaches_the_logs() {
 }
 
 /// An inner service whose clones become ready only once `ready_at` has passed, like a
-/// `ConcurrencyLimit` whose permits are held by other callers, or a full `Buffer`.
+/// `ConcurrencyLimit` whose permits are held by other callers, or a full `Buffer`: after each
+/// call it is busy for `busy_for`.
 #[derive(Clone)]
 struct Busy {
+    busy_for: Duration,
     ready_at: Arc<Mutex<Option<Instant>>>,
     sleep: Option<Arc<Mutex<Pin<Box<tokio::time::Sleep>>>>>,
     calls: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Busy {
+    fn new(busy_for: Duration) -> Self {
+        Busy {
+            busy_for,
+            ready_at: Arc::default(),
+            sleep: None,
+            calls: Arc::default(),
+        }
+    }
 }
 
 impl Service<Request<Empty<Bytes>>> for Busy {
@@ -191,8 +204,7 @@ impl Service<Request<Empty<Bytes>>> for Busy {
 
     fn call(&mut self, _: Request<Empty<Bytes>>) -> Self::Future {
         self.calls.lock().unwrap().push(Instant::now());
-        // After the first call, the service is busy for 10 s.
-        *self.ready_at.lock().unwrap() = Some(Instant::now() + Duration::from_secs(10));
+        *self.ready_at.lock().unwrap() = Some(Instant::now() + self.busy_for);
         let mut res = Response::new(Empty::new());
         *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         std::future::ready(Ok(res))
@@ -201,27 +213,28 @@ impl Service<Request<Empty<Bytes>>> for Busy {
 
 use std::future::Future;
 
-/// README: "The deadline bounds everything: ... no attempt starts past the deadline". The
-/// deadline's setter says readiness before a retry is not bounded, and indeed with a 1 s
-/// deadline a retry starts at 10 s, once the inner service (a `ConcurrencyLimit` whose permits
-/// are busy, say) becomes ready. The discarded 503 was released before the wait, so there is
-/// no answer left to return at the deadline either.
-#[tokio::test(start_paused = true)]
-async fn no_attempt_starts_past_the_deadline_even_when_the_inner_service_is_busy() {
-    let busy = Busy {
-        ready_at: Arc::default(),
-        sleep: None,
-        calls: Arc::default(),
-    };
-    let calls = busy.calls.clone();
-    let layer = StatusAwareRetryLayer::builder()
+fn one_retry_within_a_second() -> StatusAwareRetryLayer {
+    StatusAwareRetryLayer::builder()
         .backoff_base(Duration::from_millis(100))
         .jitter(Jitter::None)
         .max_retries(1)
         .deadline(Duration::from_secs(1))
         .no_budget()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// README: "The deadline bounds everything: ... no attempt starts past the deadline". With a
+/// 1 s deadline a retry used to start at 10 s, once the inner service (a `ConcurrencyLimit`
+/// whose permits are busy, say) became ready, and the discarded 503 had been released before
+/// the wait, so there was no answer left to return at the deadline. Now the service is driven
+/// to ready while the 503 is kept: not ready by the deadline, the 503 is returned, counted as
+/// given up, after one attempt.
+#[tokio::test(start_paused = true)]
+async fn no_attempt_starts_past_the_deadline_even_when_the_inner_service_is_busy() {
+    let busy = Busy::new(Duration::from_secs(10));
+    let calls = busy.calls.clone();
+    let layer = one_retry_within_a_second();
     let t0 = Instant::now();
     let res = layer
         .layer(busy)
@@ -234,4 +247,28 @@ async fn no_attempt_starts_past_the_deadline_even_when_the_inner_service_is_busy
         starts.iter().all(|s| *s <= Duration::from_secs(1)),
         "an attempt started past the 1 s deadline: {starts:?}"
     );
+    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 1);
+    // Returned at the deadline, not when the service became ready.
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    let stats = layer.stats();
+    assert_eq!((stats.gave_up, stats.retries), (1, 0), "{stats:?}");
+}
+
+/// A service that becomes ready within the deadline is retried as soon as it is ready: the
+/// wait (100 ms, timed from the decision) is not added after the 300 ms it took.
+#[tokio::test(start_paused = true)]
+async fn a_service_ready_within_the_deadline_is_retried_once_ready() {
+    let busy = Busy::new(Duration::from_millis(300));
+    let calls = busy.calls.clone();
+    let layer = one_retry_within_a_second();
+    let t0 = Instant::now();
+    let res = layer
+        .layer(busy)
+        .oneshot(Request::get("http://h.test/r").body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 2);
+    let starts: Vec<Duration> = calls.lock().unwrap().iter().map(|t| *t - t0).collect();
+    assert_eq!(starts, [Duration::ZERO, Duration::from_millis(300)]);
+    assert_eq!(layer.stats().retries, 1);
 }
