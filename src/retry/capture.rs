@@ -5,6 +5,11 @@
 //! stream ends within the bound the copy is complete and each retry sends a [`ReplayCaptured`]
 //! of it; if it outgrows the bound (or fails) the buffer is freed at once and the request is
 //! never sent again — a body is never truncated, never sent twice partially.
+//!
+//! A stream of declared length (a `Content-Length`, or an exact size hint) is complete once
+//! that many bytes are kept: hyper's HTTP/1 client stops polling such a body after its last
+//! byte and never sees its end. A declared length of 0 is complete from the start; trailers
+//! that follow the last byte still join the copy.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -28,6 +33,8 @@ enum Kept {
     Capturing {
         data: BytesMut,
         trailers: Option<HeaderMap>,
+        // The whole body's length, when the request or the body says it.
+        declared: Option<u64>,
     },
     /// The whole stream, within the bound: replayable.
     Complete {
@@ -46,30 +53,66 @@ impl CaptureState {
 
     fn record(&self, frame: &Frame<Bytes>) {
         let mut kept = self.lock();
-        let Kept::Capturing { data, trailers } = &mut *kept else {
-            return;
-        };
-        if let Some(chunk) = frame.data_ref() {
-            if data.len().saturating_add(chunk.len()) > self.limit {
-                // Outgrown: free the copy now rather than at the end of the request.
-                *kept = Kept::Spoiled;
-                return;
+        match (&mut *kept, frame.data_ref()) {
+            (Kept::Capturing { data, declared, .. }, Some(chunk)) => {
+                let len = data.len().saturating_add(chunk.len());
+                if len > self.limit || declared.is_some_and(|d| len as u64 > d) {
+                    // Outgrown, or longer than declared: free the copy now rather than at the
+                    // end of the request.
+                    *kept = Kept::Spoiled;
+                    return;
+                }
+                // A copy, not a reference: a chunk may share (and pin) a larger read buffer,
+                // and the bound is on memory held.
+                data.extend_from_slice(chunk);
+                complete_if_declared(&mut kept);
             }
-            // A copy, not a reference: a chunk may share (and pin) a larger read buffer, and
-            // the bound is on memory held.
-            data.extend_from_slice(chunk);
-        } else if let Some(t) = frame.trailers_ref() {
-            *trailers = Some(t.clone());
+            (Kept::Capturing { trailers, .. } | Kept::Complete { trailers, .. }, None) => {
+                if let Some(t) = frame.trailers_ref() {
+                    *trailers = Some(t.clone());
+                }
+            }
+            // Data past a declared length already kept is not sent: hyper (HTTP/1 and HTTP/2)
+            // refuses a body longer than its `Content-Length`. A complete capture stays
+            // complete — a copy may already be on its way.
+            _ => {}
         }
     }
 
+    /// The stream has ended: complete, unless it is shorter than it said it would be.
     fn finish(&self) {
         let mut kept = self.lock();
-        if let Kept::Capturing { data, trailers } = &mut *kept {
-            *kept = Kept::Complete {
-                data: std::mem::take(data).freeze(),
-                trailers: trailers.take(),
+        if let Kept::Capturing {
+            data,
+            trailers,
+            declared,
+        } = &mut *kept
+        {
+            *kept = if declared.is_some_and(|d| d != data.len() as u64) {
+                Kept::Spoiled
+            } else {
+                Kept::Complete {
+                    data: std::mem::take(data).freeze(),
+                    trailers: trailers.take(),
+                }
             };
+        }
+    }
+
+    /// The whole body is `len` bytes long if the request says so (a `Content-Length`), else
+    /// what the body's exact size hint said.
+    fn declare(&self, len: Option<u64>) {
+        let mut kept = self.lock();
+        if let Kept::Capturing { data, declared, .. } = &mut *kept {
+            let Some(len) = len.or(*declared) else {
+                return;
+            };
+            if len > self.limit as u64 || (data.len() as u64) > len {
+                *kept = Kept::Spoiled;
+                return;
+            }
+            *declared = Some(len);
+            complete_if_declared(&mut kept);
         }
     }
 
@@ -90,7 +133,33 @@ pub struct Capture<B> {
 /// Makes a body replaying a capture.
 type Replayer<B> = Arc<dyn Fn(&Arc<CaptureState>) -> B + Send + Sync>;
 
+/// A capture that holds as many bytes as declared is complete: the sender may never poll for
+/// the end of the stream.
+fn complete_if_declared(kept: &mut Kept) {
+    if let Kept::Capturing {
+        data,
+        trailers,
+        declared: Some(d),
+    } = kept
+    {
+        if data.len() as u64 == *d {
+            *kept = Kept::Complete {
+                data: std::mem::take(data).freeze(),
+                trailers: trailers.take(),
+            };
+        }
+    }
+}
+
 impl<B> Capture<B> {
+    /// Settles the body's whole length before it is sent: the request's `Content-Length` if
+    /// it has one (what goes on the wire), else the body's exact size hint. The capture is
+    /// complete once that many bytes are kept (at once for 0), and spoiled if the body ends
+    /// short of it or outgrows it before.
+    pub(crate) fn declare(&self, len: Option<u64>) {
+        self.state.declare(len);
+    }
+
     /// Whether the whole body was sent and kept, within the bound.
     pub(crate) fn is_complete(&self) -> bool {
         matches!(*self.state.lock(), Kept::Complete { .. })
@@ -149,8 +218,11 @@ where
         inner: Mutex::new(Kept::Capturing {
             data: BytesMut::with_capacity(reserve),
             trailers: None,
+            // Settled by `Capture::declare`, which the request's `Content-Length` overrides.
+            declared: hint.exact(),
         }),
     });
+
     let sent = wrap(Capturing {
         inner: body,
         state: state.clone(),
