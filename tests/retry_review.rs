@@ -163,6 +163,14 @@ async fn a_uri_password_never_reaches_the_logs() {
         .filter(|e| e.fields.values().any(|v| v.contains("hunter2-password")))
         .collect();
     assert!(leaked.is_empty(), "the password is logged: {leaked:?}");
+    // The URI is still shown, without its userinfo.
+    let retrying: Vec<_> = events
+        .all()
+        .into_iter()
+        .filter(|e| e.fields.get("message").is_some_and(|m| m == "retrying"))
+        .collect();
+    assert_eq!(retrying.len(), 1);
+    assert_eq!(retrying[0].fields["uri"], "http://records.test/r/1");
 }
 
 /// An inner service whose clones become ready only once `ready_at` has passed, like a
