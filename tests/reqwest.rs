@@ -173,3 +173,24 @@ async fn a_uri_userinfo_is_sent_as_reqwest_would_send_it() {
     let adapted = server.requests()[1].header("authorization");
     assert_eq!(adapted, direct, "the adapter dropped the URL's credentials");
 }
+
+/// An explicit `Authorization` header wins over a URI's userinfo, as with reqwest's
+/// `RequestBuilder::headers`: sent alone, never beside a second, Basic one.
+#[tokio::test]
+async fn an_explicit_authorization_wins_over_a_uri_userinfo() {
+    let server = TestServer::always(Reply::ok("x")).await;
+    let url = server
+        .url("/private")
+        .replacen("http://", "http://alice:secret@", 1);
+    let req = Request::get(&url)
+        .header("authorization", "Bearer token")
+        .body(reqwest::Body::from(""))
+        .unwrap();
+    ReqwestService::new(reqwest::Client::new())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let seen = &server.requests()[0];
+    let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, ["Bearer token"]);
+}
