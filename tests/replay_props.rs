@@ -152,8 +152,7 @@ fn run(
             for c in &chunks_lens {
                 ends.push(ends.last().unwrap() + c);
             }
-            let replayable =
-                limit > 0 && d <= limit && ends.contains(&d) && first.bytes.len() >= d;
+            let replayable = limit > 0 && d <= limit && ends.contains(&d) && first.bytes.len() >= d;
             (replayable, &payload[..d.min(payload.len())])
         }
     };

@@ -23,8 +23,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-use tower_negative_cache::{RetryInfo, StatusAwareRetryLayer};
 use tower_negative_cache::retry::{Builder, Jitter};
+use tower_negative_cache::{RetryInfo, StatusAwareRetryLayer};
 
 use support::{Reply, TestServer};
 

@@ -257,7 +257,8 @@ where
                             // The wait still ends when it was decided to (`wake_at`); time
                             // spent getting ready is taken from it, and from the drain.
                             let decided = *this.wake_at - *this.prev_delay;
-                            let next = release(answer, shared, decided, *this.prev_delay, this.timer);
+                            let next =
+                                release(answer, shared, decided, *this.prev_delay, this.timer);
                             this.state.set(next);
                         }
                         Poll::Ready(Err(e)) => {
@@ -265,7 +266,8 @@ where
                             return Poll::Ready(Err(e));
                         }
                         Poll::Pending => {
-                            let deadline = shared.policy.deadline.expect("reserving has a deadline");
+                            let deadline =
+                                shared.policy.deadline.expect("reserving has a deadline");
                             if !*armed {
                                 arm(this.timer, *this.started + deadline);
                                 *armed = true;
@@ -279,7 +281,10 @@ where
                                 shared,
                                 answer,
                                 *outcome,
-                                (Stop::Deadline, "the inner service was not ready by the deadline"),
+                                (
+                                    Stop::Deadline,
+                                    "the inner service was not ready by the deadline",
+                                ),
                                 *this.attempts,
                                 target,
                             ));

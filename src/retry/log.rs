@@ -72,26 +72,6 @@ impl fmt::Display for Redacted<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_userinfo_is_never_shown() {
-        for (uri, shown) in [
-            ("http://alice:pw@h.test/r?q=1", "http://h.test/r?q=1"),
-            ("http://alice@h.test:8080/", "http://h.test:8080/"),
-            ("http://a:b@c@h.test/", "http://h.test/"),
-            ("http://h.test/r", "http://h.test/r"),
-            ("/r?q", "/r?q"),
-            ("h.test:443", "h.test:443"),
-        ] {
-            let uri: Uri = uri.parse().unwrap();
-            assert_eq!(Redacted(&uri).to_string(), shown);
-        }
-    }
-}
-
 /// An optional value in a log event: `-` when unknown.
 pub(crate) struct Shown<T>(Option<T>);
 
@@ -121,6 +101,26 @@ impl<E: 'static> fmt::Display for ErrorText<'_, E> {
                 Ok(())
             }
             None => write!(f, "an error of type {}", std::any::type_name::<E>()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_userinfo_is_never_shown() {
+        for (uri, shown) in [
+            ("http://alice:pw@h.test/r?q=1", "http://h.test/r?q=1"),
+            ("http://alice@h.test:8080/", "http://h.test:8080/"),
+            ("http://a:b@c@h.test/", "http://h.test/"),
+            ("http://h.test/r", "http://h.test/r"),
+            ("/r?q", "/r?q"),
+            ("h.test:443", "h.test:443"),
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(Redacted(&uri).to_string(), shown);
         }
     }
 }
