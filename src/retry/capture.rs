@@ -36,7 +36,8 @@ enum Kept {
         // The whole body's length, when the request or the body says it.
         declared: Option<u64>,
     },
-    /// The whole stream, within the bound: replayable.
+    /// The whole stream, within the bound: replayable. Never left once reached: a copy may
+    /// be on its way (only trailers still join it).
     Complete {
         data: Bytes,
         trailers: Option<HeaderMap>,
@@ -116,8 +117,13 @@ impl CaptureState {
         }
     }
 
+    /// The stream failed. A capture already complete (its declared bytes all kept) stays
+    /// so: a copy may be on its way, and what was declared was sent whole.
     fn spoil(&self) {
-        *self.lock() = Kept::Spoiled;
+        let mut kept = self.lock();
+        if let Kept::Capturing { .. } = *kept {
+            *kept = Kept::Spoiled;
+        }
     }
 }
 
@@ -222,7 +228,6 @@ where
             declared: hint.exact(),
         }),
     });
-
     let sent = wrap(Capturing {
         inner: body,
         state: state.clone(),
@@ -365,5 +370,94 @@ impl<E> Body for Typed<E> {
             (Kept::Complete { .. }, _) => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(limit: usize, hint: Option<u64>) -> CaptureState {
+        CaptureState {
+            limit,
+            inner: Mutex::new(Kept::Capturing {
+                data: BytesMut::new(),
+                trailers: None,
+                declared: hint,
+            }),
+        }
+    }
+
+    fn data(s: &'static str) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(s.as_bytes()))
+    }
+
+    fn kept(s: &CaptureState) -> Option<(Bytes, bool)> {
+        match &*s.lock() {
+            Kept::Complete { data, trailers } => Some((data.clone(), trailers.is_some())),
+            Kept::Capturing { .. } => None,
+            Kept::Spoiled => Some((Bytes::from_static(b"spoiled"), false)),
+        }
+    }
+
+    #[test]
+    fn a_declared_length_completes_once_kept_and_stays_complete() {
+        let s = state(64, None);
+        s.declare(Some(6));
+        s.record(&data("abc"));
+        assert_eq!(kept(&s), None);
+        s.record(&data("def"));
+        assert_eq!(kept(&s), Some((Bytes::from_static(b"abcdef"), false)));
+        // What follows never undoes it: more data (not sent), a failure, the end.
+        s.record(&data("ghi"));
+        s.spoil();
+        s.finish();
+        s.record(&Frame::trailers(HeaderMap::new()));
+        assert_eq!(kept(&s), Some((Bytes::from_static(b"abcdef"), true)));
+    }
+
+    #[test]
+    fn a_body_short_of_or_crossing_its_declared_length_is_spoiled() {
+        let short = state(64, None);
+        short.declare(Some(6));
+        short.record(&data("abc"));
+        short.finish();
+        assert_eq!(kept(&short), Some((Bytes::from_static(b"spoiled"), false)));
+
+        let crossing = state(64, None);
+        crossing.declare(Some(4));
+        crossing.record(&data("abc"));
+        crossing.record(&data("def"));
+        assert_eq!(
+            kept(&crossing),
+            Some((Bytes::from_static(b"spoiled"), false))
+        );
+
+        let too_large = state(4, None);
+        too_large.declare(Some(5));
+        assert_eq!(
+            kept(&too_large),
+            Some((Bytes::from_static(b"spoiled"), false))
+        );
+    }
+
+    #[test]
+    fn the_header_overrides_the_hint_and_zero_is_complete_at_once() {
+        let zero = state(64, Some(0));
+        zero.declare(None);
+        assert_eq!(kept(&zero), Some((Bytes::new(), false)));
+
+        let header = state(64, Some(0));
+        header.declare(Some(3));
+        assert_eq!(kept(&header), None);
+        header.record(&data("abc"));
+        assert_eq!(kept(&header), Some((Bytes::from_static(b"abc"), false)));
+
+        let undeclared = state(64, None);
+        undeclared.declare(None);
+        undeclared.record(&data("abc"));
+        assert_eq!(kept(&undeclared), None);
+        undeclared.finish();
+        assert_eq!(kept(&undeclared), Some((Bytes::from_static(b"abc"), false)));
     }
 }
