@@ -1,5 +1,6 @@
-//! Regressions from the second review of the retry layer: each test states a promise of the README's
-//! Guarantees table or of the module docs and tries to break it.
+//! Regressions from the second review of the retry layer (review2 items 8-11): each test
+//! states a promise of the README's Guarantees table or of the module docs that used to be
+//! broken. Real hyper server where the wire is the subject, paused time for the deadline.
 
 #[path = "support/events.rs"]
 mod events;
@@ -55,9 +56,9 @@ impl Body for Chunks {
 /// `capture_limit` (default 64 KiB), and replayed from the copy when the whole body fit". An
 /// upload whose length is known (a file) is sent with its `Content-Length` header: hyper's
 /// HTTP/1 client then stops polling the body once that many bytes are written — it never asks
-/// for the final `None` — so the capture never learns that the body ended, stays incomplete,
-/// and a 503 to a 9-byte body is never retried (counted `not_replayable`), though all of it was
-/// sent and kept.
+/// for the final `None`. The capture used to wait for that end, stayed incomplete, and a 503
+/// to a 9-byte body was never retried (counted `not_replayable`), though all of it was sent
+/// and kept; now 9 bytes kept of 9 declared is complete.
 #[tokio::test]
 async fn a_streamed_upload_with_a_content_length_is_replayed() {
     let server = TestServer::builder()
@@ -85,9 +86,9 @@ async fn a_streamed_upload_with_a_content_length_is_replayed() {
 }
 
 /// README: "A request body is never lost, truncated or half-sent twice: a retry replays only a
-/// complete copy". A `BoxBody` of exact size 0 is taken for bodiless and replayed as
-/// `BoxBody::default()`: its trailers are dropped from every retry (the first attempt sent
-/// them). `Empty.with_trailers(..)` reports an exact size of 0.
+/// complete copy". A `BoxBody` of exact size 0 used to be taken for bodiless and replayed as
+/// `BoxBody::default()`: its trailers were dropped from every retry (the first attempt sent
+/// them). `Empty.with_trailers(..)` reports an exact size of 0; it is captured now.
 #[tokio::test]
 async fn a_zero_length_body_with_trailers_is_replayed_whole() {
     let seen: Arc<Mutex<Vec<Option<HeaderMap>>>> = Arc::default();
@@ -126,9 +127,9 @@ async fn a_zero_length_body_with_trailers_is_replayed_whole() {
 }
 
 /// The retry layer's log events carry the request's URI (issue 10 §6) — `Uri`'s `Display`
-/// includes a userinfo, so the password of `http://user:password@host/` is written to the logs
-/// at DEBUG (the fleet tier takes care to redact its own URL; `reqwest` strips userinfo from
-/// the URLs in its errors' text too).
+/// includes a userinfo, so the password of `http://user:password@host/` used to be written to
+/// the logs at DEBUG (the fleet tier takes care to redact its own URL; `reqwest` strips
+/// userinfo from the URLs in its errors' text too).
 #[tokio::test]
 async fn a_uri_password_never_reaches_the_logs() {
     let (events, _guard) = events::capture();
