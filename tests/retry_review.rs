@@ -281,3 +281,41 @@ async fn a_service_ready_within_the_deadline_is_retried_once_ready() {
     assert_eq!(starts, [Duration::ZERO, Duration::from_millis(300)]);
     assert_eq!(layer.stats().retries, 1);
 }
+
+/// The same over tower's own `ConcurrencyLimit` of 1: while our first attempt is in flight
+/// another caller queues for the permit, gets it when the 503 comes back and keeps it 10 s.
+/// With a 1 s deadline the retry gets no attempt: the 503 is returned at the deadline.
+#[tokio::test(start_paused = true)]
+async fn a_permit_held_past_the_deadline_by_another_caller_gets_no_attempt() {
+    let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let c = calls.clone();
+    let upstream = tower::service_fn(move |_req: Request<Empty<Bytes>>| {
+        c.lock().unwrap().push(Instant::now());
+        async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut res = Response::new(Empty::<Bytes>::new());
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let limited = ServiceBuilder::new().concurrency_limit(1).service(upstream);
+    let mut other = limited.clone();
+    let layer = one_retry_within_a_second();
+    let t0 = Instant::now();
+    let req = Request::get("http://h.test/r").body(Empty::new()).unwrap();
+    let ours = tokio::spawn(layer.layer(limited).oneshot(req));
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        ServiceExt::<Request<Empty<Bytes>>>::ready(&mut other)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        drop(other);
+    });
+    let res = ours.await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 1);
+    assert_eq!(t0.elapsed(), Duration::from_secs(1));
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    holder.await.unwrap();
+}
