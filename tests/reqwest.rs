@@ -152,8 +152,8 @@ async fn buffered_and_streamed_bodies_are_replayed() {
 /// reqwest turns a URL's userinfo into Basic credentials (`RequestBuilder::new` calls
 /// `extract_authority`), and the negative cache treats a userinfo as a credential. The
 /// adapter converts with `reqwest::Request::try_from`, which keeps the userinfo in the URL,
-/// and `Client::execute` never reads it: the credentials are silently dropped and the origin
-/// sees an anonymous request (401s, or another user's view).
+/// and `Client::execute` never reads it: the credentials used to be silently dropped and the
+/// origin saw an anonymous request (401s, or another user's view) — review2 item 12.
 #[tokio::test]
 async fn a_uri_userinfo_is_sent_as_reqwest_would_send_it() {
     let server = TestServer::always(Reply::ok("x")).await;
