@@ -7,7 +7,9 @@
 //!   floor of any retry mechanism;
 //! - `tower::retry`: `tower::retry::Retry` with a policy retrying 503 up to 2 times, no wait;
 //! - `ours: retry`: `StatusAwareRetryLayer` with `backoff_base(0)`, `no_budget()`,
-//!   `max_retries(2)`.
+//!   `max_retries(2)`;
+//! - `ours: retry, deadline`: the same with a 60 s `deadline`, where the service for a retry is
+//!   made ready before the discarded answer is released.
 //!
 //! The upstream counts its calls and answers by the count mod 3, so with 3 calls per request
 //! each request sees 503, 503, 200 (checked before and after measuring). One current-thread
@@ -188,9 +190,29 @@ fn retry_path(c: &mut Criterion) {
             .layer(layer.clone())
             .service(flaky_upstream(calls))
     });
-    let stats = layer.stats();
-    assert_eq!(stats.retries, 2 * stats.requests, "{stats:?}");
-    assert_eq!(stats.gave_up, 0, "{stats:?}");
+    let with_deadline = StatusAwareRetryLayer::builder()
+        .backoff_base(Duration::ZERO)
+        .no_budget()
+        .max_retries(2)
+        .deadline(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    bench_retry(
+        &mut group,
+        &rt,
+        "ours: retry, deadline",
+        3,
+        false,
+        |calls| {
+            ServiceBuilder::new()
+                .layer(with_deadline.clone())
+                .service(flaky_upstream(calls))
+        },
+    );
+    for stats in [layer.stats(), with_deadline.stats()] {
+        assert_eq!(stats.retries, 2 * stats.requests, "{stats:?}");
+        assert_eq!(stats.gave_up, 0, "{stats:?}");
+    }
     group.finish();
 
     // Ours leaves its verdict on the answer: 3 attempts, success.

@@ -152,6 +152,27 @@ pub(crate) fn age(value: Option<&HeaderValue>) -> Option<u64> {
     delta_seconds(s.split(',').next()?.trim())
 }
 
+/// `Content-Length` (RFC 9110 §8.6): `1*DIGIT`. Several field lines or a list are accepted
+/// only when every member is the same valid value (§8.6 lets a recipient take such a list as
+/// that one value); anything else — absent, invalid, conflicting, past `u64` — is `None`.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for member in value.to_str().ok()?.split(',') {
+            let member = member.trim();
+            if member.is_empty() || !member.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n = member.parse::<u64>().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
+
 /// The directives of one list-based field line (`#( token [ "=" ( token / quoted-string ) ] )`):
 /// each name, and its argument when it has a valid one (a quoted-string unescaped).
 ///
@@ -256,6 +277,28 @@ mod tests {
 
     fn parse(s: &[u8]) -> Option<RetryAfter> {
         retry_after(HeaderValue::from_bytes(s).ok().as_ref())
+    }
+
+    #[test]
+    fn content_length_forms() {
+        let of = |values: &[&[u8]]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::CONTENT_LENGTH, HeaderValue::from_bytes(v).unwrap());
+            }
+            content_length(&headers)
+        };
+        assert_eq!(of(&[]), None);
+        assert_eq!(of(&[b"9"]), Some(9));
+        assert_eq!(of(&[b" 0 "]), Some(0));
+        assert_eq!(of(&[b"9", b"9"]), Some(9));
+        assert_eq!(of(&[b"9, 9"]), Some(9));
+        assert_eq!(of(&[b"9", b"10"]), None);
+        assert_eq!(of(&[b"9,"]), None);
+        assert_eq!(of(&[b"-1"]), None);
+        assert_eq!(of(&[b"+9"]), None);
+        assert_eq!(of(&[b"0x10"]), None);
+        assert_eq!(of(&[b"99999999999999999999999"]), None);
     }
 
     #[test]

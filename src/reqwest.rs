@@ -9,6 +9,11 @@
 //! A buffered `reqwest::Body` is replayed by copying its bytes; a streamed one is captured
 //! (see [`ReplayBody`](crate::retry::ReplayBody)).
 //!
+//! A URI's userinfo (`http://user:password@host/`) is sent as reqwest's own `Client::get`
+//! sends it: as `Authorization: Basic` credentials, the userinfo taken out of the URL. An
+//! `Authorization` header already on the request wins, as with reqwest's
+//! `RequestBuilder::headers`.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -84,6 +89,28 @@ impl Future for ResponseFuture {
     }
 }
 
+/// Does to `req`'s URL userinfo what reqwest's `RequestBuilder` does (`Request::try_from` and
+/// `Client::execute` don't): Basic credentials, percent-decoded, and a URL without them.
+fn move_userinfo_to_authorization(
+    client: &reqwest::Client,
+    req: &mut reqwest::Request,
+) -> Result<(), reqwest::Error> {
+    let url = req.url();
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(());
+    }
+    // reqwest's own builder makes the header and strips the URL (its encoding is private):
+    // one extra request head, for requests with a userinfo only.
+    let built = client.get(url.clone()).build()?;
+    *req.url_mut() = built.url().clone();
+    if let Some(auth) = built.headers().get(http::header::AUTHORIZATION) {
+        req.headers_mut()
+            .entry(http::header::AUTHORIZATION)
+            .or_insert_with(|| auth.clone());
+    }
+    Ok(())
+}
+
 impl tower::Service<Request<reqwest::Body>> for ReqwestService {
     type Response = Response<reqwest::Body>;
     type Error = reqwest::Error;
@@ -98,7 +125,8 @@ impl tower::Service<Request<reqwest::Body>> for ReqwestService {
         let client = self.client.clone();
         ResponseFuture {
             inner: Box::pin(async move {
-                let req = reqwest::Request::try_from(req)?;
+                let mut req = reqwest::Request::try_from(req)?;
+                move_userinfo_to_authorization(&client, &mut req)?;
                 let res = client.execute(req).await?;
                 Ok(Response::from(res))
             }),

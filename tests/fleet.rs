@@ -147,6 +147,8 @@ async fn a_404_seen_by_one_replica_costs_the_others_nothing() {
         "one upstream 404 for two replicas"
     );
     assert_eq!(b.fleet.stats().learned, 1);
+    // B can learn before A has counted its publish.
+    wait_until(Duration::from_secs(2), || a.fleet.stats().published >= 1).await;
     assert_eq!(a.fleet.stats().published, 1);
     assert_eq!(
         a.fleet.stats().learned,
@@ -656,7 +658,9 @@ async fn a_slow_redis_never_makes_the_tier_drop_a_forget() {
     .await;
     proxy.hold(false);
     wait_until(Duration::from_secs(5), || b.cache.peek(&uri).is_none()).await;
-    // The 404 for f2 was dropped; the forget went through once Redis answered again.
+    // The 404 for f2 was dropped; the forget went through once Redis answered again (B can
+    // act on it before A has counted it: wait for the count too).
+    wait_until(Duration::from_secs(2), || a.fleet.stats().published >= 2).await;
     assert_eq!(a.fleet.stats().published, 2, "{:?}", a.fleet.stats());
 }
 

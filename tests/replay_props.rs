@@ -1,6 +1,9 @@
 //! Invariant 10, over arbitrary streams: a request body is never lost, truncated, or half-sent
 //! twice. A streamed body (any chunking, any capture bound, an upstream that reads all of it or
 //! stops early) is retried only from a complete copy; every retry carries the whole body.
+//! With a `Content-Length`, the body is what that length frames (what hyper puts on the wire:
+//! it sends no more than the declared bytes and never polls past them): a retry carries
+//! exactly those bytes, and a body that ends short of it is never retried.
 //! A mock upstream is enough: what is checked is what the layer hands it.
 
 use std::convert::Infallible;
@@ -47,8 +50,18 @@ struct Read {
     whole: bool,
 }
 
-fn run(chunks: Vec<Vec<u8>>, trailers: bool, limit: usize, first_reads: Option<usize>) -> R {
+fn run(
+    chunks: Vec<Vec<u8>>,
+    trailers: bool,
+    limit: usize,
+    first_reads: Option<usize>,
+    declared: Option<i64>,
+) -> R {
     let payload: Vec<u8> = chunks.concat();
+    // A declared length, as an offset from the body's real length.
+    let declared = declared.and_then(|delta| u64::try_from(payload.len() as i64 + delta).ok());
+    // Trailers can't follow a `Content-Length` body over HTTP/1.
+    let trailers = trailers && declared.is_none();
     let trailer_map = trailers.then(|| {
         let mut t = HeaderMap::new();
         t.insert("x-sum", "1".parse().unwrap());
@@ -102,6 +115,7 @@ fn run(chunks: Vec<Vec<u8>>, trailers: bool, limit: usize, first_reads: Option<u
         .capture_limit(limit)
         .build()
         .unwrap();
+    let chunks_lens: Vec<usize> = chunks.iter().map(Vec::len).collect();
     let body = Stream(
         chunks.into_iter().map(Bytes::from).collect(),
         trailer_map.clone(),
@@ -109,6 +123,9 @@ fn run(chunks: Vec<Vec<u8>>, trailers: bool, limit: usize, first_reads: Option<u
     .boxed();
     let mut req = Request::new(body);
     *req.method_mut() = Method::PUT;
+    if let Some(d) = declared {
+        req.headers_mut().insert("content-length", d.into());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -122,12 +139,27 @@ fn run(chunks: Vec<Vec<u8>>, trailers: bool, limit: usize, first_reads: Option<u
         "the first attempt got a prefix"
     );
     // Replayed only from a complete copy that fit the bound (0: capturing off); then every
-    // retry is whole.
-    let replayable = limit > 0 && first.whole && payload.len() <= limit;
+    // retry is whole. With a declared length `d`, complete once `d` bytes are kept, and only
+    // if a chunk ends there (a chunk crossing it is not the declared body).
+    let (replayable, whole) = match declared {
+        None => (
+            limit > 0 && first.whole && payload.len() <= limit,
+            &payload[..],
+        ),
+        Some(d) => {
+            let d = d as usize;
+            let mut ends = vec![0];
+            for c in &chunks_lens {
+                ends.push(ends.last().unwrap() + c);
+            }
+            let replayable = limit > 0 && d <= limit && ends.contains(&d) && first.bytes.len() >= d;
+            (replayable, &payload[..d.min(payload.len())])
+        }
+    };
     prop_assert_eq!(reads.len(), if replayable { 3 } else { 1 }, "{:?}", *reads);
     for r in &reads[1..] {
         prop_assert!(
-            r.whole && r.bytes == payload[..],
+            r.whole && r.bytes == whole,
             "a retry carried a partial body"
         );
         prop_assert_eq!(&r.trailers, &trailer_map);
@@ -149,7 +181,8 @@ proptest! {
         trailers: bool,
         limit in prop_oneof![Just(0usize), 1usize..200, Just(64 * 1024)],
         first_reads in proptest::option::of(0usize..14),
+        declared in prop_oneof![Just(None), (-3i64..=3).prop_map(Some)],
     ) {
-        run(chunks, trailers, limit, first_reads)?;
+        run(chunks, trailers, limit, first_reads, declared)?;
     }
 }

@@ -148,3 +148,49 @@ async fn buffered_and_streamed_bodies_are_replayed() {
     }
     assert_eq!(retry.stats().not_replayable, 0);
 }
+
+/// reqwest turns a URL's userinfo into Basic credentials (`RequestBuilder::new` calls
+/// `extract_authority`), and the negative cache treats a userinfo as a credential. The
+/// adapter converts with `reqwest::Request::try_from`, which keeps the userinfo in the URL,
+/// and `Client::execute` never reads it: the credentials used to be silently dropped and the
+/// origin saw an anonymous request (401s, or another user's view) — review2 item 12.
+#[tokio::test]
+async fn a_uri_userinfo_is_sent_as_reqwest_would_send_it() {
+    let server = TestServer::always(Reply::ok("x")).await;
+    let url = server
+        .url("/private")
+        .replacen("http://", "http://alice:secret@", 1);
+
+    // reqwest itself.
+    let client = reqwest::Client::new();
+    client.get(&url).send().await.unwrap();
+    let direct = server.requests()[0].header("authorization");
+    assert!(direct.is_some(), "reqwest sends Basic credentials");
+
+    // The same request through the adapter.
+    let req = Request::get(&url).body(reqwest::Body::from("")).unwrap();
+    ReqwestService::new(client).oneshot(req).await.unwrap();
+    let adapted = server.requests()[1].header("authorization");
+    assert_eq!(adapted, direct, "the adapter dropped the URL's credentials");
+}
+
+/// An explicit `Authorization` header wins over a URI's userinfo, as with reqwest's
+/// `RequestBuilder::headers`: sent alone, never beside a second, Basic one.
+#[tokio::test]
+async fn an_explicit_authorization_wins_over_a_uri_userinfo() {
+    let server = TestServer::always(Reply::ok("x")).await;
+    let url = server
+        .url("/private")
+        .replacen("http://", "http://alice:secret@", 1);
+    let req = Request::get(&url)
+        .header("authorization", "Bearer token")
+        .body(reqwest::Body::from(""))
+        .unwrap();
+    ReqwestService::new(reqwest::Client::new())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let seen = &server.requests()[0];
+    let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, ["Bearer token"]);
+}

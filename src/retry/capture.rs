@@ -5,6 +5,11 @@
 //! stream ends within the bound the copy is complete and each retry sends a [`ReplayCaptured`]
 //! of it; if it outgrows the bound (or fails) the buffer is freed at once and the request is
 //! never sent again — a body is never truncated, never sent twice partially.
+//!
+//! A stream of declared length (a `Content-Length`, or an exact size hint) is complete once
+//! that many bytes are kept: hyper's HTTP/1 client stops polling such a body after its last
+//! byte and never sees its end. A declared length of 0 is complete from the start; trailers
+//! that follow the last byte still join the copy.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -28,8 +33,11 @@ enum Kept {
     Capturing {
         data: BytesMut,
         trailers: Option<HeaderMap>,
+        // The whole body's length, when the request or the body says it.
+        declared: Option<u64>,
     },
-    /// The whole stream, within the bound: replayable.
+    /// The whole stream, within the bound: replayable. Never left once reached: a copy may
+    /// be on its way (only trailers still join it).
     Complete {
         data: Bytes,
         trailers: Option<HeaderMap>,
@@ -46,35 +54,76 @@ impl CaptureState {
 
     fn record(&self, frame: &Frame<Bytes>) {
         let mut kept = self.lock();
-        let Kept::Capturing { data, trailers } = &mut *kept else {
-            return;
-        };
-        if let Some(chunk) = frame.data_ref() {
-            if data.len().saturating_add(chunk.len()) > self.limit {
-                // Outgrown: free the copy now rather than at the end of the request.
-                *kept = Kept::Spoiled;
-                return;
+        match (&mut *kept, frame.data_ref()) {
+            (Kept::Capturing { data, declared, .. }, Some(chunk)) => {
+                let len = data.len().saturating_add(chunk.len());
+                if len > self.limit || declared.is_some_and(|d| len as u64 > d) {
+                    // Outgrown, or longer than declared: free the copy now rather than at the
+                    // end of the request.
+                    *kept = Kept::Spoiled;
+                    return;
+                }
+                // A copy, not a reference: a chunk may share (and pin) a larger read buffer,
+                // and the bound is on memory held.
+                data.extend_from_slice(chunk);
+                complete_if_declared(&mut kept);
             }
-            // A copy, not a reference: a chunk may share (and pin) a larger read buffer, and
-            // the bound is on memory held.
-            data.extend_from_slice(chunk);
-        } else if let Some(t) = frame.trailers_ref() {
-            *trailers = Some(t.clone());
+            (Kept::Capturing { trailers, .. } | Kept::Complete { trailers, .. }, None) => {
+                if let Some(t) = frame.trailers_ref() {
+                    *trailers = Some(t.clone());
+                }
+            }
+            // Data past a declared length already kept is not sent: hyper (HTTP/1 and HTTP/2)
+            // refuses a body longer than its `Content-Length`. A complete capture stays
+            // complete — a copy may already be on its way.
+            _ => {}
         }
     }
 
+    /// The stream has ended: complete, unless it is shorter than it said it would be.
     fn finish(&self) {
         let mut kept = self.lock();
-        if let Kept::Capturing { data, trailers } = &mut *kept {
-            *kept = Kept::Complete {
-                data: std::mem::take(data).freeze(),
-                trailers: trailers.take(),
+        if let Kept::Capturing {
+            data,
+            trailers,
+            declared,
+        } = &mut *kept
+        {
+            *kept = if declared.is_some_and(|d| d != data.len() as u64) {
+                Kept::Spoiled
+            } else {
+                Kept::Complete {
+                    data: std::mem::take(data).freeze(),
+                    trailers: trailers.take(),
+                }
             };
         }
     }
 
+    /// The whole body is `len` bytes long if the request says so (a `Content-Length`), else
+    /// what the body's exact size hint said.
+    fn declare(&self, len: Option<u64>) {
+        let mut kept = self.lock();
+        if let Kept::Capturing { data, declared, .. } = &mut *kept {
+            let Some(len) = len.or(*declared) else {
+                return;
+            };
+            if len > self.limit as u64 || (data.len() as u64) > len {
+                *kept = Kept::Spoiled;
+                return;
+            }
+            *declared = Some(len);
+            complete_if_declared(&mut kept);
+        }
+    }
+
+    /// The stream failed. A capture already complete (its declared bytes all kept) stays
+    /// so: a copy may be on its way, and what was declared was sent whole.
     fn spoil(&self) {
-        *self.lock() = Kept::Spoiled;
+        let mut kept = self.lock();
+        if let Kept::Capturing { .. } = *kept {
+            *kept = Kept::Spoiled;
+        }
     }
 }
 
@@ -90,7 +139,33 @@ pub struct Capture<B> {
 /// Makes a body replaying a capture.
 type Replayer<B> = Arc<dyn Fn(&Arc<CaptureState>) -> B + Send + Sync>;
 
+/// A capture that holds as many bytes as declared is complete: the sender may never poll for
+/// the end of the stream.
+fn complete_if_declared(kept: &mut Kept) {
+    if let Kept::Capturing {
+        data,
+        trailers,
+        declared: Some(d),
+    } = kept
+    {
+        if data.len() as u64 == *d {
+            *kept = Kept::Complete {
+                data: std::mem::take(data).freeze(),
+                trailers: trailers.take(),
+            };
+        }
+    }
+}
+
 impl<B> Capture<B> {
+    /// Settles the body's whole length before it is sent: the request's `Content-Length` if
+    /// it has one (what goes on the wire), else the body's exact size hint. The capture is
+    /// complete once that many bytes are kept (at once for 0), and spoiled if the body ends
+    /// short of it or outgrows it before.
+    pub(crate) fn declare(&self, len: Option<u64>) {
+        self.state.declare(len);
+    }
+
     /// Whether the whole body was sent and kept, within the bound.
     pub(crate) fn is_complete(&self) -> bool {
         matches!(*self.state.lock(), Kept::Complete { .. })
@@ -149,6 +224,8 @@ where
         inner: Mutex::new(Kept::Capturing {
             data: BytesMut::with_capacity(reserve),
             trailers: None,
+            // Settled by `Capture::declare`, which the request's `Content-Length` overrides.
+            declared: hint.exact(),
         }),
     });
     let sent = wrap(Capturing {
@@ -293,5 +370,94 @@ impl<E> Body for Typed<E> {
             (Kept::Complete { .. }, _) => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(limit: usize, hint: Option<u64>) -> CaptureState {
+        CaptureState {
+            limit,
+            inner: Mutex::new(Kept::Capturing {
+                data: BytesMut::new(),
+                trailers: None,
+                declared: hint,
+            }),
+        }
+    }
+
+    fn data(s: &'static str) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(s.as_bytes()))
+    }
+
+    fn kept(s: &CaptureState) -> Option<(Bytes, bool)> {
+        match &*s.lock() {
+            Kept::Complete { data, trailers } => Some((data.clone(), trailers.is_some())),
+            Kept::Capturing { .. } => None,
+            Kept::Spoiled => Some((Bytes::from_static(b"spoiled"), false)),
+        }
+    }
+
+    #[test]
+    fn a_declared_length_completes_once_kept_and_stays_complete() {
+        let s = state(64, None);
+        s.declare(Some(6));
+        s.record(&data("abc"));
+        assert_eq!(kept(&s), None);
+        s.record(&data("def"));
+        assert_eq!(kept(&s), Some((Bytes::from_static(b"abcdef"), false)));
+        // What follows never undoes it: more data (not sent), a failure, the end.
+        s.record(&data("ghi"));
+        s.spoil();
+        s.finish();
+        s.record(&Frame::trailers(HeaderMap::new()));
+        assert_eq!(kept(&s), Some((Bytes::from_static(b"abcdef"), true)));
+    }
+
+    #[test]
+    fn a_body_short_of_or_crossing_its_declared_length_is_spoiled() {
+        let short = state(64, None);
+        short.declare(Some(6));
+        short.record(&data("abc"));
+        short.finish();
+        assert_eq!(kept(&short), Some((Bytes::from_static(b"spoiled"), false)));
+
+        let crossing = state(64, None);
+        crossing.declare(Some(4));
+        crossing.record(&data("abc"));
+        crossing.record(&data("def"));
+        assert_eq!(
+            kept(&crossing),
+            Some((Bytes::from_static(b"spoiled"), false))
+        );
+
+        let too_large = state(4, None);
+        too_large.declare(Some(5));
+        assert_eq!(
+            kept(&too_large),
+            Some((Bytes::from_static(b"spoiled"), false))
+        );
+    }
+
+    #[test]
+    fn the_header_overrides_the_hint_and_zero_is_complete_at_once() {
+        let zero = state(64, Some(0));
+        zero.declare(None);
+        assert_eq!(kept(&zero), Some((Bytes::new(), false)));
+
+        let header = state(64, Some(0));
+        header.declare(Some(3));
+        assert_eq!(kept(&header), None);
+        header.record(&data("abc"));
+        assert_eq!(kept(&header), Some((Bytes::from_static(b"abc"), false)));
+
+        let undeclared = state(64, None);
+        undeclared.declare(None);
+        undeclared.record(&data("abc"));
+        assert_eq!(kept(&undeclared), None);
+        undeclared.finish();
+        assert_eq!(kept(&undeclared), Some((Bytes::from_static(b"abc"), false)));
     }
 }

@@ -48,9 +48,11 @@ pin_project! {
         S::Response: HttpResponse,
     {
         #[pin]
-        state: State<S::Future, BodyOf<S, ReqB>>,
+        state: State<S::Future, BodyOf<S, ReqB>, S::Error>,
         // A service for the next attempt; None when the request can't be retried.
         service: Option<S>,
+        // `service` was driven to ready before the wait: it is called without asking again.
+        reserved: bool,
         // The copy the next attempt sends.
         replay: Option<Request<ReqB>>,
         // A streamed body's capture: its copies may be sent only once it is complete.
@@ -84,8 +86,13 @@ pub(crate) struct Again<ReqB> {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B> {
+    enum State<F, B, E> {
         Called { #[pin] future: F },
+        // With a deadline: driving the service for the next attempt to ready while the answer
+        // is kept, so that if it is not ready by the deadline there is an answer to return
+        // rather than an attempt started past it. The timer is set to the deadline on the
+        // first poll that finds the service not ready.
+        Reserving { answer: Option<Result<Response<B>, E>>, outcome: Outcome, armed: bool },
         // Waiting for the next attempt while reading the discarded answer's body, so its
         // connection can be reused; the timer ends the drain (drain timeout or end of wait).
         Releasing { #[pin] body: B, drained: usize },
@@ -117,6 +124,7 @@ where
         ResponseFuture {
             state: State::Called { future },
             service,
+            reserved: false,
             replay,
             capture,
             head,
@@ -204,7 +212,7 @@ where
                                 shared,
                                 result,
                                 outcome,
-                                stop,
+                                (stop, stop.reason()),
                                 *this.attempts,
                                 target,
                             ));
@@ -226,26 +234,61 @@ where
                             unprocessed = outcome.is_unprocessed(), "retrying"
                         ),
                     }
-                    match result {
-                        Ok(res) => {
-                            let body = res.into_body();
-                            let too_long = body.size_hint().lower() > shared.drain_limit as u64;
-                            if body.is_end_stream() || too_long || shared.drain_timeout.is_zero() {
-                                drop(body);
-                                this.state.set(wait(delay));
-                            } else {
-                                // Drained until the wait ends, or the drain timeout if sooner;
-                                // a zero wait reads only what is already there (no timer).
-                                if !delay.is_zero() {
-                                    let drain_end = (now + shared.drain_timeout).min(*this.wake_at);
-                                    arm(this.timer, drain_end);
-                                }
-                                this.state.set(State::Releasing { body, drained: 0 });
-                            }
+                    if shared.policy.deadline.is_some() {
+                        this.state.set(State::Reserving {
+                            answer: Some(result),
+                            outcome,
+                            armed: false,
+                        });
+                    } else {
+                        let next = release(result, shared, now, delay, this.timer);
+                        this.state.set(next);
+                    }
+                }
+                StateProj::Reserving {
+                    answer,
+                    outcome,
+                    armed,
+                } => {
+                    let service = this.service.as_mut().expect("a retry always has a service");
+                    match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            *this.reserved = true;
+                            let answer = answer.take().expect("an answer until released");
+                            // The wait still ends when it was decided to (`wake_at`); time
+                            // spent getting ready is taken from it, and from the drain.
+                            let decided = *this.wake_at - *this.prev_delay;
+                            let next =
+                                release(answer, shared, decided, *this.prev_delay, this.timer);
+                            this.state.set(next);
                         }
-                        Err(e) => {
-                            drop(e);
-                            this.state.set(wait(delay));
+                        Poll::Ready(Err(e)) => {
+                            bump(&shared.stats.failed);
+                            return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending => {
+                            let deadline =
+                                shared.policy.deadline.expect("reserving has a deadline");
+                            if !*armed {
+                                arm(this.timer, *this.started + deadline);
+                                *armed = true;
+                            }
+                            let timer = this.timer.as_mut().expect("armed above");
+                            ready!(timer.as_mut().poll(cx));
+                            // Not ready by the deadline: the answer in hand is the last one.
+                            let answer = answer.take().expect("an answer until released");
+                            let target = Target::of(this.replay.as_ref(), this.head.as_deref());
+                            return Poll::Ready(finish(
+                                shared,
+                                answer,
+                                *outcome,
+                                (
+                                    Stop::Deadline,
+                                    "the inner service was not ready by the deadline",
+                                ),
+                                *this.attempts,
+                                target,
+                            ));
                         }
                     }
                 }
@@ -298,10 +341,12 @@ where
                 }
                 StateProj::Ready => {
                     let service = this.service.as_mut().expect("a retry always has a service");
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
-                        // An answer like any other: counted, so the counters add up.
-                        bump(&shared.stats.failed);
-                        return Poll::Ready(Err(e));
+                    if !std::mem::take(this.reserved) {
+                        if let Err(e) = ready!(service.poll_ready(cx)) {
+                            // An answer like any other: counted, so the counters add up.
+                            bump(&shared.stats.failed);
+                            return Poll::Ready(Err(e));
+                        }
                     }
                     let mut req = this.replay.take().expect("a retry always has a request");
                     *this.attempts += 1;
@@ -327,12 +372,37 @@ where
     }
 }
 
+/// Releases a discarded answer: the state that drains its body during the wait (decided at
+/// `decided`, `delay` long), or that waits with it dropped.
+fn release<F, B: Body, E>(
+    result: Result<Response<B>, E>,
+    shared: &Shared<impl Sized, impl Sized>,
+    decided: Instant,
+    delay: Duration,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+) -> State<F, B, E> {
+    let body = match result {
+        Ok(res) => res.into_body(),
+        Err(_) => return wait(delay),
+    };
+    let too_long = body.size_hint().lower() > shared.drain_limit as u64;
+    if body.is_end_stream() || too_long || shared.drain_timeout.is_zero() {
+        return wait(delay);
+    }
+    // Drained until the wait ends, or the drain timeout if sooner; a zero wait reads only
+    // what is already there (no timer).
+    if !delay.is_zero() {
+        arm(timer, (decided + shared.drain_timeout).min(decided + delay));
+    }
+    State::Releasing { body, drained: 0 }
+}
+
 /// Frames read from a discarded body in one poll before yielding to the executor.
 const FRAMES_PER_POLL: u32 = 64;
 
 /// The state after a discarded answer is released: a zero wait retries at once, without a
 /// timer or a clock read.
-fn wait<F, B>(delay: Duration) -> State<F, B> {
+fn wait<F, B, E>(delay: Duration) -> State<F, B, E> {
     if delay.is_zero() {
         State::Ready
     } else {
@@ -370,7 +440,7 @@ fn finish<C, EC, B, E>(
     shared: &Shared<C, EC>,
     result: Result<Response<B>, E>,
     outcome: Outcome,
-    stop: Stop,
+    (stop, reason): (Stop, &'static str),
     attempts: u32,
     target: Target<'_>,
 ) -> Result<Response<B>, E>
@@ -388,7 +458,7 @@ where
         (Stop::Exhausted | Stop::HintTooLong | Stop::Deadline, _) => &stats.gave_up,
     });
     if stop != Stop::Final {
-        let (method, uri, reason) = (target.method(), target.uri(), stop.reason());
+        let (method, uri) = (target.method(), target.uri());
         match &result {
             Ok(res) => tracing::debug!(
                 %method, %uri, attempts, reason, status = %res.status(),

@@ -330,9 +330,15 @@ impl<C, EC> Builder<C, EC> {
     /// before it — no attempt starts past it (within the timer's 1 ms resolution). Default:
     /// none. Valid: `1 ms..=1 day`.
     ///
+    /// With a deadline, the inner service is driven to ready for a retry *before* the
+    /// discarded answer is released, and that wait is bounded by the deadline too: a service
+    /// not ready by then (a busy `ConcurrencyLimit` or `Buffer`) gets no attempt, and the
+    /// answer in hand is returned (`gave_up`). The price: the retry's reservation (a permit, a
+    /// buffer slot) is held during the backoff wait. Without a deadline, readiness is awaited
+    /// after the wait, as `tower::retry` does, unbounded.
+    ///
     /// It bounds waits, not attempts: put a `tower::timeout::TimeoutLayer` under this layer to
-    /// bound each attempt. Waiting for the inner service to become ready before a retry is not
-    /// bounded by it either.
+    /// bound each attempt.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         let range = Duration::from_millis(1)..=Duration::from_secs(86_400);
         if self

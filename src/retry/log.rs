@@ -40,8 +40,35 @@ impl<'a> Target<'a> {
         Shown(self.0.map(|t| t.0))
     }
 
-    pub(crate) fn uri(self) -> Shown<&'a Uri> {
-        Shown(self.0.map(|t| t.1))
+    pub(crate) fn uri(self) -> Shown<Redacted<'a>> {
+        Shown(self.0.map(|t| Redacted(t.1)))
+    }
+}
+
+/// A URI without its userinfo: `http://user:password@host/` is shown as `http://host/`, as
+/// reqwest shows URLs in its errors. Logs are read by more people than hold the password.
+pub(crate) struct Redacted<'a>(&'a Uri);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let uri = self.0;
+        let Some(authority) = uri.authority().map(|a| a.as_str()) else {
+            return uri.fmt(f);
+        };
+        // RFC 3986 §3.2: the userinfo ends at the authority's last `@` (a host has none).
+        let Some(at) = authority.rfind('@') else {
+            return uri.fmt(f);
+        };
+        // As `Uri`'s own `Display`, but for the userinfo.
+        if let Some(scheme) = uri.scheme() {
+            write!(f, "{scheme}://")?;
+        }
+        f.write_str(&authority[at + 1..])?;
+        f.write_str(uri.path())?;
+        if let Some(query) = uri.query() {
+            write!(f, "?{query}")?;
+        }
+        Ok(())
     }
 }
 
@@ -74,6 +101,26 @@ impl<E: 'static> fmt::Display for ErrorText<'_, E> {
                 Ok(())
             }
             None => write!(f, "an error of type {}", std::any::type_name::<E>()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_userinfo_is_never_shown() {
+        for (uri, shown) in [
+            ("http://alice:pw@h.test/r?q=1", "http://h.test/r?q=1"),
+            ("http://alice@h.test:8080/", "http://h.test:8080/"),
+            ("http://a:b@c@h.test/", "http://h.test/"),
+            ("http://h.test/r", "http://h.test/r"),
+            ("/r?q", "/r?q"),
+            ("h.test:443", "h.test:443"),
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(Redacted(&uri).to_string(), shown);
         }
     }
 }

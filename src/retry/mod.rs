@@ -17,7 +17,9 @@
 //! - The backoff wait is timed from the moment a retry is decided. During it, the retried
 //!   answer's body is read up to `drain_limit` within `drain_timeout` (so its HTTP/1 connection
 //!   goes back to the pool), then dropped — at the latest when the wait ends, so draining never
-//!   delays the next attempt and no attempt starts past the deadline.
+//!   delays the next attempt and no attempt starts past the deadline. With a deadline, the
+//!   inner service is driven to ready for the retry before the answer is released, within the
+//!   deadline: a service not ready by then gets no attempt, and that answer is returned.
 //! - Backoff: the first retry waits up to `backoff_base`, the n-th up to
 //!   `backoff_base × factor^(n-1)`, capped, spread by the jitter.
 //!
@@ -68,12 +70,14 @@
 //!
 //! # Request bodies
 //!
-//! A retry sends a copy of the request ([`ReplayBody`]): buffered bodies are cloned; bodiless
-//! `BoxBody`, `UnsyncBoxBody` and axum bodies are replayed as empty; a streamed body of those
+//! A retry sends a copy of the request ([`ReplayBody`]): buffered bodies are cloned; `BoxBody`,
+//! `UnsyncBoxBody` and axum bodies already at their end are replayed as empty; a streamed body of those
 //! types (what a proxy forwards) is captured as the first attempt sends it, up to
 //! [`capture_limit`](Builder::capture_limit) bytes (64 KiB by default) per request in flight,
 //! and replayed from the copy if it fit; a larger one is sent once, whole, and counted as
-//! `not_replayable`. hyper's `Incoming` must be boxed first (`req.map(BodyExt::boxed)`).
+//! `not_replayable`. A stream of declared length (a `Content-Length`, else an exact size hint)
+//! is complete once that many bytes are kept — hyper's HTTP/1 client never polls it to its end
+//! — and is never replayed if it ends short of it. hyper's `Incoming` must be boxed first (`req.map(BodyExt::boxed)`).
 //!
 //! # Troubleshooting compile errors
 //!

@@ -19,7 +19,7 @@ use super::capture::{Capture, capture};
 /// | body | replayed |
 /// |---|---|
 /// | `Full`, `Empty`, `String`, `Vec<u8>`, `Bytes`, `&'static str`, `&'static [u8]`, `()` | by cloning |
-/// | `BoxBody<Bytes, E>`, `UnsyncBoxBody<Bytes, E>`, `axum::body::Body` (feature `axum`) | as an empty body when bodiless (already at its end, or an exact size of 0 — trailers of such a body are not replayed); otherwise captured up to `capture_limit` |
+/// | `BoxBody<Bytes, E>`, `UnsyncBoxBody<Bytes, E>`, `axum::body::Body` (feature `axum`) | as an empty body when already at its end; otherwise captured up to `capture_limit` (an exact size of 0 too, so its trailers are kept) |
 /// | `reqwest::Body` (feature `reqwest`) | a buffered body by copying its bytes; a stream captured up to `capture_limit` |
 /// | `Either<L, R>` | when the side it holds is |
 /// | [`Replayable<B>`] | by cloning (any `B: Clone`) |
@@ -68,9 +68,11 @@ pub trait ReplayBody: Sized {
     }
 }
 
-/// Whether a body holds nothing to send: at its end already, or of exact size 0.
+/// Whether a body holds nothing to send: at its end already. An exact size of 0 is not
+/// enough — trailers may follow (`Empty::with_trailers`) — such a body is captured instead
+/// (complete from the start, its trailers kept as they are sent).
 fn bodiless<B: Body>(body: &B) -> bool {
-    body.is_end_stream() || body.size_hint().exact() == Some(0)
+    body.is_end_stream()
 }
 
 /// Whether a stream can't fit in `limit` bytes, as far as its size hint tells.

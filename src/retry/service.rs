@@ -16,6 +16,7 @@ use super::policy::{Eligible, eligibility};
 use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::{RetryStats, bump};
 use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
+use crate::headers::content_length;
 
 /// Retries transient failures of an HTTP service; returns final answers (404, 410) at once.
 ///
@@ -111,6 +112,9 @@ where
             if replay.is_none() && shared.capture_limit > 0 {
                 // A stream: keep what the first attempt sends, up to the bound.
                 capture = req.body_mut().capture(shared.capture_limit);
+                if let Some(c) = &capture {
+                    c.declare(content_length(req.headers()));
+                }
                 replay = capture.as_ref().map(|c| with_body(&req, c.copy()));
             }
             if replay.is_none() {
