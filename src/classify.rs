@@ -26,7 +26,6 @@ use std::any::Any;
 use std::error::Error;
 use std::fmt;
 use std::io;
-use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode, header};
 
@@ -34,6 +33,10 @@ use crate::BuildError;
 use crate::headers;
 
 /// What an answer means to the layers.
+///
+/// A closed set, on purpose: these four meanings are what both layers act on, and code that
+/// matches on them (a classifier, a reader of [`RetryInfo`]) should be told by the compiler if
+/// one were ever added. Only the fields of [`Retryable`](Outcome::Retryable) may grow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// 1xx-3xx by default: return it.
@@ -42,7 +45,9 @@ pub enum Outcome {
     /// the negative cache.
     Missing,
     /// A transient failure (408, 429, 500, 502, 503, 504, transport errors by default): another
-    /// attempt may succeed.
+    /// attempt may succeed. Its fields may grow: build one with [`Outcome::RETRYABLE`],
+    /// [`Outcome::UNPROCESSED`] or [`Outcome::retry_after`], and match it with `..`.
+    #[non_exhaustive]
     Retryable {
         /// The server's own hint of when to try again (`Retry-After`), if it gave a valid one.
         after: Option<RetryAfter>,
@@ -73,6 +78,14 @@ impl Outcome {
         after: None,
         unprocessed: true,
     };
+
+    /// A [`Retryable`](Outcome::Retryable) outcome with the server's hint of when to try again.
+    pub const fn retry_after(after: RetryAfter) -> Outcome {
+        Outcome::Retryable {
+            after: Some(after),
+            unprocessed: false,
+        }
+    }
 
     /// Whether this is [`Outcome::Retryable`], with or without a hint.
     pub fn is_retryable(&self) -> bool {
@@ -107,24 +120,20 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// A server's `Retry-After` hint, as sent: a delay, or a point in wall-clock time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RetryAfter {
-    /// `Retry-After: <delta-seconds>`.
-    Delay(Duration),
-    /// `Retry-After: <HTTP-date>`.
-    At(SystemTime),
+/// The verdict on an answer, left on the response by
+/// [`StatusAwareRetryLayer`](crate::StatusAwareRetryLayer) so that callers and outer layers
+/// read it instead of deciding again (a negative cache without a classifier of its own follows
+/// it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryInfo {
+    /// What the last answer meant.
+    pub outcome: Outcome,
+    /// How many times the request was sent (1 when it was not retried).
+    pub attempts: u32,
 }
 
-impl RetryAfter {
-    /// The wait this hint asks for, seen from `now`; a date in the past asks for no wait.
-    pub fn delay_from(&self, now: SystemTime) -> Duration {
-        match *self {
-            RetryAfter::Delay(d) => d,
-            RetryAfter::At(at) => at.duration_since(now).unwrap_or(Duration::ZERO),
-        }
-    }
-}
+pub use crate::headers::RetryAfter;
 
 /// Decides what an answer means.
 ///
@@ -135,12 +144,12 @@ impl RetryAfter {
 /// each request that goes upstream, so there it must be `Clone` and should be cheap to clone
 /// (a closure capturing nothing, or an `Arc`).
 ///
-/// To use one classifier with both layers, give it to both builders: when the negative cache
-/// sits outside the retry layer it reads the retry layer's verdict ([`RetryInfo`](crate::RetryInfo))
-/// rather than its own classifier.
+/// Given to the retry layer's builder, a classifier is applied by both layers: a negative cache
+/// outside it with no classifier of its own follows the retry layer's verdict
+/// ([`RetryInfo`]). Given to the cache's builder, it is the cache's own, whatever is under it.
 ///
 /// Whatever a classifier returns, 404 and 410 are never retried: a `Retryable` verdict on either
-/// is read as [`Outcome::Missing`] (see [`response_outcome`]).
+/// is read as [`Outcome::Missing`] by both layers.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a classifier",
     label = "`Classify` is not implemented for `{Self}`",
@@ -205,7 +214,7 @@ where
 }
 
 /// The default [`ClassifyError`]: no rules of its own, so every error goes to the `source()`
-/// walk ([`error_outcome`]).
+/// walk ([`recognise_error`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceWalk;
 
@@ -226,7 +235,7 @@ where
 
 /// The outcome of a response as both layers see it: the classifier's verdict, except that a
 /// final status (404, 410) is never [`Outcome::Retryable`], whatever the classifier says.
-pub fn response_outcome<C: Classify + ?Sized>(
+pub(crate) fn response_outcome<C: Classify + ?Sized>(
     classifier: &C,
     status: StatusCode,
     headers: &HeaderMap,
@@ -247,7 +256,7 @@ pub fn response_outcome<C: Classify + ?Sized>(
 /// error, `std::io::Error` and the timeout errors of tower and tokio are given to
 /// [`Classify::classify_error`]. An error of any other type — an enum of your own, say — is
 /// recognised only by `rules`.
-pub fn error_outcome<C, R, E>(classifier: &C, rules: &R, error: &E) -> Option<Outcome>
+pub(crate) fn error_outcome<C, R, E>(classifier: &C, rules: &R, error: &E) -> Option<Outcome>
 where
     C: Classify + ?Sized,
     R: ClassifyError<E> + ?Sized,
@@ -264,7 +273,7 @@ pub(crate) fn as_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> 
 }
 
 /// 404 and 410: answers that say the resource does not exist, and that no configuration may retry.
-pub fn is_final_status(status: StatusCode) -> bool {
+pub(crate) fn is_final_status(status: StatusCode) -> bool {
     status == StatusCode::NOT_FOUND || status == StatusCode::GONE
 }
 
@@ -298,8 +307,8 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
     None
 }
 
-/// The default verdict on an error: [`Outcome::Retryable`] when anything in its `source()` chain
-/// is a transient transport failure, [`Outcome::Fatal`] otherwise.
+/// What the `source()` walk makes of an error (the default for every error type; an error
+/// classifier of your own can fall back on it).
 ///
 /// Transient: an `io::Error` of kind `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`,
 /// `BrokenPipe`, `TimedOut`, `NotConnected` or `UnexpectedEof`; a timeout of tower or tokio;
@@ -314,13 +323,10 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
 /// an I/O error instead) — RFC 9113 §8.7: "the request can be safely retried"; hyper's
 /// canceled error (the request was never handed to the connection); hyper-util's connect
 /// errors (no connection, nothing sent); with the `reqwest` feature, reqwest's connect errors.
-pub fn transport_error_outcome(error: &(dyn Error + 'static)) -> Outcome {
-    recognise_error(error).unwrap_or(Outcome::Fatal)
-}
-
-/// The `source()` walk: [`Outcome::Retryable`] when anything in the chain is a transient
-/// transport failure (see [`transport_error_outcome`]), with `unprocessed` set when anything in
-/// it proves the server never processed the request; [`Outcome::Fatal`] when the chain holds a
+///
+/// The verdict: [`Outcome::Retryable`] when anything in the chain is such a transient
+/// transport failure, with `unprocessed` set when anything in it proves the server never
+/// processed the request; [`Outcome::Fatal`] when the chain holds a
 /// transport error type this crate knows (`io::Error`, a timeout, hyper's, hyper-util's and
 /// h2's errors) and none is transient; `None` when nothing in the chain is known — a plain
 /// message, or an error type of another crate.
@@ -443,7 +449,7 @@ pub const DEFAULT_RETRYABLE: [StatusCode; 6] = [
 /// | 408, 429, 500, 502, 503, 504 (configurable) | [`Outcome::Retryable`], with `Retry-After` parsed |
 /// | any other | [`Outcome::Fatal`] |
 ///
-/// Errors are classified by [`transport_error_outcome`].
+/// Errors are classified by [`recognise_error`] (Fatal when it recognises nothing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DefaultClassifier {
     // One bit per status 400..=599: small, Copy, and a lookup is a shift.
@@ -519,6 +525,7 @@ impl Classify for DefaultClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn outcome(status: u16) -> Outcome {
         DefaultClassifier::default()

@@ -5,7 +5,27 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, header};
 
-use crate::classify::RetryAfter;
+/// A server's `Retry-After` hint, as sent: a delay, or a point in wall-clock time (RFC 9110
+/// §10.2.3).
+///
+/// Not `#[non_exhaustive]`, deliberately: these are the two forms the RFC defines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RetryAfter {
+    /// `Retry-After: <delta-seconds>`.
+    Delay(Duration),
+    /// `Retry-After: <HTTP-date>`.
+    At(SystemTime),
+}
+
+impl RetryAfter {
+    /// The wait this hint asks for, seen from `now`; a date in the past asks for no wait.
+    pub fn delay_from(&self, now: SystemTime) -> Duration {
+        match *self {
+            RetryAfter::Delay(d) => d,
+            RetryAfter::At(at) => at.duration_since(now).unwrap_or(Duration::ZERO),
+        }
+    }
+}
 
 /// `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3). Anything else is `None`;
 /// a delay too large for `u64` seconds saturates (the policy caps it).

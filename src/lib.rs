@@ -240,20 +240,9 @@ pub mod reqwest;
 pub mod retry;
 
 pub use cache::NegativeCacheLayer;
-pub use classify::Outcome;
+pub use classify::{Outcome, RetryInfo};
 pub use error::BuildError;
 pub use retry::StatusAwareRetryLayer;
-
-/// The verdict on an answer, left on the response by [`StatusAwareRetryLayer`] so that callers
-/// and outer layers read it instead of deciding again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RetryInfo {
-    /// What the last answer meant.
-    pub outcome: Outcome,
-    /// How many times the request was sent (1 when it was not retried).
-    pub attempts: u32,
-}
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

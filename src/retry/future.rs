@@ -20,11 +20,11 @@ use super::layer::Shared;
 use super::log::{ErrorText, Head, Target};
 use super::policy::{Attempt, Decision, Eligible, Stop};
 use super::replay::{ReplayBody, clone_request, with_body};
-use super::stats::bump;
 use crate::RetryInfo;
 use crate::classify::{
     Classify, ClassifyError, Outcome, SourceWalk, error_outcome, response_outcome,
 };
+use crate::counter::bump;
 
 mod sealed {
     /// Names the body type of the inner service's response, so the future can hold a body

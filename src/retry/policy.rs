@@ -10,7 +10,10 @@ use crate::classify::Outcome;
 ///
 /// See AWS's "Exponential Backoff and Jitter". With `e = min(cap, base × factor^(n-1))` for the
 /// n-th retry (1-based: the first retry's `e` is `base`) and `u` uniform in `[0, 1)`:
+///
+/// More strategies may come: match with a `_` arm.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Jitter {
     /// `e`: deterministic, for tests.
     None,

@@ -14,8 +14,9 @@ use super::layer::Shared;
 use super::log::Head;
 use super::policy::{Eligible, eligibility};
 use super::replay::{ReplayBody, clone_request, with_body};
-use super::stats::{RetryStats, bump};
+use super::stats::RetryStats;
 use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
+use crate::counter::bump;
 use crate::headers::content_length;
 
 /// Retries transient failures of an HTTP service; returns final answers (404, 410) at once.

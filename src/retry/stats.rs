@@ -88,8 +88,6 @@ pub(crate) struct Counters {
     pub(crate) unrecognised_errors: AtomicU64,
 }
 
-pub(crate) use crate::counter::bump;
-
 impl Counters {
     pub(crate) fn snapshot(&self) -> RetryStats {
         RetryStats {
