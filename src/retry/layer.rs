@@ -256,7 +256,9 @@ impl<C, EC> Builder<C, EC> {
         }
     }
 
-    /// Retries after the first attempt. Default: 2 (3 attempts). Valid: `0..=10`.
+    /// Retries after the first attempt. Default: 2 (3 attempts). Valid: `0..=10` (every
+    /// retry multiplies what a failing upstream receives; to keep trying for longer, give a
+    /// `deadline` and a longer backoff rather than more attempts).
     pub fn max_retries(mut self, n: u32) -> Self {
         if self.error.check("max_retries", n, 0..=10, "0..=10") {
             self.policy.max_retries = n;
@@ -267,7 +269,7 @@ impl<C, EC> Builder<C, EC> {
     /// The base of the exponential backoff: the first retry waits up to `base`, the n-th up to
     /// `base × factor^(n-1)` (never above `backoff_cap`; how far "up to" goes is the
     /// [`jitter`](Builder::jitter)). Default: 100 ms (so 100 ms, 200 ms, 400 ms, ...). Valid:
-    /// `0..=60 s` (0 retries at once).
+    /// `0..=60 s` (0 retries at once; a first wait past a minute is a queue, not a retry).
     pub fn backoff_base(mut self, base: Duration) -> Self {
         if self.error.check(
             "backoff_base",
@@ -280,7 +282,8 @@ impl<C, EC> Builder<C, EC> {
         self
     }
 
-    /// The growth of the backoff per retry. Default: 2.0. Valid: `1.0..=10.0`.
+    /// The growth of the backoff per retry. Default: 2.0. Valid: `1.0..=10.0` (below 1 the
+    /// waits would shrink; above 10 the second wait already reaches any sensible cap).
     pub fn backoff_factor(mut self, factor: f64) -> Self {
         if self
             .error
@@ -291,7 +294,9 @@ impl<C, EC> Builder<C, EC> {
         self
     }
 
-    /// The longest backoff wait. Default: 10 s. Valid: `0..=1 h`, and at least `backoff_base`.
+    /// The longest backoff wait. Default: 10 s. Valid: `0..=1 h` (a request waiting longer
+    /// holds its caller, and its copy of the body, all that time), and at least
+    /// `backoff_base`.
     pub fn backoff_cap(mut self, cap: Duration) -> Self {
         if self.error.check(
             "backoff_cap",
@@ -363,7 +368,8 @@ impl<C, EC> Builder<C, EC> {
     }
 
     /// The window over which the budget counts requests and retries. Default: 10 s. Valid:
-    /// `1 s..=60 s`.
+    /// `1 s..=60 s` (the budget forgets what happened a window ago: a longer window would go
+    /// on refusing retries long after an outage ended).
     pub fn budget_window(self, window: Duration) -> Self {
         self.set_budget(|b| b.2 = window)
     }
