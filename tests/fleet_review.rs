@@ -406,3 +406,118 @@ async fn a_garbage_generation_key_does_not_stop_sharing_for_good() {
         late.fleet.stats()
     );
 }
+
+/// Third review (publish.rs `LOCATE`): a generation key of another type is "replaced by a new
+/// generation instead of failing every script for good" — with a secret too. The signing
+/// publisher reads the generation to sign for; that read must repair the key as the scripts
+/// do, not fail on `WRONGTYPE` before every publish.
+#[tokio::test]
+async fn with_a_secret_a_generation_key_of_another_type_does_not_stop_sharing_for_good() {
+    let Some(redis) = RedisServer::try_start(
+        "with_a_secret_a_generation_key_of_another_type_does_not_stop_sharing_for_good",
+    ) else {
+        return;
+    };
+    let origin = origin().await;
+    let signed = |b: FleetBuilder| b.secret("a secret all replicas share");
+    let a = replica_with(&redis.url(), signed);
+    let b = replica_with(&redis.url(), signed);
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("fleet-test:gen")
+        .arg("not a number")
+        .query_async(&mut admin(&redis).await)
+        .await
+        .unwrap();
+    let mut shared = 0;
+    for i in 0..20 {
+        let uri: Uri = origin.url(&format!("/records/t{i}")).parse().unwrap();
+        a.get(&uri.to_string()).await;
+        shared += usize::from(soon(Duration::from_secs(2), || b.cache.peek(&uri).is_some()).await);
+    }
+    assert!(
+        shared >= 15,
+        "{shared} of 20 misses reached B: A {:?}",
+        a.fleet.stats()
+    );
+}
+
+/// Third review (cache/state.rs `outcome`, cache/peers.rs `Verdicts`): the stack here remembers
+/// a 404 only when the origin itself said so (`x-origin: 1`), a classifier of headers as
+/// `Classify::classify_response` allows. A verdict kept per *status*, the last one seen, let an
+/// unrelated request's 404 decide that a peer's 404 for `/soft` — which this stack never
+/// remembers — is applied. A status this stack has called both Missing and not is mixed for
+/// good: peers' answers with it are refused (`rejected.status`).
+#[tokio::test]
+async fn one_requests_verdict_does_not_decide_what_a_peer_may_make_another_key_mean() {
+    use tower_negative_cache::classify::{Classify, DefaultClassifier};
+    use tower_negative_cache::{Outcome, StatusAwareRetryLayer};
+
+    let Some(redis) = RedisServer::try_start(
+        "one_requests_verdict_does_not_decide_what_a_peer_may_make_another_key_mean",
+    ) else {
+        return;
+    };
+    let origin = TestServer::builder()
+        .handler(|r| {
+            Some(if r.path == "/real" {
+                Reply::status(404).header("x-origin", "1")
+            } else {
+                Reply::status(404)
+            })
+        })
+        .start()
+        .await;
+    let cache = NegativeCacheLayer::new();
+    let fleet = Fleet::builder(redis.url())
+        .prefix("fleet-test")
+        .reconnect(Duration::from_millis(20), Duration::from_millis(200))
+        .start(&cache)
+        .unwrap();
+    wait_until(Duration::from_secs(5), || fleet.stats().connected).await;
+    let retry = StatusAwareRetryLayer::builder()
+        .classifier(|status: StatusCode, headers: &http::HeaderMap| {
+            if status == StatusCode::NOT_FOUND && !headers.contains_key("x-origin") {
+                Outcome::Success
+            } else {
+                DefaultClassifier::default().classify_response(status, headers)
+            }
+        })
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(cache.clone())
+        .layer(retry)
+        .service(support::client());
+    let get = |path: &str| {
+        let req = Request::get(origin.url(path)).body(Empty::new()).unwrap();
+        client.clone().oneshot(req)
+    };
+    for _ in 0..2 {
+        assert_eq!(get("/soft").await.unwrap().status(), 404);
+    }
+    assert_eq!(origin.hits("/soft"), 2, "this stack never remembers /soft");
+    // An unrelated key whose 404 this stack does remember.
+    assert_eq!(get("/real").await.unwrap().status(), 404);
+    assert_eq!(get("/real").await.unwrap().status(), 404);
+    assert_eq!(origin.hits("/real"), 1, "this stack remembers /real");
+    // Past the transit allowance, so the local answers do not order the peer's out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let url = origin.url("/soft");
+    publish(
+        &redis,
+        format!("tnc2 - 0000000000000001 1 0 m 404 60000 0 {url}"),
+    )
+    .await;
+    wait_until(Duration::from_secs(5), || fleet.stats().received == 1).await;
+    let _ = get("/soft").await.unwrap();
+    assert_eq!(
+        origin.hits("/soft"),
+        3,
+        "a peer's 404 for /soft was served from a cache whose stack never remembers it: {:?}",
+        fleet.stats()
+    );
+    assert_eq!(fleet.stats().rejected.status, 1, "{:?}", fleet.stats());
+}
