@@ -51,18 +51,27 @@ pub(crate) struct Peers {
     owed_wake: tokio::sync::Notify,
     /// This cache's recent changes, recorded once a tier attaches.
     pub(crate) recent: Recent,
-    /// What this cache's stack last called each status, when the cache follows the retry
-    /// layer's verdict (it has no classifier of its own for a tier to ask).
+    /// What this cache's stack called each status, when the cache follows the retry layer's
+    /// verdict (it has no classifier of its own for a tier to ask).
     pub(crate) verdicts: Verdicts,
 }
 
-/// The last verdict this cache's stack gave each status (100 to 999): Missing or not, or none
-/// yet. A peer's answer of a status is applied only if this stack would remember it too.
+/// The verdicts this cache's stack gave each status (100 to 999): Missing, not Missing, both
+/// (mixed), or none yet. A peer's answer of a status is applied only if this stack would
+/// remember it too.
+///
+/// A status's verdict can depend on more than the status (a classifier of headers, a retry
+/// classifier that reads the request): once this stack has called a status Missing for one
+/// answer and something else for another, what a peer's answer of it would mean here is
+/// unknown — a message carries no headers — so the status is mixed for good and peers'
+/// answers with it are refused. Letting the last verdict decide would let one unrelated
+/// request decide what a peer may make another key mean.
 pub(crate) struct Verdicts(Box<[AtomicU8]>);
 
 const UNKNOWN: u8 = 0;
 const MISSING: u8 = 1;
 const NOT_MISSING: u8 = 2;
+const MIXED: u8 = 3;
 
 impl Default for Verdicts {
     fn default() -> Self {
@@ -82,18 +91,23 @@ impl Verdicts {
         let v = if missing { MISSING } else { NOT_MISSING };
         let slot = &self.0[usize::from(status.as_u16() - 100)];
         // Read first: the same verdict again (nearly always) writes nothing, so replicas'
-        // cores do not fight over the line.
-        if slot.load(Relaxed) != v {
-            slot.store(v, Relaxed);
-        }
+        // cores do not fight over the line. The slot only ever moves from UNKNOWN to a
+        // verdict and from a verdict to MIXED, so the update settles within two tries.
+        let _ = slot.fetch_update(Relaxed, Relaxed, |cur| match cur {
+            UNKNOWN => Some(v),
+            c if c == v || c == MIXED => None,
+            _ => Some(MIXED),
+        });
     }
 
-    /// Whether this stack last called `status` Missing; `None` before it answered one.
+    /// Whether a peer's answer of `status` means Missing to this stack: `Some(true)` if it
+    /// only ever called it Missing, `Some(false)` if never or not always (mixed), `None`
+    /// before it answered one.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn missing(&self, status: StatusCode) -> Option<bool> {
         match self.0[usize::from(status.as_u16() - 100)].load(Relaxed) {
             MISSING => Some(true),
-            NOT_MISSING => Some(false),
+            NOT_MISSING | MIXED => Some(false),
             _ => None,
         }
     }
@@ -182,5 +196,26 @@ mod tests {
         peers.send(|| PeerEvent::Clear);
         assert!(peers.take_owed_clear(), "a dropped clear is owed");
         assert_eq!(peers.dropped.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_status_called_both_missing_and_not_is_refused_for_good() {
+        let v = Verdicts::default();
+        let (nf, gone) = (StatusCode::NOT_FOUND, StatusCode::GONE);
+        assert_eq!(v.missing(nf), None);
+        v.note(nf, true);
+        v.note(nf, true);
+        assert_eq!(v.missing(nf), Some(true));
+        v.note(nf, false);
+        assert_eq!(v.missing(nf), Some(false), "mixed");
+        for _ in 0..3 {
+            v.note(nf, true);
+        }
+        assert_eq!(v.missing(nf), Some(false), "mixed for good");
+        v.note(gone, false);
+        assert_eq!(v.missing(gone), Some(false));
+        v.note(gone, true);
+        assert_eq!(v.missing(gone), Some(false), "mixed either way round");
+        assert_eq!(v.missing(StatusCode::IM_A_TEAPOT), None, "per status");
     }
 }

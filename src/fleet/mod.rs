@@ -34,9 +34,14 @@
 //!   classifier calls it Missing (404, 410 by default): nobody can make a replica answer 503
 //!   or 200 from its cache. The tier is started from the layer for that reason. A layer
 //!   without a classifier of its own follows the retry layer's verdict, which the tier cannot
-//!   ask in advance: there what this replica's stack last called the status decides (a retry
+//!   ask in advance: there what this replica's stack called the status decides (a retry
 //!   classifier that calls 404 Success closes 404 sharing at this replica's first 404), and
-//!   the layer's default classifier before the stack has answered that status once.
+//!   the layer's default classifier before the stack has answered that status once. A
+//!   status the stack has called Missing for one answer and something else for another (a
+//!   classifier that reads headers: a 404 is Missing only when the origin marks it) is
+//!   *mixed* for good, and peers' answers with it are refused (`rejected.status`): a message
+//!   carries no headers, so the stack's verdict on another key's answer cannot stand in for
+//!   it. Until the stack has given both verdicts, the one it gave decides.
 //! - **Only within its own limits.** A peer's TTL is capped at this cache's `max_ttl` (never
 //!   raised to `min_ttl`: what is left of a peer's entry is not extended). Payloads over
 //!   8 KiB + 256 bytes are refused unread, and keys over 8 KiB are neither sent nor accepted.
@@ -323,7 +328,8 @@ impl FleetBuilder {
         let verdicts = cache.state().clone();
         // A peer's message carries a status only: it is classified as an answer without
         // headers would be. A cache that follows the retry layer's verdict has no classifier
-        // here to ask: what its stack last called the status decides, once it answered one.
+        // here to ask: what its stack called the status decides once it answered one, and a
+        // status it called both Missing and not (mixed, for good) is refused.
         let missing: tasks::IsMissing = Box::new(move |status: StatusCode| {
             verdicts.peers.verdicts.missing(status).unwrap_or_else(|| {
                 response_outcome(&classifier, status, &HeaderMap::new()).is_missing()

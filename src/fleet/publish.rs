@@ -20,8 +20,9 @@ use crate::counter::bump;
 /// holds, and warm-up reads the current generation only; older ones expire by their TTL.
 ///
 /// A generation that is not a plain number of at most 15 digits (something else wrote the
-/// key, or a value of another type) would make every script fail for good: it is replaced by a new generation, as a clear
-/// would, since nothing stored before can be trusted to be newer than the last real clear.
+/// key, or a value of another type) would make every script fail for good: it is replaced by
+/// a new generation, as a clear would, since nothing stored before can be trusted to be newer
+/// than the last real clear.
 const LOCATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -54,6 +55,13 @@ end
 local v = 'm ' .. start .. ' ' .. ARGV[4] .. ' ' .. ARGV[5] .. ARGV[8]
 redis.call('SET', key, v, 'PX', ARGV[4])
 return 1
+";
+
+/// Returns the current generation, repaired by `LOCATE` as every script
+/// would: the signing publisher reads it through this, never with a plain `GET`, which fails
+/// for good on a key of another type.
+const GENERATION: &str = r"
+return raw
 ";
 
 /// Replaces a key's stored copy with a tombstone stamped with Redis's clock. ARGV[3]: its
@@ -259,11 +267,15 @@ async fn send(
 ) -> redis::RedisResult<()> {
     let signed_copy = cfg.signer.is_some() && matches!(body, Body::Missing { .. });
     if signed_copy && generation.is_none() {
-        let current: Option<String> = redis::cmd("GET")
+        let current: String = redis::cmd("EVAL")
+            .arg(format!("{LOCATE}{GENERATION}"))
+            .arg(1)
             .arg(&cfg.gen_key)
+            .arg(&cfg.key_prefix)
+            .arg("")
             .query_async(&mut *conn)
             .await?;
-        *generation = Some(current.unwrap_or_else(|| "0".to_owned()));
+        *generation = Some(current);
     }
     let sent = unix_ms();
     let covered = wire::encode_body(cfg.replica, seq, sent, body);
