@@ -521,3 +521,98 @@ async fn one_requests_verdict_does_not_decide_what_a_peer_may_make_another_key_m
     );
     assert_eq!(fleet.stats().rejected.status, 1, "{:?}", fleet.stats());
 }
+
+/// A forget this cache could not tell its peers (the queue full behind a stalled Redis, or
+/// waiting for Redis to answer) when its tier is dropped is owed to the next tier started on
+/// the same cache: that tier's first message is one clear, so peers never keep a 404 this
+/// cache forgot. (`Peers::attach` used to forgive the debt, and the waiting forgets went with
+/// the aborted task.)
+async fn a_restarted_tier_pays_a_forget_its_predecessor_owed(stuck_in_queue: bool) {
+    let name = format!("a_restarted_tier_pays_a_forget_its_predecessor_owed_{stuck_in_queue}");
+    let Some(redis) = RedisServer::try_start(&name) else {
+        return;
+    };
+    let proxy = StallProxy::start(redis.port).await;
+    let origin = origin().await;
+    let layer = NegativeCacheLayer::builder()
+        .ttl(Duration::from_secs(60))
+        .max_ttl(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let tier = |url: &str, b: fn(FleetBuilder) -> FleetBuilder| {
+        b(Fleet::builder(url)
+            .prefix("fleet-test")
+            .reconnect(Duration::from_millis(20), Duration::from_millis(200)))
+        .start(&layer)
+        .unwrap()
+    };
+    let a = Replica {
+        client: ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(support::client()),
+        cache: layer.handle(),
+        fleet: if stuck_in_queue {
+            // A long command timeout: the publish stays stuck while misses fill the queue.
+            tier(&proxy.url(), |b| b.queue(4).timeout(Duration::from_secs(5)))
+        } else {
+            // A short one: the forget fails and waits for the next try.
+            tier(&proxy.url(), |b| b.timeout(Duration::from_millis(300)))
+        },
+    };
+    let b = replica_with(&redis.url(), |b| b);
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let uri: Uri = origin.url("/records/r1").parse().unwrap();
+    a.get(&uri.to_string()).await;
+    wait_until(Duration::from_secs(5), || b.cache.peek(&uri).is_some()).await;
+
+    proxy.hold(true);
+    if stuck_in_queue {
+        for i in 0..10 {
+            a.get(&origin.url(&format!("/records/busy-{i}"))).await;
+        }
+    }
+    assert!(a.cache.invalidate_uri(&uri));
+    if stuck_in_queue {
+        assert!(a.fleet.stats().queue_full >= 1, "{:?}", a.fleet.stats());
+    } else {
+        wait_until(Duration::from_secs(5), || {
+            a.fleet.stats().publish_failures >= 1
+        })
+        .await;
+    }
+    // The tier goes (a redeploy of its configuration, say) before Redis answers A again.
+    drop(a.fleet);
+    let restarted = tier(&redis.url(), |b| b);
+    assert!(
+        soon(Duration::from_secs(10), || b.cache.peek(&uri).is_none()).await,
+        "B still serves the 404 A forgot before its tier restarted: {:?}",
+        restarted.stats()
+    );
+    assert!(restarted.stats().published >= 1, "{:?}", restarted.stats());
+    // Paid once: the restarted tier shares again. Past the transit allowance (1 s), so B
+    // does not order this miss before the clear it received.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again: Uri = origin.url("/records/r2").parse().unwrap();
+    a.client
+        .clone()
+        .oneshot(Request::get(&again).body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        soon(Duration::from_secs(5), || b.cache.peek(&again).is_some()).await,
+        "A {:?}, B {:?}",
+        restarted.stats(),
+        b.fleet.stats()
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_tier_pays_a_forget_dropped_for_a_full_queue() {
+    a_restarted_tier_pays_a_forget_its_predecessor_owed(true).await;
+}
+
+#[tokio::test]
+async fn a_restarted_tier_pays_a_forget_still_waiting_for_redis() {
+    a_restarted_tier_pays_a_forget_its_predecessor_owed(false).await;
+}

@@ -3,7 +3,10 @@
 //! Nothing listens unless a fleet tier (the `redis` feature) attaches: until then sending is
 //! an uncontended read lock, on misses and invalidations only. Sending never blocks: a full
 //! queue drops the event and counts it — and a dropped forget or clear leaves the publisher a
-//! debt of one clear, so peers never keep what this cache forgot.
+//! debt of one clear, so peers never keep what this cache forgot. The debt outlives the tier:
+//! a forget or clear lost because the tier was dropped (unsent, or made while no tier was
+//! attached after one had been) is paid by the next tier attached to this cache, as its first
+//! message.
 
 use std::sync::RwLock;
 use std::sync::atomic::Ordering::Relaxed;
@@ -47,6 +50,9 @@ pub(crate) struct Peers {
     /// A forget or clear found the queue full: the publisher owes the peers one clear (which
     /// covers any forget, as past its own limit of forgets waiting).
     owed_clear: AtomicBool,
+    /// A tier was attached once: peers may hold what this cache told them, so a forget or
+    /// clear made while none is attached is owed to the next one.
+    attached_once: AtomicBool,
     /// Wakes the publisher when a clear becomes owed while it waits for events.
     owed_wake: tokio::sync::Notify,
     /// This cache's recent changes, recorded once a tier attaches.
@@ -122,8 +128,10 @@ impl Peers {
             return false;
         }
         *slot = Some(tx);
-        // A debt to a former tier's peers: this tier starts from what the cache holds now.
-        self.owed_clear.store(false, Ordering::Release);
+        // A clear owed by a former tier is not forgiven: its peers are this tier's peers
+        // (whatever Redis it names, they may hold this cache's 404s), and the publisher pays
+        // it before anything else.
+        self.attached_once.store(true, Ordering::Release);
         self.recent.turn_on();
         true
     }
@@ -144,15 +152,30 @@ impl Peers {
     /// because a lost forget would let peers serve a stale 404.
     pub(crate) fn send(&self, event: impl FnOnce() -> PeerEvent) {
         let slot = self.tx.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = slot.as_ref() {
-            if let Err(e) = tx.try_send(event()) {
-                self.dropped.fetch_add(1, Relaxed);
-                if !matches!(e.into_inner(), PeerEvent::Missing { .. }) {
-                    self.owed_clear.store(true, Ordering::Release);
-                    self.owed_wake.notify_one();
+        match slot.as_ref() {
+            Some(tx) => {
+                if let Err(e) = tx.try_send(event()) {
+                    self.dropped.fetch_add(1, Relaxed);
+                    if !matches!(e.into_inner(), PeerEvent::Missing { .. }) {
+                        self.owe_clear();
+                    }
                 }
             }
+            // Between tiers: built only to see what it is, and only after a tier has been
+            // attached (before that, nothing was ever told to the peers).
+            None if self.attached_once.load(Ordering::Acquire) => {
+                if !matches!(event(), PeerEvent::Missing { .. }) {
+                    self.owe_clear();
+                }
+            }
+            None => {}
         }
+    }
+
+    /// Records that a forget or clear did not reach the peers: one clear is owed.
+    pub(crate) fn owe_clear(&self) {
+        self.owed_clear.store(true, Ordering::Release);
+        self.owed_wake.notify_one();
     }
 
     /// Whether a clear is owed to the peers (and it is now the caller's to send).
@@ -196,6 +219,28 @@ mod tests {
         peers.send(|| PeerEvent::Clear);
         assert!(peers.take_owed_clear(), "a dropped clear is owed");
         assert_eq!(peers.dropped.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_clear_owed_outlives_the_tier_that_owed_it() {
+        let peers = Peers::default();
+        peers.send(|| PeerEvent::Forget { key: "k".into() });
+        assert!(!peers.take_owed_clear(), "no tier ever: nothing told, nothing owed");
+        let (tx, rx) = mpsc::channel(1);
+        assert!(peers.attach(tx));
+        peers.send(|| PeerEvent::Clear);
+        peers.send(|| PeerEvent::Forget { key: "k".into() });
+        peers.detach();
+        drop(rx);
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(peers.attach(tx));
+        assert!(peers.take_owed_clear(), "a new tier pays the former one's debt");
+        peers.detach();
+        peers.send(|| PeerEvent::Forget { key: "k".into() });
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(peers.attach(tx));
+        assert!(peers.take_owed_clear(), "a forget between tiers is owed");
+        assert!(!peers.take_owed_clear(), "once");
     }
 
     #[test]

@@ -90,7 +90,7 @@ return 'g' .. next
 /// went on) is owed as one clear the same way.
 pub(crate) async fn run(
     cfg: Arc<Config>,
-    mut rx: mpsc::Receiver<PeerEvent>,
+    rx: mpsc::Receiver<PeerEvent>,
     state: Arc<State>,
     counters: Arc<Counters>,
 ) {
@@ -101,15 +101,20 @@ pub(crate) async fn run(
         seq: 0,
         generation: None,
     };
-    let mut waiting = Waiting::new();
+    let mut unsent = Unsent {
+        waiting: Waiting::new(),
+        rx,
+        state: state.clone(),
+    };
+    let Unsent { waiting, rx, .. } = &mut unsent;
     let peers = &state.peers;
     loop {
         // Checked on every turn, not only when woken: a debt run up while this task was
         // busy is paid before the next event is looked at.
         if peers.take_owed_clear() {
-            wait_for_retry(&mut waiting, Body::Clear);
+            wait_for_retry(waiting, Body::Clear);
             if Instant::now() >= link.next_try {
-                link.flush(&cfg, &counters, &mut waiting).await;
+                link.flush(&cfg, &counters, waiting).await;
             }
             continue;
         }
@@ -117,7 +122,7 @@ pub(crate) async fn run(
             biased;
             () = peers.clear_owed() => continue,
             () = tokio::time::sleep_until(link.next_try), if !waiting.is_empty() => {
-                link.flush(&cfg, &counters, &mut waiting).await;
+                link.flush(&cfg, &counters, waiting).await;
                 continue;
             }
             event = rx.recv() => event,
@@ -135,9 +140,32 @@ pub(crate) async fn run(
             }
             continue;
         }
-        wait_for_retry(&mut waiting, body);
+        wait_for_retry(waiting, body);
         if Instant::now() >= link.next_try {
-            link.flush(&cfg, &counters, &mut waiting).await;
+            link.flush(&cfg, &counters, waiting).await;
+        }
+    }
+}
+
+/// What the publisher holds that the peers have not heard yet. The task ends when its tier
+/// is dropped (aborted at any await, or its queue closed): a forget or clear still waiting
+/// or queued then is owed to the next tier attached to this cache as one clear — a lost
+/// forget would let peers serve a stale 404.
+struct Unsent {
+    waiting: Waiting,
+    rx: mpsc::Receiver<PeerEvent>,
+    state: Arc<State>,
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut owed = !self.waiting.is_empty();
+        while let Ok(event) = self.rx.try_recv() {
+            owed |= !matches!(event, PeerEvent::Missing { .. });
+        }
+        if owed {
+            self.state.peers.owe_clear();
         }
     }
 }
