@@ -163,10 +163,10 @@ impl Peers {
             }
             // Between tiers: built only to see what it is, and only after a tier has been
             // attached (before that, nothing was ever told to the peers).
-            None if self.attached_once.load(Ordering::Acquire) => {
-                if !matches!(event(), PeerEvent::Missing { .. }) {
-                    self.owe_clear();
-                }
+            None if self.attached_once.load(Ordering::Acquire)
+                && !matches!(event(), PeerEvent::Missing { .. }) =>
+            {
+                self.owe_clear();
             }
             None => {}
         }
@@ -225,7 +225,10 @@ mod tests {
     fn a_clear_owed_outlives_the_tier_that_owed_it() {
         let peers = Peers::default();
         peers.send(|| PeerEvent::Forget { key: "k".into() });
-        assert!(!peers.take_owed_clear(), "no tier ever: nothing told, nothing owed");
+        assert!(
+            !peers.take_owed_clear(),
+            "no tier ever: nothing told, nothing owed"
+        );
         let (tx, rx) = mpsc::channel(1);
         assert!(peers.attach(tx));
         peers.send(|| PeerEvent::Clear);
@@ -234,7 +237,10 @@ mod tests {
         drop(rx);
         let (tx, _rx) = mpsc::channel(1);
         assert!(peers.attach(tx));
-        assert!(peers.take_owed_clear(), "a new tier pays the former one's debt");
+        assert!(
+            peers.take_owed_clear(),
+            "a new tier pays the former one's debt"
+        );
         peers.detach();
         peers.send(|| PeerEvent::Forget { key: "k".into() });
         let (tx, _rx) = mpsc::channel(1);

@@ -11,7 +11,10 @@
 //!   bounded queue (default 1,024) that a background task publishes from. When the queue is
 //!   full the event is dropped and counted (`queue_full`), never blocking and never growing —
 //!   but a forget or clear dropped that way leaves one clear owed, which the task sends
-//!   before anything else: a lost forget would let peers serve a stale 404.
+//!   before anything else: a lost forget would let peers serve a stale 404. The debt
+//!   outlives the tier: a forget or clear owed or still unsent when the [`Fleet`] is dropped,
+//!   or made while no tier is attached after one has been, is paid by the next tier started
+//!   on the same cache, as one clear, its first message.
 //! - **Redis down, slow, restarted, unreachable at start or refusing the credentials:**
 //!   requests work exactly as without the tier. The tasks reconnect with exponential backoff;
 //!   during a backoff 404s are dropped (counted: a lost 404 costs a peer one upstream
@@ -390,7 +393,8 @@ impl FleetBuilder {
 
 /// A running fleet tier, started with [`Fleet::builder`]`(url)…`[`start`](FleetBuilder::start).
 /// Keep it: dropping it stops sharing (the cache goes on alone, and a new tier can be started
-/// on it).
+/// on it). A forget the peers have not heard when it is dropped, or one made while the cache
+/// has no tier, is sent by the next tier as one clear before anything else.
 pub struct Fleet {
     counters: Arc<Counters>,
     cache: NegativeCacheHandle,
