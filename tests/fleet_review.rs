@@ -406,3 +406,213 @@ async fn a_garbage_generation_key_does_not_stop_sharing_for_good() {
         late.fleet.stats()
     );
 }
+
+/// Third review (publish.rs `LOCATE`): a generation key of another type is "replaced by a new
+/// generation instead of failing every script for good" — with a secret too. The signing
+/// publisher reads the generation to sign for; that read must repair the key as the scripts
+/// do, not fail on `WRONGTYPE` before every publish.
+#[tokio::test]
+async fn with_a_secret_a_generation_key_of_another_type_does_not_stop_sharing_for_good() {
+    let Some(redis) = RedisServer::try_start(
+        "with_a_secret_a_generation_key_of_another_type_does_not_stop_sharing_for_good",
+    ) else {
+        return;
+    };
+    let origin = origin().await;
+    let signed = |b: FleetBuilder| b.secret("a secret all replicas share");
+    let a = replica_with(&redis.url(), signed);
+    let b = replica_with(&redis.url(), signed);
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("fleet-test:gen")
+        .arg("not a number")
+        .query_async(&mut admin(&redis).await)
+        .await
+        .unwrap();
+    let mut shared = 0;
+    for i in 0..20 {
+        let uri: Uri = origin.url(&format!("/records/t{i}")).parse().unwrap();
+        a.get(&uri.to_string()).await;
+        shared += usize::from(soon(Duration::from_secs(2), || b.cache.peek(&uri).is_some()).await);
+    }
+    assert!(
+        shared >= 15,
+        "{shared} of 20 misses reached B: A {:?}",
+        a.fleet.stats()
+    );
+}
+
+/// Third review (cache/state.rs `outcome`, cache/peers.rs `Verdicts`): the stack here remembers
+/// a 404 only when the origin itself said so (`x-origin: 1`), a classifier of headers as
+/// `Classify::classify_response` allows. A verdict kept per *status*, the last one seen, let an
+/// unrelated request's 404 decide that a peer's 404 for `/soft` — which this stack never
+/// remembers — is applied. A status this stack has called both Missing and not is mixed for
+/// good: peers' answers with it are refused (`rejected.status`).
+#[tokio::test]
+async fn one_requests_verdict_does_not_decide_what_a_peer_may_make_another_key_mean() {
+    use tower_negative_cache::classify::{Classify, DefaultClassifier};
+    use tower_negative_cache::{Outcome, StatusAwareRetryLayer};
+
+    let Some(redis) = RedisServer::try_start(
+        "one_requests_verdict_does_not_decide_what_a_peer_may_make_another_key_mean",
+    ) else {
+        return;
+    };
+    let origin = TestServer::builder()
+        .handler(|r| {
+            Some(if r.path == "/real" {
+                Reply::status(404).header("x-origin", "1")
+            } else {
+                Reply::status(404)
+            })
+        })
+        .start()
+        .await;
+    let cache = NegativeCacheLayer::new();
+    let fleet = Fleet::builder(redis.url())
+        .prefix("fleet-test")
+        .reconnect(Duration::from_millis(20), Duration::from_millis(200))
+        .start(&cache)
+        .unwrap();
+    wait_until(Duration::from_secs(5), || fleet.stats().connected).await;
+    let retry = StatusAwareRetryLayer::builder()
+        .classifier(|status: StatusCode, headers: &http::HeaderMap| {
+            if status == StatusCode::NOT_FOUND && !headers.contains_key("x-origin") {
+                Outcome::Success
+            } else {
+                DefaultClassifier::default().classify_response(status, headers)
+            }
+        })
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(cache.clone())
+        .layer(retry)
+        .service(support::client());
+    let get = |path: &str| {
+        let req = Request::get(origin.url(path)).body(Empty::new()).unwrap();
+        client.clone().oneshot(req)
+    };
+    for _ in 0..2 {
+        assert_eq!(get("/soft").await.unwrap().status(), 404);
+    }
+    assert_eq!(origin.hits("/soft"), 2, "this stack never remembers /soft");
+    // An unrelated key whose 404 this stack does remember.
+    assert_eq!(get("/real").await.unwrap().status(), 404);
+    assert_eq!(get("/real").await.unwrap().status(), 404);
+    assert_eq!(origin.hits("/real"), 1, "this stack remembers /real");
+    // Past the transit allowance, so the local answers do not order the peer's out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let url = origin.url("/soft");
+    publish(
+        &redis,
+        format!("tnc2 - 0000000000000001 1 0 m 404 60000 0 {url}"),
+    )
+    .await;
+    wait_until(Duration::from_secs(5), || fleet.stats().received == 1).await;
+    let _ = get("/soft").await.unwrap();
+    assert_eq!(
+        origin.hits("/soft"),
+        3,
+        "a peer's 404 for /soft was served from a cache whose stack never remembers it: {:?}",
+        fleet.stats()
+    );
+    assert_eq!(fleet.stats().rejected.status, 1, "{:?}", fleet.stats());
+}
+
+/// A forget this cache could not tell its peers (the queue full behind a stalled Redis, or
+/// waiting for Redis to answer) when its tier is dropped is owed to the next tier started on
+/// the same cache: that tier's first message is one clear, so peers never keep a 404 this
+/// cache forgot. (`Peers::attach` used to forgive the debt, and the waiting forgets went with
+/// the aborted task.)
+async fn a_restarted_tier_pays_a_forget_its_predecessor_owed(stuck_in_queue: bool) {
+    let name = format!("a_restarted_tier_pays_a_forget_its_predecessor_owed_{stuck_in_queue}");
+    let Some(redis) = RedisServer::try_start(&name) else {
+        return;
+    };
+    let proxy = StallProxy::start(redis.port).await;
+    let origin = origin().await;
+    let layer = NegativeCacheLayer::builder()
+        .ttl(Duration::from_secs(60))
+        .max_ttl(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let tier = |url: &str, b: fn(FleetBuilder) -> FleetBuilder| {
+        b(Fleet::builder(url)
+            .prefix("fleet-test")
+            .reconnect(Duration::from_millis(20), Duration::from_millis(200)))
+        .start(&layer)
+        .unwrap()
+    };
+    let a = Replica {
+        client: ServiceBuilder::new()
+            .layer(layer.clone())
+            .service(support::client()),
+        cache: layer.handle(),
+        fleet: if stuck_in_queue {
+            // A long command timeout: the publish stays stuck while misses fill the queue.
+            tier(&proxy.url(), |b| b.queue(4).timeout(Duration::from_secs(5)))
+        } else {
+            // A short one: the forget fails and waits for the next try.
+            tier(&proxy.url(), |b| b.timeout(Duration::from_millis(300)))
+        },
+    };
+    let b = replica_with(&redis.url(), |b| b);
+    a.wait_connected().await;
+    b.wait_connected().await;
+    let uri: Uri = origin.url("/records/r1").parse().unwrap();
+    a.get(&uri.to_string()).await;
+    wait_until(Duration::from_secs(5), || b.cache.peek(&uri).is_some()).await;
+
+    proxy.hold(true);
+    if stuck_in_queue {
+        for i in 0..10 {
+            a.get(&origin.url(&format!("/records/busy-{i}"))).await;
+        }
+    }
+    assert!(a.cache.invalidate_uri(&uri));
+    if stuck_in_queue {
+        assert!(a.fleet.stats().queue_full >= 1, "{:?}", a.fleet.stats());
+    } else {
+        wait_until(Duration::from_secs(5), || {
+            a.fleet.stats().publish_failures >= 1
+        })
+        .await;
+    }
+    // The tier goes (a redeploy of its configuration, say) before Redis answers A again.
+    drop(a.fleet);
+    let restarted = tier(&redis.url(), |b| b);
+    assert!(
+        soon(Duration::from_secs(10), || b.cache.peek(&uri).is_none()).await,
+        "B still serves the 404 A forgot before its tier restarted: {:?}",
+        restarted.stats()
+    );
+    assert!(restarted.stats().published >= 1, "{:?}", restarted.stats());
+    // Paid once: the restarted tier shares again. Past the transit allowance (1 s), so B
+    // does not order this miss before the clear it received.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again: Uri = origin.url("/records/r2").parse().unwrap();
+    a.client
+        .clone()
+        .oneshot(Request::get(&again).body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        soon(Duration::from_secs(5), || b.cache.peek(&again).is_some()).await,
+        "A {:?}, B {:?}",
+        restarted.stats(),
+        b.fleet.stats()
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_tier_pays_a_forget_dropped_for_a_full_queue() {
+    a_restarted_tier_pays_a_forget_its_predecessor_owed(true).await;
+}
+
+#[tokio::test]
+async fn a_restarted_tier_pays_a_forget_still_waiting_for_redis() {
+    a_restarted_tier_pays_a_forget_its_predecessor_owed(false).await;
+}

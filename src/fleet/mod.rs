@@ -11,7 +11,10 @@
 //!   bounded queue (default 1,024) that a background task publishes from. When the queue is
 //!   full the event is dropped and counted (`queue_full`), never blocking and never growing —
 //!   but a forget or clear dropped that way leaves one clear owed, which the task sends
-//!   before anything else: a lost forget would let peers serve a stale 404.
+//!   before anything else: a lost forget would let peers serve a stale 404. The debt
+//!   outlives the tier: a forget or clear owed or still unsent when the [`Fleet`] is dropped,
+//!   or made while no tier is attached after one has been, is paid by the next tier started
+//!   on the same cache, as one clear, its first message.
 //! - **Redis down, slow, restarted, unreachable at start or refusing the credentials:**
 //!   requests work exactly as without the tier. The tasks reconnect with exponential backoff;
 //!   during a backoff 404s are dropped (counted: a lost 404 costs a peer one upstream
@@ -34,9 +37,14 @@
 //!   classifier calls it Missing (404, 410 by default): nobody can make a replica answer 503
 //!   or 200 from its cache. The tier is started from the layer for that reason. A layer
 //!   without a classifier of its own follows the retry layer's verdict, which the tier cannot
-//!   ask in advance: there what this replica's stack last called the status decides (a retry
+//!   ask in advance: there what this replica's stack called the status decides (a retry
 //!   classifier that calls 404 Success closes 404 sharing at this replica's first 404), and
-//!   the layer's default classifier before the stack has answered that status once.
+//!   the layer's default classifier before the stack has answered that status once. A
+//!   status the stack has called Missing for one answer and something else for another (a
+//!   classifier that reads headers: a 404 is Missing only when the origin marks it) is
+//!   *mixed* for good, and peers' answers with it are refused (`rejected.status`): a message
+//!   carries no headers, so the stack's verdict on another key's answer cannot stand in for
+//!   it. Until the stack has given both verdicts, the one it gave decides.
 //! - **Only within its own limits.** A peer's TTL is capped at this cache's `max_ttl` (never
 //!   raised to `min_ttl`: what is left of a peer's entry is not extended). Payloads over
 //!   8 KiB + 256 bytes are refused unread, and keys over 8 KiB are neither sent nor accepted.
@@ -323,7 +331,8 @@ impl FleetBuilder {
         let verdicts = cache.state().clone();
         // A peer's message carries a status only: it is classified as an answer without
         // headers would be. A cache that follows the retry layer's verdict has no classifier
-        // here to ask: what its stack last called the status decides, once it answered one.
+        // here to ask: what its stack called the status decides once it answered one, and a
+        // status it called both Missing and not (mixed, for good) is refused.
         let missing: tasks::IsMissing = Box::new(move |status: StatusCode| {
             verdicts.peers.verdicts.missing(status).unwrap_or_else(|| {
                 response_outcome(&classifier, status, &HeaderMap::new()).is_missing()
@@ -384,7 +393,8 @@ impl FleetBuilder {
 
 /// A running fleet tier, started with [`Fleet::builder`]`(url)…`[`start`](FleetBuilder::start).
 /// Keep it: dropping it stops sharing (the cache goes on alone, and a new tier can be started
-/// on it).
+/// on it). A forget the peers have not heard when it is dropped, or one made while the cache
+/// has no tier, is sent by the next tier as one clear before anything else.
 pub struct Fleet {
     counters: Arc<Counters>,
     cache: NegativeCacheHandle,

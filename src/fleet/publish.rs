@@ -20,8 +20,9 @@ use crate::counter::bump;
 /// holds, and warm-up reads the current generation only; older ones expire by their TTL.
 ///
 /// A generation that is not a plain number of at most 15 digits (something else wrote the
-/// key, or a value of another type) would make every script fail for good: it is replaced by a new generation, as a clear
-/// would, since nothing stored before can be trusted to be newer than the last real clear.
+/// key, or a value of another type) would make every script fail for good: it is replaced by
+/// a new generation, as a clear would, since nothing stored before can be trusted to be newer
+/// than the last real clear.
 const LOCATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -56,6 +57,13 @@ redis.call('SET', key, v, 'PX', ARGV[4])
 return 1
 ";
 
+/// Returns the current generation, repaired by `LOCATE` as every script
+/// would: the signing publisher reads it through this, never with a plain `GET`, which fails
+/// for good on a key of another type.
+const GENERATION: &str = r"
+return raw
+";
+
 /// Replaces a key's stored copy with a tombstone stamped with Redis's clock. ARGV[3]: its
 /// TTL (ms).
 const FORGET: &str = r"
@@ -82,7 +90,7 @@ return 'g' .. next
 /// went on) is owed as one clear the same way.
 pub(crate) async fn run(
     cfg: Arc<Config>,
-    mut rx: mpsc::Receiver<PeerEvent>,
+    rx: mpsc::Receiver<PeerEvent>,
     state: Arc<State>,
     counters: Arc<Counters>,
 ) {
@@ -93,15 +101,20 @@ pub(crate) async fn run(
         seq: 0,
         generation: None,
     };
-    let mut waiting = Waiting::new();
+    let mut unsent = Unsent {
+        waiting: Waiting::new(),
+        rx,
+        state: state.clone(),
+    };
+    let Unsent { waiting, rx, .. } = &mut unsent;
     let peers = &state.peers;
     loop {
         // Checked on every turn, not only when woken: a debt run up while this task was
         // busy is paid before the next event is looked at.
         if peers.take_owed_clear() {
-            wait_for_retry(&mut waiting, Body::Clear);
+            wait_for_retry(waiting, Body::Clear);
             if Instant::now() >= link.next_try {
-                link.flush(&cfg, &counters, &mut waiting).await;
+                link.flush(&cfg, &counters, waiting).await;
             }
             continue;
         }
@@ -109,7 +122,7 @@ pub(crate) async fn run(
             biased;
             () = peers.clear_owed() => continue,
             () = tokio::time::sleep_until(link.next_try), if !waiting.is_empty() => {
-                link.flush(&cfg, &counters, &mut waiting).await;
+                link.flush(&cfg, &counters, waiting).await;
                 continue;
             }
             event = rx.recv() => event,
@@ -127,9 +140,32 @@ pub(crate) async fn run(
             }
             continue;
         }
-        wait_for_retry(&mut waiting, body);
+        wait_for_retry(waiting, body);
         if Instant::now() >= link.next_try {
-            link.flush(&cfg, &counters, &mut waiting).await;
+            link.flush(&cfg, &counters, waiting).await;
+        }
+    }
+}
+
+/// What the publisher holds that the peers have not heard yet. The task ends when its tier
+/// is dropped (aborted at any await, or its queue closed): a forget or clear still waiting
+/// or queued then is owed to the next tier attached to this cache as one clear — a lost
+/// forget would let peers serve a stale 404.
+struct Unsent {
+    waiting: Waiting,
+    rx: mpsc::Receiver<PeerEvent>,
+    state: Arc<State>,
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut owed = !self.waiting.is_empty();
+        while let Ok(event) = self.rx.try_recv() {
+            owed |= !matches!(event, PeerEvent::Missing { .. });
+        }
+        if owed {
+            self.state.peers.owe_clear();
         }
     }
 }
@@ -259,11 +295,15 @@ async fn send(
 ) -> redis::RedisResult<()> {
     let signed_copy = cfg.signer.is_some() && matches!(body, Body::Missing { .. });
     if signed_copy && generation.is_none() {
-        let current: Option<String> = redis::cmd("GET")
+        let current: String = redis::cmd("EVAL")
+            .arg(format!("{LOCATE}{GENERATION}"))
+            .arg(1)
             .arg(&cfg.gen_key)
+            .arg(&cfg.key_prefix)
+            .arg("")
             .query_async(&mut *conn)
             .await?;
-        *generation = Some(current.unwrap_or_else(|| "0".to_owned()));
+        *generation = Some(current);
     }
     let sent = unix_ms();
     let covered = wire::encode_body(cfg.replica, seq, sent, body);
