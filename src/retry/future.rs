@@ -47,6 +47,12 @@ pin_project! {
         S: Service<Request<ReqB>>,
         S::Response: HttpResponse,
     {
+        // When the retry being prepared was taken from the budget: given back if it is never
+        // sent (not ready by the deadline, readiness failed, the future dropped).
+        withdrawn: Option<Instant>,
+        // The discarded answer was released before the service was ready (it had a body the
+        // service may be waiting for): readiness is awaited past the deadline if need be.
+        unbounded_ready: bool,
         #[pin]
         state: State<S::Future, BodyOf<S, ReqB>, S::Error>,
         // A service for the next attempt; None when the request can't be retried.
@@ -73,6 +79,24 @@ pin_project! {
         // One timer for every wait of this request, reset for each; boxed so that only a
         // request that is retried pays for its size.
         timer: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl<S, C, ReqB, EC> PinnedDrop for ResponseFuture<S, C, ReqB, EC>
+    where
+        S: Service<Request<ReqB>>,
+        S::Response: HttpResponse,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            refund(this.shared, this.withdrawn);
+        }
+    }
+}
+
+/// Gives a withdrawn retry that will not be sent back to the budget.
+fn refund<C, EC>(shared: &Shared<C, EC>, withdrawn: &mut Option<Instant>) {
+    if let (Some(at), Some(budget)) = (withdrawn.take(), shared.budget.as_ref()) {
+        budget.refund_at(at, Instant::now());
     }
 }
 
@@ -122,6 +146,8 @@ where
             eligible,
         } = again;
         ResponseFuture {
+            withdrawn: None,
+            unbounded_ready: false,
             state: State::Called { future },
             service,
             reserved: false,
@@ -219,6 +245,9 @@ where
                         }
                         Decision::Retry(delay) => delay,
                     };
+                    if shared.budget.is_some() {
+                        *this.withdrawn = Some(now);
+                    }
                     *this.prev_delay = delay;
                     // The policy checked `elapsed + delay` against the deadline: waking at
                     // `now + delay` starts the next attempt within it.
@@ -263,8 +292,28 @@ where
                             this.state.set(next);
                         }
                         Poll::Ready(Err(e)) => {
+                            refund(shared, this.withdrawn);
                             bump(&shared.stats.failed);
                             return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending
+                            if answer
+                                .as_ref()
+                                .is_some_and(|a| a.as_ref().is_ok_and(|r| !r.body().is_end_stream())) =>
+                        {
+                            // The answer still has a body to read, and the service may be
+                            // waiting for exactly that (one HTTP/1 connection, a pool of busy
+                            // ones): held unread, it would block its own retry until the
+                            // deadline. It is drained and released during the wait instead,
+                            // and readiness awaited after it, unbounded — there is no answer
+                            // left to return at the deadline, and an unready service may not
+                            // be called.
+                            *this.unbounded_ready = true;
+                            let answer = answer.take().expect("an answer until released");
+                            let decided = *this.wake_at - *this.prev_delay;
+                            let next =
+                                release(answer, shared, decided, *this.prev_delay, this.timer);
+                            this.state.set(next);
                         }
                         Poll::Pending => {
                             let deadline =
@@ -276,6 +325,7 @@ where
                             let timer = this.timer.as_mut().expect("armed above");
                             ready!(timer.as_mut().poll(cx));
                             // Not ready by the deadline: the answer in hand is the last one.
+                            refund(shared, this.withdrawn);
                             let answer = answer.take().expect("an answer until released");
                             let target = Target::of(this.replay.as_ref(), this.head.as_deref());
                             return Poll::Ready(finish(
@@ -344,10 +394,25 @@ where
                     if !std::mem::take(this.reserved) {
                         if let Err(e) = ready!(service.poll_ready(cx)) {
                             // An answer like any other: counted, so the counters add up.
+                            refund(shared, this.withdrawn);
                             bump(&shared.stats.failed);
                             return Poll::Ready(Err(e));
                         }
                     }
+                    if std::mem::take(this.unbounded_ready) {
+                        let deadline = shared.policy.deadline.map(|d| *this.started + d);
+                        if deadline.is_some_and(|d| Instant::now() > d) {
+                            bump(&shared.stats.sent_past_deadline);
+                            let target = Target::of(this.replay.as_ref(), this.head.as_deref());
+                            tracing::debug!(
+                                method = %target.method(), uri = %target.uri(),
+                                "a retry is sent past the deadline: its service became ready \
+                                 only after the answer it replaces was released"
+                            );
+                        }
+                    }
+                    // Sent: the withdrawal is spent.
+                    *this.withdrawn = None;
                     let mut req = this.replay.take().expect("a retry always has a request");
                     *this.attempts += 1;
                     if *this.attempts <= shared.policy.max_retries {

@@ -192,14 +192,18 @@ impl Eligible {
 
 /// Which answers may send this request again: any retryable one when its method may be
 /// repeated ([`may_retry_request`]), else — if `unprocessed` is on — only one that proves the
-/// server never processed it, whatever the method.
+/// server never processed it, whatever the method. A request with `Cache-Control:
+/// only-if-cached` never: it asks not to reach the network at all (RFC 9111 §5.2.1.7), so
+/// not even an unprocessed failure earns it a second try.
 pub(crate) fn eligibility(
     method: &Method,
     headers: &HeaderMap,
     non_idempotent: bool,
     unprocessed: bool,
 ) -> Eligible {
-    if may_retry_request(method, headers, non_idempotent) {
+    if crate::headers::request_directives(headers).only_if_cached {
+        Eligible::Never
+    } else if may_retry_request(method, headers, non_idempotent) {
         Eligible::Any
     } else if unprocessed {
         Eligible::Unprocessed
