@@ -108,6 +108,7 @@ async fn with_a_deadline_the_held_503_does_not_block_its_own_retry() {
     let got = get_over_one_connection(&layer).await;
     let stats = layer.stats();
     assert_eq!(got, (StatusCode::OK, 2), "{stats:?}");
+    assert_eq!(stats.sent_past_deadline, 0, "{stats:?}");
 }
 
 /// A stream of chunks with no size hint, ending when polled after its last chunk.
@@ -394,4 +395,107 @@ async fn a_retry_never_sent_is_not_taken_from_the_budget() {
     let res = layer.layer(flaky).oneshot(req()).await.unwrap();
     let stats = layer.stats();
     assert_eq!(res.status(), StatusCode::OK, "{stats:?}");
+}
+
+/// 503 with a body at the first call, 200 after; after its first call, not ready for `busy`.
+#[derive(Clone)]
+struct BusyWithBody {
+    calls: Arc<Mutex<u32>>,
+    busy: Duration,
+    sleep: Option<Arc<Mutex<Pin<Box<tokio::time::Sleep>>>>>,
+}
+
+impl Service<Request<Full<Bytes>>> for BusyWithBody {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if *self.calls.lock().unwrap() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let busy = self.busy;
+        let s = self
+            .sleep
+            .get_or_insert_with(|| Arc::new(Mutex::new(Box::pin(tokio::time::sleep(busy)))));
+        s.lock().unwrap().as_mut().poll(cx).map(Ok)
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        let mut n = self.calls.lock().unwrap();
+        *n += 1;
+        let (status, body) = if *n == 1 { (503, "busy") } else { (200, "") };
+        let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+        std::future::ready(Ok(res))
+    }
+}
+
+/// The other side of the held-503 fix: an answer with a body to read is released rather than
+/// held, so when the service becomes ready only past the deadline the retry is sent then —
+/// counted in `sent_past_deadline`, never silently.
+#[tokio::test(start_paused = true)]
+async fn a_retry_sent_past_the_deadline_after_releasing_a_body_is_counted() {
+    let layer = retry_once(Some(Duration::from_secs(1)));
+    let svc = BusyWithBody {
+        calls: Arc::default(),
+        busy: Duration::from_secs(2),
+        sleep: None,
+    };
+    let t0 = tokio::time::Instant::now();
+    let req = Request::get("http://h.test/r")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = layer.layer(svc).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.retries, stats.sent_past_deadline),
+        (1, 1),
+        "{stats:?}"
+    );
+}
+
+/// Invariant 2 again, for the other way a decided retry goes unsent: the caller drops the
+/// future during the backoff wait. Its withdrawal is given back.
+#[tokio::test(start_paused = true)]
+async fn a_retry_dropped_during_its_wait_is_given_back_to_the_budget() {
+    let layer = StatusAwareRetryLayer::builder()
+        .backoff_base(Duration::from_secs(1))
+        .jitter(Jitter::None)
+        .max_retries(1)
+        .budget_ratio(0.0)
+        .budget_min_per_sec(1)
+        .budget_window(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let calls = Arc::new(Mutex::new(0));
+    let flaky = {
+        let calls = calls.clone();
+        tower::service_fn(move |_: Request<Full<Bytes>>| {
+            let mut n = calls.lock().unwrap();
+            *n += 1;
+            // 503 to the first two calls (the dropped request, then the next one's first).
+            let status = if *n <= 2 { 503 } else { 200 };
+            let mut res = Response::new(Full::new(Bytes::new()));
+            *res.status_mut() = StatusCode::from_u16(status).unwrap();
+            std::future::ready(Ok::<_, std::convert::Infallible>(res))
+        })
+    };
+    let req = || {
+        Request::get("http://h.test/r")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let svc = layer.layer(flaky);
+    // The retry is decided (withdrawn) and waits 1 s; the caller gives up after 100 ms.
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(100), svc.clone().oneshot(req())).await;
+    assert!(dropped.is_err(), "the retry's wait outlasts the timeout");
+    assert_eq!(*calls.lock().unwrap(), 1);
+    let res = svc.oneshot(req()).await.unwrap();
+    let stats = layer.stats();
+    assert_eq!(res.status(), StatusCode::OK, "{stats:?}");
+    assert_eq!(stats.retries, 1, "{stats:?}");
 }

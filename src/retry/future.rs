@@ -297,9 +297,9 @@ where
                             return Poll::Ready(Err(e));
                         }
                         Poll::Pending
-                            if answer
-                                .as_ref()
-                                .is_some_and(|a| a.as_ref().is_ok_and(|r| !r.body().is_end_stream())) =>
+                            if answer.as_ref().is_some_and(|a| {
+                                a.as_ref().is_ok_and(|r| !r.body().is_end_stream())
+                            }) =>
                         {
                             // The answer still has a body to read, and the service may be
                             // waiting for exactly that (one HTTP/1 connection, a pool of busy
