@@ -374,4 +374,19 @@ mod tests {
         assert_eq!(get, Eligible::Any);
         assert!(get.allows(&refused) && get.allows(&hinted) && !get.allows(&Outcome::Missing));
     }
+
+    #[test]
+    fn only_if_cached_is_never_sent_again_whatever_the_method_or_the_answer() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cache-control",
+            "max-age=5, only-if-cached".parse().unwrap(),
+        );
+        for m in [Method::GET, Method::POST, Method::PUT] {
+            for (non_idempotent, unprocessed) in [(false, false), (true, true)] {
+                let e = eligibility(&m, &h, non_idempotent, unprocessed);
+                assert_eq!(e, Eligible::Never, "{m}");
+            }
+        }
+    }
 }
