@@ -118,8 +118,9 @@ pin_project! {
         // first poll that finds the service not ready.
         Reserving { answer: Option<Result<Response<B>, E>>, outcome: Outcome, armed: bool },
         // Waiting for the next attempt while reading the discarded answer's body, so its
-        // connection can be reused; the timer ends the drain (drain timeout or end of wait).
-        Releasing { #[pin] body: B, drained: usize },
+        // connection can be reused; the timer, if `timed`, ends the drain (drain timeout or
+        // end of wait).
+        Releasing { #[pin] body: B, drained: usize, timed: bool },
         // Waiting for the next attempt, the discarded answer released; the timer is set to the
         // end of the wait on the first poll.
         Waiting { armed: bool },
@@ -270,7 +271,7 @@ where
                             armed: false,
                         });
                     } else {
-                        let next = release(result, shared, now, delay, this.timer);
+                        let next = release(result, shared, (now, delay), false, this.timer);
                         this.state.set(next);
                     }
                 }
@@ -287,8 +288,8 @@ where
                             // The wait still ends when it was decided to (`wake_at`); time
                             // spent getting ready is taken from it, and from the drain.
                             let decided = *this.wake_at - *this.prev_delay;
-                            let next =
-                                release(answer, shared, decided, *this.prev_delay, this.timer);
+                            let wait = (decided, *this.prev_delay);
+                            let next = release(answer, shared, wait, false, this.timer);
                             this.state.set(next);
                         }
                         Poll::Ready(Err(e)) => {
@@ -311,8 +312,11 @@ where
                             *this.unbounded_ready = true;
                             let answer = answer.take().expect("an answer until released");
                             let decided = *this.wake_at - *this.prev_delay;
-                            let next =
-                                release(answer, shared, decided, *this.prev_delay, this.timer);
+                            // Drained up to `drain_timeout` even past the wait: no attempt
+                            // can start before the service is ready, and this body may be
+                            // what it waits for.
+                            let wait = (decided, *this.prev_delay);
+                            let next = release(answer, shared, wait, true, this.timer);
                             this.state.set(next);
                         }
                         Poll::Pending => {
@@ -342,7 +346,11 @@ where
                         }
                     }
                 }
-                StateProj::Releasing { mut body, drained } => {
+                StateProj::Releasing {
+                    mut body,
+                    drained,
+                    timed,
+                } => {
                     // Bounded in bytes, in time, and in frames per poll: a body that is always
                     // ready (empty frames, trailers) can neither spin nor outlive its timer.
                     // Frames already buffered are read first, so even a zero wait drains a
@@ -367,7 +375,7 @@ where
                             Poll::Pending => break false,
                         }
                     };
-                    if !done && !this.prev_delay.is_zero() {
+                    if !done && *timed {
                         let timer = this.timer.as_mut().expect("a drain in a wait has a timer");
                         if timer.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
@@ -438,12 +446,13 @@ where
 }
 
 /// Releases a discarded answer: the state that drains its body during the wait (decided at
-/// `decided`, `delay` long), or that waits with it dropped.
+/// `decided`, `delay` long) — or up to the drain timeout whatever the wait, when
+/// `past_wait` — or that waits with it dropped.
 fn release<F, B: Body, E>(
     result: Result<Response<B>, E>,
     shared: &Shared<impl Sized, impl Sized>,
-    decided: Instant,
-    delay: Duration,
+    (decided, delay): (Instant, Duration),
+    past_wait: bool,
     timer: &mut Option<Pin<Box<Sleep>>>,
 ) -> State<F, B, E> {
     let body = match result {
@@ -456,10 +465,17 @@ fn release<F, B: Body, E>(
     }
     // Drained until the wait ends, or the drain timeout if sooner; a zero wait reads only
     // what is already there (no timer).
-    if !delay.is_zero() {
+    let timed = past_wait || !delay.is_zero();
+    if past_wait {
+        arm(timer, decided + shared.drain_timeout);
+    } else if timed {
         arm(timer, (decided + shared.drain_timeout).min(decided + delay));
     }
-    State::Releasing { body, drained: 0 }
+    State::Releasing {
+        body,
+        drained: 0,
+        timed,
+    }
 }
 
 /// Frames read from a discarded body in one poll before yielding to the executor.

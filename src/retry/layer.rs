@@ -346,8 +346,9 @@ impl<C, EC> Builder<C, EC> {
     /// One exception: an answer whose body is still to be read is not held while a service
     /// that is not ready is awaited — the service may be waiting for exactly that body (one
     /// HTTP/1 connection, a pool whose connections are all busy), and holding it would block
-    /// its own retry until the deadline. It is drained and released during the wait as
-    /// without a deadline, and readiness is then awaited unbounded: no answer is left to
+    /// its own retry until the deadline. It is drained (up to `drain_limit`, within
+    /// `drain_timeout` even if that outlasts the backoff wait) and released, and readiness
+    /// is then awaited unbounded: no answer is left to
     /// return at the deadline and an unready service may not be called. A retry so sent past
     /// the deadline is counted in [`RetryStats::sent_past_deadline`](super::RetryStats) and
     /// logged. Bound the inner service's readiness (a `tower::load_shed`, a pool timeout) if
