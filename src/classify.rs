@@ -322,7 +322,12 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
 /// stream id and to streams opened after it; streams the server may have processed end with
 /// an I/O error instead) — RFC 9113 §8.7: "the request can be safely retried"; hyper's
 /// canceled error (the request was never handed to the connection); hyper-util's connect
-/// errors (no connection, nothing sent); with the `reqwest` feature, reqwest's connect errors.
+/// errors (no connection, nothing sent). Never anything in or under a `reqwest::Error`:
+/// reqwest follows redirects itself, and its connect error may name a later hop — a POST
+/// answered `303 See Other` (processed: RFC 9110 §15.4.4) whose `Location` refuses connections
+/// fails with `is_connect()` — so a reqwest connect error is only Transient, retried for an
+/// idempotent request and not for a POST (set `redirect::Policy::none()` and follow redirects
+/// yourself to have a refused connection retried whatever the method).
 ///
 /// The verdict: [`Outcome::Retryable`] when anything in the chain is such a transient
 /// transport failure, with `unprocessed` set when anything in it proves the server never
@@ -332,8 +337,12 @@ fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
 /// message, or an error type of another crate.
 pub fn recognise_error(error: &(dyn Error + 'static)) -> Option<Outcome> {
     let (mut next, mut verdict) = (Some(error), None);
+    // Under a client that follows redirects, a failure may be a later hop's, not the request's.
+    let mut redirected = false;
     while let Some(e) = next {
+        redirected |= follows_redirects(e);
         match kind_of(e) {
+            Some(Kind::Unprocessed) if redirected => verdict = Some(Outcome::RETRYABLE),
             // Proof that the request was never processed outweighs the rest of the chain.
             Some(Kind::Unprocessed) => return Some(Outcome::UNPROCESSED),
             Some(Kind::Transient) => verdict = Some(Outcome::RETRYABLE),
@@ -345,6 +354,17 @@ pub fn recognise_error(error: &(dyn Error + 'static)) -> Option<Outcome> {
         next = e.source();
     }
     verdict
+}
+
+/// Whether `e` comes from a client that follows redirects itself (reqwest): what it or its
+/// sources say of a connection may concern another hop than the request's own.
+fn follows_redirects(e: &(dyn Error + 'static)) -> bool {
+    #[cfg(feature = "reqwest")]
+    if e.is::<reqwest::Error>() {
+        return true;
+    }
+    let _ = e;
+    false
 }
 
 /// What one error of a chain says, if its type is one this crate knows.
@@ -387,12 +407,10 @@ fn kind_of(e: &(dyn Error + 'static)) -> Option<Kind> {
     }
     #[cfg(feature = "reqwest")]
     if let Some(r) = e.downcast_ref::<reqwest::Error>() {
-        // A connect error: nothing was sent. Otherwise not transient itself unless a timeout;
-        // its source may still be.
-        if r.is_connect() {
-            return Some(Kind::Unprocessed);
-        }
-        return Some(Kind::from(r.is_timeout()));
+        // A connect error: transient, but not proof that the request was never processed —
+        // it may be a redirect's hop (see `recognise_error`). Otherwise not transient itself
+        // unless a timeout; its source may still be.
+        return Some(Kind::from(r.is_connect() || r.is_timeout()));
     }
     #[cfg(feature = "hyper")]
     {

@@ -1,9 +1,10 @@
 //! Invariant 10, over arbitrary streams: a request body is never lost, truncated, or half-sent
 //! twice. A streamed body (any chunking, any capture bound, an upstream that reads all of it or
 //! stops early) is retried only from a complete copy; every retry carries the whole body.
-//! With a `Content-Length`, the body is what that length frames (what hyper puts on the wire:
-//! it sends no more than the declared bytes and never polls past them): a retry carries
-//! exactly those bytes, and a body that ends short of it is never retried.
+//! With a `Content-Length`, the body is what that length frames (what hyper's HTTP/1 client
+//! puts on the wire: it sends no more than the declared bytes and never polls past them): a
+//! retry carries exactly those bytes, and a body that ends short of it, or was read past it
+//! (HTTP/2 and in-process services send all of it), is never retried.
 //! A mock upstream is enough: what is checked is what the layer hands it.
 
 use std::convert::Infallible;
@@ -139,8 +140,10 @@ fn run(
         "the first attempt got a prefix"
     );
     // Replayed only from a complete copy that fit the bound (0: capturing off); then every
-    // retry is whole. With a declared length `d`, complete once `d` bytes are kept, and only
-    // if a chunk ends there (a chunk crossing it is not the declared body).
+    // retry is whole. With a declared length `d`, complete when the upstream read exactly `d`
+    // bytes (it dropped the body there, as hyper's HTTP/1 client does, or the body ended
+    // there): one that read past `d` got a body that lies about its length, which is never
+    // sent again (fix3-retry; it used to be replayed as its first `d` bytes).
     let (replayable, whole) = match declared {
         None => (
             limit > 0 && first.whole && payload.len() <= limit,
@@ -152,7 +155,7 @@ fn run(
             for c in &chunks_lens {
                 ends.push(ends.last().unwrap() + c);
             }
-            let replayable = limit > 0 && d <= limit && ends.contains(&d) && first.bytes.len() >= d;
+            let replayable = limit > 0 && d <= limit && ends.contains(&d) && first.bytes.len() == d;
             (replayable, &payload[..d.min(payload.len())])
         }
     };

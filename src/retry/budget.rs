@@ -138,6 +138,37 @@ impl RetryBudget {
         false
     }
 
+    /// Gives back the retry withdrawn at `withdrawn` (a granted [`withdraw_at`]) that was never
+    /// sent: the budget bounds retries sent, so one given up before it was sent — its service
+    /// not ready by the deadline, its future dropped during the wait — must not count.
+    ///
+    /// The retry goes back to the slot it was taken from, so that it expires when the
+    /// withdrawal would have: refunded into a later slot it would outlive the withdrawal and
+    /// lend a retry the ratio never allowed. A withdrawal older than the window has already
+    /// expired and there is nothing to give back.
+    ///
+    /// [`withdraw_at`]: RetryBudget::withdraw_at
+    pub(crate) fn refund_at(&self, withdrawn: Instant, now: Instant) {
+        // Recycles the slots that expired by `now`, so `slot_end` ends the current slot.
+        let _ = self.slot(now);
+        let _guard = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        let end = self.slot_end.load(Acquire);
+        let start = end.saturating_sub(self.slot_ns);
+        let at = u64::try_from(withdrawn.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX);
+        let back = if at >= start {
+            0
+        } else {
+            (start - 1 - at) / self.slot_ns.max(1) + 1
+        };
+        if back >= SLOTS as u64 {
+            return;
+        }
+        let current = self.current.load(Acquire);
+        let index = (current + SLOTS - back as usize) % SLOTS;
+        self.slots[index].fetch_add(UNIT, SeqCst);
+    }
+
     /// The current slot at `now`, after recycling the slots that have expired.
     fn slot(&self, now: Instant) -> &AtomicI64 {
         let now_ns =
@@ -219,6 +250,34 @@ mod tests {
             })
             .count();
         assert_eq!(tower_admitted, 1000);
+    }
+
+    #[test]
+    fn a_refund_gives_back_the_retry_into_the_slot_it_came_from() {
+        let b = RetryBudget::new(0.0, 1, Duration::from_secs(1)).unwrap();
+        let t0 = Instant::now();
+        assert!(b.withdraw_at(t0));
+        assert!(!b.withdraw_at(t0));
+        b.refund_at(t0, t0 + Duration::from_millis(500));
+        // Given back: exactly one more retry, not two.
+        assert!(b.withdraw_at(t0 + Duration::from_millis(500)));
+        assert!(!b.withdraw_at(t0 + Duration::from_millis(500)));
+        // Given back into the first slot: at 1.3 s that slot has expired, the second
+        // withdrawal still counts. Refunded into the current slot, it would have outlived the
+        // first withdrawal and lent a retry here.
+        assert!(!b.withdraw_at(t0 + Duration::from_millis(1300)));
+        assert!(b.withdraw_at(t0 + Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn a_refund_of_an_expired_withdrawal_lends_nothing() {
+        let b = RetryBudget::new(0.0, 1, Duration::from_secs(1)).unwrap();
+        let t0 = Instant::now();
+        assert!(b.withdraw_at(t0));
+        let later = t0 + Duration::from_secs(5);
+        assert!(b.withdraw_at(later));
+        b.refund_at(t0, later);
+        assert!(!b.withdraw_at(later), "an expired withdrawal was refunded");
     }
 
     #[test]
@@ -347,6 +406,36 @@ mod tests {
             let refills = 1.0 + run / (0.9 * window.as_secs_f64());
             let bound = ratio * requests as f64 + f64::from(min_per_sec) * window_s as f64 * refills + 1.0;
             prop_assert!(retries as f64 <= bound, "{retries} retries > {bound}");
+        }
+
+        /// Withdrawals given back (retries decided, never sent) change nothing to the bound
+        /// on retries sent, and never cost one: whoever withdraws after a refund gets what
+        /// the budget would have given without the refunded withdrawal.
+        #[test]
+        fn refunds_keep_the_bound_on_retries_sent(
+            ratio in 0.0f64..3.0,
+            min_per_sec in 0u32..20,
+            window_s in 1u64..=10,
+            steps in proptest::collection::vec((0u64..400, 0u8..4, 0u8..4, 0u8..3), 1..300),
+        ) {
+            let window = Duration::from_secs(window_s);
+            let b = RetryBudget::new(ratio, min_per_sec, window).unwrap();
+            let t0 = Instant::now();
+            let mut now = t0;
+            let (mut requests, mut sent) = (0u64, 0u64);
+            let mut pending: Vec<Instant> = Vec::new();
+            for (advance_ms, reqs, tries, refunds) in steps {
+                now += Duration::from_millis(advance_ms);
+                for _ in 0..reqs { b.deposit_at(now); requests += 1; }
+                for _ in 0..tries { if b.withdraw_at(now) { pending.push(now); } }
+                // Of the decided retries, some are refunded, the oldest is sent.
+                for _ in 0..refunds { if let Some(at) = pending.pop() { b.refund_at(at, now); } }
+                if !pending.is_empty() { pending.remove(0); sent += 1; }
+            }
+            let run = (now - t0).as_secs_f64();
+            let refills = 1.0 + run / (0.9 * window.as_secs_f64());
+            let bound = ratio * requests as f64 + f64::from(min_per_sec) * window_s as f64 * refills + 1.0;
+            prop_assert!(sent as f64 <= bound, "{sent} retries sent > {bound}");
         }
     }
 }

@@ -6,10 +6,16 @@
 //! of it; if it outgrows the bound (or fails) the buffer is freed at once and the request is
 //! never sent again — a body is never truncated, never sent twice partially.
 //!
-//! A stream of declared length (a `Content-Length`, or an exact size hint) is complete once
-//! that many bytes are kept: hyper's HTTP/1 client stops polling such a body after its last
-//! byte and never sees its end. A declared length of 0 is complete from the start; trailers
-//! that follow the last byte still join the copy.
+//! A capture is complete when the stream ends (its final `None`, or `is_end_stream`), with
+//! its trailers. hyper's HTTP/1 client never asks for that end when the request has a
+//! `Content-Length`: it stops after the declared bytes and drops the body. So a stream
+//! dropped after exactly its declared length (a `Content-Length`, or an exact size hint) is
+//! complete too, with the trailers seen by then. Nothing is complete while the original
+//! stream may still send: a service reading the body on after its answer (HTTP/2, full
+//! duplex) may yet send trailers or more data, which a copy made before would lack — such a
+//! request is sent once. Data past the declared length spoils the capture: a body that lies
+//! about its length (HTTP/2 and in-process services send all of it, HTTP/1 truncates it) is
+//! never sent again, since what the first attempt sent is not known.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -36,8 +42,8 @@ enum Kept {
         // The whole body's length, when the request or the body says it.
         declared: Option<u64>,
     },
-    /// The whole stream, within the bound: replayable. Never left once reached: a copy may
-    /// be on its way (only trailers still join it).
+    /// The whole stream, within the bound: replayable. Reached only once the original stream
+    /// can send nothing more (ended or dropped), so never left.
     Complete {
         data: Bytes,
         trailers: Option<HeaderMap>,
@@ -58,24 +64,22 @@ impl CaptureState {
             (Kept::Capturing { data, declared, .. }, Some(chunk)) => {
                 let len = data.len().saturating_add(chunk.len());
                 if len > self.limit || declared.is_some_and(|d| len as u64 > d) {
-                    // Outgrown, or longer than declared: free the copy now rather than at the
-                    // end of the request.
+                    // Outgrown, or longer than declared (what the first attempt sent then
+                    // depends on who reads it): free the copy now rather than at the end of
+                    // the request.
                     *kept = Kept::Spoiled;
                     return;
                 }
                 // A copy, not a reference: a chunk may share (and pin) a larger read buffer,
                 // and the bound is on memory held.
                 data.extend_from_slice(chunk);
-                complete_if_declared(&mut kept);
             }
-            (Kept::Capturing { trailers, .. } | Kept::Complete { trailers, .. }, None) => {
+            (Kept::Capturing { trailers, .. }, None) => {
                 if let Some(t) = frame.trailers_ref() {
                     *trailers = Some(t.clone());
                 }
             }
-            // Data past a declared length already kept is not sent: hyper (HTTP/1 and HTTP/2)
-            // refuses a body longer than its `Content-Length`. A complete capture stays
-            // complete — a copy may already be on its way.
+            // Complete only after the stream's end, Spoiled for good: nothing more to keep.
             _ => {}
         }
     }
@@ -113,7 +117,27 @@ impl CaptureState {
                 return;
             }
             *declared = Some(len);
-            complete_if_declared(&mut kept);
+        }
+    }
+
+    /// The original stream was dropped: complete if it had sent exactly its declared length
+    /// (hyper's HTTP/1 client drops it there, without polling its end), else never replayable.
+    fn dropped(&self) {
+        let mut kept = self.lock();
+        if let Kept::Capturing {
+            data,
+            trailers,
+            declared,
+        } = &mut *kept
+        {
+            *kept = if *declared == Some(data.len() as u64) {
+                Kept::Complete {
+                    data: std::mem::take(data).freeze(),
+                    trailers: trailers.take(),
+                }
+            } else {
+                Kept::Spoiled
+            };
         }
     }
 
@@ -139,29 +163,11 @@ pub struct Capture<B> {
 /// Makes a body replaying a capture.
 type Replayer<B> = Arc<dyn Fn(&Arc<CaptureState>) -> B + Send + Sync>;
 
-/// A capture that holds as many bytes as declared is complete: the sender may never poll for
-/// the end of the stream.
-fn complete_if_declared(kept: &mut Kept) {
-    if let Kept::Capturing {
-        data,
-        trailers,
-        declared: Some(d),
-    } = kept
-    {
-        if data.len() as u64 == *d {
-            *kept = Kept::Complete {
-                data: std::mem::take(data).freeze(),
-                trailers: trailers.take(),
-            };
-        }
-    }
-}
-
 impl<B> Capture<B> {
     /// Settles the body's whole length before it is sent: the request's `Content-Length` if
-    /// it has one (what goes on the wire), else the body's exact size hint. The capture is
-    /// complete once that many bytes are kept (at once for 0), and spoiled if the body ends
-    /// short of it or outgrows it before.
+    /// it has one (what goes on the wire), else the body's exact size hint. A stream dropped
+    /// with that many bytes sent is complete; one that ends short of it or goes past it is
+    /// spoiled.
     pub(crate) fn declare(&self, len: Option<u64>) {
         self.state.declare(len);
     }
@@ -247,6 +253,12 @@ pin_project! {
         #[pin]
         inner: B,
         state: Arc<CaptureState>,
+    }
+
+    impl<B> PinnedDrop for Capturing<B> {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().state.dropped();
+        }
     }
 }
 
@@ -401,19 +413,56 @@ mod tests {
     }
 
     #[test]
-    fn a_declared_length_completes_once_kept_and_stays_complete() {
+    fn a_declared_length_completes_at_the_end_or_the_drop_and_stays_complete() {
         let s = state(64, None);
         s.declare(Some(6));
         s.record(&data("abc"));
-        assert_eq!(kept(&s), None);
         s.record(&data("def"));
-        assert_eq!(kept(&s), Some((Bytes::from_static(b"abcdef"), false)));
-        // What follows never undoes it: more data (not sent), a failure, the end.
+        // All declared bytes kept, but the stream may still send trailers (or lie).
+        assert_eq!(kept(&s), None);
+        s.record(&Frame::trailers(HeaderMap::new()));
+        s.finish();
+        assert_eq!(kept(&s), Some((Bytes::from_static(b"abcdef"), true)));
+        // What follows never undoes it: more data, a failure, a drop.
         s.record(&data("ghi"));
         s.spoil();
-        s.finish();
-        s.record(&Frame::trailers(HeaderMap::new()));
+        s.dropped();
         assert_eq!(kept(&s), Some((Bytes::from_static(b"abcdef"), true)));
+
+        // hyper's HTTP/1 client drops the body after its declared bytes.
+        let h1 = state(64, None);
+        h1.declare(Some(3));
+        h1.record(&data("abc"));
+        h1.dropped();
+        assert_eq!(kept(&h1), Some((Bytes::from_static(b"abc"), false)));
+    }
+
+    #[test]
+    fn data_past_the_declared_length_spoils_even_a_full_capture() {
+        let s = state(64, None);
+        s.declare(Some(3));
+        s.record(&data("abc"));
+        s.record(&data("def"));
+        s.finish();
+        assert_eq!(kept(&s), Some((Bytes::from_static(b"spoiled"), false)));
+    }
+
+    #[test]
+    fn a_stream_dropped_short_of_its_length_or_undeclared_is_spoiled() {
+        let short = state(64, None);
+        short.declare(Some(6));
+        short.record(&data("abc"));
+        short.dropped();
+        assert_eq!(kept(&short), Some((Bytes::from_static(b"spoiled"), false)));
+
+        let undeclared = state(64, None);
+        undeclared.declare(None);
+        undeclared.record(&data("abc"));
+        undeclared.dropped();
+        assert_eq!(
+            kept(&undeclared),
+            Some((Bytes::from_static(b"spoiled"), false))
+        );
     }
 
     #[test]
@@ -442,15 +491,19 @@ mod tests {
     }
 
     #[test]
-    fn the_header_overrides_the_hint_and_zero_is_complete_at_once() {
+    fn the_header_overrides_the_hint_and_zero_completes_when_dropped_unpolled() {
         let zero = state(64, Some(0));
         zero.declare(None);
+        assert_eq!(kept(&zero), None);
+        zero.dropped();
         assert_eq!(kept(&zero), Some((Bytes::new(), false)));
 
         let header = state(64, Some(0));
         header.declare(Some(3));
         assert_eq!(kept(&header), None);
         header.record(&data("abc"));
+        assert_eq!(kept(&header), None);
+        header.dropped();
         assert_eq!(kept(&header), Some((Bytes::from_static(b"abc"), false)));
 
         let undeclared = state(64, None);

@@ -47,6 +47,12 @@ pin_project! {
         S: Service<Request<ReqB>>,
         S::Response: HttpResponse,
     {
+        // When the retry being prepared was taken from the budget: given back if it is never
+        // sent (not ready by the deadline, readiness failed, the future dropped).
+        withdrawn: Option<Instant>,
+        // The discarded answer was released before the service was ready (it had a body the
+        // service may be waiting for): readiness is awaited past the deadline if need be.
+        unbounded_ready: bool,
         #[pin]
         state: State<S::Future, BodyOf<S, ReqB>, S::Error>,
         // A service for the next attempt; None when the request can't be retried.
@@ -74,6 +80,24 @@ pin_project! {
         // request that is retried pays for its size.
         timer: Option<Pin<Box<Sleep>>>,
     }
+
+    impl<S, C, ReqB, EC> PinnedDrop for ResponseFuture<S, C, ReqB, EC>
+    where
+        S: Service<Request<ReqB>>,
+        S::Response: HttpResponse,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            refund(this.shared, this.withdrawn);
+        }
+    }
+}
+
+/// Gives a withdrawn retry that will not be sent back to the budget.
+fn refund<C, EC>(shared: &Shared<C, EC>, withdrawn: &mut Option<Instant>) {
+    if let (Some(at), Some(budget)) = (withdrawn.take(), shared.budget.as_ref()) {
+        budget.refund_at(at, Instant::now());
+    }
 }
 
 /// What a request keeps for its later attempts (see the future's fields).
@@ -94,8 +118,9 @@ pin_project! {
         // first poll that finds the service not ready.
         Reserving { answer: Option<Result<Response<B>, E>>, outcome: Outcome, armed: bool },
         // Waiting for the next attempt while reading the discarded answer's body, so its
-        // connection can be reused; the timer ends the drain (drain timeout or end of wait).
-        Releasing { #[pin] body: B, drained: usize },
+        // connection can be reused; the timer, if `timed`, ends the drain (drain timeout or
+        // end of wait).
+        Releasing { #[pin] body: B, drained: usize, timed: bool },
         // Waiting for the next attempt, the discarded answer released; the timer is set to the
         // end of the wait on the first poll.
         Waiting { armed: bool },
@@ -122,6 +147,8 @@ where
             eligible,
         } = again;
         ResponseFuture {
+            withdrawn: None,
+            unbounded_ready: false,
             state: State::Called { future },
             service,
             reserved: false,
@@ -219,6 +246,9 @@ where
                         }
                         Decision::Retry(delay) => delay,
                     };
+                    if shared.budget.is_some() {
+                        *this.withdrawn = Some(now);
+                    }
                     *this.prev_delay = delay;
                     // The policy checked `elapsed + delay` against the deadline: waking at
                     // `now + delay` starts the next attempt within it.
@@ -241,7 +271,7 @@ where
                             armed: false,
                         });
                     } else {
-                        let next = release(result, shared, now, delay, this.timer);
+                        let next = release(result, shared, (now, delay), false, this.timer);
                         this.state.set(next);
                     }
                 }
@@ -258,13 +288,36 @@ where
                             // The wait still ends when it was decided to (`wake_at`); time
                             // spent getting ready is taken from it, and from the drain.
                             let decided = *this.wake_at - *this.prev_delay;
-                            let next =
-                                release(answer, shared, decided, *this.prev_delay, this.timer);
+                            let wait = (decided, *this.prev_delay);
+                            let next = release(answer, shared, wait, false, this.timer);
                             this.state.set(next);
                         }
                         Poll::Ready(Err(e)) => {
+                            refund(shared, this.withdrawn);
                             bump(&shared.stats.failed);
                             return Poll::Ready(Err(e));
+                        }
+                        Poll::Pending
+                            if answer.as_ref().is_some_and(|a| {
+                                a.as_ref().is_ok_and(|r| !r.body().is_end_stream())
+                            }) =>
+                        {
+                            // The answer still has a body to read, and the service may be
+                            // waiting for exactly that (one HTTP/1 connection, a pool of busy
+                            // ones): held unread, it would block its own retry until the
+                            // deadline. It is drained and released during the wait instead,
+                            // and readiness awaited after it, unbounded — there is no answer
+                            // left to return at the deadline, and an unready service may not
+                            // be called.
+                            *this.unbounded_ready = true;
+                            let answer = answer.take().expect("an answer until released");
+                            let decided = *this.wake_at - *this.prev_delay;
+                            // Drained up to `drain_timeout` even past the wait: no attempt
+                            // can start before the service is ready, and this body may be
+                            // what it waits for.
+                            let wait = (decided, *this.prev_delay);
+                            let next = release(answer, shared, wait, true, this.timer);
+                            this.state.set(next);
                         }
                         Poll::Pending => {
                             let deadline =
@@ -276,6 +329,7 @@ where
                             let timer = this.timer.as_mut().expect("armed above");
                             ready!(timer.as_mut().poll(cx));
                             // Not ready by the deadline: the answer in hand is the last one.
+                            refund(shared, this.withdrawn);
                             let answer = answer.take().expect("an answer until released");
                             let target = Target::of(this.replay.as_ref(), this.head.as_deref());
                             return Poll::Ready(finish(
@@ -292,7 +346,11 @@ where
                         }
                     }
                 }
-                StateProj::Releasing { mut body, drained } => {
+                StateProj::Releasing {
+                    mut body,
+                    drained,
+                    timed,
+                } => {
                     // Bounded in bytes, in time, and in frames per poll: a body that is always
                     // ready (empty frames, trailers) can neither spin nor outlive its timer.
                     // Frames already buffered are read first, so even a zero wait drains a
@@ -317,7 +375,7 @@ where
                             Poll::Pending => break false,
                         }
                     };
-                    if !done && !this.prev_delay.is_zero() {
+                    if !done && *timed {
                         let timer = this.timer.as_mut().expect("a drain in a wait has a timer");
                         if timer.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
@@ -344,10 +402,25 @@ where
                     if !std::mem::take(this.reserved) {
                         if let Err(e) = ready!(service.poll_ready(cx)) {
                             // An answer like any other: counted, so the counters add up.
+                            refund(shared, this.withdrawn);
                             bump(&shared.stats.failed);
                             return Poll::Ready(Err(e));
                         }
                     }
+                    if std::mem::take(this.unbounded_ready) {
+                        let deadline = shared.policy.deadline.map(|d| *this.started + d);
+                        if deadline.is_some_and(|d| Instant::now() > d) {
+                            bump(&shared.stats.sent_past_deadline);
+                            let target = Target::of(this.replay.as_ref(), this.head.as_deref());
+                            tracing::debug!(
+                                method = %target.method(), uri = %target.uri(),
+                                "a retry is sent past the deadline: its service became ready \
+                                 only after the answer it replaces was released"
+                            );
+                        }
+                    }
+                    // Sent: the withdrawal is spent.
+                    *this.withdrawn = None;
                     let mut req = this.replay.take().expect("a retry always has a request");
                     *this.attempts += 1;
                     if *this.attempts <= shared.policy.max_retries {
@@ -373,12 +446,13 @@ where
 }
 
 /// Releases a discarded answer: the state that drains its body during the wait (decided at
-/// `decided`, `delay` long), or that waits with it dropped.
+/// `decided`, `delay` long) — or up to the drain timeout whatever the wait, when
+/// `past_wait` — or that waits with it dropped.
 fn release<F, B: Body, E>(
     result: Result<Response<B>, E>,
     shared: &Shared<impl Sized, impl Sized>,
-    decided: Instant,
-    delay: Duration,
+    (decided, delay): (Instant, Duration),
+    past_wait: bool,
     timer: &mut Option<Pin<Box<Sleep>>>,
 ) -> State<F, B, E> {
     let body = match result {
@@ -391,10 +465,17 @@ fn release<F, B: Body, E>(
     }
     // Drained until the wait ends, or the drain timeout if sooner; a zero wait reads only
     // what is already there (no timer).
-    if !delay.is_zero() {
+    let timed = past_wait || !delay.is_zero();
+    if past_wait {
+        arm(timer, decided + shared.drain_timeout);
+    } else if timed {
         arm(timer, (decided + shared.drain_timeout).min(decided + delay));
     }
-    State::Releasing { body, drained: 0 }
+    State::Releasing {
+        body,
+        drained: 0,
+        timed,
+    }
 }
 
 /// Frames read from a discarded body in one poll before yielding to the executor.

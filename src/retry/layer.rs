@@ -338,9 +338,21 @@ impl<C, EC> Builder<C, EC> {
     /// With a deadline, the inner service is driven to ready for a retry *before* the
     /// discarded answer is released, and that wait is bounded by the deadline too: a service
     /// not ready by then (a busy `ConcurrencyLimit` or `Buffer`) gets no attempt, and the
-    /// answer in hand is returned (`gave_up`). The price: the retry's reservation (a permit, a
-    /// buffer slot) is held during the backoff wait. Without a deadline, readiness is awaited
-    /// after the wait, as `tower::retry` does, unbounded.
+    /// answer in hand is returned (`gave_up`; its retry is given back to the budget). The
+    /// price: the retry's reservation (a permit, a buffer slot) is held during the backoff
+    /// wait. Without a deadline, readiness is awaited after the wait, as `tower::retry` does,
+    /// unbounded.
+    ///
+    /// One exception: an answer whose body is still to be read is not held while a service
+    /// that is not ready is awaited — the service may be waiting for exactly that body (one
+    /// HTTP/1 connection, a pool whose connections are all busy), and holding it would block
+    /// its own retry until the deadline. It is drained (up to `drain_limit`, within
+    /// `drain_timeout` even if that outlasts the backoff wait) and released, and readiness
+    /// is then awaited unbounded: no answer is left to
+    /// return at the deadline and an unready service may not be called. A retry so sent past
+    /// the deadline is counted in [`RetryStats::sent_past_deadline`](super::RetryStats) and
+    /// logged. Bound the inner service's readiness (a `tower::load_shed`, a pool timeout) if
+    /// that matters more than the retry.
     ///
     /// It bounds waits, not attempts: put a `tower::timeout::TimeoutLayer` under this layer to
     /// bound each attempt.

@@ -19,7 +19,10 @@
 //!   goes back to the pool), then dropped — at the latest when the wait ends, so draining never
 //!   delays the next attempt and no attempt starts past the deadline. With a deadline, the
 //!   inner service is driven to ready for the retry before the answer is released, within the
-//!   deadline: a service not ready by then gets no attempt, and that answer is returned.
+//!   deadline: a service not ready by then gets no attempt, and that answer is returned —
+//!   unless its body is still to be read: the service may be waiting for it (one HTTP/1
+//!   connection), so it is drained and released, and readiness awaited past the deadline if
+//!   need be (see [`Builder::deadline`]).
 //! - Backoff: the first retry waits up to `backoff_base`, the n-th up to
 //!   `backoff_base × factor^(n-1)`, capped, spread by the jitter.
 //!

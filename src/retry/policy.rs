@@ -192,14 +192,18 @@ impl Eligible {
 
 /// Which answers may send this request again: any retryable one when its method may be
 /// repeated ([`may_retry_request`]), else — if `unprocessed` is on — only one that proves the
-/// server never processed it, whatever the method.
+/// server never processed it, whatever the method. A request with `Cache-Control:
+/// only-if-cached` never: it asks not to reach the network at all (RFC 9111 §5.2.1.7), so
+/// not even an unprocessed failure earns it a second try.
 pub(crate) fn eligibility(
     method: &Method,
     headers: &HeaderMap,
     non_idempotent: bool,
     unprocessed: bool,
 ) -> Eligible {
-    if may_retry_request(method, headers, non_idempotent) {
+    if crate::headers::request_directives(headers).only_if_cached {
+        Eligible::Never
+    } else if may_retry_request(method, headers, non_idempotent) {
         Eligible::Any
     } else if unprocessed {
         Eligible::Unprocessed
@@ -369,5 +373,20 @@ mod tests {
         let get = eligibility(&Method::GET, &h, false, false);
         assert_eq!(get, Eligible::Any);
         assert!(get.allows(&refused) && get.allows(&hinted) && !get.allows(&Outcome::Missing));
+    }
+
+    #[test]
+    fn only_if_cached_is_never_sent_again_whatever_the_method_or_the_answer() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cache-control",
+            "max-age=5, only-if-cached".parse().unwrap(),
+        );
+        for m in [Method::GET, Method::POST, Method::PUT] {
+            for (non_idempotent, unprocessed) in [(false, false), (true, true)] {
+                let e = eligibility(&m, &h, non_idempotent, unprocessed);
+                assert_eq!(e, Eligible::Never, "{m}");
+            }
+        }
     }
 }

@@ -70,7 +70,7 @@ pub trait ReplayBody: Sized {
 
 /// Whether a body holds nothing to send: at its end already. An exact size of 0 is not
 /// enough — trailers may follow (`Empty::with_trailers`) — such a body is captured instead
-/// (complete from the start, its trailers kept as they are sent).
+/// (complete once the stream ends or is dropped, with the trailers it sent).
 fn bodiless<B: Body>(body: &B) -> bool {
     body.is_end_stream()
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// still in flight + requests whose future the caller dropped before it finished.
 ///
 /// The other counters count events, not answers: `attempts`, `retries`, `not_replayable`,
-/// `drained_bytes`, `unrecognised_errors`.
+/// `drained_bytes`, `unrecognised_errors`, `sent_past_deadline`.
 ///
 /// ```
 /// let layer = tower_negative_cache::StatusAwareRetryLayer::new();
@@ -58,6 +58,13 @@ pub struct RetryStats {
     /// `error_classifier` nor the `source()` walk — and that were therefore treated as Fatal
     /// (and returned, in `failed`). Each error type is also logged once with `warn!`.
     pub unrecognised_errors: u64,
+    /// Retries sent past the deadline: with a deadline, the inner service was not ready when
+    /// the retry was decided and the answer in hand had a body still to read, which the
+    /// service may be waiting for (one HTTP/1 connection, a pool of busy ones). That answer
+    /// was drained and released rather than held, so there was none left to return at the
+    /// deadline, and readiness was awaited unbounded, as without a deadline. Also logged
+    /// (`debug!`).
+    pub sent_past_deadline: u64,
 }
 
 impl RetryStats {
@@ -86,6 +93,7 @@ pub(crate) struct Counters {
     pub(crate) not_replayable: AtomicU64,
     pub(crate) drained_bytes: AtomicU64,
     pub(crate) unrecognised_errors: AtomicU64,
+    pub(crate) sent_past_deadline: AtomicU64,
 }
 
 impl Counters {
@@ -103,6 +111,7 @@ impl Counters {
             not_replayable: self.not_replayable.load(Relaxed),
             drained_bytes: self.drained_bytes.load(Relaxed),
             unrecognised_errors: self.unrecognised_errors.load(Relaxed),
+            sent_past_deadline: self.sent_past_deadline.load(Relaxed),
         }
     }
 }
