@@ -369,8 +369,8 @@ fn follows_redirects(e: &(dyn Error + 'static)) -> bool {
 
 /// What one error of a chain says, if its type is one this crate knows.
 enum Kind {
-    /// The server never processed the request (only the `hyper` and `reqwest` rules can tell).
-    #[cfg_attr(not(any(feature = "hyper", feature = "reqwest")), allow(dead_code))]
+    /// The server never processed the request (only the `hyper` rules can tell).
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
     Unprocessed,
     /// A transient failure; the request may have been processed.
     Transient,
