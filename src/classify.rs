@@ -267,17 +267,13 @@ where
         .or_else(|| classifier.classify_error(as_dyn_error(error)?))
 }
 
-/// The error as a `dyn Error`, if its type is one the `source()` walk can read (for logs).
-pub(crate) fn as_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
-    as_dyn_error(error)
-}
-
 /// 404 and 410: answers that say the resource does not exist, and that no configuration may retry.
 pub(crate) fn is_final_status(status: StatusCode) -> bool {
     status == StatusCode::NOT_FOUND || status == StatusCode::GONE
 }
 
-fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
+/// The error as a `dyn Error`, if its type is one the `source()` walk can read (also for logs).
+pub(crate) fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'static)> {
     let any: &dyn Any = error;
     macro_rules! try_as {
         ($($t:ty),* $(,)?) => {$(

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use super::Counters;
-use super::tasks::{Config, MAX_AGE, RETRY, TOMBSTONE, TRANSIT, ms, unix_ms};
-use super::wire::{self, Body};
+use super::tasks::{Config, MAX_AGE, RETRY, TOMBSTONE, TRANSIT, unix_ms};
+use super::wire::{self, Body, ms};
 use crate::cache::{PeerEvent, State};
 use crate::counter::bump;
 

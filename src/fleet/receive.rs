@@ -12,8 +12,8 @@ use http::StatusCode;
 use tokio::time::{Instant, timeout};
 
 use super::Counters;
-use super::tasks::{CLOCKS, Config, KEEPALIVE, MAX_AGE, REPLICAS, TRANSIT, ms, unix_ms};
-use super::wire::{self, Body, Message, Refusal};
+use super::tasks::{CLOCKS, Config, KEEPALIVE, MAX_AGE, REPLICAS, TRANSIT, unix_ms};
+use super::wire::{self, Body, Message, Refusal, ms};
 use crate::cache::{Learned, State};
 use crate::counter::bump;
 

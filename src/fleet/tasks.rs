@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 
 use super::sign::Signer;
+use super::wire::ms;
 
 /// Whether this replica's classifier calls a status Missing.
 pub(crate) type IsMissing = Box<dyn Fn(StatusCode) -> bool + Send + Sync>;
@@ -45,10 +46,6 @@ const _: () = assert!(MAX_AGE.as_millis() + TRANSIT.as_millis() < TOMBSTONE.as_m
 pub(super) const CLOCKS: Duration = Duration::from_secs(60);
 /// The most replicas whose last sequence number is remembered (to refuse replays).
 pub(super) const REPLICAS: usize = 4096;
-
-pub(super) fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 pub(super) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)

@@ -73,7 +73,8 @@ pub(crate) struct Signed<'a> {
     pub(crate) covered: &'a [u8],
 }
 
-fn ms(d: Duration) -> u64 {
+/// A duration in whole milliseconds, saturating (what every message and stored copy carries).
+pub(super) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -90,7 +90,7 @@ pub(crate) struct ErrorText<'a, E>(pub(crate) &'a E);
 
 impl<E: 'static> fmt::Display for ErrorText<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match crate::classify::as_error(self.0) {
+        match crate::classify::as_dyn_error(self.0) {
             Some(e) => {
                 write!(f, "{e}")?;
                 let mut next = e.source();
