@@ -175,7 +175,7 @@
 //!
 //! # Guarantees
 //!
-//! Each holds by a test (the README lists which):
+//! Each holds by a test (`GUARANTEES.md` lists which):
 //!
 //! 1. A 404 or 410 reaches upstream exactly once per request, whatever the configuration.
 //! 2. Upstream calls per request ≤ 1 + `max_retries`; retries overall ≤ the budget.
@@ -247,3 +247,7 @@ pub use retry::StatusAwareRetryLayer;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../GUARANTEES.md")]
+struct GuaranteesDoctests;
