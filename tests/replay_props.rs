@@ -144,9 +144,15 @@ fn run(
     // bytes (it dropped the body there, as hyper's HTTP/1 client does, or the body ended
     // there): one that read past `d` got a body that lies about its length, which is never
     // sent again (fix3-retry; it used to be replayed as its first `d` bytes).
+    // Trailers are the last frame a body can send: an upstream that read them (and stopped
+    // there, as hyper's HTTP/1 client does) read the whole body. They count against the
+    // bound: a field's name and value plus 32 bytes ("x-sum: 1": 38).
+    let trailer_bytes = if trailers { 5 + 1 + 32 } else { 0 };
     let (replayable, whole) = match declared {
         None => (
-            limit > 0 && first.whole && payload.len() <= limit,
+            limit > 0
+                && (first.whole || first.trailers.is_some())
+                && payload.len() + trailer_bytes <= limit,
             &payload[..],
         ),
         Some(d) => {

@@ -6,11 +6,13 @@
 //! of it; if it outgrows the bound (or fails) the buffer is freed at once and the request is
 //! never sent again — a body is never truncated, never sent twice partially.
 //!
-//! A capture is complete when the stream ends (its final `None`, or `is_end_stream`), with
-//! its trailers. hyper's HTTP/1 client never asks for that end when the request has a
-//! `Content-Length`: it stops after the declared bytes and drops the body. So a stream
-//! dropped after exactly its declared length (a `Content-Length`, or an exact size hint) is
-//! complete too, with the trailers seen by then. Nothing is complete while the original
+//! A capture is complete when the stream ends (its final `None`, or `is_end_stream`), or when
+//! it sends its trailers: they are the last frame a body can send (and [`Capturing`] forwards
+//! nothing after them). hyper's HTTP/1 client never asks for the end after trailers, nor when
+//! the request has a `Content-Length`: it stops after the declared bytes and drops the body.
+//! So a stream dropped after exactly its declared length (a `Content-Length`, or an exact size
+//! hint) is complete too. The bound counts the trailers kept (their names and values, plus 32
+//! bytes a field) with the data. Nothing is complete while the original
 //! stream may still send: a service reading the body on after its answer (HTTP/2, full
 //! duplex) may yet send trailers or more data, which a copy made before would lack — such a
 //! request is sent once. Data past the declared length spoils the capture: a body that lies
@@ -74,10 +76,21 @@ impl CaptureState {
                 // and the bound is on memory held.
                 data.extend_from_slice(chunk);
             }
-            (Kept::Capturing { trailers, .. }, None) => {
-                if let Some(t) = frame.trailers_ref() {
-                    *trailers = Some(t.clone());
+            (Kept::Capturing { data, trailers, .. }, None) => {
+                let Some(t) = frame.trailers_ref() else {
+                    // A frame of another kind carries nothing to replay.
+                    return;
+                };
+                // The trailers are kept too, so they count against the bound.
+                if data.len().saturating_add(trailer_bytes(t)) > self.limit {
+                    *kept = Kept::Spoiled;
+                    return;
                 }
+                *trailers = Some(t.clone());
+                // Trailers are the last frame a body can send (`http_body::Frame`): the
+                // stream is whole. hyper's HTTP/1 client writes them and drops the body
+                // without polling its end, so waiting for that end would never complete it.
+                complete(&mut kept);
             }
             // Complete only after the stream's end, Spoiled for good: nothing more to keep.
             _ => {}
@@ -86,22 +99,7 @@ impl CaptureState {
 
     /// The stream has ended: complete, unless it is shorter than it said it would be.
     fn finish(&self) {
-        let mut kept = self.lock();
-        if let Kept::Capturing {
-            data,
-            trailers,
-            declared,
-        } = &mut *kept
-        {
-            *kept = if declared.is_some_and(|d| d != data.len() as u64) {
-                Kept::Spoiled
-            } else {
-                Kept::Complete {
-                    data: std::mem::take(data).freeze(),
-                    trailers: trailers.take(),
-                }
-            };
-        }
+        complete(&mut self.lock());
     }
 
     /// The whole body is `len` bytes long if the request says so (a `Content-Length`), else
@@ -149,6 +147,35 @@ impl CaptureState {
             *kept = Kept::Spoiled;
         }
     }
+}
+
+/// A capture still in progress whose stream can send nothing more: complete, unless it is
+/// shorter than it said it would be.
+fn complete(kept: &mut Kept) {
+    if let Kept::Capturing {
+        data,
+        trailers,
+        declared,
+    } = kept
+    {
+        *kept = if declared.is_some_and(|d| d != data.len() as u64) {
+            Kept::Spoiled
+        } else {
+            Kept::Complete {
+                data: std::mem::take(data).freeze(),
+                trailers: trailers.take(),
+            }
+        };
+    }
+}
+
+/// What trailers count against `capture_limit`: each field's name and value, plus 32 bytes
+/// for the entry (the size HTTP/2 gives a field, RFC 9113 §6.5.2).
+fn trailer_bytes(trailers: &HeaderMap) -> usize {
+    trailers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .fold(0, usize::saturating_add)
 }
 
 /// A request body's capture, held by the retry layer: whether it is complete, and a body that
@@ -237,6 +264,7 @@ where
     let sent = wrap(Capturing {
         inner: body,
         state: state.clone(),
+        ended: false,
     });
     let make = Arc::new(move |s: &Arc<CaptureState>| {
         replay(ReplayCaptured {
@@ -253,6 +281,9 @@ pin_project! {
         #[pin]
         inner: B,
         state: Arc<CaptureState>,
+        // The trailers were forwarded: the stream is over, whatever the inner body would
+        // still send (nothing may follow trailers; a copy replays nothing after them).
+        ended: bool,
     }
 
     impl<B> PinnedDrop for Capturing<B> {
@@ -271,9 +302,13 @@ impl<B: Body> Body for Capturing<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
         match ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => {
                 let frame = frame.map_data(|mut d| d.copy_to_bytes(d.remaining()));
+                *this.ended = frame.is_trailers();
                 this.state.record(&frame);
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -290,7 +325,7 @@ impl<B: Body> Body for Capturing<B> {
 
     fn is_end_stream(&self) -> bool {
         // A client may stop polling once the body says it has ended, without the final `None`.
-        let end = self.inner.is_end_stream();
+        let end = self.ended || self.inner.is_end_stream();
         if end {
             self.state.finish();
         }
@@ -298,6 +333,9 @@ impl<B: Body> Body for Capturing<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.ended {
+            return SizeHint::with_exact(0);
+        }
         self.inner.size_hint()
     }
 }
@@ -378,6 +416,13 @@ impl<E> Body for Typed<E> {
 
     fn size_hint(&self) -> SizeHint {
         match (&*self.inner.state.lock(), self.inner.step) {
+            // With trailers, no exact length: an HTTP/1 client would send an exact one as
+            // `Content-Length` and drop the trailers, which only a chunked body carries.
+            (Kept::Complete { data, trailers }, Step::Data) if trailers.is_some() => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(data.len() as u64);
+                hint
+            }
             (Kept::Complete { data, .. }, Step::Data) => SizeHint::with_exact(data.len() as u64),
             (Kept::Complete { .. }, _) => SizeHint::with_exact(0),
             _ => SizeHint::default(),
@@ -435,6 +480,37 @@ mod tests {
         h1.record(&data("abc"));
         h1.dropped();
         assert_eq!(kept(&h1), Some((Bytes::from_static(b"abc"), false)));
+    }
+
+    #[test]
+    fn trailers_complete_a_capture_and_count_against_its_bound() {
+        // Undeclared (chunked): the trailers are the end, though the stream is then dropped.
+        let chunked = state(64, None);
+        chunked.declare(None);
+        chunked.record(&data("abc"));
+        chunked.record(&Frame::trailers(HeaderMap::new()));
+        chunked.dropped();
+        assert_eq!(kept(&chunked), Some((Bytes::from_static(b"abc"), true)));
+
+        // Short of the declared length: the body lied, never replayed.
+        let short = state(64, None);
+        short.declare(Some(6));
+        short.record(&data("abc"));
+        short.record(&Frame::trailers(HeaderMap::new()));
+        assert_eq!(kept(&short), Some((Bytes::from_static(b"spoiled"), false)));
+
+        // 3 bytes of data + a field of 10 + 20 + 32 bytes = 65 > 64.
+        let mut t = HeaderMap::new();
+        t.insert("x-checksum", "x".repeat(20).parse().unwrap());
+        assert_eq!(trailer_bytes(&t), 62);
+        let over = state(64, None);
+        over.record(&data("abc"));
+        over.record(&Frame::trailers(t.clone()));
+        assert_eq!(kept(&over), Some((Bytes::from_static(b"spoiled"), false)));
+        let within = state(65, None);
+        within.record(&data("abc"));
+        within.record(&Frame::trailers(t));
+        assert_eq!(kept(&within), Some((Bytes::from_static(b"abc"), true)));
     }
 
     #[test]

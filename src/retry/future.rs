@@ -362,6 +362,16 @@ where
                             break false;
                         }
                         frames += 1;
+                        // `drain_limit` is checked before each read, not after it: a read is
+                        // started only if what the body says remains fits what is left of
+                        // the limit (exact for a body of known length), and never with the
+                        // limit reached while data may still come. Only a frame of unknown
+                        // size can cross it, by itself alone.
+                        let left = shared.drain_limit.saturating_sub(*drained) as u64;
+                        let hint = body.size_hint();
+                        if hint.lower() > left || (left == 0 && hint.upper() != Some(0)) {
+                            break true;
+                        }
                         match body.as_mut().poll_frame(cx) {
                             Poll::Ready(Some(Ok(frame))) => {
                                 if let Some(data) = frame.data_ref() {
