@@ -2,7 +2,8 @@
 //! §8.7; RFC 9110 §9.2.2): a POST refused with `REFUSED_STREAM` by a real hyper HTTP/2 server
 //! is retried once and succeeds (and is sent once with `retry_unprocessed(false)`), a POST
 //! above a GOAWAY's last stream id (an h2 server) too; a POST that fails with an ordinary
-//! transient error (the connection dropped while the server had it) is not.
+//! transient error (the connection dropped while the server had it) is not. Each client has
+//! a `WitnessLayer` on it: the proof must be the request's own (tests/unprocessed_proof.rs).
 //!
 //! Making a real server refuse a stream: the hyper server allows one concurrent stream
 //! (`max_concurrent_streams(1)`) and holds the first request open. The client would respect
@@ -32,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
 use tower::{Layer, ServiceExt};
 use tower_negative_cache::classify::Outcome;
-use tower_negative_cache::retry::{Jitter, RetryStats};
+use tower_negative_cache::retry::{Jitter, RetryStats, WitnessLayer};
 use tower_negative_cache::{RetryInfo, StatusAwareRetryLayer};
 
 // ----- the client's gated connection --------------------------------------------------------
@@ -314,7 +315,7 @@ async fn refused_post(
     let before = layer.stats().answered();
     let order = tokio::spawn(
         layer
-            .layer(client)
+            .layer(WitnessLayer::new().layer(client))
             .oneshot(post(addr, "/orders", "order-1")),
     );
     // The server refuses the POST's stream; a retry waits for the held stream to end.
@@ -439,7 +440,7 @@ async fn a_post_above_a_goaways_last_stream_id_is_retried_once_and_succeeds() {
     closing.await;
 
     let res = layer
-        .layer(client)
+        .layer(WitnessLayer::new().layer(client))
         .oneshot(post(addr, "/orders", "order-3"))
         .await
         .expect("the POST above the GOAWAY is retried on a new connection");
@@ -469,7 +470,7 @@ async fn a_post_that_fails_with_an_ordinary_transient_error_is_not_retried() {
         .http2_only(true)
         .build_http::<Full<Bytes>>();
     let layer = retry(true);
-    let svc = layer.layer(client);
+    let svc = layer.layer(WitnessLayer::new().layer(client));
 
     // The server had the POST when its connection dropped: it may have been processed.
     let err = svc

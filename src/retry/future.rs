@@ -20,6 +20,7 @@ use super::layer::Shared;
 use super::log::{ErrorText, Head, Target};
 use super::policy::{Attempt, Decision, Eligible, Stop};
 use super::replay::{ReplayBody, clone_request, with_body};
+use super::witness::{Proof, Ticket, issue};
 use crate::RetryInfo;
 use crate::classify::{
     Classify, ClassifyError, Outcome, SourceWalk, error_outcome, response_outcome,
@@ -69,6 +70,9 @@ pin_project! {
         // Which retryable answers may send the request again (method and body): one it does
         // not allow is returned as `not_retried`.
         eligible: Eligible,
+        // The current attempt's ticket, when only an unprocessed answer may send the request
+        // again: what the witness on the transport saw of it.
+        ticket: Option<Ticket>,
         shared: Arc<Shared<C, EC>>,
         started: Instant,
         attempts: u32,
@@ -106,6 +110,7 @@ pub(crate) struct Again<ReqB> {
     pub(crate) capture: Option<Capture<ReqB>>,
     pub(crate) head: Option<Box<Head>>,
     pub(crate) eligible: Eligible,
+    pub(crate) ticket: Option<Ticket>,
 }
 
 pin_project! {
@@ -145,6 +150,7 @@ where
             capture,
             head,
             eligible,
+            ticket,
         } = again;
         ResponseFuture {
             withdrawn: None,
@@ -156,6 +162,7 @@ where
             capture,
             head,
             eligible,
+            ticket,
             shared,
             started,
             attempts: 1,
@@ -193,13 +200,17 @@ where
                 StateProj::Called { future } => {
                     let result = ready!(future.poll(cx));
                     let target = Target::of(this.replay.as_ref(), this.head.as_deref());
-                    let outcome = match &result {
+                    let mut outcome = match &result {
                         Ok(res) => {
                             response_outcome(&shared.classifier, res.status(), res.headers())
                         }
                         Err(e) => error_outcome(&shared.classifier, &shared.error_classifier, e)
                             .unwrap_or_else(|| unrecognised(shared, e, target)),
                     };
+                    if let (Some(ticket), true) = (this.ticket.as_ref(), outcome.is_unprocessed()) {
+                        let status = result.as_ref().ok().map(|r| r.status());
+                        outcome = witnessed(shared, outcome, ticket.proves(status), target);
+                    }
                     // The wait is timed from when the retry is decided (read only when the
                     // policy is asked: a final answer costs no clock read): draining the
                     // discarded body happens during the wait, not before it.
@@ -445,6 +456,9 @@ where
                         req.headers_mut()
                             .insert(name.clone(), HeaderValue::from(*this.attempts));
                     }
+                    if this.ticket.is_some() {
+                        *this.ticket = Some(issue(&mut req));
+                    }
                     bump(&shared.stats.attempts);
                     bump(&shared.stats.retries);
                     let future = service.call(req);
@@ -498,6 +512,41 @@ fn wait<F, B, E>(delay: Duration) -> State<F, B, E> {
         State::Ready
     } else {
         State::Waiting { armed: false }
+    }
+}
+
+/// An unprocessed verdict on a request that only such a verdict may send again stands only if
+/// the witness ties it to the request sent; else it is an ordinary retryable one (the request
+/// is then returned, not retried), counted, and logged — as a warning once per layer when no
+/// witness is installed, at debug level when a layer below sent more than the request.
+fn witnessed<C, EC>(
+    shared: &Shared<C, EC>,
+    outcome: Outcome,
+    proof: Proof,
+    target: Target<'_>,
+) -> Outcome {
+    let Outcome::Retryable { after, .. } = outcome else {
+        return outcome;
+    };
+    if proof == Proof::Proven {
+        return outcome;
+    }
+    bump(&shared.stats.unwitnessed);
+    let (method, uri) = (target.method(), target.uri());
+    if proof == Proof::NoWitness && !shared.warned_unwitnessed.swap(true, Relaxed) {
+        tracing::warn!(
+            %method, %uri,
+            "an answer proving a request unprocessed is not acted on: no WitnessLayer under              the retry layer saw the request, so the answer may be another request's (a              redirect's hop); put `retry::WitnessLayer` on the transport to retry such              requests, or `retry_unprocessed(false)` to say you don't (warned once)"
+        );
+    } else {
+        tracing::debug!(
+            %method, %uri, ?proof,
+            "an unprocessed verdict is not the request's own: not sent again"
+        );
+    }
+    Outcome::Retryable {
+        after,
+        unprocessed: false,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::any::TypeId;
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub(crate) struct Shared<C, EC = SourceWalk> {
     pub(crate) error_classifier: EC,
     /// The error types already warned about as unrecognised: one warning per type.
     pub(crate) warned: Mutex<Vec<TypeId>>,
+    /// Whether an unprocessed verdict was already set aside for want of a witness (warned once).
+    pub(crate) warned_unwitnessed: AtomicBool,
     pub(crate) policy: Policy,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) stats: Counters,
@@ -500,6 +503,7 @@ impl<C, EC> Builder<C, EC> {
                 classifier: self.classifier,
                 error_classifier: self.error_classifier,
                 warned: Mutex::default(),
+                warned_unwitnessed: AtomicBool::new(false),
                 policy: self.policy,
                 budget,
                 stats: Counters::default(),

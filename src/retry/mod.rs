@@ -129,6 +129,7 @@ mod policy;
 mod replay;
 mod service;
 mod stats;
+mod witness;
 
 pub use budget::RetryBudget;
 pub use capture::Capture;
@@ -138,6 +139,7 @@ pub use policy::Jitter;
 pub use replay::{ReplayBody, Replayable, SendOnce};
 pub use service::StatusAwareRetry;
 pub use stats::RetryStats;
+pub use witness::{Witness, WitnessFuture, WitnessLayer};
 
 #[cfg(test)]
 mod proptests;

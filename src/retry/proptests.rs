@@ -289,6 +289,11 @@ async fn send<C: Classify>(layer: &StatusAwareRetryLayer<C>, m: &Meth, script: &
         });
         async move { answer.respond() }
     });
+    // On the transport: ties a `Refused` to the request sent (it is the only request here).
+    let refusals = |e: &BoxError| e.is::<Refused>().then_some(Outcome::UNPROCESSED);
+    let upstream = super::WitnessLayer::new()
+        .error_classifier(refusals)
+        .layer(upstream);
     let mut req = Request::new(Full::new(Bytes::from_static(b"payload")));
     (*req.method_mut(), *req.uri_mut()) = (m.0.clone(), "http://up/records/42".parse().unwrap());
     if m.1 {

@@ -15,6 +15,7 @@ use super::log::Head;
 use super::policy::{Eligible, eligibility};
 use super::replay::{ReplayBody, clone_request, with_body};
 use super::stats::RetryStats;
+use super::witness::issue;
 use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
 use crate::counter::bump;
 use crate::headers::content_length;
@@ -139,6 +140,9 @@ where
             req.headers_mut()
                 .insert(name.clone(), http::HeaderValue::from_static("1"));
         }
+        // Only an unprocessed answer may send this request again: a witness on the transport
+        // must tie that answer to the request sent (see `witness`).
+        let ticket = (eligible == Eligible::Unprocessed).then(|| issue(&mut req));
         let future = self.inner.call(req);
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
@@ -147,6 +151,7 @@ where
             capture,
             head,
             eligible,
+            ticket,
         };
         ResponseFuture::new(future, service, again, shared.clone(), now)
     }

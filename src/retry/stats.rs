@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// still in flight + requests whose future the caller dropped before it finished.
 ///
 /// The other counters count events, not answers: `attempts`, `retries`, `not_replayable`,
-/// `drained_bytes`, `unrecognised_errors`, `sent_past_deadline`.
+/// `drained_bytes`, `unrecognised_errors`, `sent_past_deadline`, `unwitnessed`.
 ///
 /// ```
 /// let layer = tower_negative_cache::StatusAwareRetryLayer::new();
@@ -65,6 +65,13 @@ pub struct RetryStats {
     /// deadline, and readiness was awaited unbounded, as without a deadline. Also logged
     /// (`debug!`).
     pub sent_past_deadline: u64,
+    /// Answers that proved *a* request unprocessed, for a request that only such an answer
+    /// may send again (POST, PATCH without `Idempotency-Key`), set aside because no
+    /// [`WitnessLayer`](super::WitnessLayer) tied them to the request the layer sent — none
+    /// was installed on the transport, or a layer below sent more than that request (a
+    /// redirect's hop). Such a request is returned, not retried (in `not_retried`). The first
+    /// with no witness at all is also logged with `warn!`.
+    pub unwitnessed: u64,
 }
 
 impl RetryStats {
@@ -94,6 +101,7 @@ pub(crate) struct Counters {
     pub(crate) drained_bytes: AtomicU64,
     pub(crate) unrecognised_errors: AtomicU64,
     pub(crate) sent_past_deadline: AtomicU64,
+    pub(crate) unwitnessed: AtomicU64,
 }
 
 impl Counters {
@@ -112,6 +120,7 @@ impl Counters {
             drained_bytes: self.drained_bytes.load(Relaxed),
             unrecognised_errors: self.unrecognised_errors.load(Relaxed),
             sent_past_deadline: self.sent_past_deadline.load(Relaxed),
+            unwitnessed: self.unwitnessed.load(Relaxed),
         }
     }
 }
