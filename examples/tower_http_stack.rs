@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! TraceLayer -> FollowRedirectLayer -> NegativeCacheLayer -> DecompressionLayer
-//!            -> StatusAwareRetryLayer -> tower::timeout::TimeoutLayer (per attempt) -> Client
+//!            -> StatusAwareRetryLayer -> tower::timeout::TimeoutLayer (per attempt)
+//!            -> WitnessLayer -> Client
 //! ```
 //!
 //! It shows, and exits non-zero if any of it does not hold: a 404 reaches the origin once and
@@ -39,6 +40,7 @@ use tower_http::decompression::DecompressionLayer;
 use tower_http::follow_redirect::FollowRedirectLayer;
 use tower_http::trace::TraceLayer;
 use tower_negative_cache::cache::NegativeCacheHit;
+use tower_negative_cache::retry::WitnessLayer;
 use tower_negative_cache::{NegativeCacheLayer, RetryInfo, StatusAwareRetryLayer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -168,6 +170,9 @@ fn build(
         .layer(retry.clone())
         // Inside the retry layer: bounds each attempt; its `Elapsed` is a transient error.
         .layer(TimeoutLayer::new(per_attempt))
+        // On the client: ties a refused connection to the request the retry layer sent, so a
+        // POST is resent only on proof of its own (tests/unprocessed_proof.rs).
+        .layer(WitnessLayer::new())
         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
     BoxCloneSyncService::new(stack)
 }
@@ -233,7 +238,7 @@ async fn main() -> ExitCode {
     println!("origin: {base}");
     println!(
         "stack:  Trace -> FollowRedirect -> NegativeCache -> Decompression -> StatusAwareRetry \
-         -> Timeout(500 ms per attempt) -> hyper-util Client\n"
+         -> Timeout(500 ms per attempt) -> Witness -> hyper-util Client\n"
     );
 
     let mut failures: Vec<String> = Vec::new();

@@ -58,6 +58,9 @@ pub enum Outcome {
         /// a GOAWAY's last stream id (RFC 9113 §8.7), a request hyper canceled before sending
         /// it, a connection that was never established. A response never sets it by default;
         /// a classifier that sets it on one vouches that such an answer means "not processed".
+        /// It says a request was not processed, not which: the retry layer acts on it for a
+        /// request that only it may send again when a
+        /// [`WitnessLayer`](crate::retry::WitnessLayer) ties it to the request sent.
         unprocessed: bool,
     },
     /// Any other failure: return it, do not retry, do not remember.
@@ -318,7 +321,11 @@ pub(crate) fn as_dyn_error<E: 'static>(error: &E) -> Option<&(dyn Error + 'stati
 /// stream id and to streams opened after it; streams the server may have processed end with
 /// an I/O error instead) — RFC 9113 §8.7: "the request can be safely retried"; hyper's
 /// canceled error (the request was never handed to the connection); hyper-util's connect
-/// errors (no connection, nothing sent). Never anything in or under a `reqwest::Error`:
+/// errors (no connection, nothing sent) — of the request that failed, which a layer between
+/// the retry layer and the client (a redirect follower) may have sent after the request it was
+/// given: the retry layer acts on it for a POST only when a
+/// [`WitnessLayer`](crate::retry::WitnessLayer) on the client ties it to the request sent.
+/// Never anything in or under a `reqwest::Error`:
 /// reqwest follows redirects itself, and its connect error may name a later hop — a POST
 /// answered `303 See Other` (processed: RFC 9110 §15.4.4) whose `Location` refuses connections
 /// fails with `is_connect()` — so a reqwest connect error is only Transient, retried for an

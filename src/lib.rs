@@ -101,7 +101,7 @@
 //!
 //! ```text
 //! TraceLayer -> FollowRedirectLayer -> NegativeCacheLayer -> DecompressionLayer
-//!            -> StatusAwareRetryLayer -> tower::timeout::TimeoutLayer -> Client
+//!            -> StatusAwareRetryLayer -> tower::timeout::TimeoutLayer -> WitnessLayer -> Client
 //! ```
 //!
 //! - **`TraceLayer` outermost**: one span per caller request, with the answer the caller gets
@@ -125,6 +125,13 @@
 //!   layer's own [`deadline`](retry::Builder::deadline) does that job and still returns the
 //!   last answer. The timeout's error type is `Box<dyn Error + Send + Sync>`, which the
 //!   default error classification reads through its `source()` chain.
+//! - **[`retry::WitnessLayer`] on the client**: it ties an answer proving a request was never
+//!   processed (a refused connection) to the request the retry layer sent, so that a POST is
+//!   sent again only on such proof of its own. Only layers that send the request they were
+//!   given once may sit between it and the retry layer (the timeout does): a
+//!   `FollowRedirectLayer` there would make a POST answered `303` whose `Location` refuses
+//!   connections look unprocessed — without the witness the retry layer never resends a POST
+//!   on such an answer, and counts it (`RetryStats::unwitnessed`).
 //!
 //! tower-http's own `TimeoutLayer` is server-side: it answers a *server's* slow request with
 //! a 408 response instead of an error. Don't use it on a client: use `tower::timeout`.
@@ -143,6 +150,7 @@
 //! use tower::util::BoxCloneSyncService;
 //! use tower_http::{decompression::DecompressionLayer, follow_redirect::FollowRedirectLayer};
 //! use tower_http::trace::TraceLayer;
+//! use tower_negative_cache::retry::WitnessLayer;
 //! use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
 //!
 //! type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -168,6 +176,7 @@
 //!         .layer(DecompressionLayer::new())
 //!         .layer(retry.clone())
 //!         .layer(TimeoutLayer::new(Duration::from_secs(2))) // per attempt
+//!         .layer(WitnessLayer::new()) // on the client: a refused connection is the POST's own
 //!         .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
 //!     Records { http: BoxCloneSyncService::new(stack) }
 //! }
@@ -180,7 +189,9 @@
 //! 1. A 404 or 410 reaches upstream exactly once per request, whatever the configuration.
 //! 2. Upstream calls per request ≤ 1 + `max_retries`; retries overall ≤ the budget.
 //! 3. A discarded answer's body is released before the next attempt begins (drained during
-//!    the wait, dropped at its end at the latest); no attempt starts past the deadline.
+//!    the wait, dropped at its end at the latest); no reservation of the inner service is
+//!    held through a wait; no attempt starts past the deadline, but a retry whose service
+//!    is busy past it after the answer it replaces was released (counted).
 //! 4. A remembered key is answered without an upstream call until its TTL ends or it is
 //!    invalidated; 404 stays 404, 410 stays 410.
 //! 5. Entries never exceed capacity; memory stays bounded under a flood of missing keys.

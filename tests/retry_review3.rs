@@ -448,7 +448,9 @@ async fn a_retry_sent_past_the_deadline_after_releasing_a_body_is_counted() {
         .unwrap();
     let res = layer.layer(svc).oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    // Readiness is driven after the 10 ms wait (no reservation is held through it: issue 22,
+    // tests/reservation.rs), and this service is busy for 2 s from that first poll.
+    assert_eq!(t0.elapsed(), Duration::from_millis(2010));
     let stats = layer.stats();
     assert_eq!(
         (stats.retries, stats.sent_past_deadline),

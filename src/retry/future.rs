@@ -51,15 +51,14 @@ pin_project! {
         // When the retry being prepared was taken from the budget: given back if it is never
         // sent (not ready by the deadline, readiness failed, the future dropped).
         withdrawn: Option<Instant>,
-        // The discarded answer was released before the service was ready (it had a body the
-        // service may be waiting for): readiness is awaited past the deadline if need be.
-        unbounded_ready: bool,
+        // With a deadline, the answer a retry replaces when it holds nothing (an error, a
+        // response whose body has ended): returned if the service is not ready by the
+        // deadline. An answer with a body is released during the wait instead.
+        kept: Option<(Result<Response<BodyOf<S, ReqB>>, S::Error>, Outcome)>,
         #[pin]
-        state: State<S::Future, BodyOf<S, ReqB>, S::Error>,
+        state: State<S::Future, BodyOf<S, ReqB>>,
         // A service for the next attempt; None when the request can't be retried.
         service: Option<S>,
-        // `service` was driven to ready before the wait: it is called without asking again.
-        reserved: bool,
         // The copy the next attempt sends.
         replay: Option<Request<ReqB>>,
         // A streamed body's capture: its copies may be sent only once it is complete.
@@ -115,21 +114,19 @@ pub(crate) struct Again<ReqB> {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B, E> {
+    enum State<F, B> {
         Called { #[pin] future: F },
-        // With a deadline: driving the service for the next attempt to ready while the answer
-        // is kept, so that if it is not ready by the deadline there is an answer to return
-        // rather than an attempt started past it. The timer is set to the deadline on the
-        // first poll that finds the service not ready.
-        Reserving { answer: Option<Result<Response<B>, E>>, outcome: Outcome, armed: bool },
         // Waiting for the next attempt while reading the discarded answer's body, so its
         // connection can be reused; the timer, if `timed`, ends the drain (drain timeout or
         // end of wait).
         Releasing { #[pin] body: B, drained: usize, timed: bool },
-        // Waiting for the next attempt, the discarded answer released; the timer is set to the
-        // end of the wait on the first poll.
+        // Waiting for the next attempt, the discarded answer released (or kept, if it holds
+        // nothing); the timer is set to the end of the wait on the first poll.
         Waiting { armed: bool },
-        Ready,
+        // Driving the service to ready for the next attempt, after the wait: no reservation
+        // is held while waiting. With a kept answer, the timer is set to the deadline on the
+        // first poll that finds the service not ready.
+        Ready { armed: bool },
     }
 }
 
@@ -154,10 +151,9 @@ where
         } = again;
         ResponseFuture {
             withdrawn: None,
-            unbounded_ready: false,
+            kept: None,
             state: State::Called { future },
             service,
-            reserved: false,
             replay,
             capture,
             head,
@@ -275,86 +271,20 @@ where
                             unprocessed = outcome.is_unprocessed(), "retrying"
                         ),
                     }
-                    if shared.policy.deadline.is_some() {
-                        this.state.set(State::Reserving {
-                            answer: Some(result),
-                            outcome,
-                            armed: false,
-                        });
+                    // No reservation is taken before the wait (a `ConcurrencyLimit` permit held
+                    // through a 10 s backoff serves no one): readiness is driven after it, as
+                    // `tower::retry` does. With a deadline, an answer that holds nothing is kept
+                    // through the wait, to be returned if the service is not ready by then.
+                    let holds_nothing = match &result {
+                        Ok(res) => res.body().is_end_stream(),
+                        Err(_) => true,
+                    };
+                    if shared.policy.deadline.is_some() && holds_nothing {
+                        *this.kept = Some((result, outcome));
+                        this.state.set(wait(delay));
                     } else {
-                        let next = release(result, shared, (now, delay), false, this.timer);
+                        let next = release(result, shared, (now, delay), this.timer);
                         this.state.set(next);
-                    }
-                }
-                StateProj::Reserving {
-                    answer,
-                    outcome,
-                    armed,
-                } => {
-                    let service = this.service.as_mut().expect("a retry always has a service");
-                    match service.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => {
-                            *this.reserved = true;
-                            let answer = answer.take().expect("an answer until released");
-                            // The wait still ends when it was decided to (`wake_at`); time
-                            // spent getting ready is taken from it, and from the drain.
-                            let decided = *this.wake_at - *this.prev_delay;
-                            let wait = (decided, *this.prev_delay);
-                            let next = release(answer, shared, wait, false, this.timer);
-                            this.state.set(next);
-                        }
-                        Poll::Ready(Err(e)) => {
-                            refund(shared, this.withdrawn);
-                            bump(&shared.stats.failed);
-                            return Poll::Ready(Err(e));
-                        }
-                        Poll::Pending
-                            if answer.as_ref().is_some_and(|a| {
-                                a.as_ref().is_ok_and(|r| !r.body().is_end_stream())
-                            }) =>
-                        {
-                            // The answer still has a body to read, and the service may be
-                            // waiting for exactly that (one HTTP/1 connection, a pool of busy
-                            // ones): held unread, it would block its own retry until the
-                            // deadline. It is drained and released during the wait instead,
-                            // and readiness awaited after it, unbounded — there is no answer
-                            // left to return at the deadline, and an unready service may not
-                            // be called.
-                            *this.unbounded_ready = true;
-                            let answer = answer.take().expect("an answer until released");
-                            let decided = *this.wake_at - *this.prev_delay;
-                            // Drained up to `drain_timeout` even past the wait: no attempt
-                            // can start before the service is ready, and this body may be
-                            // what it waits for.
-                            let wait = (decided, *this.prev_delay);
-                            let next = release(answer, shared, wait, true, this.timer);
-                            this.state.set(next);
-                        }
-                        Poll::Pending => {
-                            let deadline =
-                                shared.policy.deadline.expect("reserving has a deadline");
-                            if !*armed {
-                                arm(this.timer, *this.started + deadline);
-                                *armed = true;
-                            }
-                            let timer = this.timer.as_mut().expect("armed above");
-                            ready!(timer.as_mut().poll(cx));
-                            // Not ready by the deadline: the answer in hand is the last one.
-                            refund(shared, this.withdrawn);
-                            let answer = answer.take().expect("an answer until released");
-                            let target = Target::of(this.replay.as_ref(), this.head.as_deref());
-                            return Poll::Ready(finish(
-                                shared,
-                                answer,
-                                *outcome,
-                                (
-                                    Stop::Deadline,
-                                    "the inner service was not ready by the deadline",
-                                ),
-                                *this.attempts,
-                                target,
-                            ));
-                        }
                     }
                 }
                 StateProj::Releasing {
@@ -416,29 +346,60 @@ where
                     }
                     let timer = this.timer.as_mut().expect("armed above");
                     ready!(timer.as_mut().poll(cx));
-                    this.state.set(State::Ready);
+                    this.state.set(State::Ready { armed: false });
                 }
-                StateProj::Ready => {
+                StateProj::Ready { armed } => {
                     let service = this.service.as_mut().expect("a retry always has a service");
-                    if !std::mem::take(this.reserved) {
-                        if let Err(e) = ready!(service.poll_ready(cx)) {
+                    match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
                             // An answer like any other: counted, so the counters add up.
                             refund(shared, this.withdrawn);
                             bump(&shared.stats.failed);
                             return Poll::Ready(Err(e));
                         }
-                    }
-                    if std::mem::take(this.unbounded_ready) {
-                        let deadline = shared.policy.deadline.map(|d| *this.started + d);
-                        if deadline.is_some_and(|d| Instant::now() > d) {
-                            bump(&shared.stats.sent_past_deadline);
+                        Poll::Pending => {
+                            // Only an answer kept through the wait can be returned instead.
+                            let Some(deadline) =
+                                shared.policy.deadline.filter(|_| this.kept.is_some())
+                            else {
+                                return Poll::Pending;
+                            };
+                            if !*armed {
+                                arm(this.timer, *this.started + deadline);
+                                *armed = true;
+                            }
+                            let timer = this.timer.as_mut().expect("armed above");
+                            ready!(timer.as_mut().poll(cx));
+                            // Not ready by the deadline: the answer in hand is the last one.
+                            refund(shared, this.withdrawn);
+                            let (answer, outcome) = this.kept.take().expect("checked above");
                             let target = Target::of(this.replay.as_ref(), this.head.as_deref());
-                            tracing::debug!(
-                                method = %target.method(), uri = %target.uri(),
-                                "a retry is sent past the deadline: its service became ready \
-                                 only after the answer it replaces was released"
-                            );
+                            return Poll::Ready(finish(
+                                shared,
+                                answer,
+                                outcome,
+                                (
+                                    Stop::Deadline,
+                                    "the inner service was not ready by the deadline",
+                                ),
+                                *this.attempts,
+                                target,
+                            ));
                         }
+                    }
+                    // Ready: the kept answer is discarded now. Without one (its body was
+                    // released during the wait), readiness was awaited whatever the deadline.
+                    let kept = this.kept.take().is_some();
+                    let deadline = shared.policy.deadline.map(|d| *this.started + d);
+                    if !kept && deadline.is_some_and(|d| Instant::now() > d) {
+                        bump(&shared.stats.sent_past_deadline);
+                        let target = Target::of(this.replay.as_ref(), this.head.as_deref());
+                        tracing::debug!(
+                            method = %target.method(), uri = %target.uri(),
+                            "a retry is sent past the deadline: its service became ready only \
+                             after the wait, and the answer it replaces had been released"
+                        );
                     }
                     // Sent: the withdrawal is spent.
                     *this.withdrawn = None;
@@ -470,15 +431,13 @@ where
 }
 
 /// Releases a discarded answer: the state that drains its body during the wait (decided at
-/// `decided`, `delay` long) — or up to the drain timeout whatever the wait, when
-/// `past_wait` — or that waits with it dropped.
+/// `decided`, `delay` long), or that waits with it dropped.
 fn release<F, B: Body, E>(
     result: Result<Response<B>, E>,
     shared: &Shared<impl Sized, impl Sized>,
     (decided, delay): (Instant, Duration),
-    past_wait: bool,
     timer: &mut Option<Pin<Box<Sleep>>>,
-) -> State<F, B, E> {
+) -> State<F, B> {
     let body = match result {
         Ok(res) => res.into_body(),
         Err(_) => return wait(delay),
@@ -489,10 +448,8 @@ fn release<F, B: Body, E>(
     }
     // Drained until the wait ends, or the drain timeout if sooner; a zero wait reads only
     // what is already there (no timer).
-    let timed = past_wait || !delay.is_zero();
-    if past_wait {
-        arm(timer, decided + shared.drain_timeout);
-    } else if timed {
+    let timed = !delay.is_zero();
+    if timed {
         arm(timer, (decided + shared.drain_timeout).min(decided + delay));
     }
     State::Releasing {
@@ -507,9 +464,9 @@ const FRAMES_PER_POLL: u32 = 64;
 
 /// The state after a discarded answer is released: a zero wait retries at once, without a
 /// timer or a clock read.
-fn wait<F, B, E>(delay: Duration) -> State<F, B, E> {
+fn wait<F, B>(delay: Duration) -> State<F, B> {
     if delay.is_zero() {
-        State::Ready
+        State::Ready { armed: false }
     } else {
         State::Waiting { armed: false }
     }

@@ -335,27 +335,24 @@ impl<C, EC> Builder<C, EC> {
     /// An overall deadline from the first attempt: no retry is decided whose wait would end
     /// past it (the last answer is returned instead, counted as `gave_up`), and as the wait
     /// is timed from the decision — draining the discarded body runs during the wait, not
-    /// before it — no attempt starts past it (within the timer's 1 ms resolution). Default:
-    /// none. Valid: `1 ms..=1 day`.
+    /// before it — no attempt starts past it (within the timer's 1 ms resolution), but for
+    /// one counted case below. Default: none. Valid: `1 ms..=1 day`.
     ///
-    /// With a deadline, the inner service is driven to ready for a retry *before* the
-    /// discarded answer is released, and that wait is bounded by the deadline too: a service
-    /// not ready by then (a busy `ConcurrencyLimit` or `Buffer`) gets no attempt, and the
-    /// answer in hand is returned (`gave_up`; its retry is given back to the budget). The
-    /// price: the retry's reservation (a permit, a buffer slot) is held during the backoff
-    /// wait. Without a deadline, readiness is awaited after the wait, as `tower::retry` does,
-    /// unbounded.
-    ///
-    /// One exception: an answer whose body is still to be read is not held while a service
-    /// that is not ready is awaited — the service may be waiting for exactly that body (one
-    /// HTTP/1 connection, a pool whose connections are all busy), and holding it would block
-    /// its own retry until the deadline. It is drained (up to `drain_limit`, within
-    /// `drain_timeout` even if that outlasts the backoff wait) and released, and readiness
-    /// is then awaited unbounded: no answer is left to
-    /// return at the deadline and an unready service may not be called. A retry so sent past
-    /// the deadline is counted in [`RetryStats::sent_past_deadline`](super::RetryStats) and
-    /// logged. Bound the inner service's readiness (a `tower::load_shed`, a pool timeout) if
-    /// that matters more than the retry.
+    /// No reservation of the inner service (a `ConcurrencyLimit` permit, a `Buffer` slot) is
+    /// held through a backoff wait: readiness for a retry is driven after the wait, as
+    /// `tower::retry` does, so other callers are served while a retry waits. Measured over a
+    /// `ConcurrencyLimit` of 1 with a 1 s backoff (`tests/reservation.rs`, paused clock): a
+    /// caller arriving during the wait starts at once, where it used to wait for the whole
+    /// wait and the retry (1.01 s). With a deadline, an answer that holds nothing — an error,
+    /// or a response whose body has ended — is kept through the wait, and if the service is
+    /// not ready by the deadline that answer is returned and no attempt is made (`gave_up`;
+    /// its retry is given back to the budget). An answer with a body to read is released
+    /// during the wait instead (its connection goes back to the pool), so there is none to
+    /// return at the deadline: its retry awaits readiness whatever the deadline, and one so
+    /// sent past the deadline is counted in
+    /// [`RetryStats::sent_past_deadline`](super::RetryStats) and logged. Bound the inner
+    /// service's readiness (a `tower::load_shed`, a pool timeout) if that matters more than
+    /// the retry.
     ///
     /// It bounds waits, not attempts: put a `tower::timeout::TimeoutLayer` under this layer to
     /// bound each attempt.
@@ -406,10 +403,18 @@ impl<C, EC> Builder<C, EC> {
     /// Retry a request of any method — POST, PATCH, CONNECT included — when the answer proves
     /// the server never processed it ([`Outcome::is_unprocessed`](crate::Outcome::is_unprocessed):
     /// an HTTP/2 stream refused with `REFUSED_STREAM` or above a GOAWAY's last stream id, a
-    /// request never sent), as Envoy's `refused-stream` policy does (RFC 9110 §9.2.2, RFC 9113
-    /// §8.7). Other retryable answers still retry such a request only as
-    /// [`retry_non_idempotent`](Builder::retry_non_idempotent) and `Idempotency-Key` allow.
-    /// Default: `true`.
+    /// request never sent, a connection never made), as Envoy's `refused-stream` policy does
+    /// (RFC 9110 §9.2.2, RFC 9113 §8.7). Other retryable answers still retry such a request
+    /// only as [`retry_non_idempotent`](Builder::retry_non_idempotent) and `Idempotency-Key`
+    /// allow. Default: `true`.
+    ///
+    /// The proof must be the request's own: a [`WitnessLayer`](super::WitnessLayer) on the
+    /// transport must tie the answer to the one request this layer sent (a layer in between
+    /// may send several — a redirect follower whose hop is refused after the POST was
+    /// processed). Without a witness, or when it saw more than that request, the answer is
+    /// returned, counted in [`RetryStats::unwitnessed`](super::RetryStats::unwitnessed) and
+    /// (the first time no witness saw it) logged with `warn!`: put the witness in, or set
+    /// `false` to say you don't want these retries.
     ///
     /// Cost: each such request keeps a copy of itself for the retry, as an idempotent one does
     /// — a clone of a buffered body (a reference count for `Full<Bytes>`), or a capture of a
@@ -423,6 +428,14 @@ impl<C, EC> Builder<C, EC> {
     /// How many bytes of a discarded answer's body are read so its connection can be reused;
     /// a longer body is dropped (closing an HTTP/1 connection). The drain runs during the
     /// backoff wait and ends with it at the latest. Default: 64 KiB. Valid: `0..=16 MiB`.
+    ///
+    /// The bound is checked before each read, as a body yields whole frames: no read starts
+    /// when the body's size hint says more remains than the bound has left (exact for a body
+    /// of known length: a `Content-Length`), nor once the bound is reached while data may
+    /// still come (a chunked body of exactly this many bytes is then dropped before its end).
+    /// A body of unknown length may cross it by one frame, read whole: at most `drain_limit`
+    /// plus one frame — for hyper's client, one HTTP/1 chunk or read (its read buffer, at most
+    /// about 400 KiB by default), one HTTP/2 DATA frame (16 KiB by default).
     pub fn drain_limit(mut self, bytes: usize) -> Self {
         if self
             .error
@@ -456,7 +469,8 @@ impl<C, EC> Builder<C, EC> {
     ///
     /// Memory: at most this many bytes per request in flight whose body is being captured (the
     /// buffer's capacity may round up, to under twice the bound), freed as soon as the body
-    /// outgrows the bound, else when the request's future ends. Default: 64 KiB. Valid:
+    /// outgrows the bound, else when the request's future ends. Trailers count with the data:
+    /// each field its name and value plus 32 bytes (as HTTP/2 sizes a field, RFC 9113 §6.5.2). Default: 64 KiB. Valid:
     /// `0..=16 MiB`; 0 turns capturing off (streamed bodies are sent once).
     pub fn capture_limit(mut self, bytes: usize) -> Self {
         if self

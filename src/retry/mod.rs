@@ -11,18 +11,21 @@
 //!   `max_retries`, the deadline, the `Retry-After` cap and the shared [`RetryBudget`] allow, for
 //!   idempotent methods (and POST/PATCH with `Idempotency-Key`) whose body can be replayed
 //!   ([`ReplayBody`]). A request of any method is retried when the answer proves the server
-//!   never processed it ([`Outcome::is_unprocessed`](crate::Outcome::is_unprocessed): an HTTP/2
-//!   stream refused with `REFUSED_STREAM` or above a GOAWAY's last stream id, RFC 9113 §8.7),
-//!   as Envoy's `refused-stream` policy does; [`Builder::retry_unprocessed`] turns that off.
+//!   never processed it ([`Outcome::is_unprocessed`](crate::Outcome::is_unprocessed): a
+//!   connection never made, an HTTP/2 stream refused with `REFUSED_STREAM` or above a GOAWAY's
+//!   last stream id, RFC 9113 §8.7), as Envoy's `refused-stream` policy does — but only when a
+//!   [`WitnessLayer`] on the transport ties that answer to the request the layer sent, since
+//!   a layer in between (a redirect follower) may have sent others; [`Builder::retry_unprocessed`]
+//!   turns that off.
 //! - The backoff wait is timed from the moment a retry is decided. During it, the retried
-//!   answer's body is read up to `drain_limit` within `drain_timeout` (so its HTTP/1 connection
-//!   goes back to the pool), then dropped — at the latest when the wait ends, so draining never
-//!   delays the next attempt and no attempt starts past the deadline. With a deadline, the
-//!   inner service is driven to ready for the retry before the answer is released, within the
-//!   deadline: a service not ready by then gets no attempt, and that answer is returned —
-//!   unless its body is still to be read: the service may be waiting for it (one HTTP/1
-//!   connection), so it is drained and released, and readiness awaited past the deadline if
-//!   need be (see [`Builder::deadline`]).
+//!   answer's body is read up to `drain_limit` (checked before each read) within
+//!   `drain_timeout` (so its HTTP/1 connection goes back to the pool), then dropped — at the
+//!   latest when the wait ends, so draining never delays the next attempt. No reservation of the
+//!   inner service is held through the wait: it is driven to ready for the retry after it,
+//!   as `tower::retry` does. With a deadline, an answer that holds nothing (an error, a
+//!   response whose body has ended) is kept through the wait and returned if the service is
+//!   not ready by the deadline; an answer with a body is released during the wait, so its
+//!   retry awaits readiness past the deadline if need be, counted (see [`Builder::deadline`]).
 //! - Backoff: the first retry waits up to `backoff_base`, the n-th up to
 //!   `backoff_base × factor^(n-1)`, capped, spread by the jitter.
 //!
@@ -78,9 +81,10 @@
 //! types (what a proxy forwards) is captured as the first attempt sends it, up to
 //! [`capture_limit`](Builder::capture_limit) bytes (64 KiB by default) per request in flight,
 //! and replayed from the copy if it fit; a larger one is sent once, whole, and counted as
-//! `not_replayable`. A stream of declared length (a `Content-Length`, else an exact size hint)
-//! is complete once that many bytes are kept — hyper's HTTP/1 client never polls it to its end
-//! — and is never replayed if it ends short of it. hyper's `Incoming` must be boxed first (`req.map(BodyExt::boxed)`).
+//! `not_replayable`. A stream is complete at its end, or once it has sent its trailers (the
+//! last frame a body can send; they count against `capture_limit`), or, of declared length (a
+//! `Content-Length`, else an exact size hint), once that many bytes are kept — hyper's HTTP/1
+//! client polls neither to its end — and is never replayed if it ends short of it. hyper's `Incoming` must be boxed first (`req.map(BodyExt::boxed)`).
 //!
 //! # Troubleshooting compile errors
 //!

@@ -58,11 +58,10 @@ pub struct RetryStats {
     /// `error_classifier` nor the `source()` walk — and that were therefore treated as Fatal
     /// (and returned, in `failed`). Each error type is also logged once with `warn!`.
     pub unrecognised_errors: u64,
-    /// Retries sent past the deadline: with a deadline, the inner service was not ready when
-    /// the retry was decided and the answer in hand had a body still to read, which the
-    /// service may be waiting for (one HTTP/1 connection, a pool of busy ones). That answer
-    /// was drained and released rather than held, so there was none left to return at the
-    /// deadline, and readiness was awaited unbounded, as without a deadline. Also logged
+    /// Retries sent past the deadline: the inner service became ready only after the
+    /// deadline, and the answer the retry replaces had a body, which was drained and released
+    /// during the backoff wait (so its connection could be reused), leaving none to return at
+    /// the deadline; readiness was awaited unbounded, as without a deadline. Also logged
     /// (`debug!`).
     pub sent_past_deadline: u64,
     /// Answers that proved *a* request unprocessed, for a request that only such an answer
