@@ -161,3 +161,179 @@ fn failed<T, E>(result: Result<T, E>, why: &str) -> E {
         Err(e) => e,
     }
 }
+
+/// The proof over multi-request layers, as a property. Between the retry layer and the
+/// witness, a layer sends one to three requests per call and returns the last answer: the
+/// first is the request it was given; later ones are either copies with its extensions, sent
+/// whatever the answer (a hedge, an auth refresh), or, like a redirect follower's hops, sent
+/// only after a response, with or without its extensions (tower-http 0.7 carries them, 0.6
+/// does not). Whatever the transport answers, a POST is sent again only after an attempt in
+/// which its one request reached the transport and was refused unprocessed; and such a POST
+/// is sent again.
+mod property {
+    use std::error::Error;
+    use std::fmt;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::{Empty, Full};
+    use proptest::prelude::*;
+    use tower::{Layer, Service, ServiceExt};
+    use tower_negative_cache::StatusAwareRetryLayer;
+    use tower_negative_cache::classify::Outcome;
+    use tower_negative_cache::retry::{Jitter, WitnessLayer};
+
+    type BoxError = Box<dyn Error + Send + Sync>;
+
+    #[derive(Debug)]
+    struct Refused;
+
+    impl fmt::Display for Refused {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("refused before processing")
+        }
+    }
+
+    impl Error for Refused {}
+
+    fn refusals(e: &BoxError) -> Option<Outcome> {
+        e.is::<Refused>().then_some(Outcome::UNPROCESSED)
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Answer {
+        Refused,
+        Status(u16),
+    }
+
+    fn answer() -> impl Strategy<Value = Answer> {
+        prop_oneof![
+            3 => Just(Answer::Refused),
+            1 => Just(Answer::Status(303)),
+            1 => Just(Answer::Status(503)),
+            1 => Just(Answer::Status(200)),
+        ]
+    }
+
+    /// (attempt, answer) for every request that reached the transport.
+    type Log = Arc<Mutex<Vec<(usize, Answer)>>>;
+
+    fn run(script: Vec<Answer>, hops: Vec<(usize, bool)>) -> Result<(), TestCaseError> {
+        let log: Log = Arc::default();
+        let (l, script) = (log.clone(), Arc::new(script));
+        let attempt = Arc::new(Mutex::new(0usize));
+        let a = attempt.clone();
+        let transport = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+            let mut log = l.lock().unwrap();
+            let answer = script
+                .get(log.len())
+                .copied()
+                .unwrap_or(Answer::Status(200));
+            log.push((*a.lock().unwrap(), answer));
+            async move {
+                match answer {
+                    Answer::Refused => Err::<Response<Empty<Bytes>>, BoxError>(Box::new(Refused)),
+                    Answer::Status(s) => {
+                        let mut res = Response::new(Empty::new());
+                        *res.status_mut() = http::StatusCode::from_u16(s).unwrap();
+                        Ok(res)
+                    }
+                }
+            }
+        });
+        let witnessed = WitnessLayer::new()
+            .error_classifier(refusals)
+            .layer(transport);
+        let (hops, calls) = (Arc::new(hops), Arc::new(Mutex::new(0usize)));
+        let multi = tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let mut inner = witnessed.clone();
+            let (hops, calls, attempt) = (hops.clone(), calls.clone(), attempt.clone());
+            async move {
+                let n = {
+                    let mut c = calls.lock().unwrap();
+                    *c += 1;
+                    *c - 1
+                };
+                *attempt.lock().unwrap() = n;
+                let (k, keep_extensions) = hops.get(n).copied().unwrap_or((1, true));
+                let (parts, body) = req.into_parts();
+                let mut last: Option<Result<_, BoxError>> = None;
+                for i in 0..k {
+                    // Without the extensions, a hop: only after a response.
+                    if !keep_extensions && last.as_ref().is_some_and(|r| r.is_err()) {
+                        break;
+                    }
+                    let mut next = Request::new(body.clone());
+                    *next.method_mut() = parts.method.clone();
+                    *next.uri_mut() = parts.uri.clone();
+                    if i == 0 || keep_extensions {
+                        *next.extensions_mut() = parts.extensions.clone();
+                    }
+                    last = Some(inner.ready().await?.call(next).await);
+                }
+                last.expect("k >= 1")
+            }
+        });
+        let layer = StatusAwareRetryLayer::builder()
+            .backoff_base(std::time::Duration::ZERO)
+            .jitter(Jitter::None)
+            .no_budget()
+            .max_retries(3)
+            .error_classifier(refusals)
+            .build()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let req = Request::post("http://h.test/orders")
+            .body(Full::new(Bytes::from_static(b"order")))
+            .unwrap();
+        let _ = rt.block_on(layer.layer(multi).oneshot(req));
+        let log = log.lock().unwrap().clone();
+        let attempts = log.iter().map(|(a, _)| a + 1).max().unwrap_or(0);
+        prop_assert_eq!(attempts as u64, layer.stats().attempts);
+        for a in 0..attempts.saturating_sub(1) {
+            let this: Vec<Answer> = log
+                .iter()
+                .filter(|(i, _)| *i == a)
+                .map(|(_, x)| *x)
+                .collect();
+            prop_assert!(
+                this.len() == 1 && this[0] == Answer::Refused,
+                "attempt {} was followed by another, though its requests got {:?}",
+                a,
+                this
+            );
+        }
+        // And one whose single request was refused is sent again (while retries remain).
+        let last = attempts - 1;
+        let this: Vec<Answer> = log
+            .iter()
+            .filter(|(i, _)| *i == last)
+            .map(|(_, x)| *x)
+            .collect();
+        if last < 3 {
+            prop_assert!(
+                !(this.len() == 1 && this[0] == Answer::Refused),
+                "a POST refused alone was not sent again: {:?}",
+                log
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_post_is_resent_only_when_its_one_request_was_refused(
+            script in proptest::collection::vec(answer(), 0..12),
+            hops in proptest::collection::vec((1usize..=3, any::<bool>()), 0..5),
+        ) {
+            run(script, hops)?;
+        }
+    }
+}

@@ -121,9 +121,11 @@ impl fmt::Debug for Ticket {
 /// `tower::timeout`, `map_request`/`map_response`, decompression, tracing, a concurrency
 /// limit, a `Buffer`). Not a witness above a redirect follower, a retrying or hedging layer,
 /// or reqwest (which follows redirects inside itself; its connect errors are never called
-/// unprocessed). A layer that sends a request it built anew *without the original's
-/// extensions* before sending the original is the one thing the ticket can't see: don't put
-/// such a layer between the witness and the retry layer.
+/// unprocessed). What the ticket can't see is a request built anew *without the original's
+/// extensions* and sent after the original failed unprocessed, or before it (a fallback that
+/// rebuilds the request for another backend): its answer is not witnessed. A redirect
+/// follower is safe either way, as it follows only a response; don't put a layer of that
+/// other kind between the witness and the retry layer.
 ///
 /// ```
 /// use std::time::Duration;
