@@ -21,6 +21,19 @@ use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
 
 use support::{Reply, TestServer};
 
+#[test]
+fn the_witness_and_its_future_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    type Client = hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >;
+    type W = tower_negative_cache::retry::Witness<Client>;
+    send_sync::<WitnessLayer>();
+    send_sync::<W>();
+    send_sync::<<W as tower::Service<Request<Full<Bytes>>>>::Future>();
+}
+
 fn retry() -> StatusAwareRetryLayer {
     StatusAwareRetryLayer::builder()
         .backoff_base(Duration::from_millis(1))

@@ -38,7 +38,9 @@ pub struct RetryStats {
     pub failed: u64,
     /// Answer counter: Retryable answers returned because no further attempt was allowed:
     /// `max_retries` used up (with `max_retries(0)`, at the first answer), the next wait would
-    /// end past the deadline, or `Retry-After` asked for more than `max_retry_after`.
+    /// end past the deadline, the inner service was not ready for the retry by the deadline
+    /// (an answer kept through the wait), or `Retry-After` asked for more than
+    /// `max_retry_after`.
     pub gave_up: u64,
     /// Answer counter: Retryable answers returned because the retry budget was spent.
     pub budget_exhausted: u64,
