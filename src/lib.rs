@@ -223,7 +223,7 @@
 //!
 //! | feature | default | what it adds | cost |
 //! |---|---|---|---|
-//! | `hyper` | yes | recognises hyper's, hyper-util's and h2's error types as transient transport errors, and an HTTP/2 stream the server refused before processing it (`REFUSED_STREAM`, GOAWAY) as retryable whatever the method | hyper, hyper-util and h2 (which a hyper HTTP/2 client has anyway; h2 because hyper keeps the HTTP/2 reason private) |
+//! | `hyper` | yes | recognises hyper's, hyper-util's and h2's error types as transient transport errors, and an HTTP/2 stream the server refused before processing it (`REFUSED_STREAM`, GOAWAY) or a connection never made as retryable whatever the method, when a [`retry::WitnessLayer`] on the client ties it to the request sent | hyper, hyper-util and h2 (which a hyper HTTP/2 client has anyway; h2 because hyper keeps the HTTP/2 reason private) |
 //! | `serde` | no | `serde::Serialize` for [`cache::CacheStats`] and [`retry::RetryStats`] | serde |
 //! | `redis` | no | the `fleet` module: replicas share what is missing through Redis | the `redis` client (and `url`), `hmac` and `sha2` |
 //! | `reqwest` | no | [`reqwest::ReqwestService`]: both layers over a `reqwest::Client`; reqwest's connect errors and timeouts classified as transient; `ReplayBody` for `reqwest::Body` | reqwest (without TLS features; yours picks them) |
