@@ -362,11 +362,9 @@ mod tests {
             "{twice} of {ROUNDS} one-retry budgets granted twice"
         );
         // Not vacuous: the budgets do grant their retry (a refused withdrawal under contention
-        // is allowed, never a second grant).
-        assert!(
-            once as u64 > ROUNDS / 2,
-            "only {once} of {ROUNDS} granted once"
-        );
+        // is allowed, never a second grant). How many are refused depends on the machine's
+        // load (12% granted was seen on a loaded 2-core machine), so only "some" is asserted.
+        assert!(once > 0, "only {once} of {ROUNDS} granted once");
         // A refused withdrawal left the retry where it was; a granted one took it.
         for (i, b) in budgets.iter().enumerate() {
             let left = !(grants[0][i] || grants[1][i]);
