@@ -116,6 +116,14 @@ impl Key {
         }
     }
 
+    /// The target this key names, under the credential (or partition) `cred`.
+    pub(crate) fn under(&self, cred: u64) -> KeyRef<'_> {
+        KeyRef {
+            cred,
+            ..self.parts()
+        }
+    }
+
     /// Whether both keys name the same target, whatever their credentials.
     pub(crate) fn same_target(&self, other: &Key) -> bool {
         KeyRef {
@@ -245,6 +253,12 @@ impl Equivalent<Key> for Lookup<'_> {
 /// header for an origin-form target — hyper-util sends it as it is, and the origin resolves
 /// the target against it, RFC 9110 §7.2 — else the URI's), and path and query.
 ///
+/// An origin-form target's scheme is not in the request: it is the connection's (RFC 9112
+/// §3.3), which only the application knows. `origin_scheme` is what it declared
+/// (`Builder::origin_form_scheme`), or empty: then the target is keyed scheme-relative
+/// (`//host/path`), apart from any absolute-form key, since `http://h/x` and `https://h/x` are
+/// two resources (RFC 9110 §4.2).
+///
 /// `None` when the target can't be keyed safely: a `Host` header that is not a valid
 /// `host[:port]`, or one that names another host than an absolute URI's authority (the
 /// connection goes to one, the origin reads the other: keying by either could let one
@@ -252,8 +266,15 @@ impl Equivalent<Key> for Lookup<'_> {
 pub(crate) fn origin_target<'a>(
     uri: &'a Uri,
     host_header: Option<&'a HeaderValue>,
+    origin_scheme: &'a str,
 ) -> Option<(&'a str, &'a str, &'a str)> {
-    let scheme = uri.scheme_str().unwrap_or("");
+    let scheme = match uri.scheme_str() {
+        Some(s) => s,
+        // RFC 9112 §3.2.1, §3.3: origin-form, its authority from `Host`, its scheme the
+        // connection's.
+        None if uri.authority().is_none() && host_header.is_some() => origin_scheme,
+        None => "",
+    };
     let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
     let uri_authority = uri.authority().map_or("", |a| a.as_str());
     let authority = match host_header {
@@ -291,9 +312,10 @@ fn same_host(scheme: &str, a: &str, b: &str) -> bool {
 pub(crate) fn uri_key<'a>(
     uri: &'a Uri,
     host_header: Option<&'a HeaderValue>,
+    origin_scheme: &'a str,
     cred: u64,
 ) -> Option<Lookup<'a>> {
-    let (scheme, authority, pq) = origin_target(uri, host_header)?;
+    let (scheme, authority, pq) = origin_target(uri, host_header, origin_scheme)?;
     target_key(scheme, authority, pq, cred)
 }
 
@@ -306,7 +328,7 @@ pub(crate) fn text_key(text: &str) -> Option<Key> {
         return target_key("", &rest[..end], pq, 0)?.to_key();
     }
     let uri: Uri = text.parse().ok()?;
-    uri_key(&uri, None, 0)?.to_key()
+    uri_key(&uri, None, "", 0)?.to_key()
 }
 
 /// The normalised key of a target given as its parts (`authority` may hold a userinfo, which
@@ -328,7 +350,8 @@ pub(crate) fn target_key<'a>(
     // An absolute URI's path-and-query must start with '/' ("http://a" and "http://a?q" don't).
     let pq_ok = (scheme.is_empty() && host.is_empty()) || pq.starts_with('/');
     let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
-    if pq_ok && !upper(scheme) && !upper(host) {
+    // A host with a percent-escape is rare: it takes the copying path (see `normal_host`).
+    if pq_ok && !upper(scheme) && !upper(host) && !host.contains('%') && pct_normal(pq) {
         return Some(Lookup::Borrowed(KeyRef {
             scheme,
             host,
@@ -337,12 +360,9 @@ pub(crate) fn target_key<'a>(
             cred,
         }));
     }
-    let (scheme, host) = (scheme.to_ascii_lowercase(), host.to_ascii_lowercase());
-    let pq = if pq_ok {
-        pq.to_owned()
-    } else {
-        format!("/{pq}")
-    };
+    let (scheme, host) = (scheme.to_ascii_lowercase(), normal_host(host)?);
+    let pq = pct_normalise(pq)?;
+    let pq = if pq_ok { pq } else { format!("/{pq}") };
     Key::from_parts(KeyRef {
         scheme: &scheme,
         host: &host,
@@ -351,6 +371,101 @@ pub(crate) fn target_key<'a>(
         cred,
     })
     .map(Lookup::Owned)
+}
+
+/// Whether `s` is already in the normal form of RFC 3986 §6.2.2.1 and §6.2.2.2: every
+/// percent-escape in upper-case hex, and none of an unreserved character (`ALPHA / DIGIT / "-"
+/// / "." / "_" / "~"`, §2.3). Most targets have no `%` at all: one `memchr` says so.
+fn pct_normal(s: &str) -> bool {
+    if !s.contains('%') {
+        return true;
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match escape_at(b, i) {
+            Some((byte, upper_hex)) => {
+                if !upper_hex || unreserved(byte) {
+                    return false;
+                }
+                i += 3;
+            }
+            None => i += 1,
+        }
+    }
+    true
+}
+
+/// `s` in the normal form of [`pct_normal`]: escapes of unreserved characters decoded
+/// (§6.2.2.2), the others' hex digits in upper case (§6.2.2.1). A `%` not followed by two hex
+/// digits is left as it is (it is no escape: an origin reads it as it likes, and both spellings
+/// of it are the same bytes). `None` only if the result were not UTF-8, which cannot happen:
+/// only ASCII is rewritten.
+fn pct_normalise(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match escape_at(b, i) {
+            Some((byte, _)) if unreserved(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            Some(_) => {
+                out.extend([
+                    b'%',
+                    b[i + 1].to_ascii_uppercase(),
+                    b[i + 2].to_ascii_uppercase(),
+                ]);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A host as keys hold it: escapes of unreserved characters decoded (§6.2.2.2), then all of
+/// it in lower case (§6.2.2.1: the host is case-insensitive; so are an escape's hex digits,
+/// which lower case keeps apart from any decoded byte).
+fn normal_host(host: &str) -> Option<String> {
+    let mut h = pct_normalise(host)?;
+    h.make_ascii_lowercase();
+    Some(h)
+}
+
+/// The byte `%XX` at `i` encodes, and whether its hex digits are upper case (digits count as
+/// both); `None` when there is no well-formed escape at `i`.
+fn escape_at(b: &[u8], i: usize) -> Option<(u8, bool)> {
+    if b.get(i) != Some(&b'%') {
+        return None;
+    }
+    let (hi, lo) = (*b.get(i + 1)?, *b.get(i + 2)?);
+    let val = |c: u8| (c as char).to_digit(16);
+    let byte = u8::try_from(val(hi)? * 16 + val(lo)?).ok()?;
+    Some((byte, !hi.is_ascii_lowercase() && !lo.is_ascii_lowercase()))
+}
+
+/// RFC 3986 §2.3.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The URI a key function is given: `uri` itself when its path and query are normal
+/// ([`pct_normal`]); else a copy with them normalised, so that every spelling of one target
+/// gives the key function the same URI (RFC 3986 §6.2.2). `None` if the copy won't parse.
+pub(crate) fn normal_uri(uri: &Uri) -> Option<std::borrow::Cow<'_, Uri>> {
+    use std::borrow::Cow;
+    let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
+    if pct_normal(pq) {
+        return Some(Cow::Borrowed(uri));
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pct_normalise(pq)?.parse().ok()?);
+    Uri::from_parts(parts).ok().map(Cow::Owned)
 }
 
 /// A `Host` header's value, if it is a valid `host[:port]` (RFC 9110 §7.2): a host that is not
@@ -404,20 +519,25 @@ pub(crate) fn has_credentials(uri: &Uri, headers: &HeaderMap, names: &[HeaderNam
         || userinfo(uri).is_some()
 }
 
-/// A fingerprint of the request's credentials, keyed by a per-cache random secret; 0 means none.
+/// A fingerprint of the request's credentials within `partition` (0: none, else a
+/// [`partition_tag`]), keyed by a per-cache random secret; without credentials, the partition
+/// itself (0 means neither).
 ///
-/// Two different credentials share a fingerprint with probability 2^-64 per pair, and the
-/// secret keeps anyone from choosing a colliding credential on purpose.
+/// Two different credentials share a fingerprint with probability 2^-63 per pair, and the
+/// secret keeps anyone from choosing a colliding credential on purpose. A fingerprint is odd,
+/// a partition tag even: neither stands for the other.
 pub(crate) fn credential_fingerprint<S: BuildHasher>(
     uri: &Uri,
     headers: &HeaderMap,
     names: &[HeaderName],
     secret: &S,
+    partition: u64,
 ) -> u64 {
     if !has_credentials(uri, headers, names) {
-        return 0;
+        return partition;
     }
     let mut h = secret.build_hasher();
+    h.write_u64(partition);
     for name in names {
         for v in headers.get_all(name) {
             h.write(v.as_bytes());
@@ -427,6 +547,16 @@ pub(crate) fn credential_fingerprint<S: BuildHasher>(
     }
     h.write(userinfo(uri).unwrap_or("").as_bytes());
     h.finish() | 1
+}
+
+/// The tag of a partition named `name` inside `parent` (0: the whole store), keyed by the
+/// cache's secret: even and never 0, so it is neither "no credentials" nor a fingerprint.
+pub(crate) fn partition_tag<S: BuildHasher>(secret: &S, parent: u64, name: &[u8]) -> u64 {
+    let mut h = secret.build_hasher();
+    h.write_u64(parent);
+    h.write(name);
+    h.write_u8(0xfd);
+    (h.finish() & !1).max(2)
 }
 
 #[cfg(test)]
@@ -444,7 +574,7 @@ mod tests {
 
     fn key(uri: &str) -> Key {
         let uri: Uri = uri.parse().unwrap();
-        uri_key(&uri, None, 0).unwrap().to_key().unwrap()
+        uri_key(&uri, None, "", 0).unwrap().to_key().unwrap()
     }
 
     #[test]
@@ -479,14 +609,14 @@ mod tests {
             "http://example.com/a?b",
         ] {
             let uri: Uri = s.parse().unwrap();
-            let lookup = uri_key(&uri, None, 0).unwrap();
+            let lookup = uri_key(&uri, None, "", 0).unwrap();
             let stored = key("http://example.com/a?b");
             assert!(lookup.equivalent(&stored), "{s}");
             assert_eq!(hash_of(&lookup), hash_of(&stored), "{s}");
         }
         let plain: Uri = "http://example.com/a?b".parse().unwrap();
         assert!(matches!(
-            uri_key(&plain, None, 0),
+            uri_key(&plain, None, "", 0),
             Some(Lookup::Borrowed(_))
         ));
     }
@@ -521,7 +651,7 @@ mod tests {
             let k = key(s);
             assert_eq!(k.as_str(), s);
             let uri: Uri = s.parse().unwrap();
-            assert!(uri_key(&uri, None, 0).unwrap().equivalent(&k), "{s}");
+            assert!(uri_key(&uri, None, "", 0).unwrap().equivalent(&k), "{s}");
         }
     }
 
@@ -534,13 +664,13 @@ mod tests {
         let mut b = HeaderMap::new();
         b.insert(header::AUTHORIZATION, "Bearer bob".parse().unwrap());
         let (fa, fb) = (
-            credential_fingerprint(&uri, &a, &N, &secret),
-            credential_fingerprint(&uri, &b, &N, &secret),
+            credential_fingerprint(&uri, &a, &N, &secret, 0),
+            credential_fingerprint(&uri, &b, &N, &secret, 0),
         );
         assert_ne!(fa, 0);
         assert_ne!(fa, fb);
         assert_eq!(
-            credential_fingerprint(&uri, &HeaderMap::new(), &N, &secret),
+            credential_fingerprint(&uri, &HeaderMap::new(), &N, &secret, 0),
             0
         );
         let (alice, bob): (Uri, Uri) = (
@@ -550,12 +680,12 @@ mod tests {
         assert!(has_credentials(&alice, &HeaderMap::new(), &N));
         let h = HeaderMap::new();
         assert_ne!(
-            credential_fingerprint(&alice, &h, &N, &secret),
-            credential_fingerprint(&bob, &h, &N, &secret)
+            credential_fingerprint(&alice, &h, &N, &secret, 0),
+            credential_fingerprint(&bob, &h, &N, &secret, 0)
         );
-        let ka = uri_key(&uri, None, fa).unwrap().to_key().unwrap();
-        assert!(!uri_key(&uri, None, fb).unwrap().equivalent(&ka));
-        assert!(!uri_key(&uri, None, 0).unwrap().equivalent(&ka));
+        let ka = uri_key(&uri, None, "", fa).unwrap().to_key().unwrap();
+        assert!(!uri_key(&uri, None, "", fb).unwrap().equivalent(&ka));
+        assert!(!uri_key(&uri, None, "", 0).unwrap().equivalent(&ka));
     }
 
     #[test]
@@ -563,7 +693,7 @@ mod tests {
         let host = |v: &'static str| Some(HeaderValue::from_static(v));
         let k = |uri: &str, h: Option<HeaderValue>| {
             let uri: Uri = uri.parse().unwrap();
-            uri_key(&uri, h.as_ref(), 0).and_then(|l| l.to_key())
+            uri_key(&uri, h.as_ref(), "", 0).and_then(|l| l.to_key())
         };
         // Origin-form: keyed by its Host, scheme-relative.
         let a = k("/r/3", host("a.test")).unwrap();
@@ -604,7 +734,7 @@ mod tests {
         // The borrowed lookup of a Host key equals the stored key.
         let uri: Uri = "/r/3".parse().unwrap();
         let h = HeaderValue::from_static("a.test");
-        let lookup = uri_key(&uri, Some(&h), 0).unwrap();
+        let lookup = uri_key(&uri, Some(&h), "", 0).unwrap();
         assert!(lookup.equivalent(&a));
         assert_eq!(hash_of(&lookup), hash_of(&a));
     }
@@ -624,8 +754,8 @@ mod tests {
         let mut api2 = HeaderMap::new();
         api2.insert("x-api-key", "k2".parse().unwrap());
         assert_ne!(
-            credential_fingerprint(&uri, &api, &named, &secret),
-            credential_fingerprint(&uri, &api2, &named, &secret)
+            credential_fingerprint(&uri, &api, &named, &secret, 0),
+            credential_fingerprint(&uri, &api2, &named, &secret, 0)
         );
     }
 }
