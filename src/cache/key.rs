@@ -740,6 +740,228 @@ mod tests {
     }
 
     #[test]
+    fn percent_encoding_is_normalised() {
+        for (a, b) in [
+            ("http://h/users/%7Eann", "http://h/users/~ann"),
+            ("http://h/r/caf%c3%a9", "http://h/r/caf%C3%A9"),
+            ("http://h/%41%2d%5F%2e?q=%7e%3d", "http://h/A-_.?q=~%3D"),
+            ("/p/%7e", "/p/~"),
+        ] {
+            assert_eq!(key(a), key(b), "{a} {b}");
+            assert_eq!(key(a).as_str(), key(b).as_str(), "{a} {b}");
+        }
+        assert_eq!(key("http://h/r/caf%c3%a9").as_str(), "http://h/r/caf%C3%A9");
+        // A `Host` may hold escapes too (http's `Uri` refuses them in an authority).
+        let path: Uri = "/x".parse().unwrap();
+        let by_host = |h: &'static str| {
+            let h = HeaderValue::from_static(h);
+            uri_key(&path, Some(&h), "", 0).unwrap().to_key().unwrap()
+        };
+        assert_eq!(by_host("%41.test"), by_host("a.test"));
+        assert_eq!(by_host("%c3%a9.test"), by_host("%C3%A9.TEST"));
+        // Reserved characters and their escapes are different resources (§2.2).
+        for (a, b) in [
+            ("http://h/a%2Fb", "http://h/a/b"),
+            ("http://h/a?x%3Dy", "http://h/a?x=y"),
+            ("http://h/a%25", "http://h/a%"),
+        ] {
+            assert_ne!(key(a), key(b), "{a} {b}");
+        }
+        // A `%` that starts no escape is kept as it is, and never panics.
+        for s in [
+            "http://h/%",
+            "http://h/%4",
+            "http://h/%zz",
+            "http://h/%%41",
+            "/%e",
+        ] {
+            let k = key(s);
+            assert_eq!(text_key(k.as_str()).as_ref(), Some(&k), "{s}");
+        }
+        assert_eq!(key("http://h/%%41").as_str(), "http://h/%A");
+        // Normal already: borrowed, no copy.
+        for s in ["http://h/r/caf%C3%A9?a=%2F", "http://h/plain"] {
+            let uri: Uri = s.parse().unwrap();
+            assert!(
+                matches!(uri_key(&uri, None, "", 0), Some(Lookup::Borrowed(_))),
+                "{s}"
+            );
+        }
+        let uri: Uri = "http://h/r/caf%c3%a9".parse().unwrap();
+        let lookup = uri_key(&uri, None, "", 0).unwrap();
+        assert!(matches!(lookup, Lookup::Owned(_)));
+        assert!(lookup.equivalent(&key("http://h/r/caf%C3%A9")));
+        assert_eq!(hash_of(&lookup), hash_of(&key("http://h/r/caf%C3%A9")));
+    }
+
+    #[test]
+    fn a_declared_scheme_keys_origin_form_like_absolute_form() {
+        let host = HeaderValue::from_static("a.test:80");
+        let origin: Uri = "/r/3".parse().unwrap();
+        let absolute: Uri = "http://a.test/r/3".parse().unwrap();
+        let declared = uri_key(&origin, Some(&host), "http", 0).unwrap();
+        let abs = uri_key(&absolute, None, "http", 0)
+            .unwrap()
+            .to_key()
+            .unwrap();
+        assert!(declared.equivalent(&abs));
+        assert_eq!(declared.to_key().unwrap().as_str(), "http://a.test/r/3");
+        // Another scheme, or none declared: another key.
+        assert!(
+            !uri_key(&origin, Some(&host), "https", 0)
+                .unwrap()
+                .equivalent(&abs)
+        );
+        assert!(
+            !uri_key(&origin, Some(&host), "", 0)
+                .unwrap()
+                .equivalent(&abs)
+        );
+        // Without a Host there is no authority: the scheme is not applied.
+        let bare = uri_key(&origin, None, "http", 0).unwrap().to_key().unwrap();
+        assert_eq!(bare.as_str(), "/r/3");
+    }
+
+    #[test]
+    fn partitions_are_neither_none_nor_a_fingerprint() {
+        let secret = RandomState::new();
+        let (a, b) = (
+            partition_tag(&secret, 0, b"alice"),
+            partition_tag(&secret, 0, b"bob"),
+        );
+        assert!(a != b && a != 0 && a % 2 == 0 && b % 2 == 0);
+        assert_eq!(a, partition_tag(&secret, 0, b"alice"));
+        assert_ne!(partition_tag(&secret, a, b"bob"), b);
+        let uri: Uri = "http://x/r/1".parse().unwrap();
+        let none = HeaderMap::new();
+        assert_eq!(credential_fingerprint(&uri, &none, &N, &secret, a), a);
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer carol".parse().unwrap());
+        let (fa, fb) = (
+            credential_fingerprint(&uri, &h, &N, &secret, a),
+            credential_fingerprint(&uri, &h, &N, &secret, b),
+        );
+        assert!(fa != fb && fa % 2 == 1 && fb % 2 == 1);
+    }
+
+    mod spelling {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One unit of a path or query, abstractly: a character written as it is, or a byte
+        /// percent-encoded.
+        #[derive(Clone, Debug)]
+        enum Unit {
+            Char(char),
+            Escaped(u8),
+        }
+
+        /// The unit in its §6.2.2 normal form: an escaped unreserved character is the
+        /// character.
+        fn canonical(u: &Unit) -> Unit {
+            match *u {
+                Unit::Escaped(b) if unreserved(b) => Unit::Char(b as char),
+                ref other => other.clone(),
+            }
+        }
+
+        fn same(a: &[Unit], b: &[Unit]) -> bool {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| match (canonical(x), canonical(y)) {
+                        (Unit::Char(p), Unit::Char(q)) => p == q,
+                        (Unit::Escaped(p), Unit::Escaped(q)) => p == q,
+                        _ => false,
+                    })
+        }
+
+        fn unit() -> impl Strategy<Value = Unit> {
+            // Every character a path or query may hold as it is but `%` (RFC 3986 §3.3,
+            // §3.4): unreserved, sub-delims, ':', '@', '/', '?'.
+            let chars: Vec<char> = "aZ09-._~!$&'()*+,;=:@/?".chars().collect();
+            prop_oneof![
+                prop::sample::select(chars).prop_map(Unit::Char),
+                any::<u8>().prop_map(Unit::Escaped),
+                // Escapes of unreserved characters, often.
+                prop::sample::select(b"aZ09-._~".to_vec()).prop_map(Unit::Escaped),
+            ]
+        }
+
+        /// One spelling of `units`: each unreserved character may be escaped, each escape
+        /// in either case per digit.
+        fn spell(units: &[Unit], choices: &[u8]) -> String {
+            let mut s = String::from("/");
+            for (i, u) in units.iter().enumerate() {
+                let c = choices.get(i).copied().unwrap_or(0);
+                let escape = |b: u8, s: &mut String| {
+                    let hex = format!("{b:02X}");
+                    for (j, d) in hex.chars().enumerate() {
+                        s.push(if c >> (j + 1) & 1 == 1 {
+                            d.to_ascii_lowercase()
+                        } else {
+                            d
+                        });
+                    }
+                };
+                match *u {
+                    Unit::Char(ch) if c & 1 == 1 && unreserved(ch as u8) => {
+                        s.push('%');
+                        escape(ch as u8, &mut s);
+                    }
+                    Unit::Char(ch) => s.push(ch),
+                    Unit::Escaped(b) => {
+                        s.push('%');
+                        escape(b, &mut s);
+                    }
+                }
+            }
+            s
+        }
+
+        fn key_of(pq: &str) -> Option<Key> {
+            target_key("http", "h.test", pq, 0)?.to_key()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(2048) })]
+
+            /// Two spellings share a key exactly when they are equal under RFC 3986 §6.2.2.1
+            /// and §6.2.2.2: any two spellings of one target give one key, and different
+            /// targets never collide.
+            #[test]
+            fn spellings_share_a_key_iff_equivalent(
+                a in prop::collection::vec(unit(), 0..12),
+                b in prop::collection::vec(unit(), 0..12),
+                ca in prop::collection::vec(any::<u8>(), 12),
+                cb in prop::collection::vec(any::<u8>(), 12),
+                same_target in any::<bool>(),
+            ) {
+                let b = if same_target { a.clone() } else { b };
+                let (sa, sb) = (spell(&a, &ca), spell(&b, &cb));
+                let (ka, kb) = (key_of(&sa).unwrap(), key_of(&sb).unwrap());
+                prop_assert_eq!(ka == kb, same(&a, &b), "{} {}", sa, sb);
+                prop_assert_eq!(hash_of(&ka) == hash_of(&kb) || ka != kb, true);
+                // The stored text is normal: it keys itself, borrowed.
+                prop_assert!(pct_normal(ka.as_str()));
+                let again = target_key("http", "h.test", &ka.as_str()["http://h.test".len()..], 0).unwrap();
+                prop_assert!(matches!(again, Lookup::Borrowed(_)));
+                prop_assert!(again.equivalent(&ka));
+            }
+
+            /// Normalising never panics, is idempotent, and never lengthens.
+            #[test]
+            fn normalising_is_idempotent(s in "[%a-fA-F0-9~/?=._-]{0,24}") {
+                let n = pct_normalise(&s).unwrap();
+                prop_assert!(n.len() <= s.len());
+                prop_assert!(pct_normal(&n));
+                prop_assert_eq!(pct_normalise(&n).unwrap(), n.clone());
+                prop_assert_eq!(pct_normal(&s), n == s);
+            }
+        }
+    }
+
+    #[test]
     fn proxy_authorization_and_named_headers_are_credentials() {
         let uri: Uri = "http://x/r/1".parse().unwrap();
         let mut h = HeaderMap::new();
