@@ -355,6 +355,27 @@ mod tests {
         assert_eq!(survived, 0, "of {ROUNDS} rounds");
     }
 
+    /// A peer's message names a key as text: it is normalised like a local request's
+    /// (RFC 3986 §6.2.2), so a peer's `%7E` entry answers a local `~` and a local write of
+    /// either spelling forgets it.
+    #[test]
+    fn a_peers_key_is_normalised_like_a_local_one() {
+        let layer = NegativeCacheLayer::new();
+        let state = &layer.state;
+        let ttl = Duration::from_secs(60);
+        let learned = state.learn(
+            "http://h.test/users/%7eann/caf%c3%a9",
+            StatusCode::NOT_FOUND,
+            ttl,
+            Instant::now(),
+        );
+        assert_eq!(learned, Learned::Stored { clamped: false });
+        let uri: Uri = "http://h.test/users/~ann/caf%C3%A9".parse().unwrap();
+        let lookup = state.key_for(&uri, None, 0).unwrap();
+        assert!(state.store.peek(&lookup, Instant::now()).is_some());
+        assert!(state.forget_here(&lookup.to_key().unwrap()));
+    }
+
     #[test]
     fn nothing_is_recorded_or_removed_without_a_tier() {
         let layer = NegativeCacheLayer::new();
