@@ -105,6 +105,7 @@ mod handle;
 mod key;
 mod layer;
 mod peers;
+mod percent;
 mod recent;
 mod reference;
 mod service;

@@ -11,10 +11,9 @@ use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::coalesce::Flights;
-use super::key::{
-    Credentials, Key, KeyFn, Lookup, normal_uri, partition_tag, target_key, text_key, uri_key,
-};
+use super::key::{Credentials, Key, KeyFn, Lookup, partition_tag, target_key, text_key, uri_key};
 use super::peers::{PeerEvent, Peers};
+use super::percent::normal_uri;
 use super::reference::Target;
 use super::stats::{CacheStats, Counters};
 use super::store::{Store, Stored};
