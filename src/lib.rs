@@ -133,6 +133,12 @@
 //!   connections look unprocessed — without the witness the retry layer never resends a POST
 //!   on such an answer, and counts it (`RetryStats::unwitnessed`).
 //!
+//! - **Anything that adds credentials goes outside the cache, or gets a partition**: the cache
+//!   sees only the request it is given, so an `Authorization` a layer inside it adds (or a
+//!   client's default headers, or its cookie store) can't keep two identities' 404s apart.
+//!   One store shared by such stacks needs one
+//!   [`partition`](cache::NegativeCacheLayer::partition) per identity.
+//!
 //! tower-http's own `TimeoutLayer` is server-side: it answers a *server's* slow request with
 //! a 408 response instead of an error. Don't use it on a client: use `tower::timeout`.
 //!

@@ -309,3 +309,29 @@ fn a_target_that_needs_normalising_is_copied() {
     assert!(cost.call >= 1);
     assert_eq!(cost.poll, SYNTHESIZED, "baseline by hand: {baseline}");
 }
+
+#[test]
+fn a_percent_encoded_target_already_normal_is_not_copied() {
+    // RFC 3986 §6.2.2: keys are percent-normalised; a target already in normal form (escapes
+    // in upper-case hex, none of an unreserved character) is looked up where it lies.
+    let (mut measure, baseline) = primed(
+        NegativeCacheLayer::new(),
+        "http://records.internal/r/caf%C3%A9?q=a%2Fb",
+        &[],
+    );
+    let cost = measure();
+    println!(
+        "hit path for a normal percent-encoded target: call {} allocations, poll {}",
+        cost.call, cost.poll
+    );
+    assert_eq!((cost.ready, cost.call), (0, 0));
+    assert_eq!(cost.poll, SYNTHESIZED, "baseline by hand: {baseline}");
+    // Lower-case hex or an escaped unreserved character must be rewritten: copied.
+    for uri in [
+        "http://records.internal/r/caf%c3%a9",
+        "http://records.internal/users/%7Eann",
+    ] {
+        let (mut measure, _) = primed(NegativeCacheLayer::new(), uri, &[]);
+        assert!(measure().call >= 1, "{uri}");
+    }
+}

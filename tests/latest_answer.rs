@@ -68,6 +68,9 @@ fn op() -> impl Strategy<Value = Op> {
 struct Parked {
     id: usize,
     tx: oneshot::Sender<Res>,
+    /// When it was sent (ms on the paused clock since the case began): its answer's age on
+    /// arrival counts from here (RFC 9111 §4.2.3).
+    sent_ms: u64,
 }
 
 #[derive(Default)]
@@ -111,18 +114,21 @@ impl Model {
         self.changed_at[k] = Some(step);
     }
 
-    fn landed(&mut self, r: Started, status: u16, step: usize) {
+    fn landed(&mut self, r: Started, status: u16, step: usize, sent_ms: u64) {
+        let ttl = if status == 410 {
+            TTL_410_MS
+        } else {
+            TTL_404_MS
+        };
         match (r.put, status) {
+            // Its lifetime counts from when it was sent: one that took the whole of it is
+            // stale on arrival, not stored, and what was remembered for the key goes too.
+            (false, 404 | 410) if self.now_ms - sent_ms >= ttl => self.change(r.k, step),
             // Remembered only if nothing changed the key since the request started.
             (false, 404 | 410) if self.changed_at[r.k].is_none_or(|c| c < r.at) => {
-                let ttl = if status == 410 {
-                    TTL_410_MS
-                } else {
-                    TTL_404_MS
-                };
                 self.entries[r.k] = Some(Entry {
                     status,
-                    expires_ms: self.now_ms + ttl,
+                    expires_ms: sent_ms + ttl,
                 });
             }
             (_, 200..=299) => self.change(r.k, step),
@@ -161,12 +167,18 @@ fn run(coalesce: bool, ops: &[Op]) -> Result<(), TestCaseError> {
         let cache = builder.build().unwrap();
         let handle = cache.handle();
         let upstream = Arc::new(Mutex::new(Upstream::default()));
+        let begin = tokio::time::Instant::now();
         let inner = {
             let upstream = upstream.clone();
             tower::service_fn(move |req: Req| {
                 let id: usize = req.headers()["x-id"].to_str().unwrap().parse().unwrap();
                 let (tx, rx) = oneshot::channel();
-                upstream.lock().unwrap().parked.push(Parked { id, tx });
+                let sent_ms = u64::try_from(begin.elapsed().as_millis()).unwrap();
+                upstream
+                    .lock()
+                    .unwrap()
+                    .parked
+                    .push(Parked { id, tx, sent_ms });
                 async move { Ok::<_, Infallible>(rx.await.expect("every parked call is landed")) }
             })
         };
@@ -219,7 +231,7 @@ fn run(coalesce: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                         let task = tasks.remove(&p.id).expect("a parked call has its task");
                         let res = task.await.unwrap().unwrap();
                         prop_assert_eq!(res.status().as_u16(), status, "{}", at);
-                        model.landed(r, status, step);
+                        model.landed(r, status, step, p.sent_ms);
                     }
                 }
                 Op::Invalidate(k) => {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::header::{AGE, CONTENT_LENGTH, CONTENT_LOCATION, HOST, LOCATION};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
@@ -44,6 +44,9 @@ pub(crate) struct Pending {
     ticket: Option<Ticket>,
     /// When the read left: peers order its 404 against their own changes by it.
     started: Option<tokio::time::Instant>,
+    /// When the request was handed to the inner service (a coalesced waiter's, once it stops
+    /// waiting): its answer's age counts from here (RFC 9111 §4.2.3 `request_time`).
+    sent: Option<tokio::time::Instant>,
 }
 
 /// What a read knows of its key's entry when it goes upstream.
@@ -81,6 +84,7 @@ impl Pending {
             known: Known::Maybe,
             ticket: None,
             started: None,
+            sent: None,
         }
     }
 
@@ -101,6 +105,7 @@ impl Pending {
             no_store: directives.no_store,
             known,
             started: Some(started),
+            sent: Some(started),
             ..Self::none()
         }
     }
@@ -145,6 +150,19 @@ pin_project! {
         pending: Pending,
         // What an answer from upstream is settled with; a hit needs neither.
         ctx: Option<(Arc<State>, C)>,
+    }
+
+    impl<S, C, ReqB> PinnedDrop for ResponseFuture<S, C, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its answer came: a write the origin may have processed.
+            let this = this.project();
+            if let (Some(w), Some((state, _))) = (this.pending.written.take(), this.ctx.as_ref()) {
+                forget_unanswered(state, &w);
+            }
+        }
     }
 }
 
@@ -256,6 +274,11 @@ where
                         Err(e) => {
                             // Wake the waiters now, not when the caller drops this future.
                             drop(this.pending.leader.take());
+                            if let (Some(w), Some((state, _))) =
+                                (this.pending.written.take(), this.ctx.as_ref())
+                            {
+                                forget_unanswered(state, &w);
+                            }
                             this.step.set(Step::Done);
                             return Poll::Ready(Err(e));
                         }
@@ -299,6 +322,7 @@ where
                     // Released: go upstream through our own service, once it is ready.
                     ready!(w.service.poll_ready(cx))?;
                     let req = w.request.take().expect("a released waiter has its request");
+                    this.pending.sent = Some(Instant::now());
                     let future = w.service.call(req);
                     this.step.set(Step::Called { future });
                 }
@@ -367,7 +391,11 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
     match state.outcome(classifier, res) {
         Outcome::Missing => {
             let (status, headers) = (res.status(), res.headers());
-            let fresh = freshness(&state.ttl, status, headers, SystemTime::now());
+            // RFC 9111 §4.2.3: response_delay = response_time − request_time.
+            let delay = pending.sent.map_or(Duration::ZERO, |sent| {
+                Instant::now().saturating_duration_since(sent)
+            });
+            let fresh = freshness(&state.ttl, status, headers, SystemTime::now(), delay);
             match fresh.filter(|_| !pending.no_store) {
                 Some(f) => {
                     let stored = Stored {
@@ -418,6 +446,18 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
     }
 }
 
+/// An unsafe request that ended without an answer (an error, or dropped while upstream): the
+/// origin may have processed it, and its answer is lost. Its target is forgotten — at worst
+/// that costs one more request for it — but nothing its answer would have named (no
+/// `Location` came).
+fn forget_unanswered(state: &State, w: &Written) {
+    tracing::debug!(
+        path = w.uri.path(),
+        "negative cache: a write ended without an answer, its target forgotten"
+    );
+    forget_written(state, w, &HeaderMap::new());
+}
+
 /// A successful write: forget its target and what its answer's `Location` and
 /// `Content-Location` name on the same origin (RFC 9111 §4.4), resolved against the target
 /// (RFC 3986 §5.2) and compared as keys are (scheme and host lower-case, default port elided).
@@ -429,7 +469,9 @@ fn forget_written(state: &State, w: &Written, headers: &HeaderMap) {
         state.forget(&k);
     }
     // The same target the key was made from, as owned parts to resolve against.
-    let Some((scheme, authority, pq)) = origin_target(&w.uri, w.host.as_ref()) else {
+    let Some((scheme, authority, pq)) =
+        origin_target(&w.uri, w.host.as_ref(), &state.origin_scheme)
+    else {
         return;
     };
     let base = Target {

@@ -45,8 +45,9 @@ impl NegativeCacheHandle {
         usize::try_from(self.state.store.memory_used()).unwrap_or(usize::MAX)
     }
 
-    /// What the cache would answer a GET for `uri` without credentials: the remembered
-    /// entry's age and remaining freshness, or `None`. Counts nothing and changes nothing.
+    /// What the cache would answer a GET for `uri` without credentials, outside every
+    /// [partition](super::NegativeCacheLayer::partition): the remembered entry's age and
+    /// remaining freshness, or `None`. Counts nothing and changes nothing.
     pub fn peek(&self, uri: &Uri) -> Option<NegativeCacheHit> {
         let lookup = self.state.key_for(uri, None, 0)?;
         let fresh = self
@@ -61,7 +62,7 @@ impl NegativeCacheHandle {
     }
 
     /// Forgets the entry a request to `uri` would use (through the key function, if any),
-    /// under every credential; whether there was one.
+    /// under every credential and in every partition; whether there was one.
     pub fn invalidate_uri(&self, uri: &Uri) -> bool {
         match self.state.key_for(uri, None, 0).and_then(|l| l.to_key()) {
             Some(k) => self.state.forget(&k),

@@ -2,13 +2,16 @@
 //!
 //! A lookup of the default key borrows from the request's URI (no allocation): [`KeyRef`]
 //! hashes and compares like the stored [`Key`] it stands for. Only a URI that needs rewriting
-//! to be normalised (an upper-case scheme or host, an absolute URI without a path) is copied.
+//! to be normalised (an upper-case scheme or host, an absolute URI without a path, a
+//! percent-escape in lower-case hex or of an unreserved character: see `percent`) is copied.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use quick_cache::Equivalent;
+
+use super::percent::{normal_host, pct_normal, pct_normalise};
 
 /// Maps a request target to the application's own key; `None` leaves the request uncached.
 pub(crate) type KeyFn = Arc<dyn Fn(&Uri) -> Option<String> + Send + Sync>;
@@ -112,6 +115,14 @@ impl Key {
     pub(crate) fn target(&self) -> KeyRef<'_> {
         KeyRef {
             cred: 0,
+            ..self.parts()
+        }
+    }
+
+    /// The target this key names, under the credential (or partition) `cred`.
+    pub(crate) fn under(&self, cred: u64) -> KeyRef<'_> {
+        KeyRef {
+            cred,
             ..self.parts()
         }
     }
@@ -245,6 +256,12 @@ impl Equivalent<Key> for Lookup<'_> {
 /// header for an origin-form target — hyper-util sends it as it is, and the origin resolves
 /// the target against it, RFC 9110 §7.2 — else the URI's), and path and query.
 ///
+/// An origin-form target's scheme is not in the request: it is the connection's (RFC 9112
+/// §3.3), which only the application knows. `origin_scheme` is what it declared
+/// (`Builder::origin_form_scheme`), or empty: then the target is keyed scheme-relative
+/// (`//host/path`), apart from any absolute-form key, since `http://h/x` and `https://h/x` are
+/// two resources (RFC 9110 §4.2).
+///
 /// `None` when the target can't be keyed safely: a `Host` header that is not a valid
 /// `host[:port]`, or one that names another host than an absolute URI's authority (the
 /// connection goes to one, the origin reads the other: keying by either could let one
@@ -252,8 +269,15 @@ impl Equivalent<Key> for Lookup<'_> {
 pub(crate) fn origin_target<'a>(
     uri: &'a Uri,
     host_header: Option<&'a HeaderValue>,
+    origin_scheme: &'a str,
 ) -> Option<(&'a str, &'a str, &'a str)> {
-    let scheme = uri.scheme_str().unwrap_or("");
+    let scheme = match uri.scheme_str() {
+        Some(s) => s,
+        // RFC 9112 §3.2.1, §3.3: origin-form, its authority from `Host`, its scheme the
+        // connection's.
+        None if uri.authority().is_none() && host_header.is_some() => origin_scheme,
+        None => "",
+    };
     let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
     let uri_authority = uri.authority().map_or("", |a| a.as_str());
     let authority = match host_header {
@@ -287,13 +311,15 @@ fn same_host(scheme: &str, a: &str, b: &str) -> bool {
 }
 
 /// The normalised key of the target a request names (see [`origin_target`]), scheme and host
-/// lower-case, default port elided, an empty path as `/`. `None` when it can't be keyed.
+/// lower-case, default port elided, an empty path as `/`, percent-encoding normalised (RFC 3986
+/// §6.2.2.1, §6.2.2.2). `None` when it can't be keyed.
 pub(crate) fn uri_key<'a>(
     uri: &'a Uri,
     host_header: Option<&'a HeaderValue>,
+    origin_scheme: &'a str,
     cred: u64,
 ) -> Option<Lookup<'a>> {
-    let (scheme, authority, pq) = origin_target(uri, host_header)?;
+    let (scheme, authority, pq) = origin_target(uri, host_header, origin_scheme)?;
     target_key(scheme, authority, pq, cred)
 }
 
@@ -306,7 +332,7 @@ pub(crate) fn text_key(text: &str) -> Option<Key> {
         return target_key("", &rest[..end], pq, 0)?.to_key();
     }
     let uri: Uri = text.parse().ok()?;
-    uri_key(&uri, None, 0)?.to_key()
+    uri_key(&uri, None, "", 0)?.to_key()
 }
 
 /// The normalised key of a target given as its parts (`authority` may hold a userinfo, which
@@ -328,7 +354,8 @@ pub(crate) fn target_key<'a>(
     // An absolute URI's path-and-query must start with '/' ("http://a" and "http://a?q" don't).
     let pq_ok = (scheme.is_empty() && host.is_empty()) || pq.starts_with('/');
     let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
-    if pq_ok && !upper(scheme) && !upper(host) {
+    // A host with a percent-escape is rare: it takes the copying path (see `normal_host`).
+    if pq_ok && !upper(scheme) && !upper(host) && !host.contains('%') && pct_normal(pq) {
         return Some(Lookup::Borrowed(KeyRef {
             scheme,
             host,
@@ -337,12 +364,9 @@ pub(crate) fn target_key<'a>(
             cred,
         }));
     }
-    let (scheme, host) = (scheme.to_ascii_lowercase(), host.to_ascii_lowercase());
-    let pq = if pq_ok {
-        pq.to_owned()
-    } else {
-        format!("/{pq}")
-    };
+    let (scheme, host) = (scheme.to_ascii_lowercase(), normal_host(host)?);
+    let pq = pct_normalise(pq)?;
+    let pq = if pq_ok { pq } else { format!("/{pq}") };
     Key::from_parts(KeyRef {
         scheme: &scheme,
         host: &host,
@@ -404,20 +428,25 @@ pub(crate) fn has_credentials(uri: &Uri, headers: &HeaderMap, names: &[HeaderNam
         || userinfo(uri).is_some()
 }
 
-/// A fingerprint of the request's credentials, keyed by a per-cache random secret; 0 means none.
+/// A fingerprint of the request's credentials within `partition` (0: none, else a
+/// [`partition_tag`]), keyed by a per-cache random secret; without credentials, the partition
+/// itself (0 means neither).
 ///
-/// Two different credentials share a fingerprint with probability 2^-64 per pair, and the
-/// secret keeps anyone from choosing a colliding credential on purpose.
+/// Two different credentials share a fingerprint with probability 2^-63 per pair, and the
+/// secret keeps anyone from choosing a colliding credential on purpose. A fingerprint is odd,
+/// a partition tag even: neither stands for the other.
 pub(crate) fn credential_fingerprint<S: BuildHasher>(
     uri: &Uri,
     headers: &HeaderMap,
     names: &[HeaderName],
     secret: &S,
+    partition: u64,
 ) -> u64 {
     if !has_credentials(uri, headers, names) {
-        return 0;
+        return partition;
     }
     let mut h = secret.build_hasher();
+    h.write_u64(partition);
     for name in names {
         for v in headers.get_all(name) {
             h.write(v.as_bytes());
@@ -427,6 +456,16 @@ pub(crate) fn credential_fingerprint<S: BuildHasher>(
     }
     h.write(userinfo(uri).unwrap_or("").as_bytes());
     h.finish() | 1
+}
+
+/// The tag of a partition named `name` inside `parent` (0: the whole store), keyed by the
+/// cache's secret: even and never 0, so it is neither "no credentials" nor a fingerprint.
+pub(crate) fn partition_tag<S: BuildHasher>(secret: &S, parent: u64, name: &[u8]) -> u64 {
+    let mut h = secret.build_hasher();
+    h.write_u64(parent);
+    h.write(name);
+    h.write_u8(0xfd);
+    (h.finish() & !1).max(2)
 }
 
 #[cfg(test)]
@@ -444,7 +483,7 @@ mod tests {
 
     fn key(uri: &str) -> Key {
         let uri: Uri = uri.parse().unwrap();
-        uri_key(&uri, None, 0).unwrap().to_key().unwrap()
+        uri_key(&uri, None, "", 0).unwrap().to_key().unwrap()
     }
 
     #[test]
@@ -479,14 +518,14 @@ mod tests {
             "http://example.com/a?b",
         ] {
             let uri: Uri = s.parse().unwrap();
-            let lookup = uri_key(&uri, None, 0).unwrap();
+            let lookup = uri_key(&uri, None, "", 0).unwrap();
             let stored = key("http://example.com/a?b");
             assert!(lookup.equivalent(&stored), "{s}");
             assert_eq!(hash_of(&lookup), hash_of(&stored), "{s}");
         }
         let plain: Uri = "http://example.com/a?b".parse().unwrap();
         assert!(matches!(
-            uri_key(&plain, None, 0),
+            uri_key(&plain, None, "", 0),
             Some(Lookup::Borrowed(_))
         ));
     }
@@ -521,7 +560,7 @@ mod tests {
             let k = key(s);
             assert_eq!(k.as_str(), s);
             let uri: Uri = s.parse().unwrap();
-            assert!(uri_key(&uri, None, 0).unwrap().equivalent(&k), "{s}");
+            assert!(uri_key(&uri, None, "", 0).unwrap().equivalent(&k), "{s}");
         }
     }
 
@@ -534,13 +573,13 @@ mod tests {
         let mut b = HeaderMap::new();
         b.insert(header::AUTHORIZATION, "Bearer bob".parse().unwrap());
         let (fa, fb) = (
-            credential_fingerprint(&uri, &a, &N, &secret),
-            credential_fingerprint(&uri, &b, &N, &secret),
+            credential_fingerprint(&uri, &a, &N, &secret, 0),
+            credential_fingerprint(&uri, &b, &N, &secret, 0),
         );
         assert_ne!(fa, 0);
         assert_ne!(fa, fb);
         assert_eq!(
-            credential_fingerprint(&uri, &HeaderMap::new(), &N, &secret),
+            credential_fingerprint(&uri, &HeaderMap::new(), &N, &secret, 0),
             0
         );
         let (alice, bob): (Uri, Uri) = (
@@ -550,12 +589,12 @@ mod tests {
         assert!(has_credentials(&alice, &HeaderMap::new(), &N));
         let h = HeaderMap::new();
         assert_ne!(
-            credential_fingerprint(&alice, &h, &N, &secret),
-            credential_fingerprint(&bob, &h, &N, &secret)
+            credential_fingerprint(&alice, &h, &N, &secret, 0),
+            credential_fingerprint(&bob, &h, &N, &secret, 0)
         );
-        let ka = uri_key(&uri, None, fa).unwrap().to_key().unwrap();
-        assert!(!uri_key(&uri, None, fb).unwrap().equivalent(&ka));
-        assert!(!uri_key(&uri, None, 0).unwrap().equivalent(&ka));
+        let ka = uri_key(&uri, None, "", fa).unwrap().to_key().unwrap();
+        assert!(!uri_key(&uri, None, "", fb).unwrap().equivalent(&ka));
+        assert!(!uri_key(&uri, None, "", 0).unwrap().equivalent(&ka));
     }
 
     #[test]
@@ -563,7 +602,7 @@ mod tests {
         let host = |v: &'static str| Some(HeaderValue::from_static(v));
         let k = |uri: &str, h: Option<HeaderValue>| {
             let uri: Uri = uri.parse().unwrap();
-            uri_key(&uri, h.as_ref(), 0).and_then(|l| l.to_key())
+            uri_key(&uri, h.as_ref(), "", 0).and_then(|l| l.to_key())
         };
         // Origin-form: keyed by its Host, scheme-relative.
         let a = k("/r/3", host("a.test")).unwrap();
@@ -604,9 +643,114 @@ mod tests {
         // The borrowed lookup of a Host key equals the stored key.
         let uri: Uri = "/r/3".parse().unwrap();
         let h = HeaderValue::from_static("a.test");
-        let lookup = uri_key(&uri, Some(&h), 0).unwrap();
+        let lookup = uri_key(&uri, Some(&h), "", 0).unwrap();
         assert!(lookup.equivalent(&a));
         assert_eq!(hash_of(&lookup), hash_of(&a));
+    }
+
+    #[test]
+    fn percent_encoding_is_normalised() {
+        for (a, b) in [
+            ("http://h/users/%7Eann", "http://h/users/~ann"),
+            ("http://h/r/caf%c3%a9", "http://h/r/caf%C3%A9"),
+            ("http://h/%41%2d%5F%2e?q=%7e%3d", "http://h/A-_.?q=~%3D"),
+            ("/p/%7e", "/p/~"),
+        ] {
+            assert_eq!(key(a), key(b), "{a} {b}");
+            assert_eq!(key(a).as_str(), key(b).as_str(), "{a} {b}");
+        }
+        assert_eq!(key("http://h/r/caf%c3%a9").as_str(), "http://h/r/caf%C3%A9");
+        // A `Host` may hold escapes too (http's `Uri` refuses them in an authority).
+        let path: Uri = "/x".parse().unwrap();
+        let by_host = |h: &'static str| {
+            let h = HeaderValue::from_static(h);
+            uri_key(&path, Some(&h), "", 0).unwrap().to_key().unwrap()
+        };
+        assert_eq!(by_host("%41.test"), by_host("a.test"));
+        assert_eq!(by_host("%c3%a9.test"), by_host("%C3%A9.TEST"));
+        // Reserved characters and their escapes are different resources (§2.2).
+        for (a, b) in [
+            ("http://h/a%2Fb", "http://h/a/b"),
+            ("http://h/a?x%3Dy", "http://h/a?x=y"),
+            ("http://h/a%25", "http://h/a%"),
+        ] {
+            assert_ne!(key(a), key(b), "{a} {b}");
+        }
+        // A `%` that starts no escape is kept as it is, and never panics.
+        for s in [
+            "http://h/%",
+            "http://h/%4",
+            "http://h/%zz",
+            "http://h/%%41",
+            "/%e",
+        ] {
+            let k = key(s);
+            assert_eq!(text_key(k.as_str()).as_ref(), Some(&k), "{s}");
+        }
+        assert_eq!(key("http://h/%%41").as_str(), "http://h/%A");
+        // Normal already: borrowed, no copy.
+        for s in ["http://h/r/caf%C3%A9?a=%2F", "http://h/plain"] {
+            let uri: Uri = s.parse().unwrap();
+            assert!(
+                matches!(uri_key(&uri, None, "", 0), Some(Lookup::Borrowed(_))),
+                "{s}"
+            );
+        }
+        let uri: Uri = "http://h/r/caf%c3%a9".parse().unwrap();
+        let lookup = uri_key(&uri, None, "", 0).unwrap();
+        assert!(matches!(lookup, Lookup::Owned(_)));
+        assert!(lookup.equivalent(&key("http://h/r/caf%C3%A9")));
+        assert_eq!(hash_of(&lookup), hash_of(&key("http://h/r/caf%C3%A9")));
+    }
+
+    #[test]
+    fn a_declared_scheme_keys_origin_form_like_absolute_form() {
+        let host = HeaderValue::from_static("a.test:80");
+        let origin: Uri = "/r/3".parse().unwrap();
+        let absolute: Uri = "http://a.test/r/3".parse().unwrap();
+        let declared = uri_key(&origin, Some(&host), "http", 0).unwrap();
+        let abs = uri_key(&absolute, None, "http", 0)
+            .unwrap()
+            .to_key()
+            .unwrap();
+        assert!(declared.equivalent(&abs));
+        assert_eq!(declared.to_key().unwrap().as_str(), "http://a.test/r/3");
+        // Another scheme, or none declared: another key.
+        assert!(
+            !uri_key(&origin, Some(&host), "https", 0)
+                .unwrap()
+                .equivalent(&abs)
+        );
+        assert!(
+            !uri_key(&origin, Some(&host), "", 0)
+                .unwrap()
+                .equivalent(&abs)
+        );
+        // Without a Host there is no authority: the scheme is not applied.
+        let bare = uri_key(&origin, None, "http", 0).unwrap().to_key().unwrap();
+        assert_eq!(bare.as_str(), "/r/3");
+    }
+
+    #[test]
+    fn partitions_are_neither_none_nor_a_fingerprint() {
+        let secret = RandomState::new();
+        let (a, b) = (
+            partition_tag(&secret, 0, b"alice"),
+            partition_tag(&secret, 0, b"bob"),
+        );
+        assert!(a != b && a != 0 && a % 2 == 0 && b % 2 == 0);
+        assert_eq!(a, partition_tag(&secret, 0, b"alice"));
+        assert_ne!(partition_tag(&secret, a, b"bob"), b);
+        let uri: Uri = "http://x/r/1".parse().unwrap();
+        let none = HeaderMap::new();
+        assert_eq!(credential_fingerprint(&uri, &none, &N, &secret, a), a);
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer carol".parse().unwrap());
+        let (fa, fb) = (
+            credential_fingerprint(&uri, &h, &N, &secret, a),
+            credential_fingerprint(&uri, &h, &N, &secret, b),
+        );
+        assert!(fa != fb && fa % 2 == 1 && fb % 2 == 1);
     }
 
     #[test]
@@ -624,8 +768,8 @@ mod tests {
         let mut api2 = HeaderMap::new();
         api2.insert("x-api-key", "k2".parse().unwrap());
         assert_ne!(
-            credential_fingerprint(&uri, &api, &named, &secret),
-            credential_fingerprint(&uri, &api2, &named, &secret)
+            credential_fingerprint(&uri, &api, &named, &secret, 0),
+            credential_fingerprint(&uri, &api2, &named, &secret, 0)
         );
     }
 }

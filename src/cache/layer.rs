@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use http::uri::Scheme;
 use http::{HeaderName, Uri};
 use tower::Layer;
 
@@ -41,6 +42,8 @@ use crate::error::FirstError;
 pub struct NegativeCacheLayer<C = DefaultClassifier> {
     pub(crate) state: Arc<State>,
     pub(crate) classifier: C,
+    /// The partition its services key under (0: none; see [`NegativeCacheLayer::partition`]).
+    pub(crate) partition: u64,
 }
 
 impl NegativeCacheLayer {
@@ -66,6 +69,56 @@ impl<C> NegativeCacheLayer<C> {
     pub fn handle(&self) -> NegativeCacheHandle {
         NegativeCacheHandle::new(self.state.clone())
     }
+
+    /// A layer sharing this one's store, stats and handle, whose services remember and look
+    /// up under the partition `name`: what one stack stores, another partition's never serves.
+    ///
+    /// **The cache sees only the request it is given.** Credentials a layer or client *below*
+    /// it adds — a `reqwest::Client`'s `default_headers` or cookie store, an auth layer inside
+    /// the cache, a connection's client certificate — are invisible to it, so
+    /// [`Builder::credentials`] can't keep them apart: a 404 one identity got ("not yours")
+    /// would be served to another. Give each such stack its own partition, named for the
+    /// identity it sends as:
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_negative_cache::NegativeCacheLayer;
+    ///
+    /// let cache = NegativeCacheLayer::new();
+    /// // Two clients that add their own `Authorization` below the cache.
+    /// # let (alice_client, bob_client) = (tower::service_fn(|_: http::Request<()>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    /// # }), tower::service_fn(|_: http::Request<()>| async {
+    /// #     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    /// # }));
+    /// let alice = ServiceBuilder::new().layer(cache.partition("alice")).service(alice_client);
+    /// let bob = ServiceBuilder::new().layer(cache.partition("bob")).service(bob_client);
+    /// # let _ = (alice, bob);
+    /// ```
+    ///
+    /// - A successful write, an unsafe request that fails, and
+    ///   [`NegativeCacheHandle::invalidate`] / `invalidate_uri` forget the target in every
+    ///   partition (a write changes the resource for everyone). A read's 2xx forgets it in its
+    ///   own partition only (another identity may still not see it).
+    /// - The same `name` gives the same partition (in this store); a partition of a partition
+    ///   is a partition of its own. Credentials the request itself carries are still bypassed
+    ///   or fingerprinted, within the partition.
+    /// - Partitioned entries are not shared with a fleet tier (like credentialed ones: a
+    ///   partition's name means nothing to another replica); forgets still are.
+    /// - [`NegativeCacheHandle::peek`] looks outside every partition.
+    /// - Make partitions once per client, not per request: forgetting a target removes it
+    ///   under each of the first 32 partitions made; past 32, each forget scans the store
+    ///   (O(capacity), as with [`Credentials::Fingerprint`]).
+    pub fn partition(&self, name: impl AsRef<[u8]>) -> Self
+    where
+        C: Clone,
+    {
+        NegativeCacheLayer {
+            state: self.state.clone(),
+            classifier: self.classifier.clone(),
+            partition: self.state.partition(self.partition, name.as_ref()),
+        }
+    }
 }
 
 impl<C: Clone> Clone for NegativeCacheLayer<C> {
@@ -73,6 +126,7 @@ impl<C: Clone> Clone for NegativeCacheLayer<C> {
         NegativeCacheLayer {
             state: self.state.clone(),
             classifier: self.classifier.clone(),
+            partition: self.partition,
         }
     }
 }
@@ -82,6 +136,7 @@ impl<C: fmt::Debug> fmt::Debug for NegativeCacheLayer<C> {
         f.debug_struct("NegativeCacheLayer")
             .field("state", &self.state)
             .field("classifier", &self.classifier)
+            .field("partitioned", &(self.partition != 0))
             .finish()
     }
 }
@@ -90,7 +145,12 @@ impl<S, C: Clone> Layer<S> for NegativeCacheLayer<C> {
     type Service = NegativeCache<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        NegativeCache::from_parts(inner, self.state.clone(), self.classifier.clone())
+        NegativeCache::from_parts(
+            inner,
+            self.state.clone(),
+            self.classifier.clone(),
+            self.partition,
+        )
     }
 }
 
@@ -107,6 +167,7 @@ pub struct Builder<C = DefaultClassifier> {
     coalesce: Option<Duration>,
     credential_headers: Vec<HeaderName>,
     follow_retry: bool,
+    origin_scheme: Option<Scheme>,
     /// The setter that last set each of ttl_404, ttl_410, max_ttl (None: default), so a
     /// conflict found at build names a setting the caller used.
     set_by: [Option<&'static str>; 3],
@@ -125,6 +186,7 @@ impl Default for Builder {
             coalesce: None,
             credential_headers: DEFAULT_CREDENTIAL_HEADERS.to_vec(),
             follow_retry: true,
+            origin_scheme: None,
             set_by: [None; 3],
             error: FirstError::default(),
         }
@@ -143,6 +205,7 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
             .field("coalesce", &self.coalesce)
             .field("credential_headers", &self.credential_headers)
             .field("follow_retry", &self.follow_retry)
+            .field("origin_scheme", &self.origin_scheme)
             .finish()
     }
 }
@@ -189,6 +252,7 @@ impl<C> Builder<C> {
             coalesce: self.coalesce,
             credential_headers: self.credential_headers,
             follow_retry: false,
+            origin_scheme: self.origin_scheme,
             set_by: self.set_by,
             error: self.error,
         }
@@ -363,6 +427,20 @@ impl<C> Builder<C> {
         self
     }
 
+    /// The scheme of the connections origin-form requests (`/path` with a `Host` header, as
+    /// sent over a hyper `SendRequest` or a client of that shape) go out on, so that they
+    /// share keys with absolute-form requests (`http://host/path`) for the same target.
+    /// Default: none — an origin-form target is then keyed scheme-relative (`//host/path`):
+    /// its scheme is the connection's (RFC 9112 §3.3), which the request does not carry, and
+    /// `http://h/x` and `https://h/x` are different resources (RFC 9110 §4.2.1, §4.2.2), so
+    /// it never shares a key with an absolute-form request. Declare it only if every
+    /// origin-form request through this cache goes out on connections of this scheme.
+    /// Valid: any scheme; a key function (see [`key_fn`](Self::key_fn)) is unaffected.
+    pub fn origin_form_scheme(mut self, scheme: Scheme) -> Self {
+        self.origin_scheme = Some(scheme);
+        self
+    }
+
     /// The layer, or the first setting given an invalid value.
     pub fn build(self) -> Result<NegativeCacheLayer<C>, BuildError> {
         self.error.result()?;
@@ -388,8 +466,13 @@ impl<C> Builder<C> {
                 coalesce: self.coalesce,
                 flights: Arc::default(),
                 peers: Peers::default(),
+                origin_scheme: self
+                    .origin_scheme
+                    .map_or_else(Default::default, |s| s.as_str().to_ascii_lowercase().into()),
+                partitions: Default::default(),
             }),
             classifier: self.classifier,
+            partition: 0,
         })
     }
 }

@@ -15,11 +15,17 @@
 //!   looked up without allocating; or the application's id through a key function. A request
 //!   whose `Host` is not a valid authority, or names another host than its URI (hyper-util
 //!   sends it as it is: the origin would read one, the connection go to the other), is not
-//!   cached.
+//!   cached. Percent-encoding is normalised (RFC 3986 §6.2.2.1, §6.2.2.2): `%7E` is `~`,
+//!   `%c3%a9` is `%C3%A9`, but `%2F` is not `/` — in lookups, writes, `Location`, the handle
+//!   and fleet messages alike, and for what a key function is given; a target already normal
+//!   is still looked up without allocating. An origin-form target is keyed scheme-relative
+//!   (`//host/path`, its scheme being the connection's) unless
+//!   [`Builder::origin_form_scheme`] declares it: then it shares the absolute form's key.
 //! - **Freshness (RFC 9111 §4.2):** the origin's lifetime on the 404/410 (`s-maxage` in shared
 //!   mode, `max-age`, `Expires` − `Date`, the arrival time standing in for a missing `Date`),
-//!   else 60 s for 404 and 1 h for 410; less the age it arrived with (`Age`, or `now − Date`
-//!   if larger); cut to `max_ttl`. An explicit lifetime is an upper bound nothing raises; a
+//!   else 60 s for 404 and 1 h for 410; less the age it arrived with (§4.2.3: `Age` plus the
+//!   time from sending the request to the answer's arrival, or `now − Date` if larger); cut
+//!   to `max_ttl`. An answer that took longer than its lifetime is stale on arrival. An explicit lifetime is an upper bound nothing raises; a
 //!   lifetime of zero is stale on arrival and not stored.
 //! - **Not stored:** an answer with `no-store`, `no-cache`, `private` (shared mode) or a
 //!   `Vary` on anything but `Accept-Encoding` (its varied request fields are not kept to match
@@ -35,11 +41,17 @@
 //!   answer that lands after such a change is not remembered; such a change forgets what was
 //!   remembered. Writes (PUT, POST, PATCH, DELETE answered 2xx/3xx) forget their target and
 //!   the same-origin `Location`/`Content-Location` of their answer, resolved against the
-//!   target (RFC 3986 §5.2); the [`NegativeCacheHandle`] forgets keys on demand.
+//!   target (RFC 3986 §5.2); so does an unsafe request that ends in an error or is dropped
+//!   before its answer (the origin may have processed it: forgetting costs one request at
+//!   most); the [`NegativeCacheHandle`] forgets keys on demand.
 //! - **Credentials:** requests with `Authorization`, `Proxy-Authorization`, `Cookie`, a URI
 //!   userinfo or a header named with [`Builder::credential_header`] bypass the cache unless
 //!   [`Credentials::Fingerprint`] keys them by credential; an entry never crosses credentials.
 //!   **An API key in a header the cache was not told about is not a credential to it.**
+//!   **Nor is what a layer or client below it adds** (a `reqwest::Client`'s
+//!   `default_headers` or cookie store, an auth layer inside the cache): the cache sees only
+//!   the request it is given. Give each such stack a partition of the store
+//!   ([`NegativeCacheLayer::partition`]).
 //! - **Coalescing** (opt-in): concurrent misses for one key wait, up to a bound, for the
 //!   first; when it has settled they look the key up like any other request.
 //! - **Readiness:** only a service driven to ready is called, and a path that calls nothing
@@ -93,6 +105,7 @@ mod handle;
 mod key;
 mod layer;
 mod peers;
+mod percent;
 mod recent;
 mod reference;
 mod service;

@@ -52,14 +52,17 @@ pub struct NegativeCache<S, C = DefaultClassifier> {
     inner: S,
     state: Arc<State>,
     classifier: C,
+    /// See [`NegativeCacheLayer::partition`](super::NegativeCacheLayer::partition); 0: none.
+    partition: u64,
 }
 
 impl<S, C> NegativeCache<S, C> {
-    pub(crate) fn from_parts(inner: S, state: Arc<State>, classifier: C) -> Self {
+    pub(crate) fn from_parts(inner: S, state: Arc<State>, classifier: C, partition: u64) -> Self {
         NegativeCache {
             inner,
             state,
             classifier,
+            partition,
         }
     }
 
@@ -90,6 +93,7 @@ impl<S: Clone, C: Clone> Clone for NegativeCache<S, C> {
             inner: self.inner.clone(),
             state: self.state.clone(),
             classifier: self.classifier.clone(),
+            partition: self.partition,
         }
     }
 }
@@ -139,9 +143,9 @@ where
         };
         let names = &st.credential_headers;
         let cred = if !has_credentials(uri, headers, names) {
-            0
+            self.partition
         } else if st.credentials == Credentials::Fingerprint {
-            credential_fingerprint(uri, headers, names, &st.secret)
+            credential_fingerprint(uri, headers, names, &st.secret, self.partition)
         } else {
             return self.bypass(req, &directives);
         };

@@ -3,16 +3,17 @@
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::coalesce::Flights;
-use super::key::{Credentials, Key, KeyFn, Lookup, target_key, text_key, uri_key};
+use super::key::{Credentials, Key, KeyFn, Lookup, partition_tag, target_key, text_key, uri_key};
 use super::peers::{PeerEvent, Peers};
+use super::percent::normal_uri;
 use super::reference::Target;
 use super::stats::{CacheStats, Counters};
 use super::store::{Store, Stored};
@@ -36,20 +37,32 @@ pub(crate) struct State {
     pub(crate) coalesce: Option<Duration>,
     pub(crate) flights: Arc<Flights>,
     pub(crate) peers: Peers,
+    /// The scheme of origin-form targets, when the application declared it
+    /// (`Builder::origin_form_scheme`); empty: unknown, keyed scheme-relative.
+    pub(crate) origin_scheme: Box<str>,
+    /// The tags of the partitions made so far (`NegativeCacheLayer::partition`): a change to
+    /// a target forgets it in each. At most `PARTITIONS_BY_TAG + 1` long (past that, scanned).
+    pub(crate) partitions: RwLock<Vec<u64>>,
 }
+
+/// Past this many partitions, forgetting a target scans the store instead of removing it
+/// under each partition's tag.
+const PARTITIONS_BY_TAG: usize = 32;
 
 impl State {
     /// The key of a request target, as the layer computes it: by the `Host` the request
     /// carries, if it has one.
     pub(crate) fn key_for<'a>(
-        &self,
+        &'a self,
         uri: &'a Uri,
         host: Option<&'a HeaderValue>,
         cred: u64,
     ) -> Option<Lookup<'a>> {
         match &self.key_fn {
-            Some(f) => Key::id(f(uri)?, cred).map(Lookup::Owned),
-            None => uri_key(uri, host, cred),
+            // Every spelling of one target gives the key function the same URI (RFC 3986
+            // §6.2.2); already normal (most), it is the request's own.
+            Some(f) => Key::id(f(&*normal_uri(uri)?)?, cred).map(Lookup::Owned),
+            None => uri_key(uri, host, &self.origin_scheme, cred),
         }
     }
 
@@ -64,7 +77,7 @@ impl State {
                         .parse()
                         .ok()?
                 };
-                Key::id(f(&uri)?, 0)
+                Key::id(f(&*normal_uri(&uri)?)?, 0)
             }
             None => target_key(&t.scheme, &t.authority, &t.pq, 0)?.to_key(),
         }
@@ -112,15 +125,37 @@ impl State {
         // before is removed.
         self.peers.recent.record(key.target(), Instant::now());
         self.store.versions.bump(key);
+        // Every partition's entry goes too: a write changes the resource for everyone.
+        let partitions = self.partitions.read().unwrap_or_else(|p| p.into_inner());
         let n = match self.credentials {
-            Credentials::Bypass => u64::from(self.store.remove(key)),
-            Credentials::Fingerprint => self.store.remove_where(|k| k.same_target(key)),
+            Credentials::Bypass if partitions.len() <= PARTITIONS_BY_TAG => {
+                let mut n = u64::from(self.store.remove(&key.under(0)));
+                for &tag in partitions.iter() {
+                    n += u64::from(self.store.remove(&key.under(tag)));
+                }
+                n
+            }
+            _ => self.store.remove_where(|k| k.same_target(key)),
         };
+        drop(partitions);
         if n > 0 {
             self.stats.invalidations.fetch_add(n, Relaxed);
             tracing::debug!(key = key.as_str(), "negative cache: invalidated");
         }
         n > 0
+    }
+
+    /// The tag of a partition named `name` inside `parent` (0: the whole store), noted so
+    /// that forgetting a target reaches it.
+    pub(crate) fn partition(&self, parent: u64, name: &[u8]) -> u64 {
+        let tag = partition_tag(&self.secret, parent, name);
+        let mut list = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+        // Past the bound the store is scanned anyway: the list stays bounded however many
+        // partitions are made.
+        if list.len() <= PARTITIONS_BY_TAG && !list.contains(&tag) {
+            list.push(tag);
+        }
+        tag
     }
 
     /// Forgets exactly `key` (under its own credential only): its target answered present.
@@ -317,6 +352,27 @@ mod tests {
         learner.join().unwrap();
         forgetter.join().unwrap();
         assert_eq!(survived, 0, "of {ROUNDS} rounds");
+    }
+
+    /// A peer's message names a key as text: it is normalised like a local request's
+    /// (RFC 3986 §6.2.2), so a peer's `%7E` entry answers a local `~` and a local write of
+    /// either spelling forgets it.
+    #[test]
+    fn a_peers_key_is_normalised_like_a_local_one() {
+        let layer = NegativeCacheLayer::new();
+        let state = &layer.state;
+        let ttl = Duration::from_secs(60);
+        let learned = state.learn(
+            "http://h.test/users/%7eann/caf%c3%a9",
+            StatusCode::NOT_FOUND,
+            ttl,
+            Instant::now(),
+        );
+        assert_eq!(learned, Learned::Stored { clamped: false });
+        let uri: Uri = "http://h.test/users/~ann/caf%C3%A9".parse().unwrap();
+        let lookup = state.key_for(&uri, None, 0).unwrap();
+        assert!(state.store.peek(&lookup, Instant::now()).is_some());
+        assert!(state.forget_here(&lookup.to_key().unwrap()));
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!    `s-maxage` (shared mode only), else `max-age`, else `Expires − Date` (the arrival time
 //!    standing in for a missing `Date`, an invalid `Expires` meaning already expired, §5.3);
 //!    otherwise the per-status default (`ttl_410` for 410, `ttl_404` for any other status).
-//! 3. The age on arrival (§4.2.3): the larger of the origin's `Age` and `now − Date`.
+//! 3. The age on arrival (§4.2.3, `corrected_initial_age`): the larger of `now − Date` and
+//!    the origin's `Age` plus the response delay (from when the request left the cache to when
+//!    its answer came back): an answer that took 5 s is at least 5 s old.
 //! 4. Lifetime ≤ age: stale on arrival, not stored (§4.2). Else the entry is kept for
 //!    `lifetime − age`, cut to `max`. Nothing ever raises an origin's explicit lifetime: the
 //!    answer is never served for longer than its origin said it was fresh.
@@ -55,17 +57,19 @@ impl Default for TtlConfig {
 pub(crate) struct Freshness {
     /// From arrival on: `lifetime − age`, cut to `max`; never zero.
     pub(crate) ttl: Duration,
-    /// The answer's age on arrival (whole seconds, as `Age` and `Date` say it).
+    /// The answer's age on arrival (§4.2.3 `corrected_initial_age`).
     pub(crate) age: Duration,
 }
 
-/// How long to keep a Missing answer that arrived at `now`, or `None` when it must not be
-/// stored (a refusing directive, `Vary: *`, or stale on arrival).
+/// How long to keep a Missing answer that arrived at `now`, `response_delay` after its request
+/// left, or `None` when it must not be stored (a refusing directive, `Vary: *`, or stale on
+/// arrival).
 pub(crate) fn freshness(
     cfg: &TtlConfig,
     status: StatusCode,
     headers: &HeaderMap,
     now: SystemTime,
+    response_delay: Duration,
 ) -> Option<Freshness> {
     let cc = headers::cache_control(headers);
     // Checked whatever `respect_headers` says: these directives are not about *how long* an
@@ -84,13 +88,14 @@ pub(crate) fn freshness(
         } else {
             cfg.ttl_404
         });
-    // §4.2.3: apparent age (by the origin's clock) or the Age it reports, whichever is larger.
+    // §4.2.3: apparent_age (by the origin's clock), or corrected_age_value (the Age it
+    // reports plus the time the answer took to come back), whichever is larger.
     let age_value =
         headers::age(headers.get(header::AGE)).map_or(Duration::ZERO, Duration::from_secs);
     let apparent = date.map_or(Duration::ZERO, |d| {
         now.duration_since(d).unwrap_or_default()
     });
-    let age = age_value.max(apparent);
+    let age = age_value.saturating_add(response_delay).max(apparent);
     let ttl = lifetime.checked_sub(age)?.min(cfg.max);
     (!ttl.is_zero()).then_some(Freshness { ttl, age })
 }
@@ -183,7 +188,7 @@ mod tests {
 
     /// The TTL of an answer arriving at `DATE`.
     fn ttl(cfg: &TtlConfig, status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
-        freshness(cfg, status, headers, now()).map(|f| f.ttl)
+        freshness(cfg, status, headers, now(), Duration::ZERO).map(|f| f.ttl)
     }
 
     fn now() -> SystemTime {
@@ -385,12 +390,48 @@ mod tests {
             (header::AGE, "4"),
         ]);
         assert_eq!(
-            freshness(&cfg(), StatusCode::NOT_FOUND, &headers, now()),
+            freshness(
+                &cfg(),
+                StatusCode::NOT_FOUND,
+                &headers,
+                now(),
+                Duration::ZERO
+            ),
             Some(Freshness {
                 ttl: 90 * SEC,
                 age: 10 * SEC
             })
         );
+    }
+
+    /// RFC 9111 §4.2.3: `corrected_age_value = age_value + response_delay`, and the age on
+    /// arrival is the larger of it and the apparent age.
+    #[test]
+    fn the_response_delay_counts_in_the_age() {
+        let f = |headers: &HeaderMap, delay: Duration| {
+            freshness(&cfg(), StatusCode::NOT_FOUND, headers, now(), delay)
+        };
+        let three = h(&[(header::CACHE_CONTROL, "max-age=3")]);
+        // Took 5 s to come back: stale on arrival.
+        assert_eq!(f(&three, 5 * SEC), None);
+        assert_eq!(f(&three, 3 * SEC), None);
+        let ten = h(&[(header::CACHE_CONTROL, "max-age=10"), (header::AGE, "2")]);
+        assert_eq!(
+            f(&ten, Duration::from_millis(1500)),
+            Some(Freshness {
+                ttl: Duration::from_millis(6500),
+                age: Duration::from_millis(3500)
+            })
+        );
+        // The apparent age wins when it is the larger.
+        let dated = h(&[
+            (header::CACHE_CONTROL, "max-age=10"),
+            (header::DATE, &date_plus(-6)),
+        ]);
+        assert_eq!(f(&dated, SEC).map(|f| f.age), Some(6 * SEC));
+        // The per-status default counts it too; an absurd delay saturates, never panics.
+        assert_eq!(f(&HeaderMap::new(), 20 * SEC).map(|f| f.ttl), secs(40));
+        assert_eq!(f(&HeaderMap::new(), Duration::MAX), None);
     }
 
     #[test]
@@ -643,7 +684,7 @@ mod tests {
         #[test]
         fn ttl_always_within_clamps(cfg in config(), status in status(), headers in headers(), skew in 0u64..200_000) {
             let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + skew);
-            let got = freshness(&cfg, status, &headers, now);
+            let got = freshness(&cfg, status, &headers, now, Duration::ZERO);
             let cc = headers::cache_control(&headers);
             let refused = cc.no_store || cc.no_cache || (cfg.shared && cc.private) || varies(&headers);
             let timed = [header::AGE, header::DATE, header::EXPIRES].iter().any(|n| headers.contains_key(n))
@@ -699,6 +740,23 @@ mod tests {
             let fresh = Duration::from_secs(secs.saturating_sub(age.unwrap_or(0)));
             let want = Some(fresh.min(cfg.max)).filter(|d| !d.is_zero());
             prop_assert_eq!(not_found(&cfg, &headers), want);
+        }
+
+        /// A slower answer is never kept longer: the TTL never exceeds the lifetime less the
+        /// response delay.
+        #[test]
+        fn the_response_delay_only_shortens(cfg in config(), status in status(), headers in headers(), ms in 0u64..200_000) {
+            let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            let delay = Duration::from_millis(ms);
+            let quick = freshness(&cfg, status, &headers, now, Duration::ZERO);
+            let slow = freshness(&cfg, status, &headers, now, delay);
+            match (quick, slow) {
+                (Some(q), Some(s)) => {
+                    prop_assert!(s.ttl <= q.ttl && s.age >= delay && s.age >= q.age, "{:?} {:?}", q, s);
+                }
+                (None, Some(s)) => prop_assert!(false, "a delay made {:?} storable", s),
+                _ => {}
+            }
         }
 
         /// Whatever else the answer says, the TTL never exceeds a clean max-age less the age.

@@ -1,0 +1,223 @@
+//! Percent-encoding normalisation of keys (RFC 3986 §6.2.2.1, §6.2.2.2): one target in any
+//! spelling is one key. Pure: no I/O, no panics on any bytes.
+
+use http::Uri;
+
+/// Whether `s` is already in the normal form of RFC 3986 §6.2.2.1 and §6.2.2.2: every
+/// percent-escape in upper-case hex, and none of an unreserved character (`ALPHA / DIGIT / "-"
+/// / "." / "_" / "~"`, §2.3). Most targets have no `%` at all: one `memchr` says so.
+pub(crate) fn pct_normal(s: &str) -> bool {
+    if !s.contains('%') {
+        return true;
+    }
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match escape_at(b, i) {
+            Some((byte, upper_hex)) => {
+                if !upper_hex || unreserved(byte) {
+                    return false;
+                }
+                i += 3;
+            }
+            None => i += 1,
+        }
+    }
+    true
+}
+
+/// `s` in the normal form of [`pct_normal`]: escapes of unreserved characters decoded
+/// (§6.2.2.2), the others' hex digits in upper case (§6.2.2.1). A `%` not followed by two hex
+/// digits is left as it is (it is no escape: an origin reads it as it likes, and both spellings
+/// of it are the same bytes). `None` only if the result were not UTF-8, which cannot happen:
+/// only ASCII is rewritten.
+pub(crate) fn pct_normalise(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match escape_at(b, i) {
+            Some((byte, _)) if unreserved(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            Some(_) => {
+                out.extend([
+                    b'%',
+                    b[i + 1].to_ascii_uppercase(),
+                    b[i + 2].to_ascii_uppercase(),
+                ]);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A host as keys hold it: escapes of unreserved characters decoded (§6.2.2.2), then all of
+/// it in lower case (§6.2.2.1: the host is case-insensitive; so are an escape's hex digits,
+/// which lower case keeps apart from any decoded byte).
+pub(crate) fn normal_host(host: &str) -> Option<String> {
+    let mut h = pct_normalise(host)?;
+    h.make_ascii_lowercase();
+    Some(h)
+}
+
+/// The byte `%XX` at `i` encodes, and whether its hex digits are upper case (digits count as
+/// both); `None` when there is no well-formed escape at `i`.
+fn escape_at(b: &[u8], i: usize) -> Option<(u8, bool)> {
+    if b.get(i) != Some(&b'%') {
+        return None;
+    }
+    let (hi, lo) = (*b.get(i + 1)?, *b.get(i + 2)?);
+    let val = |c: u8| (c as char).to_digit(16);
+    let byte = u8::try_from(val(hi)? * 16 + val(lo)?).ok()?;
+    Some((byte, !hi.is_ascii_lowercase() && !lo.is_ascii_lowercase()))
+}
+
+/// RFC 3986 §2.3.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// The URI a key function is given: `uri` itself when its path and query are normal
+/// ([`pct_normal`]); else a copy with them normalised, so that every spelling of one target
+/// gives the key function the same URI (RFC 3986 §6.2.2). `None` if the copy won't parse.
+pub(crate) fn normal_uri(uri: &Uri) -> Option<std::borrow::Cow<'_, Uri>> {
+    use std::borrow::Cow;
+    let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
+    if pct_normal(pq) {
+        return Some(Cow::Borrowed(uri));
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pct_normalise(pq)?.parse().ok()?);
+    Uri::from_parts(parts).ok().map(Cow::Owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::key::{Key, Lookup, target_key};
+    use proptest::prelude::*;
+    use quick_cache::Equivalent;
+    use std::hash::BuildHasher;
+
+    /// One unit of a path or query, abstractly: a character written as it is, or a byte
+    /// percent-encoded.
+    #[derive(Clone, Debug)]
+    enum Unit {
+        Char(char),
+        Escaped(u8),
+    }
+
+    /// The unit in its §6.2.2 normal form: an escaped unreserved character is the
+    /// character.
+    fn canonical(u: &Unit) -> Unit {
+        match *u {
+            Unit::Escaped(b) if unreserved(b) => Unit::Char(b as char),
+            ref other => other.clone(),
+        }
+    }
+
+    fn same(a: &[Unit], b: &[Unit]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| match (canonical(x), canonical(y)) {
+                    (Unit::Char(p), Unit::Char(q)) => p == q,
+                    (Unit::Escaped(p), Unit::Escaped(q)) => p == q,
+                    _ => false,
+                })
+    }
+
+    fn unit() -> impl Strategy<Value = Unit> {
+        // Every character a path or query may hold as it is but `%` (RFC 3986 §3.3,
+        // §3.4): unreserved, sub-delims, ':', '@', '/', '?'.
+        let chars: Vec<char> = "aZ09-._~!$&'()*+,;=:@/?".chars().collect();
+        prop_oneof![
+            prop::sample::select(chars).prop_map(Unit::Char),
+            any::<u8>().prop_map(Unit::Escaped),
+            // Escapes of unreserved characters, often.
+            prop::sample::select(b"aZ09-._~".to_vec()).prop_map(Unit::Escaped),
+        ]
+    }
+
+    /// One spelling of `units`: each unreserved character may be escaped, each escape
+    /// in either case per digit.
+    fn spell(units: &[Unit], choices: &[u8]) -> String {
+        let mut s = String::from("/");
+        for (i, u) in units.iter().enumerate() {
+            let c = choices.get(i).copied().unwrap_or(0);
+            let escape = |b: u8, s: &mut String| {
+                let hex = format!("{b:02X}");
+                for (j, d) in hex.chars().enumerate() {
+                    s.push(if c >> (j + 1) & 1 == 1 {
+                        d.to_ascii_lowercase()
+                    } else {
+                        d
+                    });
+                }
+            };
+            match *u {
+                Unit::Char(ch) if c & 1 == 1 && unreserved(ch as u8) => {
+                    s.push('%');
+                    escape(ch as u8, &mut s);
+                }
+                Unit::Char(ch) => s.push(ch),
+                Unit::Escaped(b) => {
+                    s.push('%');
+                    escape(b, &mut s);
+                }
+            }
+        }
+        s
+    }
+
+    fn key_of(pq: &str) -> Option<Key> {
+        target_key("http", "h.test", pq, 0)?.to_key()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(2048) })]
+
+        /// Two spellings share a key exactly when they are equal under RFC 3986 §6.2.2.1
+        /// and §6.2.2.2: any two spellings of one target give one key, and different
+        /// targets never collide.
+        #[test]
+        fn spellings_share_a_key_iff_equivalent(
+            a in prop::collection::vec(unit(), 0..12),
+            b in prop::collection::vec(unit(), 0..12),
+            ca in prop::collection::vec(any::<u8>(), 12),
+            cb in prop::collection::vec(any::<u8>(), 12),
+            same_target in any::<bool>(),
+        ) {
+            let b = if same_target { a.clone() } else { b };
+            let (sa, sb) = (spell(&a, &ca), spell(&b, &cb));
+            let (ka, kb) = (key_of(&sa).unwrap(), key_of(&sb).unwrap());
+            prop_assert_eq!(ka == kb, same(&a, &b), "{} {}", sa, sb);
+            if ka == kb {
+                let state = std::collections::hash_map::RandomState::new();
+                prop_assert_eq!(state.hash_one(&ka), state.hash_one(&kb));
+            }
+            // The stored text is normal: it keys itself, borrowed.
+            prop_assert!(pct_normal(ka.as_str()));
+            let again = target_key("http", "h.test", &ka.as_str()["http://h.test".len()..], 0).unwrap();
+            prop_assert!(matches!(again, Lookup::Borrowed(_)));
+            prop_assert!(again.equivalent(&ka));
+        }
+
+        /// Normalising never panics, is idempotent, and never lengthens.
+        #[test]
+        fn normalising_is_idempotent(s in "[%a-fA-F0-9~/?=._-]{0,24}") {
+            let n = pct_normalise(&s).unwrap();
+            prop_assert!(n.len() <= s.len());
+            prop_assert!(pct_normal(&n));
+            prop_assert_eq!(pct_normalise(&n).unwrap(), n.clone());
+            prop_assert_eq!(pct_normal(&s), n == s);
+        }
+    }
+}
