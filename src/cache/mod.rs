@@ -86,6 +86,7 @@
 //! # }
 //! ```
 
+mod answer;
 mod body;
 mod coalesce;
 mod future;
@@ -94,6 +95,7 @@ mod key;
 mod layer;
 mod peers;
 mod recent;
+mod record;
 mod reference;
 mod service;
 mod state;
@@ -133,6 +135,12 @@ pub struct NegativeCacheHit {
     pub age: Duration,
     /// How long the entry stays fresh (never more than is left: it expires to the microsecond).
     pub remaining: Duration,
+    /// Whether this answer carries the origin's body: `false` for a head-only answer (the body
+    /// was over the limit, or dropped or failed before its end, or learned from a HEAD; or the
+    /// request does not accept its content coding), which has no body and no field describing
+    /// one (`Content-Type`, `Content-Encoding`, …). An answer whose origin sent an empty body
+    /// carries it: `true`.
+    pub body_kept: bool,
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub(crate) struct State {
     /// No classifier was given to the cache's builder: follow the retry layer's verdict.
     pub(crate) follow_retry: bool,
     pub(crate) coalesce: Option<Duration>,
+    /// The most body bytes an entry keeps (see `Builder::max_body_bytes`).
+    pub(crate) body_limit: u64,
     pub(crate) flights: Arc<Flights>,
     pub(crate) peers: Peers,
 }
@@ -157,9 +159,22 @@ impl State {
     /// Remembers a Missing answer to a request that left at `started`, and tells the peers
     /// (only for entries without credentials: a credential's fingerprint means nothing to
     /// another replica).
-    pub(crate) fn remember(&self, key: Key, stored: Stored, started: Instant) {
+    pub(crate) fn remember(&self, key: Key, mut stored: Stored, started: Instant) {
         let (status, ttl) = (stored.status, stored.ttl);
-        tracing::debug!(key = key.as_str(), %status, ?ttl, "negative cache: remembered");
+        // An answer too heavy for the store keeps its head: the repeat stays free.
+        if !self.store.fits(&key, stored.answer.as_ref()) {
+            if let Some(a) = stored.answer.as_ref().filter(|a| a.kept()) {
+                stored.answer = a.head_only();
+            }
+        }
+        let body_kept = stored.answer.as_ref().is_none_or(|a| a.kept());
+        tracing::debug!(
+            key = key.as_str(),
+            %status,
+            ?ttl,
+            body_kept,
+            "negative cache: remembered"
+        );
         let now = Instant::now();
         let text =
             (key.cred() == 0 && self.peers.attached()).then(|| Box::<str>::from(key.as_str()));
@@ -168,6 +183,9 @@ impl State {
             return;
         }
         self.stats.inserts.fetch_add(1, Relaxed);
+        if !body_kept {
+            self.stats.head_only.fetch_add(1, Relaxed);
+        }
         if let Some(key) = text {
             self.peers.send(|| PeerEvent::Missing {
                 key,
@@ -204,6 +222,7 @@ impl State {
         let clamped = ttl > self.ttl.max;
         let stored = Stored {
             status,
+            answer: None,
             ttl: ttl.min(self.ttl.max),
             age: Duration::ZERO,
         };
@@ -326,6 +345,7 @@ mod tests {
         let key = state.key_from_text("http://h.test/r/2").unwrap();
         let stored = Stored {
             status: StatusCode::NOT_FOUND,
+            answer: None,
             ttl: Duration::from_secs(60),
             age: Duration::ZERO,
         };
