@@ -39,8 +39,8 @@ pub(crate) struct Answer {
     /// The body was kept whole; false: a head-only answer (no body, no field describing one).
     kept: bool,
     /// The kept body has a `Content-Encoding` (other than `identity`): it is sent only to a
-    /// request that accepts that coding (RFC 9110 §12.5.3), else the hit is head-only.
-    coding: Option<HeaderValue>,
+    /// request that accepts each of its codings (RFC 9110 §12.5.3), else the hit is head-only.
+    coded: bool,
     weight: u64,
 }
 
@@ -159,7 +159,7 @@ impl Answer {
                         headers,
                         body: Bytes::new(),
                         kept: false,
-                        coding: None,
+                        coded: false,
                         weight: 0,
                     })
                 });
@@ -176,15 +176,17 @@ impl Answer {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         headers.insert(AGE, HeaderValue::from_static("0"));
         weight += 2 * FIELD_OVERHEAD;
-        let coding = headers
-            .get(CONTENT_ENCODING)
-            .filter(|c| kept && !body.is_empty() && !c.as_bytes().eq_ignore_ascii_case(b"identity"))
-            .cloned();
+        let coded = kept
+            && !body.is_empty()
+            && headers
+                .get_all(CONTENT_ENCODING)
+                .iter()
+                .any(|c| !c.as_bytes().eq_ignore_ascii_case(b"identity"));
         Some(Arc::new(Answer {
             headers,
             body,
             kept,
-            coding,
+            coded,
             weight,
         }))
     }
@@ -215,9 +217,15 @@ impl Answer {
         self.kept
     }
 
-    /// The kept body's content coding, if it has one but `identity`.
-    pub(crate) fn coding(&self) -> Option<&HeaderValue> {
-        self.coding.as_ref()
+    /// Whether a request with this `Accept-Encoding` may get the kept body: it has no content
+    /// coding, or the request accepts each of its codings.
+    pub(crate) fn acceptable_to(&self, accept: Option<&HeaderValue>) -> bool {
+        !self.coded
+            || self
+                .headers
+                .get_all(CONTENT_ENCODING)
+                .iter()
+                .all(|c| accepts_coding(accept, c))
     }
 
     /// What the entry's answer holds, in bytes, as it counts in `max_bytes`.

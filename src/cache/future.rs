@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::NegativeCacheHit;
-use super::answer::{Head, accepts_coding};
+use super::answer::Head;
 use super::body::ResponseBody;
 use super::coalesce::{Flight, Leader};
 use super::key::{Key, origin_target, target_key};
@@ -136,8 +136,8 @@ pub(crate) struct Synth {
 impl Synth {
     /// The hit of `fresh` for `req`.
     pub(crate) fn hit<B>(fresh: Fresh, req: &Request<B>) -> Self {
-        let coding = fresh.answer.as_ref().and_then(|a| a.coding());
-        let accepts = coding.is_none_or(|c| accepts_coding(req.headers().get(ACCEPT_ENCODING), c));
+        let accept = req.headers().get(ACCEPT_ENCODING);
+        let accepts = fresh.answer.as_ref().is_none_or(|a| a.acceptable_to(accept));
         Synth {
             hit: Some(fresh),
             version: req.version(),
