@@ -242,7 +242,13 @@ fn run(c: Case) -> Result<(), TestCaseError> {
         };
 
         // The first caller: the origin's answer, its bytes as they come.
-        let first = svc.ready().await.unwrap().call(req(Method::GET)).await.unwrap();
+        let first = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(req(Method::GET))
+            .await
+            .unwrap();
         prop_assert_eq!(first.status().as_u16(), c.status);
         prop_assert_eq!(first.headers(), &origin);
         let mut body = first.into_body();
@@ -272,13 +278,20 @@ fn run(c: Case) -> Result<(), TestCaseError> {
         let whole = ended || (c.exact && read_all) || (c.exact && c.body.is_empty());
         let kept = whole && c.body.len() <= LIMIT;
         let peek = handle.peek(&"http://origin.test/r/1".parse().unwrap());
-        prop_assert!(peek.is_some(), "a Missing answer is remembered, body kept or not");
+        prop_assert!(
+            peek.is_some(),
+            "a Missing answer is remembered, body kept or not"
+        );
         let peek = peek.unwrap();
         prop_assert_eq!(peek.body_kept, kept, "peek");
         prop_assert_eq!(handle.stats().head_only, u64::from(!kept));
 
         // A later hit: no upstream call; the origin's answer, or head-only.
-        let m = if c.head_hit { Method::HEAD } else { Method::GET };
+        let m = if c.head_hit {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
         let hit = svc.ready().await.unwrap().call(req(m)).await.unwrap();
         prop_assert_eq!(calls.load(Ordering::SeqCst), 1, "a hit went upstream");
         // A kept body in a coding the request does not accept is not sent (head-only).
@@ -297,7 +310,15 @@ fn run(c: Case) -> Result<(), TestCaseError> {
         // The age it arrived with (the origin's `Age`), the paused clock adding nothing.
         let arrived = origin
             .get("age")
-            .and_then(|v| v.to_str().ok()?.split(',').next()?.trim().parse::<u64>().ok())
+            .and_then(|v| {
+                v.to_str()
+                    .ok()?
+                    .split(',')
+                    .next()?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or(0);
         prop_assert_eq!(&hit.headers()["age"], &arrived.to_string());
         let lengths: Vec<_> = hit.headers().get_all("content-length").iter().collect();

@@ -137,7 +137,10 @@ impl Synth {
     /// The hit of `fresh` for `req`.
     pub(crate) fn hit<B>(fresh: Fresh, req: &Request<B>) -> Self {
         let accept = req.headers().get(ACCEPT_ENCODING);
-        let accepts = fresh.answer.as_ref().is_none_or(|a| a.acceptable_to(accept));
+        let accepts = fresh
+            .answer
+            .as_ref()
+            .is_none_or(|a| a.acceptable_to(accept));
         Synth {
             hit: Some(fresh),
             version: req.version(),
