@@ -233,7 +233,10 @@ async fn a_flood_of_404s_with_bodies_at_the_limit_stays_within_the_byte_budget()
             .unwrap();
         let res = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::NOT_FOUND);
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes().len(), 4096);
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes().len(),
+            4096
+        );
         if i % 500 == 0 {
             peak = peak.max(LIVE.load(Relaxed) - before);
         }
@@ -263,6 +266,14 @@ async fn a_flood_of_404s_with_bodies_at_the_limit_stays_within_the_byte_budget()
         .body(Empty::new())
         .unwrap();
     let res = svc.ready().await.unwrap().call(req).await.unwrap();
-    assert!(res.extensions().get::<NegativeCacheHit>().unwrap().body_kept);
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes().len(), 4096);
+    assert!(
+        res.extensions()
+            .get::<NegativeCacheHit>()
+            .unwrap()
+            .body_kept
+    );
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes().len(),
+        4096
+    );
 }

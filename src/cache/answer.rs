@@ -29,7 +29,7 @@ pub(crate) const DEFAULT_BODY_LIMIT: u64 = 4096;
 const FIELD_OVERHEAD: u64 = 160;
 
 /// A remembered answer's head and (kept whole) body, as every hit of its entry sends them.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Answer {
     /// The origin's end-to-end fields, `Content-Length` for the bytes a hit sends, and an
     /// `Age` placeholder each hit overwrites in place (so a hit's map never grows).
@@ -189,6 +189,31 @@ impl Answer {
             coded,
             weight,
         }))
+    }
+
+    /// A peer's answer: its fields filtered as an origin's are (a peer is not trusted to
+    /// have), its body kept only within this cache's `limit`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn from_peer(
+        kept: bool,
+        fields: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+        limit: u64,
+    ) -> Option<Arc<Answer>> {
+        let mut map = HeaderMap::with_capacity(fields.len());
+        for (n, v) in fields {
+            map.append(n, v);
+        }
+        let body = Some(body).filter(|b| kept && b.len() as u64 <= limit);
+        Answer::new(Head::of(&map), body)
+    }
+
+    /// The fields a peer is sent: the hit's, but `Content-Length` and `Age` (its own to state).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| *n != CONTENT_LENGTH && *n != AGE)
     }
 
     /// The same answer without its body (for a request that does not accept its coding, or a

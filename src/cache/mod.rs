@@ -114,6 +114,8 @@ pub use service::{BypassNegativeCache, NegativeCache};
 pub use stats::CacheStats;
 
 #[cfg(feature = "redis")]
+pub(crate) use answer::{Answer, Head};
+#[cfg(feature = "redis")]
 pub(crate) use peers::PeerEvent;
 #[cfg(feature = "redis")]
 pub(crate) use recent::WINDOW as RECENT_WINDOW;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
+use super::answer::Answer;
 use super::coalesce::Flights;
 use super::key::{Credentials, Key, KeyFn, Lookup, target_key, text_key, uri_key};
 use super::peers::{PeerEvent, Peers};
@@ -168,6 +169,7 @@ impl State {
             }
         }
         let body_kept = stored.answer.as_ref().is_none_or(|a| a.kept());
+        let answer = stored.answer.clone();
         tracing::debug!(
             key = key.as_str(),
             %status,
@@ -189,6 +191,7 @@ impl State {
         if let Some(key) = text {
             self.peers.send(|| PeerEvent::Missing {
                 key,
+                answer,
                 status,
                 ttl,
                 started,
@@ -207,6 +210,7 @@ impl State {
         status: StatusCode,
         ttl: Duration,
         started: Instant,
+        answer: Option<Arc<Answer>>,
     ) -> Learned {
         let Some(key) = self.key_from_text(text) else {
             return Learned::Unreadable;
@@ -220,9 +224,14 @@ impl State {
         }
         // Never raised: what is left of a peer's entry must not be extended.
         let clamped = ttl > self.ttl.max;
+        // Within this replica's budget, as its own answers: head-only if need be.
+        let answer = match answer {
+            Some(a) if a.kept() && !self.store.fits(&key, Some(&a)) => a.head_only(),
+            a => a,
+        };
         let stored = Stored {
             status,
-            answer: None,
+            answer,
             ttl: ttl.min(self.ttl.max),
             age: Duration::ZERO,
         };
@@ -321,7 +330,7 @@ mod tests {
         let (a, b) = (state.clone(), state.clone());
         let learner = spawn(Box::new(move |text| {
             let ttl = Duration::from_secs(60);
-            a.learn(text, StatusCode::NOT_FOUND, ttl, started);
+            a.learn(text, StatusCode::NOT_FOUND, ttl, started, None);
         }));
         let forgetter = spawn(Box::new(move |text| {
             b.forget_here(&b.key_from_text(text).unwrap());
