@@ -425,3 +425,33 @@ async fn a_body_dropped_before_its_end_is_not_replayed() {
     assert!(read(res).await.is_empty());
     assert_eq!(server.hits("/r"), 1);
 }
+
+/// The README's stack puts `DecompressionLayer` inside the cache: the cache then sees, keeps
+/// and replays the decoded body (no `Content-Encoding`), and a hit needs no decoding.
+#[tokio::test]
+async fn a_gzip_404_decoded_inside_the_cache_is_kept_decoded() {
+    let (base, hits) = axum_origin(true).await;
+    let layer = NegativeCacheLayer::new();
+    let mut client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(DecompressionLayer::new())
+        .service(support::client());
+    let url = format!("{base}/records/7");
+    for round in 0..3 {
+        let res = client
+            .ready()
+            .await
+            .unwrap()
+            .call(support::get(&url))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::GONE);
+        let hit = res.extensions().get::<NegativeCacheHit>().copied();
+        assert_eq!(hit.is_some(), round > 0);
+        assert!(hit.is_none_or(|h| h.body_kept));
+        assert!(res.headers().get("content-encoding").is_none());
+        let p: Problem = serde_json::from_slice(&read(res).await).unwrap();
+        assert_eq!(p.status, 410);
+    }
+    assert_eq!(hits[1].load(Ordering::SeqCst), 1);
+}

@@ -363,7 +363,10 @@ impl<C> Builder<C> {
     /// settled (or fails, or is cancelled), every waiter wakes at once and looks the key up:
     /// a Missing answer it remembered answers them all; otherwise each goes upstream itself.
     /// Default: off. Valid: `1 ms..=60 s` (a waiter holds its request and its caller that
-    /// long at most; a minute is past any upstream timeout worth waiting on). The wait uses
+    /// long at most; a minute is past any upstream timeout worth waiting on). A Missing answer
+    /// with a body settles once its caller has read the body to its end (or dropped it), so
+    /// that waiters get the whole answer: a caller that holds the body unread keeps them
+    /// waiting up to `bound`. The wait uses
     /// tokio's timer: the runtime must have
     /// time enabled.
     pub fn coalesce(mut self, bound: Duration) -> Self {
