@@ -10,6 +10,14 @@
 //! - `loopback 404`: the same 404 fetched from a hyper server on 127.0.0.1 through a hyper-util
 //!   client (HTTP/1 keep-alive, `TCP_NODELAY` on both ends), body read — what a hit saves.
 //!
+//! Group `negative_cache_faithful_hit` (a hit is the origin's answer): a 404 with four header
+//! fields (`Content-Type`, `Content-Language`, `Server`, an `X-Request-Id`) and a 100-byte body,
+//! read to its end:
+//! - `bare service_fn, same faithful answer`: a `service_fn` building that answer (the fields,
+//!   `Content-Length`, `Age`, one extension, the body as a shared `Bytes`) per call;
+//! - `faithful hit`: `NegativeCacheLayer::new()` over an upstream answering it, the key
+//!   remembered by one call beforehand: every call replays the remembered head and body.
+//!
 //! One current-thread tokio runtime drives everything, the server's tasks included (they run
 //! while the client waits), with one `block_on` per batch of calls.
 //!
@@ -82,6 +90,55 @@ fn upstream_synthesized()
         *res.status_mut() = StatusCode::NOT_FOUND;
         let headers = res.headers_mut();
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        headers.insert(AGE, HeaderValue::from(black_box(0u64)));
+        res.extensions_mut().insert(black_box(HitLike {
+            age: Duration::ZERO,
+            remaining: Duration::from_secs(60),
+        }));
+        ready(Ok::<_, Infallible>(res))
+    })
+}
+
+/// The faithful answer's body: 100 bytes of a JSON error.
+const FAITHFUL_BODY: &[u8; 100] =
+    br#"{"type":"https://api.test/probs/not-found","title":"no such record","status":404,"code":4040}       "#;
+
+/// The faithful answer's fields, as an origin sends them.
+fn faithful_fields(headers: &mut http::HeaderMap) {
+    use http::header::{CONTENT_LANGUAGE, CONTENT_TYPE, SERVER};
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    headers.insert(CONTENT_LANGUAGE, HeaderValue::from_static("en"));
+    headers.insert(SERVER, HeaderValue::from_static("records/1.4"));
+    headers.insert(
+        "x-request-id",
+        HeaderValue::from_static("3f1c9a0e-5b7d-4c1e-9f1a-2b3c4d5e6f70"),
+    );
+}
+
+/// The upstream of the faithful hit: a 404 with four fields and a 100-byte body.
+fn upstream_faithful()
+-> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
+    tower::service_fn(|_req: Req| {
+        let mut res = Response::new(Full::new(Bytes::from_static(FAITHFUL_BODY)));
+        *res.status_mut() = StatusCode::NOT_FOUND;
+        faithful_fields(res.headers_mut());
+        ready(Ok::<_, Infallible>(res))
+    })
+}
+
+/// A bare service building what a faithful hit answers: the four fields, `Content-Length`,
+/// `Age`, an extension like [`NegativeCacheHit`], and the body.
+fn upstream_faithful_synthesized()
+-> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
+    tower::service_fn(|_req: Req| {
+        let mut res = Response::new(Full::new(Bytes::from_static(FAITHFUL_BODY)));
+        *res.status_mut() = StatusCode::NOT_FOUND;
+        let headers = res.headers_mut();
+        faithful_fields(headers);
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(FAITHFUL_BODY.len()));
         headers.insert(AGE, HeaderValue::from(black_box(0u64)));
         res.extensions_mut().insert(black_box(HitLike {
             age: Duration::ZERO,
@@ -221,5 +278,56 @@ fn negative_cache_hit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, negative_cache_hit);
+fn negative_cache_faithful_hit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("negative_cache_faithful_hit");
+    group.throughput(Throughput::Elements(1));
+    let uri = Uri::from_static("http://records.internal/records/404");
+    bench_fetch(
+        &mut group,
+        &rt,
+        "bare service_fn, same faithful answer",
+        &uri,
+        upstream_faithful_synthesized(),
+    );
+    let cache = NegativeCacheLayer::new();
+    let mut layered = ServiceBuilder::new()
+        .layer(cache.clone())
+        .service(upstream_faithful());
+    rt.block_on(async {
+        let (status, body) = fetch(&mut layered, &uri).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::NOT_FOUND, &FAITHFUL_BODY[..])
+        );
+        let res = layered
+            .ready()
+            .await
+            .unwrap()
+            .call(request(&uri))
+            .await
+            .unwrap();
+        assert!(
+            res.extensions()
+                .get::<NegativeCacheHit>()
+                .unwrap()
+                .body_kept
+        );
+        assert_eq!(res.headers().len(), 6, "{:?}", res.headers());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], &FAITHFUL_BODY[..]);
+    });
+    bench_fetch(&mut group, &rt, "faithful hit", &uri, layered);
+    assert_eq!(
+        cache.handle().stats().inserts,
+        1,
+        "only the first call went upstream"
+    );
+    group.finish();
+}
+
+criterion_group!(benches, negative_cache_hit, negative_cache_faithful_hit);
 criterion_main!(benches);

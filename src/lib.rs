@@ -50,7 +50,7 @@
 //!
 //! ```text
 //! caller ──> NegativeCache ──> StatusAwareRetry ──> [Timeout] ──> hyper-util Client / any Service
-//!               │  hit: synthesized 404/410, 0 upstream calls
+//!               │  hit: the remembered 404/410 (head, body), 0 upstream calls
 //!               │  miss: call through; a Missing answer is remembered
 //!               └─ handle(): stats, invalidate, clear, peek
 //!                    └─ fleet (feature `redis`): publish what is learned and forgotten,

@@ -523,6 +523,23 @@ fn max_bytes_rejects_less_than_4096_and_more_than_a_tebibyte() {
 }
 
 #[test]
+fn max_body_bytes_rejects_more_than_a_mebibyte() {
+    for (bytes, shown) in [
+        ((1 << 20) + 1, "1048577"),
+        (u64::MAX, "18446744073709551615"),
+    ] {
+        refused(
+            cache().max_body_bytes(bytes).build(),
+            "max_body_bytes",
+            shown,
+            "0..=1048576",
+        );
+    }
+    assert!(cache().max_body_bytes(0).build().is_ok());
+    assert!(cache().max_body_bytes(1 << 20).build().is_ok());
+}
+
+#[test]
 fn first_invalid_setting_wins() {
     let first = |e: BuildError| e.setting();
     assert_eq!(

@@ -258,7 +258,7 @@ async fn malformed_messages_are_ignored_and_counted() {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for garbage in [
         &b"hello"[..],
-        b"tnc2 - 0000000000000001 1 0 m 404 0 0 k",
+        b"tnc3 - 0000000000000001 1 0 m 404 0 0 k\0k\n\n",
         b"\xff\xfe\xfd",
         b"",
     ] {
@@ -429,7 +429,8 @@ async fn publish_raw(redis: &RedisServer, payloads: &[Vec<u8>]) {
 /// A Missing message in the wire format of this version, as a peer would send it: its
 /// request left `age_ms` ago, `ttl_ms` are left of it.
 fn missing_msg(seq: u64, status: u16, ttl_ms: u64, age_ms: u64, key: &str) -> Vec<u8> {
-    format!("tnc2 - 0000000000000001 {seq} 0 m {status} {ttl_ms} {age_ms} {key}").into_bytes()
+    format!("tnc3 - 0000000000000001 {seq} 0 m {status} {ttl_ms} {age_ms} {key}\0k\n\n")
+        .into_bytes()
 }
 
 #[tokio::test]
@@ -450,7 +451,7 @@ async fn a_hostile_publisher_cannot_take_records_offline() {
         // A key longer than the bound.
         missing_msg(4, 404, 60_000, 0, &long_key),
         // Garbage.
-        b"tnc2 - zzzzzzzzzzzzzzzz 1 0 m 404 1000 0 k".to_vec(),
+        b"tnc3 - zzzzzzzzzzzzzzzz 1 0 m 404 1000 0 k\0k\n\n".to_vec(),
         vec![0xff; 100],
         // The previous version: no age, so it cannot be ordered.
         format!("tnc1 0000000000000001 m 404 60000 {}", k(4)).into_bytes(),
@@ -693,12 +694,12 @@ async fn with_a_secret_only_signed_messages_are_applied() {
         use futures_util::StreamExt;
         spied.next().await.unwrap().get_payload_bytes().to_vec()
     };
-    assert!(genuine.starts_with(b"tnc2 "));
-    assert!(!genuine.starts_with(b"tnc2 - "), "signed");
+    assert!(genuine.starts_with(b"tnc3 "));
+    assert!(!genuine.starts_with(b"tnc3 - "), "signed");
 
     let k = |i: u32| format!("http://h.test/s/{i}");
     let forged_mac = format!(
-        "tnc2 {} 0000000000000009 1 0 m 404 60000 0 {}",
+        "tnc3 {} 0000000000000009 1 0 m 404 60000 0 {}\0k\n\n",
         "0".repeat(64),
         k(2)
     );
@@ -841,4 +842,76 @@ async fn a_peers_404_learned_while_a_read_was_out_goes_when_its_2xx_lands() {
     // A's own answer is newer, and present: the peer's 404 must not outlive it.
     assert_eq!(read.await.unwrap(), StatusCode::OK);
     assert!(a.cache.peek(&url.parse().unwrap()).is_none());
+}
+
+/// Invariant 12 through the fleet: a peer's hit is the origin's answer — its end-to-end fields
+/// and its kept body, signed with the fleet's secret — never one exchange's `Set-Cookie`; and
+/// a body the first replica did not keep whole reaches the peer head-only.
+#[tokio::test]
+async fn a_peers_hit_is_the_origins_answer() {
+    let Some(redis) = RedisServer::try_start("a_peers_hit_is_the_origins_answer") else {
+        return;
+    };
+    const JSON: &str = r#"{"error":"not_found","code":4040}"#;
+    let origin = TestServer::builder()
+        .handler(|r| {
+            Some(if r.path == "/page" {
+                Reply::status(404)
+                    .header("content-type", "text/html")
+                    .body(vec![b'x'; 16 * 1024])
+            } else {
+                Reply::status(404)
+                    .header("content-type", "application/json")
+                    .header("x-error-code", "4040")
+                    .header("set-cookie", "sid=1")
+                    .body(JSON)
+            })
+        })
+        .start()
+        .await;
+    let secret = "a-fleet-secret-of-some-length";
+    let a = replica_with(&redis.url(), |b| b.secret(secret));
+    let b = replica_with(&redis.url(), |b| b.secret(secret));
+    a.wait_connected().await;
+    b.wait_connected().await;
+
+    let url = origin.url("/records/j1");
+    let res = a.get(&url).await;
+    assert_eq!(support::body_bytes(res).await, JSON.as_bytes());
+    let uri: Uri = url.parse().unwrap();
+    wait_until(Duration::from_secs(5), || b.cache.peek(&uri).is_some()).await;
+    assert!(b.cache.peek(&uri).unwrap().body_kept);
+    let res = b.get(&url).await;
+    let hit = *res
+        .extensions()
+        .get::<NegativeCacheHit>()
+        .expect("a hit on B");
+    assert!(hit.body_kept);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert_eq!(res.headers()["x-error-code"], "4040");
+    assert!(res.headers().get("set-cookie").is_none());
+    let length = res.headers()["content-length"].clone();
+    let body = support::body_bytes(res).await;
+    assert_eq!(body, JSON.as_bytes());
+    assert_eq!(length, JSON.len().to_string().as_str());
+    assert_eq!(origin.hits("/records/j1"), 1);
+
+    // Over the body limit on A: head-only there, and so on B.
+    let page = origin.url("/page");
+    assert_eq!(
+        support::body_bytes(a.get(&page).await).await.len(),
+        16 * 1024
+    );
+    let page_uri: Uri = page.parse().unwrap();
+    wait_until(Duration::from_secs(5), || b.cache.peek(&page_uri).is_some()).await;
+    let res = b.get(&page).await;
+    let hit = *res
+        .extensions()
+        .get::<NegativeCacheHit>()
+        .expect("a hit on B");
+    assert!(!hit.body_kept);
+    assert!(res.headers().get("content-type").is_none());
+    assert!(support::body_bytes(res).await.is_empty());
+    assert_eq!(origin.hits("/page"), 1);
+    assert_eq!(b.fleet.stats().learned, 2);
 }

@@ -288,7 +288,7 @@ async fn a_peer_cannot_make_a_replica_remember_what_its_own_stack_never_would() 
 
     publish(
         &redis,
-        format!("tnc2 - 0000000000000001 1 0 m 404 60000 0 {url}"),
+        format!("tnc3 - 0000000000000001 1 0 m 404 60000 0 {url}\0k\n\n"),
     )
     .await;
     wait_until(Duration::from_secs(5), || fleet.stats().received == 1).await;
@@ -336,7 +336,7 @@ async fn invalidate_if_orders_out_older_peer_404s_for_keys_this_replica_did_not_
     let p2 = origin.url("/records/p2");
     publish(
         &redis,
-        format!("tnc2 - 00000000000000aa 1 0 m 404 60000 2000 {p2}"),
+        format!("tnc3 - 00000000000000aa 1 0 m 404 60000 2000 {p2}\0k\n\n"),
     )
     .await;
     wait_until(Duration::from_secs(5), || a.fleet.stats().received >= 1).await;
@@ -508,7 +508,7 @@ async fn one_requests_verdict_does_not_decide_what_a_peer_may_make_another_key_m
     let url = origin.url("/soft");
     publish(
         &redis,
-        format!("tnc2 - 0000000000000001 1 0 m 404 60000 0 {url}"),
+        format!("tnc3 - 0000000000000001 1 0 m 404 60000 0 {url}\0k\n\n"),
     )
     .await;
     wait_until(Duration::from_secs(5), || fleet.stats().received == 1).await;

@@ -195,3 +195,85 @@ async fn a_flood_of_long_missing_keys_stays_within_the_byte_budget() {
         drop(handle);
     }
 }
+
+/// A flood of distinct 404s that carry a few fields and a body at the default body limit
+/// (4 KiB), each read whole (so each is kept): the store's live heap stays within its byte
+/// budget (`max_bytes` counts the answers' fields and bodies, plus tables sized by capacity),
+/// and `memory_bytes` reports what it holds.
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_of_404s_with_bodies_at_the_limit_stays_within_the_byte_budget() {
+    use http_body_util::{BodyExt, Full};
+    let _turn = TURN.lock().await;
+    let body = Bytes::from(vec![b'x'; 4096]);
+    let upstream = tower::service_fn(move |_req: Request<Empty<Bytes>>| {
+        let body = body.clone();
+        async move {
+            let res = Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .header("content-type", "application/problem+json")
+                .header("content-language", "en")
+                .header("x-request-id", "3f1c9a0e-5b7d-4c1e-9f1a-2b3c4d5e6f70")
+                .header("date", "Thu, 03 Dec 2099 08:00:00 GMT")
+                .body(Full::new(body))
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        }
+    });
+    // The default configuration.
+    let layer = NegativeCacheLayer::new();
+    let handle = layer.handle();
+    let budget = handle.stats().max_bytes;
+    let tables = 128 * CAPACITY;
+    let mut svc = tower::Layer::layer(&layer, upstream);
+    let before = LIVE.load(Relaxed);
+    let mut peak = 0;
+    for i in 0..12_000 {
+        let req = Request::get(format!("http://flood.test/{i:08}"))
+            .body(Empty::new())
+            .unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes().len(),
+            4096
+        );
+        if i % 500 == 0 {
+            peak = peak.max(LIVE.load(Relaxed) - before);
+        }
+    }
+    let held = LIVE.load(Relaxed) - before;
+    let stats = handle.stats();
+    println!(
+        "404s with 4 KiB bodies: live heap {held} B (peak {peak} B), budget {budget} B, \
+         memory_bytes {} B; {stats:?}",
+        stats.memory_bytes
+    );
+    assert_eq!(stats.head_only, 0, "every body was kept");
+    let bound = (budget + tables) as isize;
+    assert!(
+        held <= bound && peak <= bound,
+        "live heap {held} B (peak {peak} B) over {bound} B"
+    );
+    assert!(stats.memory_bytes <= budget + tables, "{stats:?}");
+    let reported = stats.memory_bytes as f64;
+    assert!(
+        reported >= held as f64 * 0.75 && reported <= held as f64 * 1.25,
+        "memory_bytes {reported} B, live heap grew {held} B"
+    );
+    assert!(stats.len > 1000, "{stats:?}");
+    // A hit answers with the body, without an upstream call.
+    let req = Request::get("http://flood.test/00011999")
+        .body(Empty::new())
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    assert!(
+        res.extensions()
+            .get::<NegativeCacheHit>()
+            .unwrap()
+            .body_kept
+    );
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes().len(),
+        4096
+    );
+}

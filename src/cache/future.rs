@@ -7,17 +7,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use http::header::{AGE, CONTENT_LENGTH, CONTENT_LOCATION, HOST, LOCATION};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::header::{ACCEPT_ENCODING, AGE, CONTENT_LENGTH, CONTENT_LOCATION, HOST, LOCATION};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::NegativeCacheHit;
+use super::answer::Head;
 use super::body::ResponseBody;
 use super::coalesce::{Flight, Leader};
 use super::key::{Key, origin_target, target_key};
+use super::record::Recorder;
 use super::reference::{Target, resolve};
 use super::state::State;
 use super::store::{Fresh, Stored, Ticket};
@@ -47,6 +50,8 @@ pub(crate) struct Pending {
     /// When the request was handed to the inner service (a coalesced waiter's, once it stops
     /// waiting): its answer's age counts from here (RFC 9111 §4.2.3 `request_time`).
     sent: Option<tokio::time::Instant>,
+    /// A HEAD: its answer has no body to keep (the entry is head-only).
+    head: bool,
 }
 
 /// What a read knows of its key's entry when it goes upstream.
@@ -85,6 +90,7 @@ impl Pending {
             ticket: None,
             started: None,
             sent: None,
+            head: false,
         }
     }
 
@@ -97,8 +103,10 @@ impl Pending {
         leader: Option<Leader>,
         directives: &RequestDirectives,
         started: Instant,
+        method: &Method,
     ) -> Self {
         Pending {
+            head: method == Method::HEAD,
             ticket: Some(state.store.versions.start(&key)),
             key: Some(key),
             leader,
@@ -120,22 +128,39 @@ impl Pending {
 
 /// An answer the cache makes up: a remembered Missing answer, or the 504 an `only-if-cached`
 /// request gets when nothing is remembered (RFC 9111 §5.2.1.7).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Synth {
     hit: Option<Fresh>,
     version: Version,
+    /// A HEAD: the head a GET's hit would have, no body (RFC 9110 §9.3.2).
+    head: bool,
+    /// The request accepts the kept body's content coding (or it has none).
+    accepts: bool,
 }
 
 impl Synth {
-    pub(crate) fn hit(fresh: Fresh, version: Version) -> Self {
+    /// The hit of `fresh` for `req`.
+    pub(crate) fn hit<B>(fresh: Fresh, req: &Request<B>) -> Self {
+        let accept = req.headers().get(ACCEPT_ENCODING);
+        let accepts = fresh
+            .answer
+            .as_ref()
+            .is_none_or(|a| a.acceptable_to(accept));
         Synth {
             hit: Some(fresh),
-            version,
+            version: req.version(),
+            head: req.method() == Method::HEAD,
+            accepts,
         }
     }
 
     pub(crate) fn gateway_timeout(version: Version) -> Self {
-        Synth { hit: None, version }
+        Synth {
+            hit: None,
+            version,
+            head: false,
+            accepts: true,
+        }
     }
 }
 
@@ -169,7 +194,7 @@ pin_project! {
 pin_project! {
     #[project = StepProj]
     enum Step<S, F, ReqB> {
-        Hit { synth: Synth },
+        Hit { synth: Option<Synth> },
         Called { #[pin] future: F },
         // Boxed: only coalesced waiters pay for its size, not every hit and miss.
         Waiting { waiter: Pin<Box<Waiter<S, ReqB>>> },
@@ -203,7 +228,7 @@ where
 {
     pub(crate) fn synthesized(synth: Synth) -> Self {
         ResponseFuture {
-            step: Step::Hit { synth },
+            step: Step::Hit { synth: Some(synth) },
             pending: Pending::none(),
             ctx: None,
         }
@@ -256,6 +281,7 @@ impl<S, C, ReqB, ResB> Future for ResponseFuture<S, C, ReqB>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     C: Classify,
+    ResB: Body,
 {
     type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
 
@@ -264,7 +290,7 @@ where
         loop {
             match this.step.as_mut().project() {
                 StepProj::Hit { synth } => {
-                    let synth = *synth;
+                    let synth = synth.take().expect("a hit is answered once");
                     this.step.set(Step::Done);
                     return Poll::Ready(Ok(synthesize(synth)));
                 }
@@ -284,10 +310,14 @@ where
                         }
                     };
                     this.step.set(Step::Done);
-                    if let Some((state, classifier)) = this.ctx.as_ref() {
-                        settle(state, classifier, this.pending, &res);
-                    }
-                    return Poll::Ready(Ok(res.map(ResponseBody::upstream)));
+                    let recorder = match this.ctx.as_ref() {
+                        Some((state, classifier)) => settle(state, classifier, this.pending, &res),
+                        None => None,
+                    };
+                    return Poll::Ready(Ok(match recorder {
+                        Some(r) => res.map(|b| ResponseBody::recording(b, r)),
+                        None => res.map(ResponseBody::upstream),
+                    }));
                 }
                 StepProj::Waiting { waiter } => {
                     let w = waiter.as_mut().project();
@@ -312,11 +342,10 @@ where
                                 .filter(|f| w.directives.accepts(f.age, f.remaining)),
                             _ => None,
                         };
-                        if let Some(fresh) = found {
-                            let version =
-                                w.request.as_ref().map_or(Version::HTTP_11, |r| r.version());
+                        if let Some((fresh, req)) = found.zip(w.request.as_ref()) {
+                            let synth = Synth::hit(fresh, req);
                             this.step.set(Step::Done);
-                            return Poll::Ready(Ok(synthesize(Synth::hit(fresh, version))));
+                            return Poll::Ready(Ok(synthesize(synth)));
                         }
                     }
                     // Released: go upstream through our own service, once it is ready.
@@ -332,28 +361,54 @@ where
     }
 }
 
-/// The answer the cache makes up, in the request's HTTP version.
+/// The answer the cache makes up, in the request's HTTP version: a hit is the origin's answer
+/// as remembered (RFC 9111 §4), its `Age` set (§5.1: the age includes what the origin reported
+/// on arrival).
 fn synthesize<B>(synth: Synth) -> Response<ResponseBody<B>> {
-    let mut res = Response::new(ResponseBody::synthesized());
+    let Some(fresh) = synth.hit else {
+        let mut res = Response::new(ResponseBody::synthesized());
+        *res.version_mut() = synth.version;
+        *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        *res.headers_mut() = bare_headers();
+        return res;
+    };
+    // A kept body in a coding the request does not accept is not sent (RFC 9110 §12.5.3):
+    // the hit is head-only, as for a body that was not kept. Rare, so made per hit.
+    let answer = match fresh.answer {
+        Some(a) if !synth.accepts => a.head_only(),
+        a => a,
+    };
+    let (mut headers, body, body_kept) = match &answer {
+        // Shared, not copied: the map's values and the body are refcounted.
+        Some(a) => (a.headers().clone(), a.body().clone(), a.kept()),
+        None => (bare_headers(), bytes::Bytes::new(), true),
+    };
+    // Overwrites the placeholder in place: the map does not grow.
+    headers.insert(AGE, age_value(fresh.age.as_secs()));
+    // RFC 9110 §9.3.2: a HEAD's answer has the GET's fields (its `Content-Length` too), no body.
+    let body = if synth.head {
+        bytes::Bytes::new()
+    } else {
+        body
+    };
+    let mut res = Response::new(ResponseBody::remembered(body));
     *res.version_mut() = synth.version;
-    // Sized for the two headers: the default map's first table is 600-odd bytes.
+    *res.status_mut() = fresh.status;
+    *res.headers_mut() = headers;
+    res.extensions_mut().insert(NegativeCacheHit {
+        status: fresh.status,
+        age: fresh.age,
+        remaining: fresh.remaining,
+        body_kept,
+    });
+    res
+}
+
+/// `Content-Length: 0` and room for `Age`: the default map's first table is 600-odd bytes.
+fn bare_headers() -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(2);
     headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
-    match synth.hit {
-        Some(fresh) => {
-            *res.status_mut() = fresh.status;
-            // RFC 9111 §5.1: the age includes what the origin reported on arrival.
-            headers.insert(AGE, age_value(fresh.age.as_secs()));
-            res.extensions_mut().insert(NegativeCacheHit {
-                status: fresh.status,
-                age: fresh.age,
-                remaining: fresh.remaining,
-            });
-        }
-        None => *res.status_mut() = StatusCode::GATEWAY_TIMEOUT,
-    }
-    *res.headers_mut() = headers;
-    res
+    headers
 }
 
 /// `Age` without allocating for the first minute (most hits are young).
@@ -376,18 +431,25 @@ fn age_value(secs: u64) -> HeaderValue {
 /// is served only if no 2xx, successful write or invalidation of its key landed after its
 /// request started. A Missing answer that lands after such a change is not remembered; a
 /// change that lands after a Missing answer was remembered forgets it.
-fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, res: &Response<B>) {
-    // Dropped last, once the store says what the waiters should see.
-    let _leader = pending.leader.take();
+///
+/// A Missing answer whose body is still to come is remembered once the caller has read it
+/// (or dropped it): the returned recorder, carried by the body, does that.
+fn settle<C: Classify, B: Body>(
+    state: &Arc<State>,
+    classifier: &C,
+    pending: &mut Pending,
+    res: &Response<B>,
+) -> Option<Box<Recorder>> {
+    // Dropped last, once the store says what the waiters should see (or handed to the
+    // recorder, which drops it once the entry is stored).
+    let mut leader = pending.leader.take();
     if let Some(w) = pending.written.take() {
         if res.status().is_success() || res.status().is_redirection() {
             forget_written(state, &w, res.headers());
         }
-        return;
+        return None;
     }
-    let Some(key) = pending.key.take() else {
-        return;
-    };
+    let key = pending.key.take()?;
     match state.outcome(classifier, res) {
         Outcome::Missing => {
             let (status, headers) = (res.status(), res.headers());
@@ -398,15 +460,48 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
             let fresh = freshness(&state.ttl, status, headers, SystemTime::now(), delay);
             match fresh.filter(|_| !pending.no_store) {
                 Some(f) => {
-                    let stored = Stored {
+                    let mut stored = Stored {
                         status,
+                        answer: None,
                         ttl: f.ttl,
                         age: f.age,
                     };
-                    // Remembered only if the key did not change while this read was out.
-                    if let Some(t) = pending.ticket.take() {
-                        let started = pending.started.unwrap_or_else(Instant::now);
-                        t.settle_with(|| state.remember(key, stored, started));
+                    let head = Head::of(headers);
+                    let started = pending.started.unwrap_or_else(Instant::now);
+                    let ticket = pending.ticket.take()?;
+                    let body = res.body();
+                    let hint = body.size_hint();
+                    // The body is kept if the caller reads it whole within the limit: wait for
+                    // it, unless it is known now (none, or too long to keep).
+                    let known = if pending.head {
+                        Some(None)
+                    } else if body.is_end_stream() {
+                        Some(Some(bytes::Bytes::new()))
+                    } else if hint.lower() > state.body_limit {
+                        Some(None)
+                    } else {
+                        None
+                    };
+                    match known {
+                        Some(body) => {
+                            stored.answer = super::answer::Answer::new(head, body);
+                            // Remembered only if the key did not change while this read was
+                            // out.
+                            ticket.settle_with(|| state.remember(key, stored, started));
+                        }
+                        None => {
+                            let expected = hint.exact();
+                            return Some(Box::new(Recorder::new(
+                                state.clone(),
+                                key,
+                                stored,
+                                head,
+                                ticket,
+                                started,
+                                leader.take(),
+                                expected,
+                            )));
+                        }
                     }
                 }
                 None => {
@@ -444,6 +539,8 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
         }
         _ => {}
     }
+    drop(leader);
+    None
 }
 
 /// An unsafe request that ended without an answer (an error, or dropped while upstream): the

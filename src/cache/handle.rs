@@ -38,16 +38,17 @@ impl NegativeCacheHandle {
         self.state.stats()
     }
 
-    /// Bytes the store holds now: its tables (entries and index, as quick_cache counts them)
-    /// and the text of its keys. At most `max_bytes` plus the tables' spare room; also in
+    /// Bytes the store holds now: its tables (entries and index, as quick_cache counts them),
+    /// the text of its keys and its answers' header fields and bodies. At most `max_bytes` plus the tables' spare room; also in
     /// [`CacheStats::memory_bytes`].
     pub fn memory_bytes(&self) -> usize {
         usize::try_from(self.state.store.memory_used()).unwrap_or(usize::MAX)
     }
 
     /// What the cache would answer a GET for `uri` without credentials, outside every
-    /// [partition](super::NegativeCacheLayer::partition): the remembered entry's age and
-    /// remaining freshness, or `None`. Counts nothing and changes nothing.
+    /// [partition](super::NegativeCacheLayer::partition): the remembered entry's status, age
+    /// and remaining freshness, and whether its body was kept (a GET that accepts its content
+    /// coding gets it), or `None`. Counts nothing and changes nothing.
     pub fn peek(&self, uri: &Uri) -> Option<NegativeCacheHit> {
         let lookup = self.state.key_for(uri, None, 0)?;
         let fresh = self
@@ -58,6 +59,7 @@ impl NegativeCacheHandle {
             status: fresh.status,
             age: fresh.age,
             remaining: fresh.remaining,
+            body_kept: fresh.answer.as_ref().is_none_or(|a| a.kept()),
         })
     }
 

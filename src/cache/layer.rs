@@ -11,6 +11,7 @@ use http::{HeaderName, Uri};
 use tower::Layer;
 
 use super::NegativeCache;
+use super::answer::{DEFAULT_BODY_LIMIT, MAX_BODY_LIMIT};
 use super::handle::NegativeCacheHandle;
 use super::key::{Credentials, DEFAULT_CREDENTIAL_HEADERS, KeyFn};
 use super::peers::Peers;
@@ -165,6 +166,7 @@ pub struct Builder<C = DefaultClassifier> {
     key_fn: Option<KeyFn>,
     credentials: Credentials,
     coalesce: Option<Duration>,
+    body_limit: u64,
     credential_headers: Vec<HeaderName>,
     follow_retry: bool,
     origin_scheme: Option<Scheme>,
@@ -184,6 +186,7 @@ impl Default for Builder {
             key_fn: None,
             credentials: Credentials::Bypass,
             coalesce: None,
+            body_limit: DEFAULT_BODY_LIMIT,
             credential_headers: DEFAULT_CREDENTIAL_HEADERS.to_vec(),
             follow_retry: true,
             origin_scheme: None,
@@ -203,6 +206,7 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
             .field("key_fn", &self.key_fn.is_some())
             .field("credentials", &self.credentials)
             .field("coalesce", &self.coalesce)
+            .field("max_body_bytes", &self.body_limit)
             .field("credential_headers", &self.credential_headers)
             .field("follow_retry", &self.follow_retry)
             .field("origin_scheme", &self.origin_scheme)
@@ -210,11 +214,15 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
     }
 }
 
-/// The default key-text budget per entry of `capacity`: room for ordinary URLs.
-const DEFAULT_BYTES_PER_ENTRY: u64 = 400;
+/// The default budget per entry of `capacity`: room for an ordinary URL and an answer's head
+/// with a short error body (a few fields and a few hundred bytes of JSON).
+const DEFAULT_BYTES_PER_ENTRY: u64 = 1024;
+
+/// The default budget's floor: a small store still holds a body at the default body limit.
+const DEFAULT_MIN_BYTES: u64 = 16 * 1024;
 
 /// The longest TTL: 30 days. Entries keep their TTL in 32 bits of milliseconds (49.7 days),
-/// which keeps them at 24 bytes; negative answers are rarely worth remembering for longer.
+/// which keeps them at 32 bytes; negative answers are rarely worth remembering for longer.
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 impl<C> Builder<C> {
@@ -238,9 +246,9 @@ impl<C> Builder<C> {
     /// cache's own, whatever is under it: configuring one layer is enough, and a classifier
     /// is never ignored.
     ///
-    /// A hit answers with the remembered status only (`content-length: 0`, `Age`); the headers
-    /// that made the answer Missing are not kept. Tell a hit from a real answer by its
-    /// [`NegativeCacheHit`](super::NegativeCacheHit) extension.
+    /// A hit answers with the remembered answer (its end-to-end fields and, within
+    /// [`max_body_bytes`](Self::max_body_bytes), its body) plus `Age`. Tell a hit from a real
+    /// answer by its [`NegativeCacheHit`](super::NegativeCacheHit) extension.
     pub fn classifier<C2>(self, classifier: C2) -> Builder<C2> {
         Builder {
             classifier,
@@ -250,6 +258,7 @@ impl<C> Builder<C> {
             key_fn: self.key_fn,
             credentials: self.credentials,
             coalesce: self.coalesce,
+            body_limit: self.body_limit,
             credential_headers: self.credential_headers,
             follow_retry: false,
             origin_scheme: self.origin_scheme,
@@ -276,21 +285,23 @@ impl<C> Builder<C> {
         self
     }
 
-    /// The most bytes of key text the store holds: a hard bound, whatever the lengths of the
-    /// keys. Default: 400 bytes × `capacity` (4,000,000 for the default 10,000 entries).
-    /// Valid: `4096..=2^40` (1 TiB).
+    /// The most bytes of key text and remembered answers (header fields and bodies) the store
+    /// holds: a hard bound, whatever their lengths. Default: 1,024 bytes × `capacity`, at least
+    /// 16 KiB (10,240,000 for the default 10,000 entries). Valid: `4096..=2^40` (1 TiB).
     ///
-    /// **The store's memory is bounded in bytes:** at most `max_bytes` of key text, plus its
-    /// tables, which `capacity` sizes: about 100 bytes per entry of capacity (the key and
-    /// entry structs and quick_cache's index; `examples/alloc_counts.rs` measures it). At the
-    /// defaults, at most about 5 MB, whatever the keys.
+    /// **The store's memory is bounded in bytes:** at most `max_bytes` of keys and answers,
+    /// plus its tables, which `capacity` sizes: about 100 bytes per entry of capacity (the key
+    /// and entry structs and quick_cache's index; `examples/alloc_counts.rs` measures it). At
+    /// the defaults, at most about 11 MB, whatever the keys and answers.
     ///
-    /// Each entry weighs its key's text, and at least `max_bytes / capacity`: at the defaults,
-    /// keys up to 400 bytes (ordinary URLs) fill all 10,000 entries, while 60 KB keys fill
-    /// about 66. A key longer than 96% of its shard's share of the budget (1/16 of `max_bytes`
-    /// from 4,096 entries up, all of it below) is not stored (counted as `uncacheable`); keys
-    /// over 64 KiB are never keyed. [`NegativeCacheHandle::memory_bytes`] reports what the
-    /// store holds.
+    /// Each entry weighs its key's text plus its answer's field names and values (and about
+    /// 160 bytes per field for the map that holds them) and body, and at least
+    /// `max_bytes / capacity`: at the defaults, entries up to 1 KiB (an ordinary URL, a few
+    /// fields and a short JSON error) fill all 10,000 entries, while 60 KB keys fill about 170.
+    /// An entry heavier than 96% of its shard's share of the budget (1/16 of `max_bytes` from
+    /// 4,096 entries up, all of it below) is kept head-only, or if that is still too heavy not
+    /// stored (counted as `uncacheable`); keys over 64 KiB are never keyed.
+    /// [`NegativeCacheHandle::memory_bytes`] reports what the store holds.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         if self
             .error
@@ -416,7 +427,10 @@ impl<C> Builder<C> {
     /// settled (or fails, or is cancelled), every waiter wakes at once and looks the key up:
     /// a Missing answer it remembered answers them all; otherwise each goes upstream itself.
     /// Default: off. Valid: `1 ms..=60 s` (a waiter holds its request and its caller that
-    /// long at most; a minute is past any upstream timeout worth waiting on). The wait uses
+    /// long at most; a minute is past any upstream timeout worth waiting on). A Missing answer
+    /// with a body settles once its caller has read the body to its end (or dropped it), so
+    /// that waiters get the whole answer: a caller that holds the body unread keeps them
+    /// waiting up to `bound`. The wait uses
     /// tokio's timer: the runtime must have
     /// time enabled.
     pub fn coalesce(mut self, bound: Duration) -> Self {
@@ -438,6 +452,24 @@ impl<C> Builder<C> {
     /// Valid: any scheme; a key function (see [`key_fn`](Self::key_fn)) is unaffected.
     pub fn origin_form_scheme(mut self, scheme: Scheme) -> Self {
         self.origin_scheme = Some(scheme);
+    /// The most body bytes an entry keeps, so that its hits replay the origin's body. Default:
+    /// 4,096 (JSON and `application/problem+json` errors, usually a few hundred bytes; not
+    /// error pages). Valid: `0..=1_048_576` (1 MiB; 0 keeps no body).
+    ///
+    /// The body is copied as the caller reads it, never ahead of it. A body over the limit,
+    /// or dropped or failed before its end, is never replayed in part: the entry is head-only
+    /// — its repeats still cost no upstream request, answered with the origin's fields but
+    /// no body and none describing one (`Content-Type`, `Content-Encoding`, …), and
+    /// [`NegativeCacheHit::body_kept`](super::NegativeCacheHit::body_kept) false. An answer
+    /// too heavy for the store's byte budget (see [`max_bytes`](Self::max_bytes)) is kept
+    /// head-only too. Each counts in [`CacheStats::head_only`](super::CacheStats::head_only).
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        if self
+            .error
+            .check("max_body_bytes", bytes, 0..=MAX_BODY_LIMIT, "0..=1048576")
+        {
+            self.body_limit = bytes;
+        }
         self
     }
 
@@ -451,8 +483,11 @@ impl<C> Builder<C> {
             state: Arc::new(State {
                 store: Store::new(
                     self.capacity,
-                    self.max_bytes
-                        .unwrap_or(self.capacity.saturating_mul(DEFAULT_BYTES_PER_ENTRY)),
+                    self.max_bytes.unwrap_or(
+                        self.capacity
+                            .saturating_mul(DEFAULT_BYTES_PER_ENTRY)
+                            .max(DEFAULT_MIN_BYTES),
+                    ),
                     evictions.clone(),
                 ),
                 stats: Counters::default(),
@@ -464,6 +499,7 @@ impl<C> Builder<C> {
                 secret: RandomState::new(),
                 follow_retry: self.follow_retry,
                 coalesce: self.coalesce,
+                body_limit: self.body_limit,
                 flights: Arc::default(),
                 peers: Peers::default(),
                 origin_scheme: self

@@ -3,9 +3,32 @@
 //! [`NegativeCacheLayer`] wraps any `Service<http::Request<B>, Response = http::Response<_>>`.
 //! A GET or HEAD whose answer is Missing (404 or 410 by default, decided by the same
 //! [`classify`](crate::classify) as the retry layer) is remembered under its key; until the
-//! entry's TTL ends or it is invalidated, requests for that key are answered at once with a
-//! synthesized answer of the same status (`content-length: 0`, an `Age` header and a
-//! [`NegativeCacheHit`] extension) and no upstream call.
+//! entry's TTL ends or it is invalidated, requests for that key are answered at once with the
+//! remembered answer (plus an `Age` header and a [`NegativeCacheHit`] extension) and no
+//! upstream call.
+//!
+//! - **A hit is the origin's answer (RFC 9111 §4):** the entry keeps the answer's status and
+//!   header fields as received, except what belonged to one connection or one exchange —
+//!   `Connection` and the fields it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
+//!   `Transfer-Encoding`, `Upgrade`, `Trailer` (RFC 9110 §7.6.1), `Set-Cookie` (replayed, an
+//!   old cookie would overwrite a newer session) — and states `Content-Length` for the bytes it
+//!   sends and `Age` for its age. It keeps the body up to
+//!   [`max_body_bytes`](Builder::max_body_bytes) (4 KiB by default: JSON and problem+json
+//!   errors), copied chunk by chunk as the caller reads it — never read ahead of the caller,
+//!   nothing held back — and stored when the body ends. A body over the limit, or dropped or
+//!   failed before its end, is never replayed in part: the entry is **head-only** (no body, no
+//!   `Content-Type`, `Content-Encoding`, `Content-Language` …), its repeats still free;
+//!   [`NegativeCacheHit::body_kept`] and [`NegativeCacheHandle::peek`] say which, and
+//!   [`CacheStats::head_only`] counts them. A kept body in a content coding (gzip) is replayed
+//!   with its `Content-Encoding` to a request whose `Accept-Encoding` accepts it (so
+//!   tower-http's `DecompressionLayer` outside the cache decodes a hit like the original), and
+//!   head-only to one that does not. Fields and body are copied once into the entry and
+//!   shared (refcounted `Bytes`) by every hit. Coalesced waiters wake once the leader's body
+//!   has ended, and get the same answer.
+//! - **HEAD and GET share an entry** (one key per target): a GET's answer answers a later
+//!   HEAD with the same fields, its `Content-Length` too, and no body (RFC 9110 §9.3.2); a
+//!   HEAD's answer has no body to keep, so its entry is head-only and a later GET gets no body
+//!   (still no upstream request).
 //!
 //! - **Store:** bounded (`capacity`, a hard bound), sharded and scan-resistant (quick_cache's
 //!   CLOCK-Pro): a flood of one-off misses does not push out keys that are asked for again.
@@ -29,7 +52,8 @@
 //!   lifetime of zero is stale on arrival and not stored.
 //! - **Not stored:** an answer with `no-store`, `no-cache`, `private` (shared mode) or a
 //!   `Vary` on anything but `Accept-Encoding` (its varied request fields are not kept to match
-//!   later requests against; a bodiless answer can't differ by encoding), and the answer to a
+//!   later requests against; an encoded body is sent only to requests that accept its coding,
+//!   see above), and the answer to a
 //!   request with `no-store` (§5.2.1.5) — each counted as `uncacheable`.
 //! - **The request's own directives (§5.2.1):** `no-cache` or `max-age=0` go upstream and
 //!   refresh the entry; `max-age=N` and `min-fresh=N` accept only an entry that young or that
@@ -98,6 +122,7 @@
 //! # }
 //! ```
 
+mod answer;
 mod body;
 mod coalesce;
 mod future;
@@ -107,6 +132,7 @@ mod layer;
 mod peers;
 mod percent;
 mod recent;
+mod record;
 mod reference;
 mod service;
 mod state;
@@ -124,6 +150,8 @@ pub use layer::{Builder, NegativeCacheLayer};
 pub use service::{BypassNegativeCache, NegativeCache};
 pub use stats::CacheStats;
 
+#[cfg(feature = "redis")]
+pub(crate) use answer::{Answer, Head};
 #[cfg(feature = "redis")]
 pub(crate) use peers::PeerEvent;
 #[cfg(feature = "redis")]
@@ -146,6 +174,12 @@ pub struct NegativeCacheHit {
     pub age: Duration,
     /// How long the entry stays fresh (never more than is left: it expires to the microsecond).
     pub remaining: Duration,
+    /// Whether this answer carries the origin's body: `false` for a head-only answer (the body
+    /// was over the limit, or dropped or failed before its end, or learned from a HEAD; or the
+    /// request does not accept its content coding), which has no body and no field describing
+    /// one (`Content-Type`, `Content-Encoding`, …). An answer whose origin sent an empty body
+    /// carries it: `true`.
+    pub body_kept: bool,
 }
 
 #[cfg(test)]

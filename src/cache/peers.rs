@@ -17,7 +17,9 @@ use http::StatusCode;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::answer::Answer;
 use super::recent::Recent;
+use std::sync::Arc;
 
 /// A change to share with other replicas. Keys are as [`NegativeCacheHandle::invalidate`]
 /// takes them (the normalised target or the key function's id).
@@ -30,6 +32,8 @@ pub(crate) enum PeerEvent {
     /// clocks need not agree.
     Missing {
         key: Box<str>,
+        /// What a hit replays besides the status (`None`: nothing; see `Answer::new`).
+        answer: Option<Arc<Answer>>,
         status: StatusCode,
         ttl: Duration,
         started: Instant,
@@ -204,6 +208,7 @@ mod tests {
         assert!(peers.attach(tx));
         let missing = || PeerEvent::Missing {
             key: "k".into(),
+            answer: None,
             status: StatusCode::NOT_FOUND,
             ttl: Duration::from_secs(1),
             started: Instant::now(),

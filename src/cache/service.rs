@@ -112,6 +112,7 @@ impl<S, C, ReqB, ResB> Service<Request<ReqB>> for NegativeCache<S, C>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     C: Classify + Clone,
+    ResB: http_body::Body,
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = S::Error;
@@ -161,9 +162,15 @@ where
             }
             bump(&st.stats.bypasses);
             let pending = match lookup.to_key() {
-                Some(key) => {
-                    Pending::read(st, key, Known::Maybe, None, &directives, Instant::now())
-                }
+                Some(key) => Pending::read(
+                    st,
+                    key,
+                    Known::Maybe,
+                    None,
+                    &directives,
+                    Instant::now(),
+                    req.method(),
+                ),
                 None => Pending::none(),
             };
             return self.upstream(req, pending);
@@ -176,9 +183,9 @@ where
         let known = match found {
             Some(fresh) if directives.accepts(fresh.age, fresh.remaining) => {
                 bump(&st.stats.hits);
-                let version = req.version();
+                let synth = Synth::hit(fresh, &req);
                 self.release_reservation();
-                return ResponseFuture::synthesized(Synth::hit(fresh, version));
+                return ResponseFuture::synthesized(synth);
             }
             Some(_) => Known::Maybe,
             None => Known::AbsentAt(inserted),
@@ -193,7 +200,7 @@ where
         };
         let Some(bound) = st.coalesce.filter(|_| !directives.no_store) else {
             bump(&st.stats.misses);
-            let pending = Pending::read(st, key, known, None, &directives, now);
+            let pending = Pending::read(st, key, known, None, &directives, now, req.method());
             return self.upstream(req, pending);
         };
         match st.flights.join(key.clone()) {
@@ -203,18 +210,19 @@ where
                 if let Some(fresh) = again.filter(|f| directives.accepts(f.age, f.remaining)) {
                     bump(&st.stats.hits);
                     drop(leader);
-                    let version = req.version();
+                    let synth = Synth::hit(fresh, &req);
                     self.release_reservation();
-                    return ResponseFuture::synthesized(Synth::hit(fresh, version));
+                    return ResponseFuture::synthesized(synth);
                 }
                 bump(&st.stats.misses);
-                let pending = Pending::read(st, key, known, Some(leader), &directives, now);
+                let pending =
+                    Pending::read(st, key, known, Some(leader), &directives, now, req.method());
                 self.upstream(req, pending)
             }
             Role::Waiter(flight) => {
                 bump(&st.stats.misses);
                 bump(&st.stats.coalesced);
-                let pending = Pending::read(st, key, known, None, &directives, now);
+                let pending = Pending::read(st, key, known, None, &directives, now, req.method());
                 self.release_reservation();
                 ResponseFuture::wait(
                     flight,

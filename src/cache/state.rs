@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
+use super::answer::Answer;
 use super::coalesce::Flights;
 use super::key::{Credentials, Key, KeyFn, Lookup, partition_tag, target_key, text_key, uri_key};
 use super::peers::{PeerEvent, Peers};
@@ -35,6 +36,8 @@ pub(crate) struct State {
     /// No classifier was given to the cache's builder: follow the retry layer's verdict.
     pub(crate) follow_retry: bool,
     pub(crate) coalesce: Option<Duration>,
+    /// The most body bytes an entry keeps (see `Builder::max_body_bytes`).
+    pub(crate) body_limit: u64,
     pub(crate) flights: Arc<Flights>,
     pub(crate) peers: Peers,
     /// The scheme of origin-form targets, when the application declared it
@@ -192,9 +195,23 @@ impl State {
     /// Remembers a Missing answer to a request that left at `started`, and tells the peers
     /// (only for entries without credentials: a credential's fingerprint means nothing to
     /// another replica).
-    pub(crate) fn remember(&self, key: Key, stored: Stored, started: Instant) {
+    pub(crate) fn remember(&self, key: Key, mut stored: Stored, started: Instant) {
         let (status, ttl) = (stored.status, stored.ttl);
-        tracing::debug!(key = key.as_str(), %status, ?ttl, "negative cache: remembered");
+        // An answer too heavy for the store keeps its head: the repeat stays free.
+        if !self.store.fits(&key, stored.answer.as_ref()) {
+            if let Some(a) = stored.answer.as_ref().filter(|a| a.kept()) {
+                stored.answer = a.head_only();
+            }
+        }
+        let body_kept = stored.answer.as_ref().is_none_or(|a| a.kept());
+        let answer = stored.answer.clone();
+        tracing::debug!(
+            key = key.as_str(),
+            %status,
+            ?ttl,
+            body_kept,
+            "negative cache: remembered"
+        );
         let now = Instant::now();
         let text =
             (key.cred() == 0 && self.peers.attached()).then(|| Box::<str>::from(key.as_str()));
@@ -203,9 +220,13 @@ impl State {
             return;
         }
         self.stats.inserts.fetch_add(1, Relaxed);
+        if !body_kept {
+            self.stats.head_only.fetch_add(1, Relaxed);
+        }
         if let Some(key) = text {
             self.peers.send(|| PeerEvent::Missing {
                 key,
+                answer,
                 status,
                 ttl,
                 started,
@@ -224,6 +245,7 @@ impl State {
         status: StatusCode,
         ttl: Duration,
         started: Instant,
+        answer: Option<Arc<Answer>>,
     ) -> Learned {
         let Some(key) = self.key_from_text(text) else {
             return Learned::Unreadable;
@@ -237,8 +259,14 @@ impl State {
         }
         // Never raised: what is left of a peer's entry must not be extended.
         let clamped = ttl > self.ttl.max;
+        // Within this replica's budget, as its own answers: head-only if need be.
+        let answer = match answer {
+            Some(a) if a.kept() && !self.store.fits(&key, Some(&a)) => a.head_only(),
+            a => a,
+        };
         let stored = Stored {
             status,
+            answer,
             ttl: ttl.min(self.ttl.max),
             age: Duration::ZERO,
         };
@@ -337,7 +365,7 @@ mod tests {
         let (a, b) = (state.clone(), state.clone());
         let learner = spawn(Box::new(move |text| {
             let ttl = Duration::from_secs(60);
-            a.learn(text, StatusCode::NOT_FOUND, ttl, started);
+            a.learn(text, StatusCode::NOT_FOUND, ttl, started, None);
         }));
         let forgetter = spawn(Box::new(move |text| {
             b.forget_here(&b.key_from_text(text).unwrap());
@@ -382,6 +410,7 @@ mod tests {
         let key = state.key_from_text("http://h.test/r/2").unwrap();
         let stored = Stored {
             status: StatusCode::NOT_FOUND,
+            answer: None,
             ttl: Duration::from_secs(60),
             age: Duration::ZERO,
         };

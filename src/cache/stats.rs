@@ -20,6 +20,11 @@ pub struct CacheStats {
     pub misses: u64,
     /// Missing answers remembered.
     pub inserts: u64,
+    /// Missing answers remembered head-only (also counted in `inserts`): their body was over
+    /// the body limit, or dropped or failed before its end, or the answer was to a HEAD, or the
+    /// entry with its body would not fit the store's byte budget. Their repeats are answered
+    /// without a body (see [`NegativeCacheHit::body_kept`](super::NegativeCacheHit)).
+    pub head_only: u64,
     /// Missing answers that could not be remembered: the answer said `no-store`, `no-cache`
     /// (or `private` in shared mode), had a `Vary` field, or was stale on arrival; or the
     /// request said `no-store`. Logged at debug level with the reason.
@@ -45,7 +50,7 @@ pub struct CacheStats {
     pub len: u64,
     /// The capacity: a hard bound on `len`.
     pub capacity: u64,
-    /// Bytes the store holds: its tables and its keys' text.
+    /// Bytes the store holds: its tables, its keys' text and its answers' fields and bodies.
     pub memory_bytes: u64,
     /// The byte budget: a hard bound on what the entries take, keys included.
     pub max_bytes: u64,
@@ -58,6 +63,7 @@ pub(crate) struct Counters {
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) inserts: AtomicU64,
+    pub(crate) head_only: AtomicU64,
     pub(crate) uncacheable: AtomicU64,
     pub(crate) only_if_cached_misses: AtomicU64,
     pub(crate) expirations: AtomicU64,
@@ -79,6 +85,7 @@ impl Counters {
             hits,
             misses,
             inserts: self.inserts.load(Relaxed),
+            head_only: self.head_only.load(Relaxed),
             uncacheable: self.uncacheable.load(Relaxed),
             only_if_cached_misses: self.only_if_cached_misses.load(Relaxed),
             evictions,

@@ -19,18 +19,21 @@ use std::sync::Mutex;
 use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
+use super::answer::Answer;
 use super::key::Key;
 use crate::counter::bump;
 
-/// What is remembered of a Missing answer, in 24 bytes: when it expires (microseconds since
+/// What is remembered of a Missing answer, in 32 bytes: when it expires (microseconds since
 /// the store's epoch, rounded up, so it never expires before its TTL and outlives it by less
-/// than a microsecond), its TTL (milliseconds, for its age) and its age on arrival.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// than a microsecond), its TTL (milliseconds, for its age), its age on arrival, and what a
+/// hit replays of it (none: the status alone, which costs no allocation).
+#[derive(Clone, Debug)]
 pub(crate) struct Entry {
     expires_us: u64,
     ttl_ms: u32,
     origin_age_s: u32,
     pub(crate) status: StatusCode,
+    answer: Option<Arc<Answer>>,
 }
 
 impl Entry {
@@ -45,6 +48,7 @@ impl Entry {
         let resident = Duration::from_micros(u64::try_from(resident).unwrap_or(u64::MAX));
         Some(Fresh {
             status: self.status,
+            answer: self.answer.clone(),
             age: Duration::from_secs(u64::from(self.origin_age_s)) + resident,
             remaining,
         })
@@ -53,12 +57,19 @@ impl Entry {
     fn expired_at(&self, now: Duration) -> bool {
         Duration::from_micros(self.expires_us) <= now
     }
+
+    /// What the entry's answer holds besides the entry itself.
+    fn answer_bytes(&self) -> u64 {
+        self.answer.as_ref().map_or(0, |a| a.weight())
+    }
 }
 
 /// What to remember of a Missing answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) struct Stored {
     pub(crate) status: StatusCode,
+    /// What a hit replays besides the status (see [`Answer::new`]).
+    pub(crate) answer: Option<Arc<Answer>>,
     /// How long from now it stays fresh (at most 30 days, as the builder allows).
     pub(crate) ttl: Duration,
     /// How old it already was when it arrived.
@@ -66,9 +77,10 @@ pub(crate) struct Stored {
 }
 
 /// A fresh entry, read at `now`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) struct Fresh {
     pub(crate) status: StatusCode,
+    pub(crate) answer: Option<Arc<Answer>>,
     pub(crate) age: Duration,
     pub(crate) remaining: Duration,
 }
@@ -76,9 +88,10 @@ pub(crate) struct Fresh {
 /// Shards of a store of 4,096 entries or more.
 const SHARDS_AT_SCALE: usize = 16;
 
-/// An entry weighs its key's text in bytes, and at least `floor` (`max_bytes / capacity`): so
-/// a store whose weights stay within `floor × capacity` holds at most `capacity` entries and
-/// at most `max_bytes` bytes of key text, whatever the lengths of its keys. The rest of what
+/// An entry weighs its key's text and its answer's header and body bytes, and at least `floor`
+/// (`max_bytes / capacity`): so a store whose weights stay within `floor × capacity` holds at
+/// most `capacity` entries and at most `max_bytes` bytes of key text and answers, whatever
+/// their lengths. The rest of what
 /// an entry costs (the key and entry structs, quick_cache's index) is in tables sized by
 /// `capacity`, about 100 bytes per entry of it.
 #[derive(Clone, Copy, Debug)]
@@ -87,12 +100,13 @@ struct EntryBytes {
 }
 
 impl Weighter<Key, Entry> for EntryBytes {
-    fn weight(&self, key: &Key, _: &Entry) -> u64 {
-        (key.as_str().len() as u64).max(self.floor)
+    fn weight(&self, key: &Key, entry: &Entry) -> u64 {
+        (key.as_str().len() as u64 + entry.answer_bytes()).max(self.floor)
     }
 }
 
-/// Counts evictions, and keeps the sum of the held keys' text lengths as entries leave.
+/// Counts evictions, and keeps the sum of the held keys' text lengths and answers' bytes as
+/// entries leave.
 #[derive(Clone, Debug)]
 struct Accounts {
     evictions: Arc<AtomicU64>,
@@ -100,16 +114,17 @@ struct Accounts {
 }
 
 impl Accounts {
-    fn left(&self, key: &Key) {
-        self.key_bytes.fetch_sub(key.as_str().len() as u64, AcqRel);
+    fn left(&self, key: &Key, entry: &Entry) {
+        let n = key.as_str().len() as u64 + entry.answer_bytes();
+        self.key_bytes.fetch_sub(n, AcqRel);
     }
 }
 
 impl Lifecycle<Key, Entry> for Accounts {
     type RequestState = ();
 
-    fn on_evict(&self, _: &mut (), key: Key, _: Entry) {
-        self.left(&key);
+    fn on_evict(&self, _: &mut (), key: Key, entry: Entry) {
+        self.left(&key, &entry);
         bump(&self.evictions);
     }
 }
@@ -347,8 +362,8 @@ impl Store {
         let now = self.since_epoch(now);
         if e.expired_at(now) {
             // Only if it is still the same expired entry: a fresh one may have replaced it.
-            if let Some((k, _)) = self.cache.remove_if(key, |v| v.expired_at(now)) {
-                self.accounts.left(&k);
+            if let Some((k, v)) = self.cache.remove_if(key, |v| v.expired_at(now)) {
+                self.accounts.left(&k, &v);
                 expired();
             }
             return None;
@@ -364,13 +379,21 @@ impl Store {
         self.cache.peek(key)?.fresh_at(self.since_epoch(now))
     }
 
+    /// Whether an entry of `key` with `answer` fits: no entry may take more than its shard's
+    /// share of `max_bytes`.
+    pub(crate) fn fits(&self, key: &Key, answer: Option<&Arc<Answer>>) -> bool {
+        let len = key.as_str().len() as u64 + answer.map_or(0, |a| a.weight());
+        len.max(self.floor) <= self.heaviest
+    }
+
     /// Remembers `stored` under `key`; false (nothing stored) when the entry alone would take
     /// more than its shard's share of `max_bytes`.
     pub(crate) fn insert(&self, key: Key, stored: Stored, now: Instant) -> bool {
-        let len = key.as_str().len() as u64;
-        if len.max(self.floor) > self.heaviest {
+        if !self.fits(&key, stored.answer.as_ref()) {
             return false;
         }
+        let answer_bytes = stored.answer.as_ref().map_or(0, |a| a.weight());
+        let len = key.as_str().len() as u64 + answer_bytes;
         let expires = self.since_epoch(now).saturating_add(stored.ttl);
         let entry = Entry {
             // Rounded up: an entry never expires before its TTL.
@@ -378,6 +401,7 @@ impl Store {
             ttl_ms: u32::try_from(stored.ttl.as_millis()).unwrap_or(u32::MAX),
             origin_age_s: u32::try_from(stored.age.as_secs()).unwrap_or(u32::MAX),
             status: stored.status,
+            answer: stored.answer,
         };
         // quick_cache reports the value an insert replaces through `on_evict`, as if it had
         // been evicted; removing it first (which reports nothing) keeps `evictions` to
@@ -403,8 +427,8 @@ impl Store {
         Q: Hash + Equivalent<Key> + ?Sized,
     {
         let removed = self.cache.remove(key);
-        if let Some((k, _)) = &removed {
-            self.accounts.left(k);
+        if let Some((k, v)) = &removed {
+            self.accounts.left(k, v);
         }
         removed.is_some()
     }
@@ -412,11 +436,11 @@ impl Store {
     /// Forgets every key for which `forget` is true; how many.
     pub(crate) fn remove_where(&self, forget: impl Fn(&Key) -> bool) -> u64 {
         let removed = AtomicU64::new(0);
-        self.cache.retain(|k, _| {
+        self.cache.retain(|k, v| {
             let f = forget(k);
             if f {
                 bump(&removed);
-                self.accounts.left(k);
+                self.accounts.left(k, v);
             }
             !f
         });
@@ -437,13 +461,13 @@ impl Store {
         self.capacity
     }
 
-    /// The budget for key text (`max_bytes`, rounded down to a whole number of entry floors).
+    /// The budget for key text and answers (`max_bytes`, rounded down to a whole number of entry floors).
     pub(crate) fn max_bytes(&self) -> u64 {
         self.max_bytes
     }
 
-    /// Bytes the store holds: its tables (entries and index, as quick_cache counts them) and
-    /// the text of the keys in them.
+    /// Bytes the store holds: its tables (entries and index, as quick_cache counts them), the
+    /// text of the keys in them and their answers' header and body bytes.
     pub(crate) fn memory_used(&self) -> u64 {
         self.cache.memory_used().total() as u64 + self.accounts.key_bytes.load(Acquire)
     }
@@ -507,13 +531,14 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_24_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 24);
+    fn entries_are_32_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
     }
 
     fn stored(status: StatusCode, ttl: Duration) -> Stored {
         Stored {
             status,
+            answer: None,
             ttl,
             age: Duration::ZERO,
         }
@@ -553,6 +578,7 @@ mod tests {
         let t0 = Instant::now();
         let e = Stored {
             status: StatusCode::NOT_FOUND,
+            answer: None,
             ttl: Duration::from_secs(60),
             age: Duration::from_secs(30),
         };

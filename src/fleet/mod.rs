@@ -2,8 +2,13 @@
 //!
 //! Each replica keeps its own [`NegativeCacheLayer`]. With a fleet
 //! tier attached, a Missing answer one replica remembers is published to Redis — key, status,
-//! *remaining* TTL and how long ago its request left, all relative so clocks need not agree —
-//! and every subscribed replica that accepts it inserts it into its own cache. Forgetting (a
+//! *remaining* TTL and how long ago its request left, all relative so clocks need not agree,
+//! and the answer a hit replays (its end-to-end header fields and kept body, at most 8 KiB;
+//! a larger one travels head-only) — and every subscribed replica that accepts it inserts it
+//! into its own cache, so a peer's hit is the origin's answer too. The receiver filters the
+//! fields again (a peer's `Set-Cookie` or hop-by-hop field is never replayed) and keeps the
+//! body only within its own `max_body_bytes`. A stored copy a late replica warms up from
+//! carries no answer: it warms a head-only entry. Forgetting (a
 //! successful write, a handle call, a clear) propagates the same way. R replicas then cost
 //! about one upstream 404 per key per TTL instead of R.
 //!
@@ -42,12 +47,12 @@
 //!   the layer's default classifier before the stack has answered that status once. A
 //!   status the stack has called Missing for one answer and something else for another (a
 //!   classifier that reads headers: a 404 is Missing only when the origin marks it) is
-//!   *mixed* for good, and peers' answers with it are refused (`rejected.status`): a message
-//!   carries no headers, so the stack's verdict on another key's answer cannot stand in for
+//!   *mixed* for good, and peers' answers with it are refused (`rejected.status`): a
+//!   classifier is not asked about a peer's headers, so the stack's verdict on another key's answer cannot stand in for
 //!   it. Until the stack has given both verdicts, the one it gave decides.
 //! - **Only within its own limits.** A peer's TTL is capped at this cache's `max_ttl` (never
 //!   raised to `min_ttl`: what is left of a peer's entry is not extended). Payloads over
-//!   8 KiB + 256 bytes are refused unread, and keys over 8 KiB are neither sent nor accepted.
+//!   16 KiB + 257 bytes (a key and an answer of 8 KiB each) are refused unread, and keys over 8 KiB are neither sent nor accepted.
 //! - **Only news newer than its own.** The latest answer wins across replicas as it does
 //!   locally: a peer's 404 is refused if this replica saw that key answered 2xx, written,
 //!   invalidated or cleared after the peer's request left. The message says how long before

@@ -136,7 +136,8 @@ pub(crate) async fn run(
             if Instant::now() < link.next_try || !waiting.is_empty() {
                 bump(&counters.publish_failures);
             } else {
-                link.send(&cfg, &counters, &body).await;
+                let section = answer_section(&event);
+                link.send(&cfg, &counters, &body, section.as_deref()).await;
             }
             continue;
         }
@@ -199,7 +200,7 @@ impl Link {
     /// Sends what waits, in order, until one fails.
     async fn flush(&mut self, cfg: &Config, counters: &Counters, waiting: &mut Waiting) {
         while let Some((body, failed)) = waiting.front_mut() {
-            if !self.send(cfg, counters, body).await {
+            if !self.send(cfg, counters, body, None).await {
                 *failed = true;
                 return;
             }
@@ -211,7 +212,14 @@ impl Link {
     }
 
     /// One attempt; whether it went through.
-    async fn send(&mut self, cfg: &Config, counters: &Counters, body: &Body) -> bool {
+    /// One attempt; whether it went through. `answer`: a `m` message's answer section.
+    async fn send(
+        &mut self,
+        cfg: &Config,
+        counters: &Counters,
+        body: &Body,
+        answer: Option<&[u8]>,
+    ) -> bool {
         if self.conn.is_none() {
             let manager_cfg = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(cfg.timeout))
@@ -230,7 +238,7 @@ impl Link {
         let sent = match self.conn.as_mut() {
             Some(c) => match timeout(
                 cfg.timeout,
-                send(cfg, c, self.seq, body, &mut self.generation),
+                send(cfg, c, self.seq, body, answer, &mut self.generation),
             )
             .await
             {
@@ -255,6 +263,29 @@ impl Link {
     }
 }
 
+/// Issue 17: a `m` message's answer section (see [`wire::encode_answer`]): the remembered
+/// answer; head-only when it is larger than [`wire::MAX_ANSWER`]; bare head-only when even its
+/// fields are. `None` for other events.
+fn answer_section(event: &PeerEvent) -> Option<Vec<u8>> {
+    let PeerEvent::Missing { answer, .. } = event else {
+        return None;
+    };
+    let bare_head_only = || wire::encode_answer(false, std::iter::empty(), &[]);
+    let Some(a) = answer else {
+        // Nothing but the status: kept, no fields, an empty body.
+        return Some(wire::encode_answer(true, std::iter::empty(), &[]));
+    };
+    let full = wire::encode_answer(a.kept(), a.fields(), a.body());
+    if full.len() <= wire::MAX_ANSWER {
+        return Some(full);
+    }
+    let head = a
+        .head_only()
+        .map(|h| wire::encode_answer(false, h.fields(), &[]))
+        .filter(|h| h.len() <= wire::MAX_ANSWER);
+    Some(head.unwrap_or_else(bare_head_only))
+}
+
 /// What `event` says at `now`, or `None` if it is not to be shared: a key too long, an entry
 /// expired while queued, or a 404 too old for a peer to accept.
 fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
@@ -263,6 +294,7 @@ fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
             key,
             status,
             ttl,
+            answer: _,
             started,
             at,
         } => {
@@ -291,6 +323,7 @@ async fn send(
     conn: &mut ConnectionManager,
     seq: u64,
     body: &Body,
+    answer: Option<&[u8]>,
     generation: &mut Option<String>,
 ) -> redis::RedisResult<()> {
     let signed_copy = cfg.signer.is_some() && matches!(body, Body::Missing { .. });
@@ -306,12 +339,12 @@ async fn send(
         *generation = Some(current);
     }
     let sent = unix_ms();
-    let covered = wire::encode_body(cfg.replica, seq, sent, body);
+    let covered = wire::with_answer(wire::encode_body(cfg.replica, seq, sent, body), answer);
     let mac = cfg
         .signer
         .as_ref()
-        .map(|s| s.message(&cfg.channel, covered.as_bytes()));
-    let payload = wire::assemble(mac.as_deref(), &covered);
+        .map(|s| s.message(&cfg.channel, &covered));
+    let payload = wire::assemble_bytes(mac.as_deref(), &covered);
     let mut pipe = redis::pipe();
     // Peers first: they never read the stored copy when a message comes, so the script need
     // not delay them. A clear bumps the generation first (peers told of a clear must find no
@@ -374,6 +407,57 @@ async fn send(
 
 #[cfg(test)]
 mod tests {
+
+    /// Issue 17: an answer within the message limit travels whole; past it, head-only (its
+    /// fields but none describing a body); fields past it too, bare head-only.
+    #[test]
+    fn answers_past_the_message_limit_travel_head_only() {
+        use crate::cache::{Answer, Head};
+        use std::sync::Arc;
+        let event = |answer: Option<Arc<Answer>>| PeerEvent::Missing {
+            key: "k".into(),
+            answer,
+            status: StatusCode::NOT_FOUND,
+            ttl: Duration::from_secs(1),
+            started: Instant::now(),
+            at: Instant::now(),
+        };
+        let head = |fields: &[(&str, String)]| {
+            let mut m = http::HeaderMap::new();
+            for (n, v) in fields {
+                m.append(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            Head::of(&m)
+        };
+        let ct = [
+            ("content-type", "application/json".to_owned()),
+            ("x-a", "1".to_owned()),
+        ];
+        let decoded = |a: Option<Arc<Answer>>| {
+            let section = answer_section(&event(a)).unwrap();
+            assert!(section.len() <= wire::MAX_ANSWER);
+            wire::decode_answer(&section).unwrap()
+        };
+        let small = Answer::new(head(&ct), Some(bytes::Bytes::from_static(b"{}")));
+        let w = decoded(small);
+        assert!(w.kept);
+        assert_eq!((w.fields.len(), &w.body[..]), (2, &b"{}"[..]));
+        let big = Answer::new(head(&ct), Some(bytes::Bytes::from(vec![b'x'; 9000])));
+        let w = decoded(big);
+        assert!(!w.kept);
+        let names: Vec<_> = w.fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-a"]);
+        let huge = Answer::new(head(&[("x-b", "y".repeat(9000))]), None);
+        let w = decoded(huge);
+        assert!(!w.kept && w.fields.is_empty());
+        // Nothing but the status: kept, empty.
+        let w = decoded(None);
+        assert!(w.kept && w.fields.is_empty() && w.body.is_empty());
+        assert!(answer_section(&PeerEvent::Clear).is_none());
+    }
     use super::*;
     use http::StatusCode;
 
@@ -408,6 +492,7 @@ mod tests {
         let now = Instant::now();
         let missing = |key: String, ttl: u64, age: u64| PeerEvent::Missing {
             key: key.into(),
+            answer: None,
             status: StatusCode::NOT_FOUND,
             ttl: Duration::from_secs(ttl),
             started: now - Duration::from_secs(age),

@@ -14,7 +14,7 @@ use tokio::time::{Instant, timeout};
 use super::Counters;
 use super::tasks::{CLOCKS, Config, KEEPALIVE, MAX_AGE, REPLICAS, TRANSIT, unix_ms};
 use super::wire::{self, Body, Message, Refusal, ms};
-use crate::cache::{Learned, State};
+use crate::cache::{Answer, Head, Learned, State};
 use crate::counter::bump;
 
 /// Up to `limit` of the keys in Redis that start with `prefix`.
@@ -196,7 +196,23 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
             if age > MAX_AGE {
                 return bump(&rejected.stale);
             }
-            learn(state, counters, &key, status, ttl, age, &counters.learned);
+            // The answer it carries (a `m` message always has one): its fields filtered again
+            // here, its body kept only within this replica's limit.
+            let Some(answer) = signed.answer.and_then(wire::decode_answer) else {
+                return bump(&rejected.malformed);
+            };
+            let answer =
+                Answer::from_peer(answer.kept, answer.fields, answer.body, state.body_limit);
+            learn(
+                state,
+                counters,
+                &key,
+                status,
+                ttl,
+                age,
+                answer,
+                &counters.learned,
+            );
         }
         Body::Forget { key } => {
             if let Some(k) = state.key_from_text(&key) {
@@ -213,6 +229,7 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
 
 /// Stores a peer's entry whose request left `age` ago (plus what transit hides) unless the
 /// key changed here since; counts into `stored` or the reason it was refused.
+#[allow(clippy::too_many_arguments)]
 fn learn(
     state: &State,
     counters: &Counters,
@@ -220,13 +237,14 @@ fn learn(
     status: StatusCode,
     ttl: Duration,
     age: Duration,
+    answer: Option<Arc<Answer>>,
     stored: &AtomicU64,
 ) {
     let Some(started) = Instant::now().checked_sub(age + TRANSIT) else {
         // Before this process's clock began: nothing to check it against.
         return bump(&counters.rejected.superseded);
     };
-    match state.learn(key, status, ttl, started) {
+    match state.learn(key, status, ttl, started, answer) {
         Learned::Stored { clamped } => {
             bump(stored);
             if clamped {
@@ -351,7 +369,19 @@ fn warm_one(
     }
     let age = Duration::from_millis(now.saturating_sub(start));
     let ttl = Duration::from_millis(left);
-    learn(state, counters, key, status, ttl, age, &counters.warmed);
+    // A stored copy carries no answer: what the origin said besides its status is unknown,
+    // so the entry says plainly that it has no body (head-only, no fields).
+    let answer = Answer::new(Head::default(), None);
+    learn(
+        state,
+        counters,
+        key,
+        status,
+        ttl,
+        age,
+        answer,
+        &counters.warmed,
+    );
 }
 
 #[cfg(test)]

@@ -13,20 +13,26 @@
 //! - `op`: `m` (missing), `f` (forget) or `c` (clear). For `m`, `ttl_ms` is what was left of
 //!   the entry and `age_ms` how long ago its request left, both at the moment of publishing.
 //!
-//! Version 1 (`tnc1`, no age) is refused and counted (`version`): without the age a receiver
-//! cannot tell a stale 404 from a fresh one.
+//! A `m` message is followed by its answer section (see [`encode_answer`]): a NUL byte, then
+//! the remembered answer's head fields and kept body, at most [`MAX_ANSWER`] bytes (a larger
+//! one travels head-only). The MAC covers it too.
+//!
+//! Versions 1 (`tnc1`, no age) and 2 (`tnc2`, no answer) are refused and counted (`version`):
+//! without the age a receiver cannot tell a stale 404 from a fresh one, and without the
+//! answer it would replay a made-up one.
 
 use std::time::Duration;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
 
-const VERSION: &str = "tnc2";
+const VERSION: &str = "tnc3";
 /// The longest key shared, in bytes. A longer key is kept local by its publisher (counted
 /// `unshared`) and refused by a receiver (`oversized`): 8 KiB is what common servers accept as
 /// a request line, so nothing a client could send is lost.
 pub(crate) const MAX_KEY: usize = 8 * 1024;
 /// Longer payloads are refused (`oversized`) before they are parsed.
-pub(crate) const MAX_PAYLOAD: usize = MAX_KEY + 256;
+pub(crate) const MAX_PAYLOAD: usize = MAX_KEY + 256 + 1 + MAX_ANSWER;
 
 /// Why a payload was not understood.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +77,8 @@ pub(crate) struct Signed<'a> {
     pub(crate) mac: Option<&'a str>,
     /// The bytes the MAC covers (after the channel's name).
     pub(crate) covered: &'a [u8],
+    /// The answer section of a `m` message, undecoded (see [`decode_answer`]).
+    pub(crate) answer: Option<&'a [u8]>,
 }
 
 /// A duration in whole milliseconds, saturating (what every message and stored copy carries).
@@ -99,6 +107,7 @@ pub(crate) fn encode_body(replica: u64, seq: u64, sent_ms: u64, body: &Body) -> 
 }
 
 /// A whole message, from its body and its MAC (hex) if any.
+#[cfg(test)]
 pub(crate) fn assemble(mac: Option<&str>, body: &str) -> String {
     format!("{VERSION} {} {body}", mac.unwrap_or("-"))
 }
@@ -126,10 +135,14 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Signed<'_>, Refusal> {
 }
 
 fn parse(payload: &[u8]) -> Option<Signed<'_>> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let rest = text.strip_prefix("tnc2 ")?;
-    let (mac, covered) = rest.split_once(' ')?;
-    let mut parts = covered.splitn(8, ' ');
+    let (text, answer) = split_answer(payload);
+    let text = std::str::from_utf8(text).ok()?;
+    let rest = text.strip_prefix("tnc3 ")?;
+    let (mac, covered_text) = rest.split_once(' ')?;
+    // What the MAC covers: the text after it and the answer section.
+    let covered =
+        &payload[payload.len() - covered_text.len() - answer.map_or(0, |a| a.len() + 1)..];
+    let mut parts = covered_text.splitn(8, ' ');
     let mut next = || parts.next();
     let (replica, seq, sent, op, status, ttl, age, key) = (
         next()?,
@@ -162,8 +175,8 @@ fn parse(payload: &[u8]) -> Option<Signed<'_>> {
                 ttl: Duration::from_millis(number(ttl).filter(|t| *t > 0)?),
                 age: Duration::from_millis(number(age)?),
             },
-            "f" if !key.is_empty() => Body::Forget { key: key.into() },
-            "c" if key.is_empty() => Body::Clear,
+            "f" if !key.is_empty() && answer.is_none() => Body::Forget { key: key.into() },
+            "c" if key.is_empty() && answer.is_none() => Body::Clear,
             _ => return None,
         },
     };
@@ -175,7 +188,105 @@ fn parse(payload: &[u8]) -> Option<Signed<'_>> {
     Some(Signed {
         message,
         mac,
-        covered: covered.as_bytes(),
+        covered,
+        answer,
+    })
+}
+
+// Issue 17: the remembered answer a `m` message carries. Kept apart from the fields above.
+
+/// The most bytes of a remembered answer (head fields and body) a message carries: a larger
+/// one is sent head-only (and, should its fields alone be larger, as a bare head-only answer).
+pub(crate) const MAX_ANSWER: usize = 8 * 1024;
+
+/// A remembered answer as a peer sent it: whether its body was kept whole, its end-to-end
+/// fields (a receiver filters them again: a peer is not trusted to have) and its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WireAnswer {
+    pub(crate) kept: bool,
+    pub(crate) fields: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) body: Bytes,
+}
+
+/// An answer section: `k` (body kept) or `h` (head-only), `\n`, then `name:value\n` per field
+/// (a field value holds no CR or LF, a name no colon), an empty line, and the body's bytes.
+pub(crate) fn encode_answer<'a>(
+    kept: bool,
+    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + body.len());
+    out.extend_from_slice(if kept { b"k\n" } else { b"h\n" });
+    for (n, v) in fields {
+        out.extend_from_slice(n.as_str().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    if kept {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// The message's covered text with its answer section after a NUL (none for forgets and
+/// clears).
+pub(crate) fn with_answer(covered: String, answer: Option<&[u8]>) -> Vec<u8> {
+    let mut out = covered.into_bytes();
+    if let Some(a) = answer {
+        out.push(0);
+        out.extend_from_slice(a);
+    }
+    out
+}
+
+/// A whole message from its covered bytes (see [`with_answer`]) and its MAC (hex) if any.
+pub(crate) fn assemble_bytes(mac: Option<&str>, covered: &[u8]) -> Vec<u8> {
+    let mut out = format!("{VERSION} {} ", mac.unwrap_or("-")).into_bytes();
+    out.extend_from_slice(covered);
+    out
+}
+
+/// A payload's text and, after the first NUL, its answer section.
+fn split_answer(payload: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match payload.iter().position(|b| *b == 0) {
+        Some(i) => (&payload[..i], Some(&payload[i + 1..])),
+        None => (payload, None),
+    }
+}
+
+/// The answer in a section, or `None` if it is not one (a receiver refuses the message).
+pub(crate) fn decode_answer(section: &[u8]) -> Option<WireAnswer> {
+    if section.len() > MAX_ANSWER {
+        return None;
+    }
+    let kept = match section.get(..2)? {
+        b"k\n" => true,
+        b"h\n" => false,
+        _ => return None,
+    };
+    let mut rest = &section[2..];
+    let mut fields = Vec::new();
+    loop {
+        let end = rest.iter().position(|b| *b == b'\n')?;
+        let line = &rest[..end];
+        rest = &rest[end + 1..];
+        if line.is_empty() {
+            break;
+        }
+        let colon = line.iter().position(|b| *b == b':')?;
+        let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+        let value = HeaderValue::from_bytes(&line[colon + 1..]).ok()?;
+        fields.push((name, value));
+    }
+    if !kept && !rest.is_empty() {
+        return None;
+    }
+    Some(WireAnswer {
+        kept,
+        fields,
+        body: Bytes::copy_from_slice(rest),
     })
 }
 
@@ -223,13 +334,13 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused() {
-        let head = "tnc2 - 00000000deadbeef 1 5";
+        let head = "tnc3 - 00000000deadbeef 1 5";
         for bad in [
             String::new(),
-            "tnc2".into(),
-            "tnc2 -".into(),
+            "tnc3".into(),
+            "tnc3 -".into(),
             format!("{head} m 404 1000 0"),
-            "tnc2 - deadbeef 1 5 m 404 1000 0 k".into(),
+            "tnc3 - deadbeef 1 5 m 404 1000 0 k".into(),
             format!("{head} m 99 1000 0 k"),
             format!("{head} m 404 0 0 k"),
             format!("{head} m 404 -5 0 k"),
@@ -238,8 +349,8 @@ mod tests {
             format!("{head} m 404 1000 0 "),
             format!("{head} x 404 1000 0 k"),
             format!("{head} c 0 0 0 k"),
-            "tnc2 nothex 00000000deadbeef 1 5 c 0 0 0 ".into(),
-            "tnc2 - 00000000deadbeef x 5 c 0 0 0 ".into(),
+            "tnc3 nothex 00000000deadbeef 1 5 c 0 0 0 ".into(),
+            "tnc3 - 00000000deadbeef x 5 c 0 0 0 ".into(),
         ] {
             assert_eq!(
                 decode(bad.as_bytes()).err(),
@@ -248,7 +359,7 @@ mod tests {
             );
         }
         assert_eq!(
-            decode(b"tnc2 - 00000000deadbeef 1 5 m 404 1000 0 \xff\xfe").err(),
+            decode(b"tnc3 - 00000000deadbeef 1 5 m 404 1000 0 \xff\xfe").err(),
             Some(Refusal::Malformed)
         );
         assert_eq!(
@@ -267,9 +378,58 @@ mod tests {
             ),
         );
         assert_eq!(decode(long.as_bytes()).err(), Some(Refusal::Oversized));
-        for old in [&b"tnc1 0000000000000001 m 404 1000 k"[..], b"tnc3 x"] {
+        for old in [
+            &b"tnc1 0000000000000001 m 404 1000 k"[..],
+            b"tnc2 - 00000000deadbeef 1 5 m 404 1000 0 k",
+            b"tnc4 x",
+        ] {
             assert_eq!(decode(old).err(), Some(Refusal::Version));
         }
+    }
+
+    #[test]
+    fn answers_round_trip_under_the_mac() {
+        let body = Body::Missing {
+            key: "http://a.test/r/1".into(),
+            status: StatusCode::NOT_FOUND,
+            ttl: Duration::from_millis(1500),
+            age: Duration::ZERO,
+        };
+        let ct = (
+            HeaderName::from_static("content-type"),
+            HeaderValue::from_static("application/json"),
+        );
+        let gz = Bytes::from_static(&[0x1f, 0x8b, 0, b'\n', 0xff]);
+        for (kept, payload) in [(true, gz.clone()), (false, Bytes::new())] {
+            let section = encode_answer(kept, [(&ct.0, &ct.1)].into_iter(), &payload);
+            let covered = with_answer(encode_body(1, 2, 3, &body), Some(&section));
+            let wire = assemble_bytes(Some(&"ab".repeat(32)), &covered);
+            let signed = decode(&wire).unwrap();
+            assert_eq!(signed.covered, &covered[..]);
+            assert_eq!(signed.message.body, body);
+            let answer = decode_answer(signed.answer.unwrap()).unwrap();
+            assert_eq!(
+                answer,
+                WireAnswer {
+                    kept,
+                    fields: vec![ct.clone()],
+                    body: payload
+                }
+            );
+        }
+        // Not an answer: refused.
+        for bad in [
+            &b""[..],
+            b"x\n\n",
+            b"k\nno-colon\n\n",
+            b"h\n\nbody",
+            b"k\nbad name:v\n\n",
+        ] {
+            assert_eq!(decode_answer(bad), None, "{bad:?}");
+        }
+        // A forget or clear carries none.
+        let covered = with_answer(encode_body(1, 2, 3, &Body::Clear), Some(b"k\n\n"));
+        assert!(decode(&assemble_bytes(None, &covered)).is_err());
     }
 
     proptest! {
