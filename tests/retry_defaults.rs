@@ -53,7 +53,13 @@ async fn the_default_backoff_waits_200_ms_then_400_ms() {
 async fn the_default_jitter_waits_up_to_200_ms_then_up_to_400_ms() {
     let (mut longest_first, mut longest_second) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..32 {
-        let gaps = gaps(StatusAwareRetryLayer::builder().no_budget().build().unwrap()).await;
+        let gaps = gaps(
+            StatusAwareRetryLayer::builder()
+                .no_budget()
+                .build()
+                .unwrap(),
+        )
+        .await;
         assert_eq!(gaps.len(), 2);
         assert!(gaps[0] <= Duration::from_millis(200), "{gaps:?}");
         assert!(gaps[1] <= Duration::from_millis(400), "{gaps:?}");
@@ -62,6 +68,12 @@ async fn the_default_jitter_waits_up_to_200_ms_then_up_to_400_ms() {
     }
     // Full jitter draws uniformly below the bound: over 32 draws, one above the old defaults
     // (100 ms, 200 ms) fails to appear with probability 2^-32.
-    assert!(longest_first > Duration::from_millis(100), "{longest_first:?}");
-    assert!(longest_second > Duration::from_millis(200), "{longest_second:?}");
+    assert!(
+        longest_first > Duration::from_millis(100),
+        "{longest_first:?}"
+    );
+    assert!(
+        longest_second > Duration::from_millis(200),
+        "{longest_second:?}"
+    );
 }

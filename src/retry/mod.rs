@@ -80,7 +80,9 @@
 //! and replayed from the copy if it fit; a larger one is sent once, whole, and counted as
 //! `not_replayable`. A stream of declared length (a `Content-Length`, else an exact size hint)
 //! is complete once that many bytes are kept — hyper's HTTP/1 client never polls it to its end
-//! — and is never replayed if it ends short of it. hyper's `Incoming` must be boxed first (`req.map(BodyExt::boxed)`).
+//! — and is never replayed if it ends short of it. hyper's `Incoming` (what a server
+//! receives) is refused at compile time rather than silently sent once: box it first
+//! (`req.map(BodyExt::boxed)`) to have it retried, or wrap it in [`SendOnce`] to send it once.
 //!
 //! # Troubleshooting compile errors
 //!
@@ -92,7 +94,9 @@
 //!
 //! - *"the retry layer can't tell whether a request body of type `X` may be sent again"*: the
 //!   body type has no [`ReplayBody`]. Wrap it: [`Replayable`] for a `Clone` body, [`SendOnce`]
-//!   for a stream you never want retried — or box it.
+//!   for a stream you never want retried — or box it. hyper's `Incoming` (a proxy forwarding
+//!   what its server received) is one: `req.map(BodyExt::boxed)` and a client for
+//!   `BoxBody<Bytes, hyper::Error>`.
 //! - *"`X` is not a classifier"*: the value given to [`Builder::classifier`] is not a
 //!   [`Classify`](crate::classify::Classify). A closure must name both argument types:
 //!   `|status: StatusCode, headers: &HeaderMap| -> Outcome`.
