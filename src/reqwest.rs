@@ -75,7 +75,9 @@ impl ReqwestService {
     /// redirect followed below the layers is remembered and forgotten under the wrong URL.
     /// Follow redirects with tower-http's `FollowRedirectLayer` outside the cache instead.
     pub fn from_builder(builder: reqwest::ClientBuilder) -> Result<Self, reqwest::Error> {
-        let client = builder.redirect(reqwest::redirect::Policy::none()).build()?;
+        let client = builder
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         Ok(ReqwestService { client })
     }
 

@@ -185,10 +185,7 @@ async fn an_explicit_authorization_wins_over_a_uri_userinfo() {
         .header("authorization", "Bearer token")
         .body(reqwest::Body::from(""))
         .unwrap();
-    client()
-        .oneshot(req)
-        .await
-        .unwrap();
+    client().oneshot(req).await.unwrap();
     let seen = &server.requests()[0];
     let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
     assert_eq!(auth, ["Bearer token"]);
