@@ -31,7 +31,9 @@
 //!   system's roots, or a private CA given to [`FleetBuilder::tls_root_certificates`]; only
 //!   a URL ending in `#insecure` skips it (a local test server's throwaway certificate).
 //!   rustls does the TLS; if the application installed no rustls `CryptoProvider`, the tier
-//!   installs rustls's `ring` provider as the process default when it starts.
+//!   installs rustls's `ring` provider as the process default when it starts. Client
+//!   certificates (mutual TLS) are not configurable yet; Redis's `tls-auth-clients no` (or
+//!   `optional`) is needed.
 //!
 //! # What a replica trusts, and why
 //!
