@@ -29,7 +29,7 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tower_negative_cache::retry::Jitter;
 use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
 
-/// The backoff both clients use: the incident's 100 ms base, shortened so the demo stays fast.
+/// The backoff both clients use: the incident's 200 ms base (the default), shortened so the demo stays fast.
 const BACKOFF: Duration = Duration::from_millis(10);
 /// Error bodies are not empty: their buffers are what piled up in the incident.
 const ERROR_BODY: &[u8] = &[b'x'; 512];

@@ -1,4 +1,4 @@
-//! Both layers composed with tower-http's client middleware, stored as one boxed client type,
+//! Both layers composed with tower-http's (0.7) client middleware, stored as one boxed client type,
 //! against a local axum origin that gzips its answers.
 //!
 //! Run: `cargo run --example tower_http_stack`

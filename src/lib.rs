@@ -95,9 +95,9 @@
 //!
 //! # Composing with tower-http
 //!
-//! tower-http's client middleware goes around and between the two layers like this,
+//! tower-http's (0.7) client middleware goes around and between the two layers like this,
 //! outermost first (`examples/tower_http_stack.rs` runs this stack against a local server and
-//! checks each point below):
+//! checks each point below; `tests/reqwest.rs` runs the redirect point over reqwest):
 //!
 //! ```text
 //! TraceLayer -> FollowRedirectLayer -> NegativeCacheLayer -> DecompressionLayer
@@ -113,7 +113,11 @@
 //!   RFC 9111 keys a response by the request that got it; a redirect itself is not Missing and
 //!   is not remembered, so when the origin moves the redirect elsewhere the next request
 //!   follows it. Inside the cache, the cache would store the target's 404 under the old URI,
-//!   where no write or invalidation of the target ever reaches it.
+//!   where no write or invalidation of the target ever reaches it — which is why
+//!   [`ReqwestService`](crate::reqwest::ReqwestService) turns reqwest's own redirects off.
+//!   Since tower-http 0.7 the follower forwards the request's extensions to same-origin hops
+//!   (dropped cross-origin): a [`BypassNegativeCache`](crate::cache::BypassNegativeCache)
+//!   marker then bypasses the cache on every same-origin hop, not on the first only.
 //! - **`DecompressionLayer` outside the retry layer**: the retry layer then drains a discarded
 //!   answer's body as it came on the wire — compressed, counted against `drain_limit` in wire
 //!   bytes, never inflated (a small compressed error page can inflate to far more than the
@@ -232,7 +236,8 @@
 //! | `hyper` | yes | recognises hyper's, hyper-util's and h2's error types as transient transport errors, and an HTTP/2 stream the server refused before processing it (`REFUSED_STREAM`, GOAWAY) or a connection never made as retryable whatever the method, when a [`retry::WitnessLayer`] on the client ties it to the request sent | hyper, hyper-util and h2 (which a hyper HTTP/2 client has anyway; h2 because hyper keeps the HTTP/2 reason private) |
 //! | `serde` | no | `serde::Serialize` for [`cache::CacheStats`] and [`retry::RetryStats`] | serde |
 //! | `redis` | no | the `fleet` module: replicas share what is missing through Redis | the `redis` client (and `url`), `hmac` and `sha2` |
-//! | `reqwest` | no | [`reqwest::ReqwestService`]: both layers over a `reqwest::Client`; reqwest's connect errors and timeouts classified as transient; `ReplayBody` for `reqwest::Body` | reqwest (without TLS features; yours picks them) |
+//! | `redis-tls` | no | `redis` plus `rediss://` URLs: TLS through rustls, the server verified against the system's roots or a private CA ([`fleet::FleetBuilder::tls_root_certificates`]); `#insecure` URLs for local tests | rustls with its `ring` provider (and redis-rs's TLS support) |
+//! | `reqwest` | no | [`reqwest::ReqwestService`]: both layers over reqwest 0.13 (a client built with redirects off, see its docs); reqwest's connect errors and timeouts classified as transient; `ReplayBody` for `reqwest::Body` | reqwest (without TLS features; yours picks them) |
 //! | `axum` | no | [`retry::ReplayBody`] for `axum::body::Body` (bodiless replay, capture of streams) | axum-core (which an axum server has anyway) |
 //!
 //! # Runtime

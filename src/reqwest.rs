@@ -14,6 +14,18 @@
 //! `Authorization` header already on the request wins, as with reqwest's
 //! `RequestBuilder::headers`.
 //!
+//! # Redirects: never followed below the layers
+//!
+//! A `reqwest::Client` follows redirects itself (up to 10 by default). Below the cache that
+//! is wrong: `/old` → 301 → `/new` answering 404 would be remembered under `/old`, and a
+//! `PUT /new` would never forget it; below the retry layer a connect error could be a later
+//! hop's, not the request's. So `ReqwestService` builds its own client with
+//! `redirect::Policy::none()` ([`ReqwestService::new`], [`ReqwestService::from_builder`]) and
+//! takes no ready-made `Client` (whose policy can't be read back): a 3xx is returned as the
+//! origin sent it. To follow redirects, put tower-http's `FollowRedirectLayer` *outside* the
+//! cache (as for any client, see the crate docs' "Composing with tower-http"): each hop is then
+//! a request of its own to the cache, remembered and forgotten under its own URL.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -25,7 +37,7 @@
 //! let client = ServiceBuilder::new()
 //!     .layer(NegativeCacheLayer::new())
 //!     .layer(StatusAwareRetryLayer::new())
-//!     .service(ReqwestService::new(reqwest::Client::new()));
+//!     .service(ReqwestService::new()?);
 //! let req = http::Request::get("http://localhost:8080/records/42").body(reqwest::Body::from(""))?;
 //! let res = client.oneshot(req).await?;
 //! println!("{}", res.status());
@@ -39,31 +51,42 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 
-/// A `tower::Service<http::Request<reqwest::Body>>` sending through a `reqwest::Client`.
+/// A `tower::Service<http::Request<reqwest::Body>>` sending through a `reqwest::Client` that
+/// never follows redirects (see the [module docs](self#redirects-never-followed-below-the-layers)).
 ///
 /// Cloning it clones the client (an `Arc`): the connection pool is shared.
 #[derive(Clone, Debug)]
 pub struct ReqwestService {
+    // Built here, with `redirect::Policy::none()`; never replaced (no `get_mut`): a client
+    // from elsewhere may follow redirects below the layers.
     client: reqwest::Client,
 }
 
 impl ReqwestService {
-    /// Sends through `client`.
-    pub fn new(client: reqwest::Client) -> Self {
-        ReqwestService { client }
+    /// A client with reqwest's defaults (its default features pick the TLS backend), except
+    /// that redirects are returned, not followed. Fails as `reqwest::ClientBuilder::build`
+    /// fails (a TLS backend that can't start).
+    pub fn new() -> Result<Self, reqwest::Error> {
+        Self::from_builder(reqwest::Client::builder())
     }
 
-    /// The client.
+    /// The client `builder` configures (timeouts, default headers, proxies, TLS, ...), except
+    /// its redirect policy: replaced by `redirect::Policy::none()` whatever it was, since a
+    /// redirect followed below the layers is remembered and forgotten under the wrong URL.
+    /// Follow redirects with tower-http's `FollowRedirectLayer` outside the cache instead.
+    pub fn from_builder(builder: reqwest::ClientBuilder) -> Result<Self, reqwest::Error> {
+        let client = builder
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(ReqwestService { client })
+    }
+
+    /// The client (redirects off), for requests of your own outside the layers.
     pub fn get_ref(&self) -> &reqwest::Client {
         &self.client
     }
 
-    /// The client, mutably.
-    pub fn get_mut(&mut self) -> &mut reqwest::Client {
-        &mut self.client
-    }
-
-    /// Unwraps the client.
+    /// Unwraps the client (redirects off).
     pub fn into_inner(self) -> reqwest::Client {
         self.client
     }

@@ -193,6 +193,80 @@ async fn capture_limit_zero_turns_capturing_off() {
     assert_eq!((s.not_replayable, s.not_retried), (1, 1), "{s:?}");
 }
 
+/// Issue 18: a forwarding proxy handing its `Request<Incoming>` to a `Client<_, Incoming>` under
+/// the retry layer used to compile and never retry (`Incoming` was "sent once"). It no longer
+/// compiles (`ReplayBody`'s compile-fail doc test shows the message naming the fix); with the
+/// fix — the body boxed, `req.map(BodyExt::boxed)` — the proxy retries a GET, replays a small
+/// POST carrying an `Idempotency-Key`, and sends a 4 MiB PUT once, whole.
+#[tokio::test]
+async fn the_obvious_proxy_with_its_body_boxed_retries_what_it_may() {
+    let origin = TestServer::builder()
+        .route("/get", [Reply::status(503), Reply::ok("got")])
+        .route("/post", [Reply::status(503), Reply::ok("posted")])
+        .route("/put", [Reply::status(503), Reply::ok("put")])
+        .start()
+        .await;
+    // The default capture bound (64 KiB): the 4 MiB upload is too large to copy.
+    let layer = fast().build().unwrap();
+    let client: Client<HttpConnector, Boxed> = Client::builder(TokioExecutor::new()).build_http();
+    let front = proxy(origin.addr, layer.layer(client)).await;
+    let caller = support::client_full();
+    let send = |method: Method, path: &str, body: Bytes, key: Option<&str>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{front}{path}"));
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        caller.request(req.body(Full::new(body)).unwrap())
+    };
+
+    let res = send(Method::GET, "/get", Bytes::new(), None).await.unwrap();
+    assert_eq!(
+        (res.status(), res.headers()["x-attempts"].to_str().unwrap()),
+        (StatusCode::OK, "2")
+    );
+
+    let order = Bytes::from_static(b"{\"sku\":42}");
+    let res = send(Method::POST, "/post", order.clone(), Some("order-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status(), res.headers()["x-attempts"].to_str().unwrap()),
+        (StatusCode::OK, "2")
+    );
+    let posted: Vec<Bytes> = origin
+        .requests_for("/post")
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(
+        posted,
+        [order.clone(), order],
+        "the POST replayed byte for byte"
+    );
+
+    let upload: Bytes = (0..4 << 20)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let res = send(Method::PUT, "/put", upload.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status(), res.headers()["x-attempts"].to_str().unwrap()),
+        (StatusCode::SERVICE_UNAVAILABLE, "1"),
+        "a body larger than the capture bound is sent once"
+    );
+    let put = origin.requests_for("/put");
+    assert_eq!(put.len(), 1);
+    assert!(put[0].body == upload, "the origin got the whole upload");
+
+    assert_eq!(origin.hits("/get"), 2);
+    let s = layer.stats();
+    assert_eq!((s.retries, s.not_replayable), (2, 1), "{s:?}");
+}
+
 /// One client type carrying both a buffered body and a streamed one: `Either`.
 #[tokio::test]
 async fn either_bodies_are_replayed_when_their_side_is() {

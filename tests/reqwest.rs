@@ -28,7 +28,7 @@ fn fast() -> Builder {
 }
 
 fn client() -> ReqwestService {
-    ReqwestService::new(reqwest::Client::new())
+    ReqwestService::new().unwrap()
 }
 
 fn get(url: &str) -> Request<reqwest::Body> {
@@ -87,14 +87,13 @@ async fn connect_errors_and_timeouts_are_transient() {
 
     // A reqwest timeout shorter than the origin's answer: each attempt times out.
     let slow = TestServer::always(Reply::ok("late").delay(Duration::from_secs(5))).await;
-    let timing_out = reqwest::Client::builder()
-        .timeout(Duration::from_millis(50))
-        .build()
-        .unwrap();
+    let timing_out =
+        ReqwestService::from_builder(reqwest::Client::builder().timeout(Duration::from_millis(50)))
+            .unwrap();
     let retry = fast().max_retries(1).build().unwrap();
     let svc = ServiceBuilder::new()
         .layer(retry.clone())
-        .service(ReqwestService::new(timing_out));
+        .service(timing_out);
     let err = svc.oneshot(get(&slow.url("/slow"))).await.unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert_eq!(retry.stats().attempts, 2);
@@ -162,14 +161,14 @@ async fn a_uri_userinfo_is_sent_as_reqwest_would_send_it() {
         .replacen("http://", "http://alice:secret@", 1);
 
     // reqwest itself.
-    let client = reqwest::Client::new();
-    client.get(&url).send().await.unwrap();
+    let direct = reqwest::Client::new();
+    direct.get(&url).send().await.unwrap();
     let direct = server.requests()[0].header("authorization");
     assert!(direct.is_some(), "reqwest sends Basic credentials");
 
     // The same request through the adapter.
     let req = Request::get(&url).body(reqwest::Body::from("")).unwrap();
-    ReqwestService::new(client).oneshot(req).await.unwrap();
+    client().oneshot(req).await.unwrap();
     let adapted = server.requests()[1].header("authorization");
     assert_eq!(adapted, direct, "the adapter dropped the URL's credentials");
 }
@@ -186,11 +185,75 @@ async fn an_explicit_authorization_wins_over_a_uri_userinfo() {
         .header("authorization", "Bearer token")
         .body(reqwest::Body::from(""))
         .unwrap();
-    ReqwestService::new(reqwest::Client::new())
-        .oneshot(req)
-        .await
-        .unwrap();
+    client().oneshot(req).await.unwrap();
     let seen = &server.requests()[0];
     let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
     assert_eq!(auth, ["Bearer token"]);
+}
+
+/// Issue 22 item 6: reqwest follows redirects itself, below the cache. `/old` → 301 → `/new`
+/// answering 404 was remembered under `/old`, and a `PUT /new` (201) through the same client
+/// never forgot it. The recipe: redirects followed outside the cache (tower-http's
+/// `FollowRedirectLayer`), so each hop is its own request to the cache — the 404 is
+/// remembered under `/new`, where the write forgets it.
+#[tokio::test]
+async fn a_redirected_404_is_remembered_under_its_own_url_and_a_write_there_forgets_it() {
+    let server = TestServer::builder()
+        .route(
+            "/old",
+            std::iter::repeat_n(Reply::status(301).header("location", "/new"), 3),
+        )
+        .route(
+            "/new",
+            [Reply::status(404), Reply::status(201), Reply::ok("here")],
+        )
+        .start()
+        .await;
+    let cache = NegativeCacheLayer::new();
+    let svc = ServiceBuilder::new()
+        .layer(tower_http::follow_redirect::FollowRedirectLayer::new())
+        .layer(cache.clone())
+        .layer(fast().build().unwrap())
+        .service(client());
+
+    let res = svc.clone().oneshot(get(&server.url("/old"))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let put = Request::put(server.url("/new"))
+        .body(reqwest::Body::from("created"))
+        .unwrap();
+    let res = svc.clone().oneshot(put).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = svc.clone().oneshot(get(&server.url("/old"))).await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "the 404 outlived the write that created its target; stats: {:?}",
+        cache.handle().stats()
+    );
+    assert_eq!(support::body_bytes(res).await, "here");
+    assert_eq!((server.hits("/old"), server.hits("/new")), (2, 3));
+}
+
+/// Safe by default, whatever the builder said: the adapter's client returns a redirect as the
+/// origin sent it, and nothing is remembered for it.
+#[tokio::test]
+async fn the_adapter_never_follows_a_redirect_whatever_the_builder_said() {
+    let server = TestServer::builder()
+        .route(
+            "/old",
+            std::iter::repeat_n(Reply::status(301).header("location", "/new"), 2),
+        )
+        .route("/new", [Reply::status(404)])
+        .start()
+        .await;
+    let following = reqwest::Client::builder().redirect(reqwest::redirect::Policy::limited(5));
+    for svc in [client(), ReqwestService::from_builder(following).unwrap()] {
+        let cache = NegativeCacheLayer::new();
+        let svc = ServiceBuilder::new().layer(cache.clone()).service(svc);
+        let res = svc.oneshot(get(&server.url("/old"))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(res.headers()["location"], "/new");
+        assert_eq!(cache.handle().stats().inserts, 0);
+    }
+    assert_eq!((server.hits("/old"), server.hits("/new")), (2, 0));
 }

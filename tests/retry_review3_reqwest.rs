@@ -20,6 +20,10 @@ use support::{Reply, TestServer, refused_addr};
 /// Location; if that host can't be reached, reqwest's error `is_connect()` (it names the
 /// hop's failure, not the POST's), and the retry layer sends the POST again: the order is
 /// placed twice (three times with the default 2 retries).
+///
+/// Since issue 22 item 6 the adapter's client follows no redirects: the 303 itself is the
+/// answer (the caller, or a `FollowRedirectLayer` above, decides what to do with it), and
+/// the POST is sent once.
 #[tokio::test]
 async fn a_post_processed_then_redirected_to_an_unreachable_host_is_not_sent_again() {
     let gone = refused_addr();
@@ -39,18 +43,16 @@ async fn a_post_processed_then_redirected_to_an_unreachable_host_is_not_sent_aga
         .no_budget()
         .build()
         .unwrap();
-    let svc = layer.layer(ReqwestService::new(reqwest::Client::new()));
+    let svc = layer.layer(ReqwestService::new().unwrap());
     let req = Request::post(server.url("/orders"))
         .body(reqwest::Body::from("one order"))
         .unwrap();
-    let res = svc.oneshot(req).await;
-    let err = res.expect_err("the redirect's target refuses connections");
-    assert!(err.is_connect(), "{err}");
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(
         server.hits_for(Method::POST, "/orders"),
         1,
         "the POST the origin answered was sent again; stats: {:?}",
         layer.stats()
     );
-    let _ = StatusCode::OK;
 }

@@ -31,6 +31,14 @@
 //! - **Namespaced:** every Redis key and the channel start with a prefix, so services can
 //!   share a Redis. A password or ACL user goes in the URL
 //!   (`redis://user:password@host:port/db`).
+//! - **TLS** (feature `redis-tls`): `rediss://host:port/db`, as managed Redis services with
+//!   in-transit encryption require. The server's certificate is always verified — against the
+//!   system's roots, or a private CA given to [`FleetBuilder::tls_root_certificates`]; only
+//!   a URL ending in `#insecure` skips it (a local test server's throwaway certificate).
+//!   rustls does the TLS; if the application installed no rustls `CryptoProvider`, the tier
+//!   installs rustls's `ring` provider as the process default when it starts. Client
+//!   certificates (mutual TLS) are not configurable yet; Redis's `tls-auth-clients no` (or
+//!   `optional`) is needed.
 //!
 //! # What a replica trusts, and why
 //!
@@ -113,6 +121,7 @@
 //! `TIME`, so Redis 5 or later (script effects replication) is needed. Not for Redis Cluster:
 //! the scripts compute key names.
 
+mod connect;
 mod publish;
 mod receive;
 mod sign;
@@ -141,7 +150,8 @@ use crate::error::FirstError;
 
 impl Fleet {
     /// A builder for a tier talking to the Redis at `url` (`redis://host:port/db`, with a
-    /// password or an ACL user as `redis://user:password@host:port/db`).
+    /// password or an ACL user as `redis://user:password@host:port/db`; over TLS, feature
+    /// `redis-tls`, `rediss://host:port/db`).
     pub fn builder(url: impl Into<String>) -> FleetBuilder {
         FleetBuilder {
             url: url.into(),
@@ -152,6 +162,7 @@ impl Fleet {
             reconnect_max: Duration::from_secs(5),
             timeout: Duration::from_millis(500),
             secret: None,
+            tls_roots: connect::Roots::default(),
             error: FirstError::default(),
         }
     }
@@ -168,6 +179,7 @@ pub struct FleetBuilder {
     reconnect_max: Duration,
     timeout: Duration,
     secret: Option<Secret>,
+    tls_roots: connect::Roots,
     error: FirstError,
 }
 
@@ -181,6 +193,7 @@ impl fmt::Debug for FleetBuilder {
             .field("reconnect", &(self.reconnect_min, self.reconnect_max))
             .field("timeout", &self.timeout)
             .field("secret", &self.secret)
+            .field("tls_roots", &self.tls_roots)
             .finish_non_exhaustive()
     }
 }
@@ -320,6 +333,23 @@ impl FleetBuilder {
         self
     }
 
+    /// The certificates (PEM, one or more) a `rediss://` server's certificate must chain to,
+    /// instead of the system's roots: a private CA, as managed Redis services and
+    /// self-hosted TLS use. Feature `redis-tls`. Default: the system's roots (verification is
+    /// always on; only a URL ending in `#insecure` turns it off, for local tests). Valid: at
+    /// least one PEM certificate, every one parsing; a `redis://` URL with roots set is
+    /// refused at [`start`](FleetBuilder::start).
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_root_certificates(mut self, pem: impl AsRef<[u8]>) -> Self {
+        match connect::Roots::from_pem(pem.as_ref()) {
+            Ok(roots) => self.tls_roots = roots,
+            Err(reason) => self
+                .error
+                .fail(BuildError::new("tls_root_certificates", reason)),
+        }
+        self
+    }
+
     /// Attaches the tier to `cache` and starts its tasks on the current tokio runtime. It
     /// returns at once, whether or not Redis is up. Fails on an invalid setting or URL, outside
     /// a tokio runtime, or when the cache already has a tier.
@@ -343,9 +373,9 @@ impl FleetBuilder {
                 response_outcome(&classifier, status, &HeaderMap::new()).is_missing()
             })
         });
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| StartError {
+        let client = connect::client(&self.url, &self.tls_roots).map_err(|detail| StartError {
             kind: StartErrorKind::Url,
-            detail: format!("not a Redis URL: {e}").into(),
+            detail: detail.into(),
             setting: None,
         })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError {

@@ -6,7 +6,7 @@
 //! fleet's channel); a stored copy's covers where it is stored (its Redis key: the
 //! prefix, the generation, the key), status, TTL and the publisher's wall-clock time. Checked in constant time (`Mac::verify_slice`).
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;

@@ -150,7 +150,7 @@ impl Default for Builder {
             policy: Policy {
                 max_retries: 2,
                 backoff: Backoff {
-                    base: Duration::from_millis(100),
+                    base: Duration::from_millis(200),
                     factor: 2.0,
                     cap: Duration::from_secs(10),
                     jitter: Jitter::Full,
@@ -271,7 +271,7 @@ impl<C, EC> Builder<C, EC> {
 
     /// The base of the exponential backoff: the first retry waits up to `base`, the n-th up to
     /// `base × factor^(n-1)` (never above `backoff_cap`; how far "up to" goes is the
-    /// [`jitter`](Builder::jitter)). Default: 100 ms (so 100 ms, 200 ms, 400 ms, ...). Valid:
+    /// [`jitter`](Builder::jitter)). Default: 200 ms (so up to 200 ms, then 400 ms, 800 ms, ...: the incident's fix). Valid:
     /// `0..=60 s` (0 retries at once; a first wait past a minute is a queue, not a retry).
     pub fn backoff_base(mut self, base: Duration) -> Self {
         if self.error.check(

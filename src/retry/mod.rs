@@ -84,7 +84,10 @@
 //! `not_replayable`. A stream is complete at its end, or once it has sent its trailers (the
 //! last frame a body can send; they count against `capture_limit`), or, of declared length (a
 //! `Content-Length`, else an exact size hint), once that many bytes are kept — hyper's HTTP/1
-//! client polls neither to its end — and is never replayed if it ends short of it. hyper's `Incoming` must be boxed first (`req.map(BodyExt::boxed)`).
+//! client polls neither to its end — and is never replayed if it ends short of it. hyper's
+//! `Incoming` (what a server receives) is refused at compile time rather than silently sent
+//! once: box it first (`req.map(BodyExt::boxed)`) to have it retried, or wrap it in
+//! [`SendOnce`] to send it once.
 //!
 //! # Troubleshooting compile errors
 //!
@@ -96,7 +99,9 @@
 //!
 //! - *"the retry layer can't tell whether a request body of type `X` may be sent again"*: the
 //!   body type has no [`ReplayBody`]. Wrap it: [`Replayable`] for a `Clone` body, [`SendOnce`]
-//!   for a stream you never want retried — or box it.
+//!   for a stream you never want retried — or box it. hyper's `Incoming` (a proxy forwarding
+//!   what its server received) is one: `req.map(BodyExt::boxed)` and a client for
+//!   `BoxBody<Bytes, hyper::Error>`.
 //! - *"`X` is not a classifier"*: the value given to [`Builder::classifier`] is not a
 //!   [`Classify`](crate::classify::Classify). A closure must name both argument types:
 //!   `|status: StatusCode, headers: &HeaderMap| -> Outcome`.

@@ -23,12 +23,23 @@ use super::capture::{Capture, capture};
 /// | `reqwest::Body` (feature `reqwest`) | a buffered body by copying its bytes; a stream captured up to `capture_limit` |
 /// | `Either<L, R>` | when the side it holds is |
 /// | [`Replayable<B>`] | by cloning (any `B: Clone`) |
-/// | [`SendOnce<B>`], `hyper::body::Incoming` | never: sent once |
+/// | [`SendOnce<B>`] | never: sent once (the explicit opt-out) |
 ///
-/// hyper's `Incoming` can't be made empty or wrapped in place (hyper gives no constructor), so
-/// a server forwarding `Request<Incoming>` should box the body first —
-/// `req.map(http_body_util::BodyExt::boxed)` — to have it replayed: a client for
-/// `BoxBody<Bytes, hyper::Error>`.
+/// No body the crate knows switches retries off silently: a type is replayed, or refused at
+/// compile time, or wrapped in [`SendOnce`] on purpose. hyper's `Incoming` (what a server
+/// receives) is refused: hyper gives no constructor for it, so a `Client<_, Incoming>` could
+/// never send a copy, and a proxy forwarding it under the retry layer would compile and never
+/// retry. The compiler's message names the one-line fix: box the body —
+/// `req.map(http_body_util::BodyExt::boxed)`, a client for `BoxBody<Bytes, hyper::Error>` — to
+/// have it captured and replayed, or `req.map(SendOnce::new)` to send it once on purpose.
+///
+/// ```compile_fail,E0277
+/// use hyper::body::Incoming;
+/// use tower_negative_cache::retry::ReplayBody;
+///
+/// fn replayable<B: ReplayBody>() {}
+/// replayable::<Incoming>(); // error: box it, or `SendOnce` it
+/// ```
 ///
 /// For a body type of another crate, wrap it: [`Replayable`] (any `Clone` body) or [`SendOnce`]
 /// (streams). Implement it for a body of your own in three lines:
@@ -48,7 +59,8 @@ use super::capture::{Capture, capture};
 #[diagnostic::on_unimplemented(
     message = "the retry layer can't tell whether a request body of type `{Self}` may be sent again",
     label = "`{Self}` does not implement `ReplayBody`",
-    note = "wrap a `Clone` body in `tower_negative_cache::retry::Replayable` to replay it by cloning, or a stream in `tower_negative_cache::retry::SendOnce` to send it once (never retried)",
+    note = "a request a server received (hyper's `Incoming`): box its body to have it retried from a copy, `req.map(http_body_util::BodyExt::boxed)`, with a client for `BoxBody<Bytes, hyper::Error>`; or `req.map(tower_negative_cache::retry::SendOnce::new)` to send it once, never retried",
+    note = "another crate's body: `tower_negative_cache::retry::Replayable` replays a `Clone` body by cloning; `tower_negative_cache::retry::SendOnce` sends a stream once, never retried",
     note = "`Full`, `Empty`, `BoxBody<Bytes, _>`, `UnsyncBoxBody<Bytes, _>` and `Either` of such bodies are replayable as they are"
 )]
 pub trait ReplayBody: Sized {
@@ -194,14 +206,6 @@ impl<D: Clone> ReplayBody for Full<D> {
 impl<D> ReplayBody for Empty<D> {
     fn try_clone_body(&self) -> Option<Self> {
         Some(Empty::new())
-    }
-}
-
-/// hyper's `Incoming` can't be copied (hyper has no public constructor for it): sent once.
-#[cfg(feature = "hyper")]
-impl ReplayBody for hyper::body::Incoming {
-    fn try_clone_body(&self) -> Option<Self> {
-        None
     }
 }
 
