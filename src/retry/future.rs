@@ -20,6 +20,7 @@ use super::layer::Shared;
 use super::log::{ErrorText, Head, Target};
 use super::policy::{Attempt, Decision, Eligible, Stop};
 use super::replay::{ReplayBody, clone_request, with_body};
+use super::scope::Scoped;
 use crate::RetryInfo;
 use crate::classify::{
     Classify, ClassifyError, Outcome, SourceWalk, error_outcome, response_outcome,
@@ -50,6 +51,8 @@ pin_project! {
         // When the retry being prepared was taken from the budget: given back if it is never
         // sent (not ready by the deadline, readiness failed, the future dropped).
         withdrawn: Option<Instant>,
+        // The budget of the request's scope (its host, by default).
+        budget: Option<Arc<Scoped>>,
         // The discarded answer was released before the service was ready (it had a body the
         // service may be waiting for): readiness is awaited past the deadline if need be.
         unbounded_ready: bool,
@@ -88,20 +91,21 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            refund(this.shared, this.withdrawn);
+            refund(this.budget, this.withdrawn);
         }
     }
 }
 
 /// Gives a withdrawn retry that will not be sent back to the budget.
-fn refund<C, EC>(shared: &Shared<C, EC>, withdrawn: &mut Option<Instant>) {
-    if let (Some(at), Some(budget)) = (withdrawn.take(), shared.budget.as_ref()) {
-        budget.refund_at(at, Instant::now());
+fn refund(budget: &Option<Arc<Scoped>>, withdrawn: &mut Option<Instant>) {
+    if let (Some(at), Some(scope)) = (withdrawn.take(), budget.as_ref()) {
+        scope.budget.refund_at(at, Instant::now());
     }
 }
 
 /// What a request keeps for its later attempts (see the future's fields).
 pub(crate) struct Again<ReqB> {
+    pub(crate) budget: Option<Arc<Scoped>>,
     pub(crate) replay: Option<Request<ReqB>>,
     pub(crate) capture: Option<Capture<ReqB>>,
     pub(crate) head: Option<Box<Head>>,
@@ -141,6 +145,7 @@ where
         started: Instant,
     ) -> Self {
         let Again {
+            budget,
             replay,
             capture,
             head,
@@ -148,6 +153,7 @@ where
         } = again;
         ResponseFuture {
             withdrawn: None,
+            budget,
             unbounded_ready: false,
             state: State::Called { future },
             service,
@@ -226,15 +232,20 @@ where
                             prev_delay: *this.prev_delay,
                         };
                         let u = HasherRng::new().next_f64();
-                        let budget = shared.budget.as_ref();
+                        let budget = this.budget.as_ref();
                         shared
                             .policy
                             .decide(&outcome, at, SystemTime::now(), u, || {
-                                budget.is_none_or(|b| b.withdraw_at(now))
+                                budget.is_none_or(|s| s.budget.withdraw_at(now))
                             })
                     };
                     let delay = match decision {
                         Decision::Stop(stop) => {
+                            if let (Stop::Budget, Some(scopes), Some(scope)) =
+                                (stop, &shared.budget, this.budget.as_ref())
+                            {
+                                scopes.exhausted(scope);
+                            }
                             return Poll::Ready(finish(
                                 shared,
                                 result,
@@ -246,7 +257,7 @@ where
                         }
                         Decision::Retry(delay) => delay,
                     };
-                    if shared.budget.is_some() {
+                    if this.budget.is_some() {
                         *this.withdrawn = Some(now);
                     }
                     *this.prev_delay = delay;
@@ -293,7 +304,7 @@ where
                             this.state.set(next);
                         }
                         Poll::Ready(Err(e)) => {
-                            refund(shared, this.withdrawn);
+                            refund(this.budget, this.withdrawn);
                             bump(&shared.stats.failed);
                             return Poll::Ready(Err(e));
                         }
@@ -329,7 +340,7 @@ where
                             let timer = this.timer.as_mut().expect("armed above");
                             ready!(timer.as_mut().poll(cx));
                             // Not ready by the deadline: the answer in hand is the last one.
-                            refund(shared, this.withdrawn);
+                            refund(this.budget, this.withdrawn);
                             let answer = answer.take().expect("an answer until released");
                             let target = Target::of(this.replay.as_ref(), this.head.as_deref());
                             return Poll::Ready(finish(
@@ -402,7 +413,7 @@ where
                     if !std::mem::take(this.reserved) {
                         if let Err(e) = ready!(service.poll_ready(cx)) {
                             // An answer like any other: counted, so the counters add up.
-                            refund(shared, this.withdrawn);
+                            refund(this.budget, this.withdrawn);
                             bump(&shared.stats.failed);
                             return Poll::Ready(Err(e));
                         }

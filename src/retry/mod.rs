@@ -127,6 +127,7 @@ mod layer;
 mod log;
 mod policy;
 mod replay;
+mod scope;
 mod service;
 mod stats;
 
@@ -136,6 +137,7 @@ pub use future::ResponseFuture;
 pub use layer::{Builder, StatusAwareRetryLayer};
 pub use policy::Jitter;
 pub use replay::{ReplayBody, Replayable, SendOnce};
+pub use scope::BudgetScope;
 pub use service::StatusAwareRetry;
 pub use stats::RetryStats;
 
