@@ -324,6 +324,8 @@ fn synthesize<B>(synth: Synth) -> Response<ResponseBody<B>> {
                 status: fresh.status,
                 age: fresh.age,
                 remaining: fresh.remaining,
+                ttl: fresh.ttl,
+                ttl_source: fresh.source,
             });
         }
         None => *res.status_mut() = StatusCode::GATEWAY_TIMEOUT,
@@ -374,6 +376,7 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
                         status,
                         ttl: f.ttl,
                         age: f.age,
+                        source: f.source,
                     };
                     // Remembered only if the key did not change while this read was out.
                     if let Some(t) = pending.ticket.take() {

@@ -57,6 +57,8 @@ impl NegativeCacheHandle {
             status: fresh.status,
             age: fresh.age,
             remaining: fresh.remaining,
+            ttl: fresh.ttl,
+            ttl_source: fresh.source,
         })
     }
 

@@ -11,6 +11,7 @@ use tower::Layer;
 
 use super::NegativeCache;
 use super::handle::NegativeCacheHandle;
+use super::history::Histories;
 use super::key::{Credentials, DEFAULT_CREDENTIAL_HEADERS, KeyFn};
 use super::peers::Peers;
 use super::state::State;
@@ -286,6 +287,38 @@ impl<C> Builder<C> {
         self
     }
 
+    /// Turns the adaptive TTL on, with `ceiling` the longest lifetime it learns. Default: off
+    /// (every answer without explicit freshness is kept for its per-status default). Valid:
+    /// `ttl_404..=max_ttl` (a ceiling below the base could never be reached).
+    ///
+    /// Each time a key's entry has expired and the origin confirms the same Missing answer,
+    /// its next lifetime doubles from the per-status default (`ttl_404`, `ttl_410`): 60 s,
+    /// 2 min, 4 min, … up to `ceiling`. It applies only to answers without explicit freshness
+    /// (the origin's `max-age`, `s-maxage` or `Expires` always wins) and never passes
+    /// `max_ttl`. A 2xx for the key, a write, an invalidation or another Missing status
+    /// starts it again from the default; a key seen Missing, then present, then Missing
+    /// again (it flaps) stays at the default. [`NegativeCacheHit`](super::NegativeCacheHit)
+    /// and [`peek`](super::NegativeCacheHandle::peek) say which lifetime was chosen and why.
+    ///
+    /// Each key's history outlives its entry in a table of 8 bytes per entry of `capacity`,
+    /// taken from [`max_bytes`](Self::max_bytes) (80 KB at the defaults); keys sharing a slot
+    /// overwrite each other's history, which only ever sends a key back to the default.
+    ///
+    /// **Choosing the ceiling.** The ceiling is the longest a key that has stayed missing can
+    /// go on being answered 404 after it appears elsewhere (created by another writer this
+    /// cache never sees): staleness is bounded by the ceiling, not by the default. Set it to
+    /// the longest such delay the application tolerates for a key that has been missing for a
+    /// while (CDNs keep 404s from 10 s to 1 h; RFC 9520 backs off persistent failures up to 5
+    /// min). Writes that go through this cache, and invalidations, end a learned lifetime at
+    /// once, so only writes it doesn't see pay. `examples/ttl_simulation.rs` measures the
+    /// trade: with a 1 h ceiling it asks the origin many times less than a fixed 60 s TTL.
+    pub fn adaptive_ttl(mut self, ceiling: Duration) -> Self {
+        if self.check_ttl("adaptive_ttl", ceiling) {
+            self.ttl.adaptive = Some(ceiling);
+        }
+        self
+    }
+
     /// Whether the origin's own freshness lifetime on the 404/410 (`s-maxage` in shared mode,
     /// `max-age`, `Expires` − `Date`) sets the TTL (less the answer's age, cut to `max_ttl`);
     /// off, the per-status defaults apply. `no-store`, `no-cache` and `Vary` forbid
@@ -369,14 +402,39 @@ impl<C> Builder<C> {
         check_ttls(&self.ttl, self.set_by)?;
         let t = self.ttl;
         let evictions = Arc::new(AtomicU64::new(0));
+        let max_bytes = self
+            .max_bytes
+            .unwrap_or(self.capacity.saturating_mul(DEFAULT_BYTES_PER_ENTRY));
+        let history = match t.adaptive {
+            Some(ceiling) => {
+                if ceiling < t.ttl_404 || ceiling > t.max {
+                    return Err(BuildError::new(
+                        "adaptive_ttl",
+                        format!(
+                            "{ceiling:?} is outside ttl_404..=max_ttl ({:?}..={:?})",
+                            t.ttl_404, t.max
+                        ),
+                    ));
+                }
+                let history = Histories::new(self.capacity);
+                // The history counts in max_bytes: the store gets what it leaves.
+                if max_bytes < history.bytes().saturating_add(self.capacity) {
+                    return Err(BuildError::new(
+                        "max_bytes",
+                        format!(
+                            "{max_bytes} leaves no room for the adaptive TTL's history ({} bytes, 8 per entry of capacity)",
+                            history.bytes()
+                        ),
+                    ));
+                }
+                Some(history)
+            }
+            None => None,
+        };
+        let max_bytes = max_bytes - history.as_ref().map_or(0, Histories::bytes);
         Ok(NegativeCacheLayer {
             state: Arc::new(State {
-                store: Store::new(
-                    self.capacity,
-                    self.max_bytes
-                        .unwrap_or(self.capacity.saturating_mul(DEFAULT_BYTES_PER_ENTRY)),
-                    evictions.clone(),
-                ),
+                store: Store::new(self.capacity, max_bytes, evictions.clone()),
                 stats: Counters::default(),
                 evictions,
                 ttl: t,
@@ -388,6 +446,7 @@ impl<C> Builder<C> {
                 coalesce: self.coalesce,
                 flights: Arc::default(),
                 peers: Peers::default(),
+                history,
             }),
             classifier: self.classifier,
         })

@@ -90,6 +90,7 @@ mod body;
 mod coalesce;
 mod future;
 mod handle;
+mod history;
 mod key;
 mod layer;
 mod peers;
@@ -110,6 +111,7 @@ pub use key::Credentials;
 pub use layer::{Builder, NegativeCacheLayer};
 pub use service::{BypassNegativeCache, NegativeCache};
 pub use stats::CacheStats;
+pub use ttl::TtlSource;
 
 #[cfg(feature = "redis")]
 pub(crate) use peers::PeerEvent;
@@ -133,6 +135,12 @@ pub struct NegativeCacheHit {
     pub age: Duration,
     /// How long the entry stays fresh (never more than is left: it expires to the microsecond).
     pub remaining: Duration,
+    /// How long the entry was kept for when it was stored (its age on arrival aside): the
+    /// lifetime chosen.
+    pub ttl: Duration,
+    /// Why that lifetime: the origin's freshness, the per-status default, the adaptive TTL's
+    /// learned one, or a peer's.
+    pub ttl_source: TtlSource,
 }
 
 #[cfg(test)]

@@ -11,12 +11,13 @@ use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::coalesce::Flights;
+use super::history::Histories;
 use super::key::{Credentials, Key, KeyFn, Lookup, target_key, text_key, uri_key};
 use super::peers::{PeerEvent, Peers};
 use super::reference::Target;
 use super::stats::{CacheStats, Counters};
 use super::store::{Store, Stored};
-use super::ttl::TtlConfig;
+use super::ttl::{Freshness, TtlConfig, TtlSource, adapt};
 use crate::RetryInfo;
 use crate::classify::{Classify, Outcome, response_outcome};
 
@@ -36,6 +37,8 @@ pub(crate) struct State {
     pub(crate) coalesce: Option<Duration>,
     pub(crate) flights: Arc<Flights>,
     pub(crate) peers: Peers,
+    /// Each key's streak of confirmed Missing answers: only with the adaptive TTL.
+    pub(crate) history: Option<Histories>,
 }
 
 impl State {
@@ -108,6 +111,10 @@ impl State {
 
     /// Forgets `key` in this cache only.
     pub(crate) fn forget_here(&self, key: &Key) -> bool {
+        // A write or an invalidation: the key starts again from the base TTL.
+        if let Some(history) = &self.history {
+            history.reset(key);
+        }
         // Before the removal: a peer's entry checked in between is refused, one stored
         // before is removed.
         self.peers.recent.record(key.target(), Instant::now());
@@ -149,6 +156,10 @@ impl State {
     /// exact key is removed (no scan, no peer message). Without a tier this records nothing and
     /// looks nothing up, so a cache alone pays one atomic load.
     pub(crate) fn note_changed(&self, key: &Key) {
+        // Present: the streak ends, and a Missing answer after this one is a flap.
+        if let Some(history) = &self.history {
+            history.present(key);
+        }
         if self.peers.recent.record(key.target(), Instant::now()) && self.store.remove(key) {
             self.stats.invalidations.fetch_add(1, Relaxed);
         }
@@ -157,7 +168,23 @@ impl State {
     /// Remembers a Missing answer to a request that left at `started`, and tells the peers
     /// (only for entries without credentials: a credential's fingerprint means nothing to
     /// another replica).
-    pub(crate) fn remember(&self, key: Key, stored: Stored, started: Instant) {
+    pub(crate) fn remember(&self, key: Key, mut stored: Stored, started: Instant) {
+        // The adaptive TTL (opt-in): a default lifetime grows with the key's streak of
+        // confirmations; an explicit one is the origin's and is left alone.
+        if let Some(history) = self
+            .history
+            .as_ref()
+            .filter(|_| stored.source == TtlSource::Base)
+        {
+            let streak = history.missing(&key, stored.status);
+            let fresh = Freshness {
+                ttl: stored.ttl,
+                age: stored.age,
+                source: stored.source,
+            };
+            let learned = adapt(&self.ttl, fresh, stored.status, streak.confirmed);
+            (stored.ttl, stored.source) = (learned.ttl, learned.source);
+        }
         let (status, ttl) = (stored.status, stored.ttl);
         tracing::debug!(key = key.as_str(), %status, ?ttl, "negative cache: remembered");
         let now = Instant::now();
@@ -206,6 +233,7 @@ impl State {
             status,
             ttl: ttl.min(self.ttl.max),
             age: Duration::ZERO,
+            source: TtlSource::Peer,
         };
         let kept = self.store.insert(key, stored, now);
         drop(guard);
@@ -223,6 +251,9 @@ impl State {
         }
         self.peers.recent.record_all(Instant::now());
         self.store.versions.bump_all();
+        if let Some(history) = &self.history {
+            history.clear();
+        }
         let n = self.store.clear();
         self.stats.invalidations.fetch_add(n, Relaxed);
         n
@@ -233,8 +264,9 @@ impl State {
         let mut s = self
             .stats
             .snapshot(self.store.len(), self.store.capacity(), evictions);
-        s.memory_bytes = self.store.memory_used();
-        s.max_bytes = self.store.max_bytes();
+        let history = self.history.as_ref().map_or(0, Histories::bytes);
+        s.memory_bytes = self.store.memory_used() + history;
+        s.max_bytes = self.store.max_bytes() + history;
         s
     }
 }
@@ -328,6 +360,7 @@ mod tests {
             status: StatusCode::NOT_FOUND,
             ttl: Duration::from_secs(60),
             age: Duration::ZERO,
+            source: TtlSource::Base,
         };
         state.remember(key.clone(), stored, Instant::now());
         state.note_changed(&key);

@@ -20,6 +20,7 @@ use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, Wei
 use tokio::time::Instant;
 
 use super::key::Key;
+use super::ttl::TtlSource;
 use crate::counter::bump;
 
 /// What is remembered of a Missing answer, in 24 bytes: when it expires (microseconds since
@@ -31,6 +32,8 @@ pub(crate) struct Entry {
     ttl_ms: u32,
     origin_age_s: u32,
     pub(crate) status: StatusCode,
+    /// Why it is kept for `ttl` (fits in the padding: still 24 bytes).
+    source: TtlSource,
 }
 
 impl Entry {
@@ -47,6 +50,8 @@ impl Entry {
             status: self.status,
             age: Duration::from_secs(u64::from(self.origin_age_s)) + resident,
             remaining,
+            ttl,
+            source: self.source,
         })
     }
 
@@ -63,6 +68,8 @@ pub(crate) struct Stored {
     pub(crate) ttl: Duration,
     /// How old it already was when it arrived.
     pub(crate) age: Duration,
+    /// Where `ttl` came from.
+    pub(crate) source: TtlSource,
 }
 
 /// A fresh entry, read at `now`.
@@ -71,6 +78,9 @@ pub(crate) struct Fresh {
     pub(crate) status: StatusCode,
     pub(crate) age: Duration,
     pub(crate) remaining: Duration,
+    /// How long it was kept for when stored, and why.
+    pub(crate) ttl: Duration,
+    pub(crate) source: TtlSource,
 }
 
 /// Shards of a store of 4,096 entries or more.
@@ -378,6 +388,7 @@ impl Store {
             ttl_ms: u32::try_from(stored.ttl.as_millis()).unwrap_or(u32::MAX),
             origin_age_s: u32::try_from(stored.age.as_secs()).unwrap_or(u32::MAX),
             status: stored.status,
+            source: stored.source,
         };
         // quick_cache reports the value an insert replaces through `on_evict`, as if it had
         // been evicted; removing it first (which reports nothing) keeps `evictions` to
@@ -516,6 +527,7 @@ mod tests {
             status,
             ttl,
             age: Duration::ZERO,
+            source: TtlSource::Base,
         }
     }
 
@@ -555,6 +567,7 @@ mod tests {
             status: StatusCode::NOT_FOUND,
             ttl: Duration::from_secs(60),
             age: Duration::from_secs(30),
+            source: TtlSource::Base,
         };
         s.insert(k.clone(), e, t0);
         let f = s.peek(&k, t0 + Duration::from_secs(5)).unwrap();

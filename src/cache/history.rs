@@ -1,0 +1,146 @@
+//! What the adaptive TTL remembers of each key past its entry's expiry: how many times in a row
+//! the origin confirmed the same Missing answer, and whether the key was seen to flap.
+//!
+//! A direct-mapped table of `capacity` words (8 bytes each, counted in `max_bytes`): a key's
+//! record is one `AtomicU64` at the slot its hash picks, tagged with 32 more bits of the hash.
+//! Two keys meeting in one slot overwrite each other, and a key whose record was overwritten
+//! starts again from the base TTL — the safe direction: forgetting history only ever shortens
+//! a lifetime. No lock, no allocation, no growth.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use http::StatusCode;
+use quick_cache::DefaultHashBuilder;
+
+use super::key::Key;
+
+/// The longest streak counted: 2^15 times the base exceeds any ceiling the builder allows
+/// (30 days / 1 s < 2^22 — the ceiling cuts it long before).
+const MAX_STREAK: u64 = 31;
+/// The key answered present (a 2xx) since its last Missing answer.
+const PRESENT: u64 = 1 << 5;
+/// The key was Missing, present, then Missing again: it stays at the base TTL.
+const FLAPPED: u64 = 1 << 6;
+
+/// Packs a record: tag (32 bits) | status (16 bits) | flags and streak (8 bits).
+fn pack(tag: u64, status: u16, bits: u64) -> u64 {
+    (tag << 32) | (u64::from(status) << 8) | bits
+}
+
+pub(crate) struct Histories {
+    slots: Box<[AtomicU64]>,
+    hasher: DefaultHashBuilder,
+}
+
+/// What a key's history says about its next lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Streak {
+    /// Confirmations in a row of the same Missing answer before this one (0: first, flapped,
+    /// or reset).
+    pub(crate) confirmed: u8,
+    /// The key was seen to flap: it stays at the base TTL.
+    pub(crate) flapped: bool,
+}
+
+impl Histories {
+    /// A table of `slots` records (at least one).
+    pub(crate) fn new(slots: u64) -> Self {
+        let n = usize::try_from(slots.max(1)).unwrap_or(usize::MAX);
+        Histories {
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    /// Bytes the table takes.
+    pub(crate) fn bytes(&self) -> u64 {
+        (self.slots.len() * std::mem::size_of::<AtomicU64>()) as u64
+    }
+
+    /// The slot of `key`'s target (credentials apart: the origin's answer is about the
+    /// target) and the tag its record carries. A tag of 0 marks an empty slot, so tags are
+    /// never 0.
+    fn locate(&self, key: &Key) -> (&AtomicU64, u64) {
+        let h = self.hasher.hash_one(key.target());
+        let index = ((u128::from(h) * self.slots.len() as u128) >> 64) as usize;
+        (&self.slots[index], (h & 0xffff_ffff).max(1))
+    }
+
+    /// The origin answered `status` (Missing, without explicit freshness) for `key`, which had
+    /// no fresh entry: records it and returns the streak that sets its lifetime.
+    pub(crate) fn missing(&self, key: &Key, status: StatusCode) -> Streak {
+        let (slot, tag) = self.locate(key);
+        let status = status.as_u16();
+        let mut streak = Streak {
+            confirmed: 0,
+            flapped: false,
+        };
+        let _ = slot.fetch_update(Relaxed, Relaxed, |old| {
+            let bits = if old >> 32 != tag || (old >> 8) as u16 != status {
+                // New here, or another status (404 -> 410): from the base.
+                0
+            } else if old & (FLAPPED | PRESENT) != 0 {
+                // Missing, present, Missing again: it flaps, and stays at the base.
+                FLAPPED
+            } else {
+                ((old & MAX_STREAK) + 1).min(MAX_STREAK)
+            };
+            streak = Streak {
+                confirmed: (bits & MAX_STREAK) as u8,
+                flapped: bits & FLAPPED != 0,
+            };
+            Some(pack(tag, status, bits))
+        });
+        streak
+    }
+
+    /// `key` answered present (a 2xx): its streak ends; a Missing answer after this one
+    /// marks it as flapping. A key with no record gets none (a 2xx costs no slot).
+    pub(crate) fn present(&self, key: &Key) {
+        let (slot, tag) = self.locate(key);
+        let _ = slot.fetch_update(Relaxed, Relaxed, |old| {
+            (old >> 32 == tag).then(|| (old & !MAX_STREAK) | PRESENT)
+        });
+    }
+
+    /// `key` was written or invalidated: its history is forgotten (it starts again from the
+    /// base, and a flap seen before no longer counts).
+    pub(crate) fn reset(&self, key: &Key) {
+        let (slot, tag) = self.locate(key);
+        let _ = slot.fetch_update(Relaxed, Relaxed, |old| (old >> 32 == tag).then_some(0));
+    }
+
+    /// Everything was invalidated.
+    pub(crate) fn clear(&self) {
+        for s in self.slots.iter() {
+            s.store(0, Relaxed);
+        }
+    }
+
+    /// A peer saw `status` confirmed `confirmed` times in a row for `key`: this replica
+    /// carries the streak on from there (never shortening its own, never past a flap).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn learned(&self, key: &Key, status: StatusCode, confirmed: u8) {
+        let (slot, tag) = self.locate(key);
+        let status = status.as_u16();
+        let confirmed = u64::from(confirmed).min(MAX_STREAK);
+        let _ = slot.fetch_update(Relaxed, Relaxed, |old| {
+            if old >> 32 == tag && (old >> 8) as u16 == status {
+                let bits = old & 0xff;
+                (bits & (FLAPPED | PRESENT) == 0 && bits < confirmed)
+                    .then(|| pack(tag, status, confirmed))
+            } else {
+                Some(pack(tag, status, confirmed))
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for Histories {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histories")
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
