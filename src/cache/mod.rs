@@ -135,8 +135,8 @@ pub struct NegativeCacheHit {
     pub age: Duration,
     /// How long the entry stays fresh (never more than is left: it expires to the microsecond).
     pub remaining: Duration,
-    /// How long the entry was kept for when it was stored (its age on arrival aside): the
-    /// lifetime chosen.
+    /// How long the entry was kept for when it was stored: the lifetime chosen, less the age
+    /// the answer arrived with (RFC 9111 §4.2.3), at most `max_ttl`.
     pub ttl: Duration,
     /// Why that lifetime: the origin's freshness, the per-status default, the adaptive TTL's
     /// learned one, or a peer's.

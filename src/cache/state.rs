@@ -185,6 +185,10 @@ impl State {
             let learned = adapt(&self.ttl, fresh, stored.status, streak.confirmed);
             (stored.ttl, stored.source) = (learned.ttl, learned.source);
         }
+        let confirmed = match stored.source {
+            TtlSource::Learned { confirmed } => confirmed,
+            _ => 0,
+        };
         let (status, ttl) = (stored.status, stored.ttl);
         tracing::debug!(key = key.as_str(), %status, ?ttl, "negative cache: remembered");
         let now = Instant::now();
@@ -202,6 +206,7 @@ impl State {
                 ttl,
                 started,
                 at: now,
+                confirmed,
             });
         }
     }
@@ -216,6 +221,7 @@ impl State {
         status: StatusCode,
         ttl: Duration,
         started: Instant,
+        confirmed: u8,
     ) -> Learned {
         let Some(key) = self.key_from_text(text) else {
             return Learned::Unreadable;
@@ -235,6 +241,11 @@ impl State {
             age: Duration::ZERO,
             source: TtlSource::Peer,
         };
+        // The peer's streak carries on here: once this entry expires, this replica's own
+        // confirmation grows from it (never past a flap or a reset seen here).
+        if let (Some(history), 1..) = (&self.history, confirmed) {
+            history.learned(&key, status, confirmed);
+        }
         let kept = self.store.insert(key, stored, now);
         drop(guard);
         if kept {
@@ -334,7 +345,7 @@ mod tests {
         let (a, b) = (state.clone(), state.clone());
         let learner = spawn(Box::new(move |text| {
             let ttl = Duration::from_secs(60);
-            a.learn(text, StatusCode::NOT_FOUND, ttl, started);
+            a.learn(text, StatusCode::NOT_FOUND, ttl, started, 0);
         }));
         let forgetter = spawn(Box::new(move |text| {
             b.forget_here(&b.key_from_text(text).unwrap());

@@ -265,6 +265,7 @@ fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
             ttl,
             started,
             at,
+            confirmed,
         } => {
             let left = (*at + *ttl).checked_duration_since(now)?;
             let age = now.saturating_duration_since(*started);
@@ -276,6 +277,7 @@ fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
                 status: *status,
                 ttl: left,
                 age,
+                confirmed: *confirmed,
             }
         }
         PeerEvent::Forget { key } if key.len() > wire::MAX_KEY => return None,
@@ -333,6 +335,7 @@ async fn send(
             status,
             ttl,
             age,
+            ..
         } => {
             let (ttl, status) = (ms(*ttl).max(1), status.as_u16());
             let (suffix, signed_for) = match (&cfg.signer, generation.as_deref()) {
@@ -412,6 +415,7 @@ mod tests {
             ttl: Duration::from_secs(ttl),
             started: now - Duration::from_secs(age),
             at: now - Duration::from_secs(age),
+            confirmed: 0,
         };
         assert!(outgoing(&missing("k".into(), 60, 1), now).is_some());
         assert!(outgoing(&missing("k".repeat(wire::MAX_KEY + 1), 60, 1), now).is_none());

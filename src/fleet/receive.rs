@@ -187,6 +187,7 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
             status,
             ttl,
             age,
+            confirmed,
         } => {
             // Only what this replica would have remembered itself: a peer must not make it
             // answer 503 (or 200) from its cache.
@@ -196,7 +197,13 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
             if age > MAX_AGE {
                 return bump(&rejected.stale);
             }
-            learn(state, counters, &key, status, ttl, age, &counters.learned);
+            let heard = Heard {
+                status,
+                ttl,
+                age,
+                confirmed,
+            };
+            learn(state, counters, &key, heard, &counters.learned);
         }
         Body::Forget { key } => {
             if let Some(k) = state.key_from_text(&key) {
@@ -213,20 +220,27 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
 
 /// Stores a peer's entry whose request left `age` ago (plus what transit hides) unless the
 /// key changed here since; counts into `stored` or the reason it was refused.
-fn learn(
-    state: &State,
-    counters: &Counters,
-    key: &str,
+/// What a peer said of a key.
+struct Heard {
     status: StatusCode,
     ttl: Duration,
     age: Duration,
-    stored: &AtomicU64,
-) {
+    /// Its adaptive TTL's streak (0 from a stored copy, which does not keep it).
+    confirmed: u8,
+}
+
+fn learn(state: &State, counters: &Counters, key: &str, heard: Heard, stored: &AtomicU64) {
+    let Heard {
+        status,
+        ttl,
+        age,
+        confirmed,
+    } = heard;
     let Some(started) = Instant::now().checked_sub(age + TRANSIT) else {
         // Before this process's clock began: nothing to check it against.
         return bump(&counters.rejected.superseded);
     };
-    match state.learn(key, status, ttl, started) {
+    match state.learn(key, status, ttl, started, confirmed) {
         Learned::Stored { clamped } => {
             bump(stored);
             if clamped {
@@ -351,7 +365,13 @@ fn warm_one(
     }
     let age = Duration::from_millis(now.saturating_sub(start));
     let ttl = Duration::from_millis(left);
-    learn(state, counters, key, status, ttl, age, &counters.warmed);
+    let heard = Heard {
+        status,
+        ttl,
+        age,
+        confirmed: 0,
+    };
+    learn(state, counters, key, heard, &counters.warmed);
 }
 
 #[cfg(test)]
