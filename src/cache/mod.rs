@@ -21,6 +21,13 @@
 //!   else 60 s for 404 and 1 h for 410; less the age it arrived with (`Age`, or `now − Date`
 //!   if larger); cut to `max_ttl`. An explicit lifetime is an upper bound nothing raises; a
 //!   lifetime of zero is stale on arrival and not stored.
+//! - **Adaptive TTL** (opt-in, [`Builder::adaptive_ttl`]): a key whose entry expired and
+//!   whose origin confirmed the same Missing answer again gets double the default lifetime,
+//!   up to a ceiling (never an explicit lifetime, never past `max_ttl`); a 2xx, a write, an
+//!   invalidation or another status resets it, a key that flaps stays at the default. The
+//!   history outlives the entry in a fixed table counted in `max_bytes`, and travels with the
+//!   fleet's messages. [`NegativeCacheHit::ttl_source`] says which lifetime was chosen and
+//!   why. `examples/ttl_simulation.rs` measures it over a simulated day.
 //! - **Not stored:** an answer with `no-store`, `no-cache`, `private` (shared mode) or a
 //!   `Vary` on anything but `Accept-Encoding` (its varied request fields are not kept to match
 //!   later requests against; a bodiless answer can't differ by encoding), and the answer to a

@@ -27,7 +27,8 @@ const SLOTS: usize = 10;
 /// expire after `window`, and `min_per_sec × window` retries are always available on top, so a
 /// failing upstream sees at most `(1 + ratio) ×` its normal load plus that allowance.
 ///
-/// Shared by all clones of [`StatusAwareRetryLayer`](crate::StatusAwareRetryLayer) that built it.
+/// The layer keeps one per scope ([`BudgetScope`](super::BudgetScope): per host by default),
+/// shared by all clones of [`StatusAwareRetryLayer`](crate::StatusAwareRetryLayer) that built it.
 /// The methods taking `now` are pure bookkeeping (the layer passes tokio's clock), so the
 /// arithmetic can be tested without sleeping; it also implements tower's
 /// [`Budget`](tower::retry::budget::Budget) for use with `tower::retry`.
