@@ -45,7 +45,7 @@ use tower_negative_cache::cache::NegativeCacheHit;
 
 const KEYS: usize = 10_000;
 const DAY: f64 = 86_400.0;
-const SEED: u64 = 0x5eed_19;
+const SEED: u64 = 0x005e_ed19;
 
 /// SplitMix64: a seeded generator, so every run and every policy sees the same day.
 struct Rng(u64);

@@ -17,9 +17,12 @@ type Req = Request<Empty<Bytes>>;
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// Per path: the status, and a `Cache-Control` if any.
+type Answers = HashMap<String, (u16, Option<&'static str>)>;
+
 #[derive(Clone, Default)]
 struct Origin {
-    answers: Arc<Mutex<HashMap<String, (u16, Option<&'static str>)>>>,
+    answers: Arc<Mutex<Answers>>,
     calls: Arc<Mutex<u64>>,
 }
 

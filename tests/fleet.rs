@@ -859,7 +859,7 @@ async fn a_peers_adaptive_streak_carries_on_here() {
         .adaptive_ttl(Duration::from_secs(3600))
         .build()
         .unwrap();
-    let fleet = Fleet::builder(&redis.url())
+    let fleet = Fleet::builder(redis.url())
         .prefix("fleet-test")
         .reconnect(Duration::from_millis(20), Duration::from_millis(200))
         .timeout(Duration::from_millis(300))

@@ -100,7 +100,7 @@ impl Histories {
     pub(crate) fn present(&self, key: &Key) {
         let (slot, tag) = self.locate(key);
         let _ = slot.fetch_update(Relaxed, Relaxed, |old| {
-            (old >> 32 == tag).then(|| (old & !MAX_STREAK) | PRESENT)
+            (old >> 32 == tag).then_some((old & !MAX_STREAK) | PRESENT)
         });
     }
 
