@@ -144,3 +144,70 @@ impl std::fmt::Debug for Histories {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NF: StatusCode = StatusCode::NOT_FOUND;
+
+    fn key(n: u32) -> Key {
+        Key::with_text(&format!("http://h.test/r/{n}"))
+    }
+
+    #[test]
+    fn a_streak_grows_flaps_stick_and_resets_forget() {
+        let h = Histories::new(1024);
+        let k = key(1);
+        let confirmed: Vec<u8> = (0..4).map(|_| h.missing(&k, NF).confirmed).collect();
+        assert_eq!(confirmed, [0, 1, 2, 3]);
+        h.present(&k);
+        let flap = h.missing(&k, NF);
+        assert_eq!((flap.confirmed, flap.flapped), (0, true));
+        assert_eq!(h.missing(&k, NF).confirmed, 0, "a flap stays at the base");
+        // A peer's streak does not undo a flap seen here.
+        h.learned(&k, NF, 5);
+        assert_eq!(h.missing(&k, NF).confirmed, 0);
+        h.reset(&k);
+        assert_eq!(h.missing(&k, NF).confirmed, 0);
+        assert_eq!(
+            h.missing(&k, NF).confirmed,
+            1,
+            "a reset forgets the flap too"
+        );
+        // A peer's longer streak carries on; a shorter one changes nothing.
+        h.learned(&k, NF, 6);
+        h.learned(&k, NF, 2);
+        assert_eq!(h.missing(&k, NF).confirmed, 7);
+        // A 2xx for a key without a record takes no slot.
+        let fresh = key(2);
+        h.present(&fresh);
+        assert_eq!(
+            h.missing(&fresh, NF),
+            Streak {
+                confirmed: 0,
+                flapped: false
+            }
+        );
+    }
+
+    #[test]
+    fn keys_sharing_a_slot_only_ever_fall_back_to_the_base() {
+        // One slot: every key overwrites the others' history.
+        let h = Histories::new(1);
+        let (a, b) = (key(1), key(2));
+        h.missing(&a, NF);
+        assert_eq!(h.missing(&a, NF).confirmed, 1);
+        assert_eq!(h.missing(&b, NF).confirmed, 0);
+        assert_eq!(
+            h.missing(&a, NF).confirmed,
+            0,
+            "a's history was overwritten, not lent"
+        );
+        assert_eq!(h.bytes(), 8);
+        for _ in 0..100 {
+            h.missing(&a, NF);
+        }
+        assert_eq!(h.missing(&a, NF).confirmed, MAX_STREAK as u8);
+    }
+}

@@ -60,7 +60,9 @@ enum Kind {
 
 impl BudgetScope {
     /// One budget per upstream host: the request's authority (`host[:port]` of its URI, else
-    /// its `Host` header, RFC 9110 §7.2), compared ASCII case-insensitively. The default.
+    /// its `Host` header, RFC 9110 §7.2), compared ASCII case-insensitively; `a.test` and
+    /// `a.test:80` are two scopes, as they are two authorities. Requests naming no host share
+    /// one budget. The default.
     pub fn per_host() -> Self {
         BudgetScope(Kind::PerHost)
     }
