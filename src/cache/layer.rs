@@ -301,8 +301,9 @@ impl<C> Builder<C> {
     /// and [`peek`](super::NegativeCacheHandle::peek) say which lifetime was chosen and why.
     ///
     /// Each key's history outlives its entry in a table of 8 bytes per entry of `capacity`,
-    /// taken from [`max_bytes`](Self::max_bytes) (80 KB at the defaults); keys sharing a slot
-    /// overwrite each other's history, which only ever sends a key back to the default.
+    /// taken from [`max_bytes`](Self::max_bytes) (80 KB at the defaults), in buckets of 8: a
+    /// key new to a full bucket takes the place of the shortest streak, so the keys asked for
+    /// again and again keep theirs; a key pushed out only goes back to the default.
     ///
     /// **Choosing the ceiling.** The ceiling is the longest a key that has stayed missing can
     /// go on being answered 404 after it appears elsewhere (created by another writer this
