@@ -417,9 +417,9 @@ impl<C, EC> Builder<C, EC> {
     /// Which requests share a budget: [`BudgetScope::per_host`] (the default) gives each
     /// upstream host its own, with the ratio, allowance and window set here, so a host's
     /// outage spends its own retries and never another host's;
-    /// [`BudgetScope::layer`] one for the whole layer (the behaviour before 0.2: a failing
-    /// host could then leave none for healthy ones); [`BudgetScope::by`] one per value of a
-    /// function of the request.
+    /// [`BudgetScope::layer`] one for the whole layer (the default before per-host budgets:
+    /// a failing host could then leave none for healthy ones); [`BudgetScope::by`] one per
+    /// value of a function of the request.
     ///
     /// The bound holds per scope: a scope's retries ≤ `ratio` × its requests + `min_per_sec`
     /// × the window. For the layer as a whole it is the sum over the scopes that were active:
