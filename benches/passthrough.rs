@@ -5,9 +5,13 @@
 //! - `bare service_fn`: the floor;
 //! - `tower::retry no-op`: `tower::retry::Retry` with a policy that never retries but clones
 //!   each request (the same work as ours, which copies every replayable request);
-//! - `ours: retry`: `StatusAwareRetryLayer::new()` (default config, budget on);
+//! - `ours: retry`: `StatusAwareRetryLayer::new()` (default config: a budget per host);
+//! - `ours: retry, one budget for the layer`: the same with `BudgetScope::layer()` (the
+//!   default before per-host budgets), the baseline of their cost;
 //! - `ours: negative cache miss`: `NegativeCacheLayer::new()`; a 200 is never remembered, so
 //!   every call is a miss (lookup, key copy, forget);
+//! - `ours: negative cache miss, adaptive TTL`: the same with `adaptive_ttl(1 h)` (a 2xx
+//!   looks up the key's history);
 //! - `ours: both layers`: cache outside retry, as the crate recommends.
 //!
 //! Futures are driven by a current-thread tokio runtime, one `block_on` per batch of calls, so
@@ -29,6 +33,7 @@ use http_body_util::Empty;
 use tokio::runtime::Runtime;
 use tower::retry::{Policy, Retry};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_negative_cache::retry::BudgetScope;
 use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
 
 type Req = Request<Empty<Bytes>>;
@@ -127,6 +132,19 @@ fn passthrough(c: &mut Criterion) {
             .layer(StatusAwareRetryLayer::new())
             .service(upstream_200()),
     );
+    bench_service(
+        &mut group,
+        &rt,
+        "ours: retry, one budget for the layer",
+        ServiceBuilder::new()
+            .layer(
+                StatusAwareRetryLayer::builder()
+                    .budget_scope(BudgetScope::layer())
+                    .build()
+                    .unwrap(),
+            )
+            .service(upstream_200()),
+    );
     let cache = NegativeCacheLayer::new();
     bench_service(
         &mut group,
@@ -138,6 +156,19 @@ fn passthrough(c: &mut Criterion) {
     );
     let stats = cache.handle().stats();
     assert_eq!((stats.hits, stats.len), (0, 0), "a 200 is never remembered");
+    bench_service(
+        &mut group,
+        &rt,
+        "ours: negative cache miss, adaptive TTL",
+        ServiceBuilder::new()
+            .layer(
+                NegativeCacheLayer::builder()
+                    .adaptive_ttl(std::time::Duration::from_secs(3600))
+                    .build()
+                    .unwrap(),
+            )
+            .service(upstream_200()),
+    );
     bench_service(
         &mut group,
         &rt,

@@ -9,7 +9,10 @@
 //! - `ours: retry`: `StatusAwareRetryLayer` with `backoff_base(0)`, `no_budget()`,
 //!   `max_retries(2)`;
 //! - `ours: retry, deadline`: the same with a 60 s `deadline`, where the service for a retry is
-//!   made ready before the discarded answer is released.
+//!   made ready before the discarded answer is released;
+//! - `ours: retry, budget per host` and `ours: retry, one budget for the layer`: the budget on
+//!   (ratio 1000, so every retry is granted), scoped per host (the default) or as one for the
+//!   layer (the default before): the cost of finding the host's budget.
 //!
 //! The upstream counts its calls and answers by the count mod 3, so with 3 calls per request
 //! each request sees 503, 503, 200 (checked before and after measuring). One current-thread
@@ -33,6 +36,7 @@ use http_body_util::Empty;
 use tokio::runtime::Runtime;
 use tower::retry::{Policy, Retry};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_negative_cache::retry::BudgetScope;
 use tower_negative_cache::{RetryInfo, StatusAwareRetryLayer};
 
 type Req = Request<Empty<Bytes>>;
@@ -209,7 +213,35 @@ fn retry_path(c: &mut Criterion) {
                 .service(flaky_upstream(calls))
         },
     );
-    for stats in [layer.stats(), with_deadline.stats()] {
+    let budgeted = |scope: BudgetScope| {
+        StatusAwareRetryLayer::builder()
+            .backoff_base(Duration::ZERO)
+            .budget_ratio(1000.0)
+            .budget_scope(scope)
+            .max_retries(2)
+            .build()
+            .unwrap()
+    };
+    let (per_host, per_layer) = (
+        budgeted(BudgetScope::per_host()),
+        budgeted(BudgetScope::layer()),
+    );
+    for (name, layer) in [
+        ("ours: retry, budget per host", &per_host),
+        ("ours: retry, one budget for the layer", &per_layer),
+    ] {
+        bench_retry(&mut group, &rt, name, 3, false, |calls| {
+            ServiceBuilder::new()
+                .layer(layer.clone())
+                .service(flaky_upstream(calls))
+        });
+    }
+    for stats in [
+        layer.stats(),
+        with_deadline.stats(),
+        per_host.stats(),
+        per_layer.stats(),
+    ] {
         assert_eq!(stats.retries, 2 * stats.requests, "{stats:?}");
         assert_eq!(stats.gave_up, 0, "{stats:?}");
     }

@@ -2,8 +2,8 @@
 //! `Service<http::Request<B>, Response = http::Response<_>>`, usable alone or together.
 //!
 //! - [`StatusAwareRetryLayer`] retries transient failures (connect errors, 408, 429, 500, 502,
-//!   503, 504) with backoff, jitter, `Retry-After`, a shared retry budget and an idempotency
-//!   rule. It reads each answer's status *before* the answer can be released, and never
+//!   503, 504) with backoff, jitter, `Retry-After`, a retry budget per upstream host and an
+//!   idempotency rule. It reads each answer's status *before* the answer can be released, and never
 //!   retries 404 or 410.
 //! - [`NegativeCacheLayer`] remembers keys that answered 404 or 410 in a store bounded in
 //!   entries and bytes, for as long as the origin says they stay fresh (RFC 9111), answers
@@ -197,7 +197,8 @@
 //! Each holds by a test (`GUARANTEES.md` lists which):
 //!
 //! 1. A 404 or 410 reaches upstream exactly once per request, whatever the configuration.
-//! 2. Upstream calls per request ≤ 1 + `max_retries`; retries overall ≤ the budget.
+//! 2. Upstream calls per request ≤ 1 + `max_retries`; each host's retries ≤ its budget, and
+//!    one host's failures never spend another host's retries.
 //! 3. A discarded answer's body is released before the next attempt begins (drained during
 //!    the wait, dropped at its end at the latest); no reservation of the inner service is
 //!    held through a wait; no attempt starts past the deadline, but a retry whose service

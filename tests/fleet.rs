@@ -915,3 +915,53 @@ async fn a_peers_hit_is_the_origins_answer() {
     assert_eq!(origin.hits("/page"), 1);
     assert_eq!(b.fleet.stats().learned, 2);
 }
+
+/// The adaptive TTL's streak travels with a peer's message: a replica that learned a key
+/// confirmed twice elsewhere grows its own next lifetime from there (base × 2^3), not from
+/// the base.
+#[tokio::test]
+async fn a_peers_adaptive_streak_carries_on_here() {
+    use tower_negative_cache::cache::TtlSource;
+    let Some(redis) = RedisServer::try_start("a_peers_adaptive_streak_carries_on_here") else {
+        return;
+    };
+    let origin = origin().await;
+    let cache = NegativeCacheLayer::builder()
+        .ttl(Duration::from_secs(10))
+        .max_ttl(Duration::from_secs(3600))
+        .adaptive_ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let fleet = Fleet::builder(redis.url())
+        .prefix("fleet-test")
+        .reconnect(Duration::from_millis(20), Duration::from_millis(200))
+        .timeout(Duration::from_millis(300))
+        .start(&cache)
+        .unwrap();
+    let b = Replica {
+        client: ServiceBuilder::new()
+            .layer(cache.clone())
+            .layer(StatusAwareRetryLayer::new())
+            .service(support::client()),
+        cache: cache.handle(),
+        fleet,
+    };
+    b.wait_connected().await;
+    let url = origin.url("/records/streak");
+    let uri: Uri = url.parse().unwrap();
+    // A peer confirmed it twice in a row (`m2`); 300 ms are left of its entry.
+    let msg = format!("tnc3 - 0000000000000001 1 0 m2 404 300 0 {url}\0k\n\n");
+    publish_raw(&redis, &[msg.into_bytes()]).await;
+    wait_until(Duration::from_secs(5), || b.cache.peek(&uri).is_some()).await;
+    assert_eq!(b.cache.peek(&uri).unwrap().ttl_source, TtlSource::Peer);
+    // The peer's entry expires; this replica asks the origin, which confirms once more.
+    wait_until(Duration::from_secs(5), || b.cache.peek(&uri).is_none()).await;
+    assert_eq!(b.get(&url).await.status(), StatusCode::NOT_FOUND);
+    let hit = b.cache.peek(&uri).unwrap();
+    assert_eq!(hit.ttl_source, TtlSource::Learned { confirmed: 3 });
+    // 10 s × 2^3, less the age the origin's `Date` gives the answer on arrival (< 1 s).
+    assert!(
+        hit.ttl > Duration::from_secs(78) && hit.ttl <= Duration::from_secs(80),
+        "{hit:?}"
+    );
+}

@@ -18,12 +18,7 @@ fn client_of(who: &str) -> ReqwestService {
     let mut headers = HeaderMap::new();
     let value = HeaderValue::from_str(&format!("Bearer {who}")).unwrap();
     headers.insert(http::header::AUTHORIZATION, value);
-    ReqwestService::new(
-        reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .unwrap(),
-    )
+    ReqwestService::from_builder(reqwest::Client::builder().default_headers(headers)).unwrap()
 }
 
 fn req(method: Method, url: &str) -> Request<reqwest::Body> {

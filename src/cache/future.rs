@@ -400,6 +400,8 @@ fn synthesize<B>(synth: Synth) -> Response<ResponseBody<B>> {
         age: fresh.age,
         remaining: fresh.remaining,
         body_kept,
+        ttl: fresh.ttl,
+        ttl_source: fresh.source,
     });
     res
 }
@@ -465,6 +467,7 @@ fn settle<C: Classify, B: Body>(
                         answer: None,
                         ttl: f.ttl,
                         age: f.age,
+                        source: f.source,
                     };
                     let head = Head::of(headers);
                     let started = pending.started.unwrap_or_else(Instant::now);

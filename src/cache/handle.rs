@@ -60,6 +60,8 @@ impl NegativeCacheHandle {
             age: fresh.age,
             remaining: fresh.remaining,
             body_kept: fresh.answer.as_ref().is_none_or(|a| a.kept()),
+            ttl: fresh.ttl,
+            ttl_source: fresh.source,
         })
     }
 

@@ -13,6 +13,7 @@ use tower::Layer;
 use super::NegativeCache;
 use super::answer::{DEFAULT_BODY_LIMIT, MAX_BODY_LIMIT};
 use super::handle::NegativeCacheHandle;
+use super::history::Histories;
 use super::key::{Credentials, DEFAULT_CREDENTIAL_HEADERS, KeyFn};
 use super::peers::Peers;
 use super::state::State;
@@ -361,6 +362,39 @@ impl<C> Builder<C> {
         self
     }
 
+    /// Turns the adaptive TTL on, with `ceiling` the longest lifetime it learns. Default: off
+    /// (every answer without explicit freshness is kept for its per-status default). Valid:
+    /// `ttl_404..=max_ttl` (a ceiling below the base could never be reached).
+    ///
+    /// Each time a key's entry has expired and the origin confirms the same Missing answer,
+    /// its next lifetime doubles from the per-status default (`ttl_404`, `ttl_410`): 60 s,
+    /// 2 min, 4 min, … up to `ceiling`. It applies only to answers without explicit freshness
+    /// (the origin's `max-age`, `s-maxage` or `Expires` always wins) and never passes
+    /// `max_ttl`. A 2xx for the key, a write, an invalidation or another Missing status
+    /// starts it again from the default; a key seen Missing, then present, then Missing
+    /// again (it flaps) stays at the default. [`NegativeCacheHit`](super::NegativeCacheHit)
+    /// and [`peek`](super::NegativeCacheHandle::peek) say which lifetime was chosen and why.
+    ///
+    /// Each key's history outlives its entry in a table of 8 bytes per entry of `capacity`,
+    /// taken from [`max_bytes`](Self::max_bytes) (80 KB at the defaults), in buckets of 8: a
+    /// key new to a full bucket takes the place of the shortest streak, so the keys asked for
+    /// again and again keep theirs; a key pushed out only goes back to the default.
+    ///
+    /// **Choosing the ceiling.** The ceiling is the longest a key that has stayed missing can
+    /// go on being answered 404 after it appears elsewhere (created by another writer this
+    /// cache never sees): staleness is bounded by the ceiling, not by the default. Set it to
+    /// the longest such delay the application tolerates for a key that has been missing for a
+    /// while (CDNs keep 404s from 10 s to 1 h; RFC 9520 backs off persistent failures up to 5
+    /// min). Writes that go through this cache, and invalidations, end a learned lifetime at
+    /// once, so only writes it doesn't see pay. `examples/ttl_simulation.rs` measures the
+    /// trade: with a 1 h ceiling it asks the origin many times less than a fixed 60 s TTL.
+    pub fn adaptive_ttl(mut self, ceiling: Duration) -> Self {
+        if self.check_ttl("adaptive_ttl", ceiling) {
+            self.ttl.adaptive = Some(ceiling);
+        }
+        self
+    }
+
     /// Whether the origin's own freshness lifetime on the 404/410 (`s-maxage` in shared mode,
     /// `max-age`, `Expires` − `Date`) sets the TTL (less the answer's age, cut to `max_ttl`);
     /// off, the per-status defaults apply. `no-store`, `no-cache` and `Vary` forbid
@@ -452,6 +486,9 @@ impl<C> Builder<C> {
     /// Valid: any scheme; a key function (see [`key_fn`](Self::key_fn)) is unaffected.
     pub fn origin_form_scheme(mut self, scheme: Scheme) -> Self {
         self.origin_scheme = Some(scheme);
+        self
+    }
+
     /// The most body bytes an entry keeps, so that its hits replay the origin's body. Default:
     /// 4,096 (JSON and `application/problem+json` errors, usually a few hundred bytes; not
     /// error pages). Valid: `0..=1_048_576` (1 MiB; 0 keeps no body).
@@ -479,17 +516,41 @@ impl<C> Builder<C> {
         check_ttls(&self.ttl, self.set_by)?;
         let t = self.ttl;
         let evictions = Arc::new(AtomicU64::new(0));
+        let max_bytes = self.max_bytes.unwrap_or(
+            self.capacity
+                .saturating_mul(DEFAULT_BYTES_PER_ENTRY)
+                .max(DEFAULT_MIN_BYTES),
+        );
+        let history = match t.adaptive {
+            Some(ceiling) => {
+                if ceiling < t.ttl_404 || ceiling > t.max {
+                    return Err(BuildError::new(
+                        "adaptive_ttl",
+                        format!(
+                            "{ceiling:?} is outside ttl_404..=max_ttl ({:?}..={:?})",
+                            t.ttl_404, t.max
+                        ),
+                    ));
+                }
+                let history = Histories::new(self.capacity);
+                // The history counts in max_bytes: the store gets what it leaves.
+                if max_bytes < history.bytes().saturating_add(self.capacity) {
+                    return Err(BuildError::new(
+                        "max_bytes",
+                        format!(
+                            "{max_bytes} leaves no room for the adaptive TTL's history ({} bytes, 8 per entry of capacity)",
+                            history.bytes()
+                        ),
+                    ));
+                }
+                Some(history)
+            }
+            None => None,
+        };
+        let max_bytes = max_bytes - history.as_ref().map_or(0, Histories::bytes);
         Ok(NegativeCacheLayer {
             state: Arc::new(State {
-                store: Store::new(
-                    self.capacity,
-                    self.max_bytes.unwrap_or(
-                        self.capacity
-                            .saturating_mul(DEFAULT_BYTES_PER_ENTRY)
-                            .max(DEFAULT_MIN_BYTES),
-                    ),
-                    evictions.clone(),
-                ),
+                store: Store::new(self.capacity, max_bytes, evictions.clone()),
                 stats: Counters::default(),
                 evictions,
                 ttl: t,
@@ -506,6 +567,7 @@ impl<C> Builder<C> {
                     .origin_scheme
                     .map_or_else(Default::default, |s| s.as_str().to_ascii_lowercase().into()),
                 partitions: Default::default(),
+                history,
             }),
             classifier: self.classifier,
             partition: 0,

@@ -50,6 +50,13 @@
 //!   time from sending the request to the answer's arrival, or `now − Date` if larger); cut
 //!   to `max_ttl`. An answer that took longer than its lifetime is stale on arrival. An explicit lifetime is an upper bound nothing raises; a
 //!   lifetime of zero is stale on arrival and not stored.
+//! - **Adaptive TTL** (opt-in, [`Builder::adaptive_ttl`]): a key whose entry expired and
+//!   whose origin confirmed the same Missing answer again gets double the default lifetime,
+//!   up to a ceiling (never an explicit lifetime, never past `max_ttl`); a 2xx, a write, an
+//!   invalidation or another status resets it, a key that flaps stays at the default. The
+//!   history outlives the entry in a fixed table counted in `max_bytes`, and travels with the
+//!   fleet's messages. [`NegativeCacheHit::ttl_source`] says which lifetime was chosen and
+//!   why. `examples/ttl_simulation.rs` measures it over a simulated day.
 //! - **Not stored:** an answer with `no-store`, `no-cache`, `private` (shared mode) or a
 //!   `Vary` on anything but `Accept-Encoding` (its varied request fields are not kept to match
 //!   later requests against; an encoded body is sent only to requests that accept its coding,
@@ -127,6 +134,7 @@ mod body;
 mod coalesce;
 mod future;
 mod handle;
+mod history;
 mod key;
 mod layer;
 mod peers;
@@ -149,6 +157,7 @@ pub use key::Credentials;
 pub use layer::{Builder, NegativeCacheLayer};
 pub use service::{BypassNegativeCache, NegativeCache};
 pub use stats::CacheStats;
+pub use ttl::TtlSource;
 
 #[cfg(feature = "redis")]
 pub(crate) use answer::{Answer, Head};
@@ -180,6 +189,12 @@ pub struct NegativeCacheHit {
     /// one (`Content-Type`, `Content-Encoding`, …). An answer whose origin sent an empty body
     /// carries it: `true`.
     pub body_kept: bool,
+    /// How long the entry was kept for when it was stored: the lifetime chosen, less the age
+    /// the answer arrived with (RFC 9111 §4.2.3), at most `max_ttl`.
+    pub ttl: Duration,
+    /// Why that lifetime: the origin's freshness, the per-status default, the adaptive TTL's
+    /// learned one, or a peer's.
+    pub ttl_source: TtlSource,
 }
 
 #[cfg(test)]

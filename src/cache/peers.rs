@@ -38,6 +38,8 @@ pub(crate) enum PeerEvent {
         ttl: Duration,
         started: Instant,
         at: Instant,
+        /// The adaptive TTL's streak behind `ttl` (0 without it): travels to the peers.
+        confirmed: u8,
     },
     /// `key` was forgotten.
     Forget { key: Box<str> },
@@ -213,6 +215,7 @@ mod tests {
             ttl: Duration::from_secs(1),
             started: Instant::now(),
             at: Instant::now(),
+            confirmed: 0,
         };
         peers.send(missing);
         // Full: a 404 is dropped and owes nothing.

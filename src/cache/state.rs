@@ -12,13 +12,14 @@ use tokio::time::Instant;
 
 use super::answer::Answer;
 use super::coalesce::Flights;
+use super::history::Histories;
 use super::key::{Credentials, Key, KeyFn, Lookup, partition_tag, target_key, text_key, uri_key};
 use super::peers::{PeerEvent, Peers};
 use super::percent::normal_uri;
 use super::reference::Target;
 use super::stats::{CacheStats, Counters};
 use super::store::{Store, Stored};
-use super::ttl::TtlConfig;
+use super::ttl::{Freshness, TtlConfig, TtlSource, adapt};
 use crate::RetryInfo;
 use crate::classify::{Classify, Outcome, response_outcome};
 
@@ -46,6 +47,8 @@ pub(crate) struct State {
     /// The tags of the partitions made so far (`NegativeCacheLayer::partition`): a change to
     /// a target forgets it in each. At most `PARTITIONS_BY_TAG + 1` long (past that, scanned).
     pub(crate) partitions: RwLock<Vec<u64>>,
+    /// Each key's streak of confirmed Missing answers: only with the adaptive TTL.
+    pub(crate) history: Option<Histories>,
 }
 
 /// Past this many partitions, forgetting a target scans the store instead of removing it
@@ -124,6 +127,10 @@ impl State {
 
     /// Forgets `key` in this cache only.
     pub(crate) fn forget_here(&self, key: &Key) -> bool {
+        // A write or an invalidation: the key starts again from the base TTL.
+        if let Some(history) = &self.history {
+            history.reset(key);
+        }
         // Before the removal: a peer's entry checked in between is refused, one stored
         // before is removed.
         self.peers.recent.record(key.target(), Instant::now());
@@ -187,6 +194,10 @@ impl State {
     /// exact key is removed (no scan, no peer message). Without a tier this records nothing and
     /// looks nothing up, so a cache alone pays one atomic load.
     pub(crate) fn note_changed(&self, key: &Key) {
+        // Present: the streak ends, and a Missing answer after this one is a flap.
+        if let Some(history) = &self.history {
+            history.present(key);
+        }
         if self.peers.recent.record(key.target(), Instant::now()) && self.store.remove(key) {
             self.stats.invalidations.fetch_add(1, Relaxed);
         }
@@ -196,6 +207,26 @@ impl State {
     /// (only for entries without credentials: a credential's fingerprint means nothing to
     /// another replica).
     pub(crate) fn remember(&self, key: Key, mut stored: Stored, started: Instant) {
+        // The adaptive TTL (opt-in): a default lifetime grows with the key's streak of
+        // confirmations; an explicit one is the origin's and is left alone.
+        if let Some(history) = self
+            .history
+            .as_ref()
+            .filter(|_| stored.source == TtlSource::Base)
+        {
+            let streak = history.missing(&key, stored.status);
+            let fresh = Freshness {
+                ttl: stored.ttl,
+                age: stored.age,
+                source: stored.source,
+            };
+            let learned = adapt(&self.ttl, fresh, stored.status, streak.confirmed);
+            (stored.ttl, stored.source) = (learned.ttl, learned.source);
+        }
+        let confirmed = match stored.source {
+            TtlSource::Learned { confirmed } => confirmed,
+            _ => 0,
+        };
         let (status, ttl) = (stored.status, stored.ttl);
         // An answer too heavy for the store keeps its head: the repeat stays free.
         if !self.store.fits(&key, stored.answer.as_ref()) {
@@ -231,6 +262,7 @@ impl State {
                 ttl,
                 started,
                 at: now,
+                confirmed,
             });
         }
     }
@@ -246,6 +278,7 @@ impl State {
         ttl: Duration,
         started: Instant,
         answer: Option<Arc<Answer>>,
+        confirmed: u8,
     ) -> Learned {
         let Some(key) = self.key_from_text(text) else {
             return Learned::Unreadable;
@@ -269,7 +302,13 @@ impl State {
             answer,
             ttl: ttl.min(self.ttl.max),
             age: Duration::ZERO,
+            source: TtlSource::Peer,
         };
+        // The peer's streak carries on here: once this entry expires, this replica's own
+        // confirmation grows from it (never past a flap or a reset seen here).
+        if let (Some(history), 1..) = (&self.history, confirmed) {
+            history.learned(&key, status, confirmed);
+        }
         let kept = self.store.insert(key, stored, now);
         drop(guard);
         if kept {
@@ -286,6 +325,9 @@ impl State {
         }
         self.peers.recent.record_all(Instant::now());
         self.store.versions.bump_all();
+        if let Some(history) = &self.history {
+            history.clear();
+        }
         let n = self.store.clear();
         self.stats.invalidations.fetch_add(n, Relaxed);
         n
@@ -296,8 +338,9 @@ impl State {
         let mut s = self
             .stats
             .snapshot(self.store.len(), self.store.capacity(), evictions);
-        s.memory_bytes = self.store.memory_used();
-        s.max_bytes = self.store.max_bytes();
+        let history = self.history.as_ref().map_or(0, Histories::bytes);
+        s.memory_bytes = self.store.memory_used() + history;
+        s.max_bytes = self.store.max_bytes() + history;
         s
     }
 }
@@ -365,7 +408,7 @@ mod tests {
         let (a, b) = (state.clone(), state.clone());
         let learner = spawn(Box::new(move |text| {
             let ttl = Duration::from_secs(60);
-            a.learn(text, StatusCode::NOT_FOUND, ttl, started, None);
+            a.learn(text, StatusCode::NOT_FOUND, ttl, started, None, 0);
         }));
         let forgetter = spawn(Box::new(move |text| {
             b.forget_here(&b.key_from_text(text).unwrap());
@@ -395,6 +438,8 @@ mod tests {
             StatusCode::NOT_FOUND,
             ttl,
             Instant::now(),
+            None,
+            0,
         );
         assert_eq!(learned, Learned::Stored { clamped: false });
         let uri: Uri = "http://h.test/users/~ann/caf%C3%A9".parse().unwrap();
@@ -413,6 +458,7 @@ mod tests {
             answer: None,
             ttl: Duration::from_secs(60),
             age: Duration::ZERO,
+            source: TtlSource::Base,
         };
         state.remember(key.clone(), stored, Instant::now());
         state.note_changed(&key);

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::answer::Answer;
 use super::key::Key;
+use super::ttl::TtlSource;
 use crate::counter::bump;
 
 /// What is remembered of a Missing answer, in 32 bytes: when it expires (microseconds since
@@ -34,6 +35,8 @@ pub(crate) struct Entry {
     origin_age_s: u32,
     pub(crate) status: StatusCode,
     answer: Option<Arc<Answer>>,
+    /// Why it is kept for `ttl`.
+    source: TtlSource,
 }
 
 impl Entry {
@@ -51,6 +54,8 @@ impl Entry {
             answer: self.answer.clone(),
             age: Duration::from_secs(u64::from(self.origin_age_s)) + resident,
             remaining,
+            ttl,
+            source: self.source,
         })
     }
 
@@ -74,6 +79,8 @@ pub(crate) struct Stored {
     pub(crate) ttl: Duration,
     /// How old it already was when it arrived.
     pub(crate) age: Duration,
+    /// Where `ttl` came from.
+    pub(crate) source: TtlSource,
 }
 
 /// A fresh entry, read at `now`.
@@ -83,6 +90,9 @@ pub(crate) struct Fresh {
     pub(crate) answer: Option<Arc<Answer>>,
     pub(crate) age: Duration,
     pub(crate) remaining: Duration,
+    /// How long it was kept for when stored, and why.
+    pub(crate) ttl: Duration,
+    pub(crate) source: TtlSource,
 }
 
 /// Shards of a store of 4,096 entries or more.
@@ -402,6 +412,7 @@ impl Store {
             origin_age_s: u32::try_from(stored.age.as_secs()).unwrap_or(u32::MAX),
             status: stored.status,
             answer: stored.answer,
+            source: stored.source,
         };
         // quick_cache reports the value an insert replaces through `on_evict`, as if it had
         // been evicted; removing it first (which reports nothing) keeps `evictions` to
@@ -541,6 +552,7 @@ mod tests {
             answer: None,
             ttl,
             age: Duration::ZERO,
+            source: TtlSource::Base,
         }
     }
 
@@ -581,6 +593,7 @@ mod tests {
             answer: None,
             ttl: Duration::from_secs(60),
             age: Duration::from_secs(30),
+            source: TtlSource::Base,
         };
         s.insert(k.clone(), e, t0);
         let f = s.peek(&k, t0 + Duration::from_secs(5)).unwrap();

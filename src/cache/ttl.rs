@@ -18,6 +18,9 @@
 //! 4. Lifetime ≤ age: stale on arrival, not stored (§4.2). Else the entry is kept for
 //!    `lifetime − age`, cut to `max`. Nothing ever raises an origin's explicit lifetime: the
 //!    answer is never served for longer than its origin said it was fresh.
+//! 5. With the adaptive TTL (opt-in, [`adapt`]), a default lifetime — never an explicit one —
+//!    doubles with each time in a row the origin confirmed the same Missing answer after the
+//!    entry expired: `base × 2^n`, up to the ceiling, and still cut to `max`.
 
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +41,8 @@ pub(crate) struct TtlConfig {
     pub(crate) respect_headers: bool,
     /// Shared-cache mode: `s-maxage` wins, `private` forbids storing: false.
     pub(crate) shared: bool,
+    /// The adaptive TTL's ceiling on a learned lifetime: none (off).
+    pub(crate) adaptive: Option<Duration>,
 }
 
 impl Default for TtlConfig {
@@ -48,6 +53,7 @@ impl Default for TtlConfig {
             max: Duration::from_secs(24 * 60 * 60),
             respect_headers: true,
             shared: false,
+            adaptive: None,
         }
     }
 }
@@ -59,6 +65,68 @@ pub(crate) struct Freshness {
     pub(crate) ttl: Duration,
     /// The answer's age on arrival (§4.2.3 `corrected_initial_age`).
     pub(crate) age: Duration,
+    /// Where the lifetime came from.
+    pub(crate) source: TtlSource,
+}
+
+/// Why a remembered answer is kept for as long as it is (in
+/// [`NegativeCacheHit::ttl_source`](crate::cache::NegativeCacheHit)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub enum TtlSource {
+    /// The origin's explicit freshness: `s-maxage`, `max-age` or `Expires`.
+    Origin,
+    /// The per-status default (`ttl_404`, `ttl_410`).
+    Base,
+    /// The adaptive TTL: the default, doubled for each time in a row the origin confirmed
+    /// the same Missing answer (`confirmed` times), up to the ceiling.
+    Learned {
+        /// Confirmations in a row before this answer.
+        confirmed: u8,
+    },
+    /// A peer replica's entry (the fleet tier): the TTL its message carried.
+    Peer,
+}
+
+/// The adaptive TTL applied to `fresh`, an answer of `status` whose key the origin confirmed
+/// `confirmed` times in a row: a default lifetime (`Base`) becomes `base × 2^confirmed`, at
+/// most the ceiling, less the answer's age, at most `max`. An explicit lifetime (`Origin`), or
+/// adaptive TTL off, or no confirmation: `fresh` unchanged.
+pub(crate) fn adapt(
+    cfg: &TtlConfig,
+    fresh: Freshness,
+    status: StatusCode,
+    confirmed: u8,
+) -> Freshness {
+    let Some(ceiling) = cfg.adaptive else {
+        return fresh;
+    };
+    if fresh.source != TtlSource::Base || confirmed == 0 {
+        return fresh;
+    }
+    let base = default_lifetime(cfg, status);
+    let lifetime = base
+        .checked_mul(1u32 << u32::from(confirmed.min(31)))
+        .unwrap_or(Duration::MAX)
+        .min(ceiling.max(base));
+    match lifetime.checked_sub(fresh.age) {
+        Some(ttl) if !ttl.is_zero() => Freshness {
+            ttl: ttl.min(cfg.max),
+            age: fresh.age,
+            source: TtlSource::Learned { confirmed },
+        },
+        _ => fresh,
+    }
+}
+
+/// The per-status default lifetime.
+fn default_lifetime(cfg: &TtlConfig, status: StatusCode) -> Duration {
+    if status == StatusCode::GONE {
+        cfg.ttl_410
+    } else {
+        cfg.ttl_404
+    }
 }
 
 /// How long to keep a Missing answer that arrived at `now`, `response_delay` after its request
@@ -79,15 +147,15 @@ pub(crate) fn freshness(
         return None;
     }
     let date = headers::http_date(headers.get(header::DATE));
-    let lifetime = cfg
+    let explicit = cfg
         .respect_headers
         .then(|| explicit_lifetime(cfg.shared, &cc, headers, date.unwrap_or(now)))
-        .flatten()
-        .unwrap_or(if status == StatusCode::GONE {
-            cfg.ttl_410
-        } else {
-            cfg.ttl_404
-        });
+        .flatten();
+    let source = match explicit {
+        Some(_) => TtlSource::Origin,
+        None => TtlSource::Base,
+    };
+    let lifetime = explicit.unwrap_or_else(|| default_lifetime(cfg, status));
     // §4.2.3: apparent_age (by the origin's clock), or corrected_age_value (the Age it
     // reports plus the time the answer took to come back), whichever is larger.
     let age_value =
@@ -97,7 +165,7 @@ pub(crate) fn freshness(
     });
     let age = age_value.saturating_add(response_delay).max(apparent);
     let ttl = lifetime.checked_sub(age)?.min(cfg.max);
-    (!ttl.is_zero()).then_some(Freshness { ttl, age })
+    (!ttl.is_zero()).then_some(Freshness { ttl, age, source })
 }
 
 /// Whether the answer varies on a request field that matters to a bodiless answer (§4.1).
@@ -399,7 +467,8 @@ mod tests {
             ),
             Some(Freshness {
                 ttl: 90 * SEC,
-                age: 10 * SEC
+                age: 10 * SEC,
+                source: TtlSource::Origin,
             })
         );
     }
@@ -420,7 +489,8 @@ mod tests {
             f(&ten, Duration::from_millis(1500)),
             Some(Freshness {
                 ttl: Duration::from_millis(6500),
-                age: Duration::from_millis(3500)
+                age: Duration::from_millis(3500),
+                source: TtlSource::Origin,
             })
         );
         // The apparent age wins when it is the larger.
@@ -542,6 +612,7 @@ mod tests {
                     max: d[2],
                     respect_headers,
                     shared,
+                    adaptive: None,
                 }
             })
     }
@@ -767,6 +838,110 @@ mod tests {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(&format!("max-age={secs}")).unwrap());
             if let Some(d) = ttl(&cfg, status, &headers) {
                 prop_assert!(d <= Duration::from_secs(secs), "{:?} > max-age={}", d, secs);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod adaptive_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn adaptive(ceiling: Duration) -> TtlConfig {
+        TtlConfig {
+            adaptive: Some(ceiling),
+            ..TtlConfig::default()
+        }
+    }
+
+    fn base(ttl: Duration, age: Duration) -> Freshness {
+        Freshness {
+            ttl,
+            age,
+            source: TtlSource::Base,
+        }
+    }
+
+    #[test]
+    fn a_confirmed_default_doubles_up_to_the_ceiling() {
+        let cfg = adaptive(3600 * SEC);
+        let nf = StatusCode::NOT_FOUND;
+        let ttls: Vec<_> = (0..9)
+            .map(|n| adapt(&cfg, base(60 * SEC, Duration::ZERO), nf, n).ttl)
+            .collect();
+        let want: Vec<_> = [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]
+            .map(|s| s * SEC)
+            .to_vec();
+        assert_eq!(ttls, want);
+        assert_eq!(
+            adapt(&cfg, base(60 * SEC, Duration::ZERO), nf, 3).source,
+            TtlSource::Learned { confirmed: 3 }
+        );
+        // 410's base is its own default (1 h): already at the ceiling.
+        let gone = adapt(&cfg, base(3600 * SEC, Duration::ZERO), StatusCode::GONE, 2);
+        assert_eq!(gone.ttl, 3600 * SEC);
+    }
+
+    #[test]
+    fn explicit_freshness_and_adaptive_off_are_left_alone() {
+        let origin = Freshness {
+            ttl: 30 * SEC,
+            age: Duration::ZERO,
+            source: TtlSource::Origin,
+        };
+        let nf = StatusCode::NOT_FOUND;
+        assert_eq!(adapt(&adaptive(3600 * SEC), origin, nf, 5), origin);
+        let fresh = base(60 * SEC, Duration::ZERO);
+        assert_eq!(adapt(&TtlConfig::default(), fresh, nf, 5), fresh);
+        // Through `freshness`: max-age is the origin's, a bare 404 the base.
+        let mut h = HeaderMap::new();
+        let now = SystemTime::now();
+        assert_eq!(
+            freshness(&TtlConfig::default(), nf, &h, now, Duration::ZERO).map(|f| f.source),
+            Some(TtlSource::Base)
+        );
+        h.insert(header::CACHE_CONTROL, "max-age=5".parse().unwrap());
+        assert_eq!(
+            freshness(&TtlConfig::default(), nf, &h, now, Duration::ZERO).map(|f| f.source),
+            Some(TtlSource::Origin)
+        );
+    }
+
+    proptest! {
+        #![proptest_config(proptest::test_runner::Config { failure_persistence: None, ..Default::default() })]
+
+        /// A learned TTL is never below what the base gives, never past the ceiling (less the
+        /// age) nor `max_ttl`, and grows with the confirmations.
+        #[test]
+        fn learned_ttls_stay_within_base_ceiling_and_max(
+            base_s in 1u64..7200,
+            ceiling_s in 1u64..200_000,
+            max_s in 1u64..200_000,
+            age_s in 0u64..100,
+            n in 0u8..=255,
+        ) {
+            let cfg = TtlConfig {
+                ttl_404: Duration::from_secs(base_s),
+                max: Duration::from_secs(max_s),
+                adaptive: Some(Duration::from_secs(ceiling_s)),
+                ..TtlConfig::default()
+            };
+            let nf = StatusCode::NOT_FOUND;
+            // The answer arrives `age_s` old (its `Age`).
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AGE, age_s.into());
+            let Some(f) = freshness(&cfg, nf, &headers, SystemTime::now(), Duration::ZERO) else {
+                return Ok(());
+            };
+            let a = adapt(&cfg, f, nf, n);
+            prop_assert!(a.ttl >= f.ttl);
+            prop_assert!(a.ttl <= cfg.max);
+            prop_assert!(a.ttl <= (Duration::from_secs(ceiling_s)).max(Duration::from_secs(base_s)));
+            if n < 255 {
+                prop_assert!(adapt(&cfg, f, nf, n + 1).ttl >= a.ttl);
             }
         }
     }

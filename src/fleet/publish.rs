@@ -297,6 +297,7 @@ fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
             answer: _,
             started,
             at,
+            confirmed,
         } => {
             let left = (*at + *ttl).checked_duration_since(now)?;
             let age = now.saturating_duration_since(*started);
@@ -308,6 +309,7 @@ fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
                 status: *status,
                 ttl: left,
                 age,
+                confirmed: *confirmed,
             }
         }
         PeerEvent::Forget { key } if key.len() > wire::MAX_KEY => return None,
@@ -366,6 +368,7 @@ async fn send(
             status,
             ttl,
             age,
+            ..
         } => {
             let (ttl, status) = (ms(*ttl).max(1), status.as_u16());
             let (suffix, signed_for) = match (&cfg.signer, generation.as_deref()) {
@@ -421,6 +424,7 @@ mod tests {
             ttl: Duration::from_secs(1),
             started: Instant::now(),
             at: Instant::now(),
+            confirmed: 0,
         };
         let head = |fields: &[(&str, String)]| {
             let mut m = http::HeaderMap::new();
@@ -497,6 +501,7 @@ mod tests {
             ttl: Duration::from_secs(ttl),
             started: now - Duration::from_secs(age),
             at: now - Duration::from_secs(age),
+            confirmed: 0,
         };
         assert!(outgoing(&missing("k".into(), 60, 1), now).is_some());
         assert!(outgoing(&missing("k".repeat(wire::MAX_KEY + 1), 60, 1), now).is_none());

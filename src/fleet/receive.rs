@@ -187,6 +187,7 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
             status,
             ttl,
             age,
+            confirmed,
         } => {
             // Only what this replica would have remembered itself: a peer must not make it
             // answer 503 (or 200) from its cache.
@@ -203,16 +204,14 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
             };
             let answer =
                 Answer::from_peer(answer.kept, answer.fields, answer.body, state.body_limit);
-            learn(
-                state,
-                counters,
-                &key,
+            let heard = Heard {
                 status,
                 ttl,
                 age,
+                confirmed,
                 answer,
-                &counters.learned,
-            );
+            };
+            learn(state, counters, &key, heard, &counters.learned);
         }
         Body::Forget { key } => {
             if let Some(k) = state.key_from_text(&key) {
@@ -229,22 +228,30 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
 
 /// Stores a peer's entry whose request left `age` ago (plus what transit hides) unless the
 /// key changed here since; counts into `stored` or the reason it was refused.
-#[allow(clippy::too_many_arguments)]
-fn learn(
-    state: &State,
-    counters: &Counters,
-    key: &str,
+/// What a peer said of a key.
+struct Heard {
     status: StatusCode,
     ttl: Duration,
     age: Duration,
+    /// Its adaptive TTL's streak (0 from a stored copy, which does not keep it).
+    confirmed: u8,
+    /// The origin's answer as the peer remembered it (head-only from a stored copy).
     answer: Option<Arc<Answer>>,
-    stored: &AtomicU64,
-) {
+}
+
+fn learn(state: &State, counters: &Counters, key: &str, heard: Heard, stored: &AtomicU64) {
+    let Heard {
+        status,
+        ttl,
+        age,
+        confirmed,
+        answer,
+    } = heard;
     let Some(started) = Instant::now().checked_sub(age + TRANSIT) else {
         // Before this process's clock began: nothing to check it against.
         return bump(&counters.rejected.superseded);
     };
-    match state.learn(key, status, ttl, started, answer) {
+    match state.learn(key, status, ttl, started, answer, confirmed) {
         Learned::Stored { clamped } => {
             bump(stored);
             if clamped {
@@ -371,17 +378,14 @@ fn warm_one(
     let ttl = Duration::from_millis(left);
     // A stored copy carries no answer: what the origin said besides its status is unknown,
     // so the entry says plainly that it has no body (head-only, no fields).
-    let answer = Answer::new(Head::default(), None);
-    learn(
-        state,
-        counters,
-        key,
+    let heard = Heard {
         status,
         ttl,
         age,
-        answer,
-        &counters.warmed,
-    );
+        confirmed: 0,
+        answer: Answer::new(Head::default(), None),
+    };
+    learn(state, counters, key, heard, &counters.warmed);
 }
 
 #[cfg(test)]

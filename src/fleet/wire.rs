@@ -1,6 +1,6 @@
 //! The messages replicas exchange: small, versioned, plain text. Pure: no I/O, no clock.
 //!
-//! `tnc2 <mac> <replica> <seq> <sent> <op> <status> <ttl_ms> <age_ms> <key>`, space-separated,
+//! `tnc3 <mac> <replica> <seq> <sent> <op> <status> <ttl_ms> <age_ms> <key>`, space-separated,
 //! the key last (it may hold spaces):
 //!
 //! - `mac`: the HMAC-SHA256 of everything after it (and of the channel's name), in hex, when
@@ -11,7 +11,8 @@
 //! - `sent`: the publisher's wall clock (Unix milliseconds), checked only with a secret (to
 //!   refuse copies replayed later); ordering never depends on clocks agreeing.
 //! - `op`: `m` (missing), `f` (forget) or `c` (clear). For `m`, `ttl_ms` is what was left of
-//!   the entry and `age_ms` how long ago its request left, both at the moment of publishing.
+//!   the entry and `age_ms` how long ago its request left, both at the moment of publishing;
+//!   `m` followed by a number (`m3`, at most 31) carries the key's adaptive-TTL streak.
 //!
 //! A `m` message is followed by its answer section (see [`encode_answer`]): a NUL byte, then
 //! the remembered answer's head fields and kept body, at most [`MAX_ANSWER`] bytes (a larger
@@ -53,6 +54,8 @@ pub(crate) enum Body {
         status: StatusCode,
         ttl: Duration,
         age: Duration,
+        /// The publisher's adaptive-TTL streak for the key (see [`missing_op`]).
+        confirmed: u8,
     },
     Forget {
         key: Box<str>,
@@ -95,8 +98,10 @@ pub(crate) fn encode_body(replica: u64, seq: u64, sent_ms: u64, body: &Body) -> 
             status,
             ttl,
             age,
+            confirmed,
         } => format!(
-            "{head} m {} {} {} {key}",
+            "{head} {} {} {} {} {key}",
+            missing_op(*confirmed),
             status.as_u16(),
             ms(*ttl).max(1),
             ms(*age)
@@ -134,6 +139,30 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Signed<'_>, Refusal> {
     }
 }
 
+/// The `op` of a Missing message: `m`, followed by the publisher's adaptive-TTL streak when
+/// it has one (`m3`: confirmed three times in a row), so a replica that learns the entry
+/// carries the streak on. Its own field-free encoding, so it merges with other changes to the
+/// format; a receiver without it refuses `m3` as malformed (counted), never misreads it.
+fn missing_op(confirmed: u8) -> String {
+    match confirmed {
+        0 => "m".to_owned(),
+        n => format!("m{n}"),
+    }
+}
+
+/// The streak in a Missing message's `op`, or `None` if `op` is not one.
+fn parse_missing_op(op: &str) -> Option<u8> {
+    let digits = op.strip_prefix('m')?;
+    if digits.is_empty() {
+        return Some(0);
+    }
+    // At most 31 counts (the history's bound); no sign, no leading zero.
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u8>().ok().filter(|n| *n <= 31)
+}
+
 fn parse(payload: &[u8]) -> Option<Signed<'_>> {
     let (text, answer) = split_answer(payload);
     let text = std::str::from_utf8(text).ok()?;
@@ -166,17 +195,18 @@ fn parse(payload: &[u8]) -> Option<Signed<'_>> {
         replica: u64::from_str_radix(replica, 16).ok()?,
         seq: number(seq)?,
         sent_ms: number(sent)?,
-        body: match op {
-            "m" if !key.is_empty() => Body::Missing {
+        body: match (op, parse_missing_op(op)) {
+            (_, Some(confirmed)) if !key.is_empty() => Body::Missing {
                 key: key.into(),
                 status: number(status)
                     .and_then(|s| u16::try_from(s).ok())
                     .and_then(|s| StatusCode::from_u16(s).ok())?,
                 ttl: Duration::from_millis(number(ttl).filter(|t| *t > 0)?),
                 age: Duration::from_millis(number(age)?),
+                confirmed,
             },
-            "f" if !key.is_empty() && answer.is_none() => Body::Forget { key: key.into() },
-            "c" if key.is_empty() && answer.is_none() => Body::Clear,
+            ("f", _) if !key.is_empty() && answer.is_none() => Body::Forget { key: key.into() },
+            ("c", _) if key.is_empty() && answer.is_none() => Body::Clear,
             _ => return None,
         },
     };
@@ -296,6 +326,18 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn the_streak_rides_in_the_op_and_nothing_else_parses_as_one() {
+        assert_eq!(missing_op(0), "m");
+        assert_eq!(missing_op(7), "m7");
+        for (op, want) in [("m", Some(0)), ("m1", Some(1)), ("m31", Some(31))] {
+            assert_eq!(parse_missing_op(op), want, "{op}");
+        }
+        for op in ["m32", "m255", "m07", "m-1", "m+1", "mx", "f", "c", "", "M1"] {
+            assert_eq!(parse_missing_op(op), None, "{op}");
+        }
+    }
+
+    #[test]
     fn round_trips() {
         for body in [
             Body::Missing {
@@ -303,6 +345,14 @@ mod tests {
                 status: StatusCode::GONE,
                 ttl: Duration::from_millis(1500),
                 age: Duration::from_millis(42),
+                confirmed: 0,
+            },
+            Body::Missing {
+                key: "http://a.test/r/2".into(),
+                status: StatusCode::NOT_FOUND,
+                ttl: Duration::from_millis(240_000),
+                age: Duration::from_millis(3),
+                confirmed: 2,
             },
             Body::Forget {
                 key: "record:42".into(),
@@ -394,6 +444,7 @@ mod tests {
             status: StatusCode::NOT_FOUND,
             ttl: Duration::from_millis(1500),
             age: Duration::ZERO,
+            confirmed: 0,
         };
         let ct = (
             HeaderName::from_static("content-type"),

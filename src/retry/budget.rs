@@ -27,7 +27,8 @@ const SLOTS: usize = 10;
 /// expire after `window`, and `min_per_sec × window` retries are always available on top, so a
 /// failing upstream sees at most `(1 + ratio) ×` its normal load plus that allowance.
 ///
-/// Shared by all clones of [`StatusAwareRetryLayer`](crate::StatusAwareRetryLayer) that built it.
+/// The layer keeps one per scope ([`BudgetScope`](super::BudgetScope): per host by default),
+/// shared by all clones of [`StatusAwareRetryLayer`](crate::StatusAwareRetryLayer) that built it.
 /// The methods taking `now` are pure bookkeeping (the layer passes tokio's clock), so the
 /// arithmetic can be tested without sleeping; it also implements tower's
 /// [`Budget`](tower::retry::budget::Budget) for use with `tower::retry`.
@@ -73,18 +74,43 @@ impl RetryBudget {
     /// second (`0..=1_000_000`), counted over `window` (`1 s..=60 s`).
     pub fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Result<Self, BuildError> {
         Self::validate((ratio, min_per_sec, window))?;
+        Ok(Self::starting_at(
+            ratio,
+            min_per_sec,
+            window,
+            Instant::now(),
+        ))
+    }
+
+    /// A budget of validated settings whose slots are counted from `epoch` (a scope's budget
+    /// made when its first request came).
+    pub(crate) fn starting_at(
+        ratio: f64,
+        min_per_sec: u32,
+        window: Duration,
+        epoch: Instant,
+    ) -> Self {
         let reserve = (f64::from(min_per_sec) * window.as_secs_f64() * UNIT as f64) as i64;
         let slot_ns = u64::try_from((window / SLOTS as u32).as_nanos()).unwrap_or(u64::MAX);
-        Ok(RetryBudget {
+        RetryBudget {
             deposit: (ratio * UNIT as f64).round() as i64,
             reserve,
             slot_ns,
-            epoch: Instant::now(),
+            epoch,
             slots: Default::default(),
             current: AtomicUsize::new(0),
             slot_end: AtomicU64::new(slot_ns),
             rotation: Mutex::new(()),
-        })
+        }
+    }
+
+    /// Whether nothing happened to the budget for a whole window by `now`: every deposit and
+    /// withdrawal has expired, so a new budget would answer exactly as this one.
+    pub(crate) fn idle_at(&self, now: Instant) -> bool {
+        let now_ns =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let window = self.slot_ns.saturating_mul(SLOTS as u64);
+        now_ns >= self.slot_end.load(Acquire).saturating_add(window)
     }
 
     /// The settings' one check, shared with the layer builder's setters.

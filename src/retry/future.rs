@@ -21,6 +21,7 @@ use super::log::{ErrorText, Head, Target};
 use super::policy::{Attempt, Decision, Eligible, Stop};
 use super::replay::{ReplayBody, clone_request, with_body};
 use super::witness::{Proof, Ticket, issue};
+use super::scope::Scoped;
 use crate::RetryInfo;
 use crate::classify::{
     Classify, ClassifyError, Outcome, SourceWalk, error_outcome, response_outcome,
@@ -55,6 +56,8 @@ pin_project! {
         // response whose body has ended): returned if the service is not ready by the
         // deadline. An answer with a body is released during the wait instead.
         kept: Option<(Result<Response<BodyOf<S, ReqB>>, S::Error>, Outcome)>,
+        // The budget of the request's scope (its host, by default).
+        budget: Option<Arc<Scoped>>,
         #[pin]
         state: State<S::Future, BodyOf<S, ReqB>>,
         // A service for the next attempt; None when the request can't be retried.
@@ -91,20 +94,21 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            refund(this.shared, this.withdrawn);
+            refund(this.budget, this.withdrawn);
         }
     }
 }
 
 /// Gives a withdrawn retry that will not be sent back to the budget.
-fn refund<C, EC>(shared: &Shared<C, EC>, withdrawn: &mut Option<Instant>) {
-    if let (Some(at), Some(budget)) = (withdrawn.take(), shared.budget.as_ref()) {
-        budget.refund_at(at, Instant::now());
+fn refund(budget: &Option<Arc<Scoped>>, withdrawn: &mut Option<Instant>) {
+    if let (Some(at), Some(scope)) = (withdrawn.take(), budget.as_ref()) {
+        scope.budget.refund_at(at, Instant::now());
     }
 }
 
 /// What a request keeps for its later attempts (see the future's fields).
 pub(crate) struct Again<ReqB> {
+    pub(crate) budget: Option<Arc<Scoped>>,
     pub(crate) replay: Option<Request<ReqB>>,
     pub(crate) capture: Option<Capture<ReqB>>,
     pub(crate) head: Option<Box<Head>>,
@@ -143,6 +147,7 @@ where
         started: Instant,
     ) -> Self {
         let Again {
+            budget,
             replay,
             capture,
             head,
@@ -152,6 +157,7 @@ where
         ResponseFuture {
             withdrawn: None,
             kept: None,
+            budget,
             state: State::Called { future },
             service,
             replay,
@@ -233,15 +239,20 @@ where
                             prev_delay: *this.prev_delay,
                         };
                         let u = HasherRng::new().next_f64();
-                        let budget = shared.budget.as_ref();
+                        let budget = this.budget.as_ref();
                         shared
                             .policy
                             .decide(&outcome, at, SystemTime::now(), u, || {
-                                budget.is_none_or(|b| b.withdraw_at(now))
+                                budget.is_none_or(|s| s.budget.withdraw_at(now))
                             })
                     };
                     let delay = match decision {
                         Decision::Stop(stop) => {
+                            if let (Stop::Budget, Some(scopes), Some(scope)) =
+                                (stop, &shared.budget, this.budget.as_ref())
+                            {
+                                scopes.exhausted(scope);
+                            }
                             return Poll::Ready(finish(
                                 shared,
                                 result,
@@ -253,7 +264,7 @@ where
                         }
                         Decision::Retry(delay) => delay,
                     };
-                    if shared.budget.is_some() {
+                    if this.budget.is_some() {
                         *this.withdrawn = Some(now);
                     }
                     *this.prev_delay = delay;
@@ -354,7 +365,7 @@ where
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => {
                             // An answer like any other: counted, so the counters add up.
-                            refund(shared, this.withdrawn);
+                            refund(this.budget, this.withdrawn);
                             bump(&shared.stats.failed);
                             return Poll::Ready(Err(e));
                         }
@@ -372,7 +383,7 @@ where
                             let timer = this.timer.as_mut().expect("armed above");
                             ready!(timer.as_mut().poll(cx));
                             // Not ready by the deadline: the answer in hand is the last one.
-                            refund(shared, this.withdrawn);
+                            refund(this.budget, this.withdrawn);
                             let (answer, outcome) = this.kept.take().expect("checked above");
                             let target = Target::of(this.replay.as_ref(), this.head.as_deref());
                             return Poll::Ready(finish(

@@ -12,6 +12,7 @@ use tower::Layer;
 use super::StatusAwareRetry;
 use super::budget::RetryBudget;
 use super::policy::{Backoff, Jitter, Policy};
+use super::scope::{BudgetScope, Scopes};
 use super::stats::{Counters, RetryStats};
 use crate::BuildError;
 use crate::classify::{DefaultClassifier, SourceWalk};
@@ -49,7 +50,7 @@ pub(crate) struct Shared<C, EC = SourceWalk> {
     /// Whether an unprocessed verdict was already set aside for want of a witness (warned once).
     pub(crate) warned_unwitnessed: AtomicBool,
     pub(crate) policy: Policy,
-    pub(crate) budget: Option<RetryBudget>,
+    pub(crate) budget: Option<Scopes>,
     pub(crate) stats: Counters,
     pub(crate) retry_non_idempotent: bool,
     pub(crate) retry_unprocessed: bool,
@@ -81,6 +82,25 @@ impl<C, EC> StatusAwareRetryLayer<C, EC> {
     /// A snapshot of the counters of this layer and all its clones.
     pub fn stats(&self) -> RetryStats {
         self.shared.stats.snapshot()
+    }
+
+    /// Which budgets ran out: the scopes (hosts, by default; see
+    /// [`Builder::budget_scope`]) whose spent budget refused a retry most often, busiest
+    /// first, as `(scope, answers returned because of it)` — at most 8 scopes, so an operator
+    /// sees which upstream is burning retries whatever the number of hosts. Scopes past
+    /// [`budget_max_scopes`](Builder::budget_max_scopes) share the `"(overflow)"` budget; a
+    /// layer scoped as a whole reports `"(layer)"`.
+    ///
+    /// The counts are exact for a scope that has been in the list since its first refusal; a
+    /// scope entering a full list takes the place of the smallest count and starts from it
+    /// (the Space-Saving algorithm), so a count may be overstated, never understated. Their
+    /// sum is `RetryStats::budget_exhausted`. Empty without a budget.
+    pub fn budget_exhausted_scopes(&self) -> Vec<(String, u64)> {
+        self.shared
+            .budget
+            .as_ref()
+            .map(Scopes::exhausted_scopes)
+            .unwrap_or_default()
     }
 }
 
@@ -131,6 +151,8 @@ pub struct Builder<C = DefaultClassifier, EC = SourceWalk> {
     error_classifier: EC,
     policy: Policy,
     budget: Option<(f64, u32, Duration)>,
+    scope: BudgetScope,
+    max_scopes: usize,
     retry_non_idempotent: bool,
     retry_unprocessed: bool,
     drain_limit: usize,
@@ -159,6 +181,8 @@ impl Default for Builder {
                 deadline: None,
             },
             budget: Some(DEFAULT_BUDGET),
+            scope: BudgetScope::per_host(),
+            max_scopes: DEFAULT_MAX_SCOPES,
             retry_non_idempotent: false,
             retry_unprocessed: true,
             drain_limit: 64 * 1024,
@@ -203,6 +227,8 @@ impl<C, EC> Builder<C, EC> {
             error_classifier: self.error_classifier,
             policy: self.policy,
             budget: self.budget,
+            scope: self.scope,
+            max_scopes: self.max_scopes,
             retry_non_idempotent: self.retry_non_idempotent,
             retry_unprocessed: self.retry_unprocessed,
             drain_limit: self.drain_limit,
@@ -248,6 +274,8 @@ impl<C, EC> Builder<C, EC> {
             error_classifier,
             policy: self.policy,
             budget: self.budget,
+            scope: self.scope,
+            max_scopes: self.max_scopes,
             retry_non_idempotent: self.retry_non_idempotent,
             retry_unprocessed: self.retry_unprocessed,
             drain_limit: self.drain_limit,
@@ -386,6 +414,40 @@ impl<C, EC> Builder<C, EC> {
         self.set_budget(|b| b.2 = window)
     }
 
+    /// Which requests share a budget: [`BudgetScope::per_host`] (the default) gives each
+    /// upstream host its own, with the ratio, allowance and window set here, so a host's
+    /// outage spends its own retries and never another host's;
+    /// [`BudgetScope::layer`] one for the whole layer (the default before per-host budgets:
+    /// a failing host could then leave none for healthy ones); [`BudgetScope::by`] one per
+    /// value of a function of the request.
+    ///
+    /// The bound holds per scope: a scope's retries ≤ `ratio` × its requests + `min_per_sec`
+    /// × the window. For the layer as a whole it is the sum over the scopes that were active:
+    /// ≤ `ratio` × requests + `min_per_sec` × window × (active scopes, at most
+    /// `budget_max_scopes` + 1).
+    pub fn budget_scope(mut self, scope: BudgetScope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// How many scopes (hosts) get a budget of their own; requests for scopes past it share
+    /// one overflow budget, and a scope idle for a whole window is forgotten (its deposits
+    /// and withdrawals have all expired by then, so a fresh one answers the same). Default:
+    /// 1024 — more upstreams than a service, a gateway or a resolver following references
+    /// calls within a window, and about 200 KiB at most (a budget is ~170 bytes with its
+    /// name and map slot), so a client fed arbitrary URLs can't grow memory past that. A
+    /// crawler spreading over more hosts shares the overflow budget for the rest. Valid:
+    /// `1..=65536`.
+    pub fn budget_max_scopes(mut self, n: usize) -> Self {
+        if self
+            .error
+            .check("budget_max_scopes", n, 1..=65_536, "1..=65536")
+        {
+            self.max_scopes = n;
+        }
+        self
+    }
+
     /// Turns the retry budget off: only `max_retries` bounds retries. Default: the budget is on.
     pub fn no_budget(mut self) -> Self {
         self.budget = None;
@@ -509,7 +571,7 @@ impl<C, EC> Builder<C, EC> {
             });
         }
         let budget = match self.budget {
-            Some((ratio, min, window)) => Some(RetryBudget::new(ratio, min, window)?),
+            Some(settings) => Some(Scopes::new(self.scope, settings, self.max_scopes)?),
             None => None,
         };
         Ok(StatusAwareRetryLayer {
@@ -539,6 +601,8 @@ impl<C: fmt::Debug, EC> fmt::Debug for Builder<C, EC> {
             .field("error_classifier", &std::any::type_name::<EC>())
             .field("policy", &self.policy)
             .field("budget", &self.budget)
+            .field("scope", &self.scope)
+            .field("max_scopes", &self.max_scopes)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("retry_unprocessed", &self.retry_unprocessed)
             .field("drain_limit", &self.drain_limit)
@@ -551,3 +615,4 @@ impl<C: fmt::Debug, EC> fmt::Debug for Builder<C, EC> {
 }
 
 const DEFAULT_BUDGET: (f64, u32, Duration) = (0.2, 10, Duration::from_secs(10));
+const DEFAULT_MAX_SCOPES: usize = 1024;

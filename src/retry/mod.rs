@@ -8,7 +8,8 @@
 //!   [`RetryInfo`](crate::RetryInfo) extension. No setting and no classifier can make 404 or 410
 //!   retryable.
 //! - **Retryable** answers (408, 429, 500, 502, 503, 504, transport errors) are retried while
-//!   `max_retries`, the deadline, the `Retry-After` cap and the shared [`RetryBudget`] allow, for
+//!   `max_retries`, the deadline, the `Retry-After` cap and the [`RetryBudget`] of the request's
+//!   host allow (one per upstream host by default, [`BudgetScope`]), for
 //!   idempotent methods (and POST/PATCH with `Idempotency-Key`) whose body can be replayed
 //!   ([`ReplayBody`]). A request of any method is retried when the answer proves the server
 //!   never processed it ([`Outcome::is_unprocessed`](crate::Outcome::is_unprocessed): a
@@ -28,6 +29,16 @@
 //!   retry awaits readiness past the deadline if need be, counted (see [`Builder::deadline`]).
 //! - Backoff: the first retry waits up to `backoff_base`, the n-th up to
 //!   `backoff_base × factor^(n-1)`, capped, spread by the jitter.
+//! - Budget: each host (the request's authority) has its own budget, as Envoy scopes one per
+//!   upstream cluster and gRPC per channel, so a host's outage spends its own retries and
+//!   never a healthy host's ([`Builder::budget_scope`] chooses another scope). Every request
+//!   deposits when it is sent, whatever its answer — a 404 or a 200 is a healthy exchange,
+//!   as in the SRE book and gRPC — so a host sees at most `(1 + ratio)` times its requests
+//!   plus the allowance; depositing only on some answers would make that bound depend on what
+//!   the host answers. At most [`budget_max_scopes`](Builder::budget_max_scopes) hosts are
+//!   tracked, the rest share one overflow budget;
+//!   [`budget_exhausted_scopes`](StatusAwareRetryLayer::budget_exhausted_scopes) names the
+//!   hosts burning their retries.
 //!
 //! The decision is made by pure policy code (time and randomness come in as arguments), the
 //! service and its future only sequence calls, like `tower::retry`.
@@ -136,6 +147,7 @@ mod layer;
 mod log;
 mod policy;
 mod replay;
+mod scope;
 mod service;
 mod stats;
 mod witness;
@@ -146,6 +158,7 @@ pub use future::ResponseFuture;
 pub use layer::{Builder, StatusAwareRetryLayer};
 pub use policy::Jitter;
 pub use replay::{ReplayBody, Replayable, SendOnce};
+pub use scope::BudgetScope;
 pub use service::StatusAwareRetry;
 pub use stats::RetryStats;
 pub use witness::{Witness, WitnessFuture, WitnessLayer};

@@ -99,9 +99,14 @@ where
         let now = Instant::now();
         bump(&shared.stats.requests);
         bump(&shared.stats.attempts);
-        if let Some(budget) = &shared.budget {
-            budget.deposit_at(now);
-        }
+        // Every request deposits, whatever its answer (a 404 too: a final answer is a healthy
+        // exchange, as in the SRE book and gRPC), when it is sent: the budget bounds the load a
+        // host sees to (1 + ratio) x its requests, which counting answers could not promise.
+        let budget = shared.budget.as_ref().map(|scopes| {
+            let scope = scopes.scope_of(req.uri(), req.headers(), now);
+            scope.budget.deposit_at(now);
+            scope
+        });
         let mut eligible = eligibility(
             req.method(),
             req.headers(),
@@ -147,6 +152,7 @@ where
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
         let again = Again {
+            budget,
             replay,
             capture,
             head,

@@ -1,0 +1,490 @@
+//! Retry budgets per scope: by default one per upstream host, so one host's outage never spends
+//! another host's retries (Envoy scopes its budget per upstream cluster, gRPC per channel).
+//!
+//! The scopes live in a sharded map keyed by a seeded hash of the scope's name (the request's
+//! authority, ASCII case-insensitive as RFC 3986 §3.2.2 makes the host): a request for a known
+//! scope takes one shard's read lock, compares the name and clones an `Arc` — no allocation,
+//! no global lock. The map is bounded (`max_scopes`); scopes past the bound share one overflow
+//! budget, and a scope idle for a whole window is forgotten: all its deposits and withdrawals
+//! have expired by then, so a fresh budget behaves exactly as the forgotten one would have.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use http::{HeaderMap, Uri, header::HOST};
+use tokio::time::Instant;
+
+use super::budget::RetryBudget;
+
+/// Shards of the scope map: requests for different hosts rarely meet on one lock.
+const SHARDS: usize = 16;
+/// How many scopes [`exhausted_scopes`](Scopes::exhausted_scopes) reports.
+pub(crate) const TOP: usize = 8;
+/// The name of the budget shared by scopes past `max_scopes`.
+const OVERFLOW: &str = "(overflow)";
+/// The name of the one budget of a layer scoped as a whole.
+const LAYER: &str = "(layer)";
+
+/// Which requests share a retry budget. Default: [`BudgetScope::per_host`].
+///
+/// ```
+/// use tower_negative_cache::StatusAwareRetryLayer;
+/// use tower_negative_cache::retry::BudgetScope;
+///
+/// // One budget per host and first path segment (an API gateway's services).
+/// let layer = StatusAwareRetryLayer::builder()
+///     .budget_scope(BudgetScope::by(|uri, _headers| {
+///         let host = uri.authority().map_or("", |a| a.as_str());
+///         let service = uri.path().split('/').nth(1).unwrap_or("");
+///         format!("{host}/{service}")
+///     }))
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct BudgetScope(Kind);
+
+type ScopeFn = Arc<dyn Fn(&Uri, &HeaderMap) -> String + Send + Sync>;
+
+#[derive(Clone)]
+enum Kind {
+    PerHost,
+    Layer,
+    By(ScopeFn),
+}
+
+impl BudgetScope {
+    /// One budget per upstream host: the request's authority (`host[:port]` of its URI, else
+    /// its `Host` header, RFC 9110 §7.2), compared ASCII case-insensitively; `a.test` and
+    /// `a.test:80` are two scopes, as they are two authorities. Requests naming no host share
+    /// one budget. The default.
+    pub fn per_host() -> Self {
+        BudgetScope(Kind::PerHost)
+    }
+
+    /// One budget for the whole layer (and its clones), whatever the request: the behaviour
+    /// before per-host budgets.
+    pub fn layer() -> Self {
+        BudgetScope(Kind::Layer)
+    }
+
+    /// One budget per value of `f` (compared ASCII case-insensitively). Costs one call of `f`
+    /// and the `String` it returns per request.
+    pub fn by(f: impl Fn(&Uri, &HeaderMap) -> String + Send + Sync + 'static) -> Self {
+        BudgetScope(Kind::By(Arc::new(f)))
+    }
+}
+
+impl Default for BudgetScope {
+    fn default() -> Self {
+        Self::per_host()
+    }
+}
+
+impl fmt::Debug for BudgetScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Kind::PerHost => "BudgetScope::per_host",
+            Kind::Layer => "BudgetScope::layer",
+            Kind::By(_) => "BudgetScope::by(..)",
+        })
+    }
+}
+
+/// ASCII uppercase to lowercase in the 8 bytes of `x` at once (other bytes unchanged).
+fn lowercase(x: u64) -> u64 {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low7 = x & !HIGH;
+    // Bit 7 of each byte: set if the byte is at least 'A' (0x41 + 0x3f = 0x80)...
+    let at_least_a = low7.wrapping_add(0x3f3f_3f3f_3f3f_3f3f);
+    // ...and if it is above 'Z' (0x5b + 0x25 = 0x80); bytes >= 0x80 are not ASCII.
+    let above_z = low7.wrapping_add(0x2525_2525_2525_2525);
+    let upper = at_least_a & !above_z & !x & HIGH;
+    x | (upper >> 2)
+}
+
+/// One scope's budget and name.
+pub(crate) struct Scoped {
+    pub(crate) name: Arc<str>,
+    pub(crate) budget: RetryBudget,
+}
+
+/// The map's keys are already seeded hashes: hashing them again would cost for nothing.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Shard = RwLock<HashMap<u64, Arc<Scoped>, BuildHasherDefault<Identity>>>;
+
+/// The budgets of a layer, one per scope.
+pub(crate) struct Scopes {
+    scope: BudgetScope,
+    settings: (f64, u32, Duration),
+    max: usize,
+    /// The one budget of `BudgetScope::layer`, and the overflow budget of the others.
+    shared: Arc<Scoped>,
+    shards: Box<[Shard]>,
+    len: AtomicUsize,
+    seed: u64,
+    epoch: Instant,
+    /// When idle scopes were last swept, in ns since `epoch`: at most once per tenth of a
+    /// window, so a flood of new hosts past the bound doesn't sweep on every request.
+    swept: AtomicU64,
+    /// The scopes whose budget ran out most often (Space-Saving, Metwally et al. 2005): a
+    /// scope in the table counts exactly from when it entered; one entering evicts the
+    /// smallest count and inherits it, so the busiest scopes stay and counts never undercount.
+    /// Locked only when a budget is spent.
+    top: Mutex<Vec<(Arc<str>, u64)>>,
+}
+
+impl Scopes {
+    pub(crate) fn new(
+        scope: BudgetScope,
+        settings: (f64, u32, Duration),
+        max: usize,
+    ) -> Result<Self, crate::BuildError> {
+        let (ratio, min, window) = settings;
+        let epoch = Instant::now();
+        let name = if matches!(scope.0, Kind::Layer) {
+            LAYER
+        } else {
+            OVERFLOW
+        };
+        let shared = Arc::new(Scoped {
+            name: name.into(),
+            budget: RetryBudget::new(ratio, min, window)?,
+        });
+        Ok(Scopes {
+            scope,
+            settings,
+            max,
+            shared,
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            len: AtomicUsize::new(0),
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u64) | 1,
+            epoch,
+            swept: AtomicU64::new(0),
+            top: Mutex::new(Vec::with_capacity(TOP)),
+        })
+    }
+
+    /// The budget of the request with this URI and headers, created at `now` if new.
+    pub(crate) fn scope_of(&self, uri: &Uri, headers: &HeaderMap, now: Instant) -> Arc<Scoped> {
+        match &self.scope.0 {
+            Kind::Layer => self.shared.clone(),
+            Kind::PerHost => {
+                let name = match uri.authority() {
+                    Some(a) => a.as_str().as_bytes(),
+                    None => headers.get(HOST).map_or(&b""[..], |h| h.as_bytes()),
+                };
+                self.named(name, now)
+            }
+            Kind::By(f) => self.named(f(uri, headers).as_bytes(), now),
+        }
+    }
+
+    /// The budget of the scope `name`, created at `now` if new (or the overflow budget).
+    pub(crate) fn named(&self, name: &[u8], now: Instant) -> Arc<Scoped> {
+        let hash = self.hash(name);
+        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
+        {
+            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = map.get(&hash) {
+                return self.verified(s, name);
+            }
+        }
+        if self.len.load(Relaxed) >= self.max {
+            self.sweep(now);
+        }
+        let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(&hash) {
+            return self.verified(s, name);
+        }
+        // Reserve a place first, so racing inserts never take the map past `max`.
+        if self
+            .len
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+            .is_err()
+        {
+            return self.shared.clone();
+        }
+        let (ratio, min, window) = self.settings;
+        let scoped = Arc::new(Scoped {
+            name: String::from_utf8_lossy(name).into(),
+            budget: RetryBudget::starting_at(ratio, min, window, now),
+        });
+        map.insert(hash, scoped.clone());
+        scoped
+    }
+
+    /// `s`, if it is really `name`'s: two names with one hash share the overflow budget rather
+    /// than one another's.
+    fn verified(&self, s: &Arc<Scoped>, name: &[u8]) -> Arc<Scoped> {
+        let known = s.name.as_bytes();
+        // Byte for byte first: the same host is almost always written the same way.
+        if known == name || known.eq_ignore_ascii_case(name) {
+            s.clone()
+        } else {
+            self.shared.clone()
+        }
+    }
+
+    /// A multiply-xor hash over the name's ASCII-lowercased bytes, 8 at a time, from a
+    /// per-layer random seed: names an attacker chooses can't be aimed at one shard or one
+    /// hash without knowing the seed, and a collision only sends a scope to the overflow
+    /// budget (names are compared). Per byte it would cost a fifth of a request's path.
+    fn hash(&self, name: &[u8]) -> u64 {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut h = self.seed ^ (name.len() as u64).wrapping_mul(K);
+        let mut chunks = name.chunks_exact(8);
+        for c in &mut chunks {
+            let word = u64::from_le_bytes(c.try_into().unwrap_or_default());
+            h = (h ^ lowercase(word)).wrapping_mul(K).rotate_left(29);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            h = (h ^ lowercase(u64::from_le_bytes(last)))
+                .wrapping_mul(K)
+                .rotate_left(29);
+        }
+        h ^ (h >> 32)
+    }
+
+    /// Forgets the scopes idle for a whole window, at most once per tenth of a window.
+    fn sweep(&self, now: Instant) {
+        let at = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let every = (self.settings.2 / 10).as_nanos() as u64;
+        let last = self.swept.load(Relaxed);
+        if last != 0 && at < last.saturating_add(every) {
+            return;
+        }
+        if self
+            .swept
+            .compare_exchange(last, at.max(1), Relaxed, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        for shard in self.shards.iter() {
+            let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
+            let before = map.len();
+            map.retain(|_, s| !s.budget.idle_at(now));
+            self.len.fetch_sub(before - map.len(), Relaxed);
+        }
+    }
+
+    /// Counts a request refused a retry because `scope`'s budget was spent.
+    pub(crate) fn exhausted(&self, scope: &Scoped) {
+        let mut top = self.top.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = top.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &scope.name)) {
+            e.1 += 1;
+        } else if let Some(e) = top.iter_mut().find(|(n, _)| **n == *scope.name) {
+            // The same scope, forgotten while idle and made again: one row.
+            e.0 = scope.name.clone();
+            e.1 += 1;
+        } else if top.len() < TOP {
+            top.push((scope.name.clone(), 1));
+        } else if let Some(min) = top.iter_mut().min_by_key(|(_, c)| *c) {
+            *min = (scope.name.clone(), min.1 + 1);
+        }
+    }
+
+    /// The scopes whose budget ran out most often, busiest first, at most [`TOP`].
+    pub(crate) fn exhausted_scopes(&self) -> Vec<(String, u64)> {
+        let top = self.top.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = top.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
+    }
+
+    /// Scopes tracked now (the overflow budget not counted).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Relaxed)
+    }
+}
+
+impl fmt::Debug for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudgets")
+            .field("scope", &self.scope)
+            .field("budget", &self.shared.budget)
+            .field("max_scopes", &self.max)
+            .field("scopes", &self.len.load(Relaxed))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn scopes(ratio: f64, min: u32, max: usize) -> Scopes {
+        Scopes::new(BudgetScope::per_host(), (ratio, min, WINDOW), max).unwrap()
+    }
+
+    #[test]
+    fn lowercase_folds_ascii_uppercase_only() {
+        for b in 0..=255u8 {
+            let word = u64::from_le_bytes([b, b'A', b'z', b, 0xff, b'@', b'[', b]);
+            let want = u64::from_le_bytes(
+                [b, b'A', b'z', b, 0xff, b'@', b'[', b].map(|c| c.to_ascii_lowercase()),
+            );
+            assert_eq!(lowercase(word), want, "byte {b:#x}");
+        }
+    }
+
+    #[test]
+    fn a_known_host_is_found_again_whatever_its_case() {
+        let s = scopes(0.2, 10, 16);
+        let now = Instant::now();
+        let a = s.named(b"Records.Internal:8080", now);
+        let b = s.named(b"records.internal:8080", now);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &s.named(b"other:8080", now)));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn hosts_past_the_bound_share_the_overflow_budget_and_idle_hosts_are_forgotten() {
+        let s = scopes(0.0, 1, 2);
+        let t0 = Instant::now();
+        let a = s.named(b"a", t0);
+        a.budget.deposit_at(t0);
+        s.named(b"b", t0).budget.deposit_at(t0);
+        let c = s.named(b"c", t0);
+        let d = s.named(b"d", t0);
+        assert_eq!(&*c.name, OVERFLOW);
+        assert!(Arc::ptr_eq(&c, &d), "c and d share the overflow budget");
+        assert_eq!(s.len(), 2);
+        // b is used again at 10 s; a, idle for a whole window after its slot, is forgotten
+        // for c at 15 s.
+        let later = t0 + WINDOW + Duration::from_secs(5);
+        s.named(b"b", t0 + WINDOW).budget.deposit_at(t0 + WINDOW);
+        let c = s.named(b"c", later);
+        assert_eq!(&*c.name, "c");
+        assert_eq!(s.len(), 2);
+        assert!(!Arc::ptr_eq(&s.named(b"a", later), &a), "a was forgotten");
+    }
+
+    #[test]
+    fn the_busiest_exhausted_scopes_are_kept_and_bounded() {
+        let s = scopes(0.0, 0, 64);
+        let now = Instant::now();
+        for i in 0..40u64 {
+            let scope = s.named(format!("host{i}").as_bytes(), now);
+            // host0 is refused 100 times, the others once or twice.
+            let times = if i == 0 { 100 } else { 1 + i % 2 };
+            for _ in 0..times {
+                s.exhausted(&scope);
+            }
+        }
+        let top = s.exhausted_scopes();
+        assert_eq!(top.len(), TOP);
+        assert_eq!(top[0], ("host0".to_string(), 100));
+        // Space-Saving: every count at least the scope's true count, the sum the true sum.
+        let total: u64 = top.iter().map(|(_, c)| c).sum();
+        assert_eq!(total, 100 + 39 + 20);
+    }
+
+    proptest! {
+        #![proptest_config(proptest::test_runner::Config { failure_persistence: None, ..Default::default() })]
+
+        /// Scopes don't share: with room for every host, each host's budget grants exactly
+        /// what a budget of its own, alone, would grant, whatever the other hosts do — and so
+        /// keeps the bound of one budget: retries <= ratio x its requests + its allowance.
+        #[test]
+        fn every_scope_answers_as_a_budget_of_its_own(
+            ratio in 0.0f64..2.0,
+            min_per_sec in 0u32..5,
+            steps in proptest::collection::vec((0u64..500, 0usize..4, 0u8..4, 0u8..4), 1..300),
+        ) {
+            let s = scopes(ratio, min_per_sec, 16);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut alone: Vec<Option<RetryBudget>> = (0..4).map(|_| None).collect();
+            let (mut requests, mut retries) = ([0u64; 4], [0u64; 4]);
+            for (advance_ms, host, reqs, tries) in steps {
+                now += Duration::from_millis(advance_ms);
+                let name = format!("host{host}.example:80");
+                // The host's budget is made at its first request, as its reference.
+                let _ = s.named(name.as_bytes(), now);
+                let reference = alone[host].get_or_insert_with(|| {
+                    RetryBudget::starting_at(ratio, min_per_sec, WINDOW, now)
+                });
+                for _ in 0..reqs {
+                    s.named(name.as_bytes(), now).budget.deposit_at(now);
+                    reference.deposit_at(now);
+                    requests[host] += 1;
+                }
+                for _ in 0..tries {
+                    let granted = s.named(name.as_bytes(), now).budget.withdraw_at(now);
+                    prop_assert_eq!(granted, reference.withdraw_at(now), "host {} shares", host);
+                    retries[host] += u64::from(granted);
+                }
+            }
+            let run = (now - t0).as_secs_f64();
+            let refills = 1.0 + run / (0.9 * WINDOW.as_secs_f64());
+            for h in 0..4 {
+                let bound = ratio * requests[h] as f64
+                    + f64::from(min_per_sec) * WINDOW.as_secs_f64() * refills + 1.0;
+                prop_assert!(retries[h] as f64 <= bound, "host {}: {} > {}", h, retries[h], bound);
+            }
+        }
+
+        /// With fewer places than hosts, memory stays bounded and every budget — a host's or
+        /// the overflow's — keeps the bound for the requests it was given.
+        #[test]
+        fn the_bound_holds_per_budget_when_hosts_overflow(
+            max in 1usize..4,
+            steps in proptest::collection::vec((0u64..3000, 0usize..12, 0u8..4, 0u8..4), 1..300),
+        ) {
+            let (ratio, min_per_sec) = (0.5, 1);
+            let s = scopes(ratio, min_per_sec, max);
+            let t0 = Instant::now();
+            let mut now = t0;
+            // Per budget (by address): requests deposited and retries granted.
+            let mut seen: HashMap<usize, (u64, u64)> = HashMap::new();
+            for (advance_ms, host, reqs, tries) in steps {
+                now += Duration::from_millis(advance_ms);
+                let scope = s.named(format!("h{host}").as_bytes(), now);
+                prop_assert!(s.len() <= max);
+                let e = seen.entry(Arc::as_ptr(&scope) as usize).or_default();
+                for _ in 0..reqs { scope.budget.deposit_at(now); e.0 += 1; }
+                for _ in 0..tries { e.1 += u64::from(scope.budget.withdraw_at(now)); }
+                // Held like an in-flight request's, so the address is never reused.
+                std::mem::forget(scope);
+            }
+            let run = (now - t0).as_secs_f64();
+            let refills = 1.0 + run / (0.9 * WINDOW.as_secs_f64());
+            for (requests, retries) in seen.values() {
+                let bound = ratio * *requests as f64
+                    + f64::from(min_per_sec) * WINDOW.as_secs_f64() * refills + 1.0;
+                prop_assert!(*retries as f64 <= bound, "{} > {}", retries, bound);
+            }
+        }
+    }
+}
