@@ -146,8 +146,9 @@ impl State {
     /// `key` answered present (a 2xx landed for a read): a peer's 404 from a request that
     /// left before now must not be applied. With a fleet tier, a 404 stored before now (a
     /// peer's, learned while this read was out) is stale too (invariant 7): the entry of this
-    /// exact key is removed (no scan, no peer message). Without a tier this records nothing and
-    /// looks nothing up, so a cache alone pays one atomic load.
+    /// exact key is removed (no scan, no peer message). Without a tier this records only the
+    /// time of the last change (for a tier attached later) and looks nothing up: a cache
+    /// alone pays one atomic load, and one write a millisecond at most.
     pub(crate) fn note_changed(&self, key: &Key) {
         if self.peers.recent.record(key.target(), Instant::now()) && self.store.remove(key) {
             self.stats.invalidations.fetch_add(1, Relaxed);
@@ -189,6 +190,7 @@ impl State {
         status: StatusCode,
         ttl: Duration,
         started: Instant,
+        age: Duration,
     ) -> Learned {
         let Some(key) = self.key_from_text(text) else {
             return Learned::Unreadable;
@@ -205,7 +207,8 @@ impl State {
         let stored = Stored {
             status,
             ttl: ttl.min(self.ttl.max),
-            age: Duration::ZERO,
+            // The peer's entry's age travels with it: its `Age` (RFC 9111 §5.1) goes on.
+            age,
         };
         let kept = self.store.insert(key, stored, now);
         drop(guard);
@@ -302,7 +305,7 @@ mod tests {
         let (a, b) = (state.clone(), state.clone());
         let learner = spawn(Box::new(move |text| {
             let ttl = Duration::from_secs(60);
-            a.learn(text, StatusCode::NOT_FOUND, ttl, started);
+            a.learn(text, StatusCode::NOT_FOUND, ttl, started, Duration::ZERO);
         }));
         let forgetter = spawn(Box::new(move |text| {
             b.forget_here(&b.key_from_text(text).unwrap());

@@ -357,13 +357,16 @@ impl FleetBuilder {
                 setting: None,
             });
         }
+        let db = client.get_connection_info().redis_settings().db();
         let config = Arc::new(tasks::Config {
             client,
             replica: {
                 use std::hash::BuildHasher;
                 std::collections::hash_map::RandomState::new().hash_one(std::process::id())
             },
-            channel: format!("{}:events", self.prefix),
+            // Pub/sub ignores the database number: two fleets on one Redis with the same
+            // prefix in two databases (staging and production) must not hear each other.
+            channel: format!("{}:db{db}:events", self.prefix),
             key_prefix: format!("{}:k:", self.prefix),
             gen_key: format!("{}:gen", self.prefix),
             warm: self.warm,
@@ -371,6 +374,7 @@ impl FleetBuilder {
             reconnect_max: self.reconnect_max,
             timeout: self.timeout,
             missing,
+            started_ms: tasks::unix_ms(),
             signer: self.secret.as_ref().map(|s| sign::Signer::new(&s.0)),
         });
         let counters = Arc::new(Counters::default());
