@@ -56,7 +56,11 @@ impl Node {
         b.start(&self.layer).unwrap()
     }
 
-    async fn send(&self, method: Method, url: &str) -> http::Response<tower_negative_cache::cache::ResponseBody<hyper::body::Incoming>> {
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+    ) -> http::Response<tower_negative_cache::cache::ResponseBody<hyper::body::Incoming>> {
         let req = Request::builder()
             .method(method)
             .uri(url)
@@ -263,9 +267,8 @@ async fn after_a_lost_subscription_the_forgets_sent_meanwhile_are_caught_up() {
     let (a, b) = (node(), node());
     let fa = a.start(tier(&redis.url()));
     // B waits long before resubscribing, so the forget below lands while it is away.
-    let fb = b.start(
-        tier(&redis.url()).reconnect(Duration::from_millis(1500), Duration::from_secs(2)),
-    );
+    let fb =
+        b.start(tier(&redis.url()).reconnect(Duration::from_millis(1500), Duration::from_secs(2)));
     connected(&fa).await;
     connected(&fb).await;
     let url = origin.url("/records/away");
@@ -308,9 +311,8 @@ async fn with_a_secret_a_rewritten_start_does_not_extend_a_copy() {
 /// the write is refused.
 #[tokio::test]
 async fn with_a_secret_a_replayed_404_from_before_a_new_replica_started_is_refused() {
-    let redis = redis_or_skip!(
-        "with_a_secret_a_replayed_404_from_before_a_new_replica_started_is_refused"
-    );
+    let redis =
+        redis_or_skip!("with_a_secret_a_replayed_404_from_before_a_new_replica_started_is_refused");
     let origin = origin().await;
     let a = node();
     let fa = a.start(tier(&redis.url()).secret(SECRET));
@@ -384,7 +386,10 @@ async fn a_binary_stored_value_is_skipped_and_counted() {
     let late = node();
     let fl = late.start(tier(&redis.url()));
     wait_until(Duration::from_secs(5), || fl.stats().warmed >= 3).await;
-    wait_until(Duration::from_secs(5), || fl.stats().rejected.malformed >= 1).await;
+    wait_until(Duration::from_secs(5), || {
+        fl.stats().rejected.malformed >= 1
+    })
+    .await;
     assert_eq!(fl.stats().rejected.malformed, 1, "{:?}", fl.stats());
 }
 

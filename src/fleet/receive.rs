@@ -115,7 +115,13 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
             }
             let (mut sink, mut stream) = pubsub.split();
             let mut syncing = pending.is_some();
-            let reading = sync(&cfg, &state, &counters, pending.unwrap_or(Sync::Warm), known);
+            let reading = sync(
+                &cfg,
+                &state,
+                &counters,
+                pending.unwrap_or(Sync::Warm),
+                known,
+            );
             tokio::pin!(reading);
             loop {
                 tokio::select! {
