@@ -263,7 +263,7 @@ async fn malformed_messages_are_ignored_and_counted() {
         b"",
     ] {
         let _: i64 = redis::cmd("PUBLISH")
-            .arg("fleet-test:events")
+            .arg("fleet-test:db0:events")
             .arg(garbage)
             .query_async(&mut conn)
             .await
@@ -418,7 +418,7 @@ async fn publish_raw(redis: &RedisServer, payloads: &[Vec<u8>]) {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for p in payloads {
         let _: i64 = redis::cmd("PUBLISH")
-            .arg("fleet-test:events")
+            .arg("fleet-test:db0:events")
             .arg(p.as_slice())
             .query_async(&mut conn)
             .await
@@ -580,7 +580,12 @@ async fn fill_stored(redis: &RedisServer, n: u64) {
     const FILL: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local prefix = KEYS[1] .. (redis.call('GET', 'fleet-test:gen') or '0') .. ':http://h.test/r/'
+local gen = redis.call('GET', 'fleet-test:gen')
+if not gen then
+  gen = string.format('%d', now - 10000)
+  redis.call('SET', 'fleet-test:gen', gen)
+end
+local prefix = KEYS[1] .. gen .. ':http://h.test/r/'
 for i = 1, tonumber(ARGV[1]) do
   redis.call('SET', prefix .. i, 'm ' .. now .. ' 60000 404', 'PX', 60000)
 end
@@ -683,7 +688,7 @@ async fn with_a_secret_only_signed_messages_are_applied() {
     // Listen as an outsider would, to replay what A sends.
     let client = redis::Client::open(redis.url()).unwrap();
     let mut spy = client.get_async_pubsub().await.unwrap();
-    spy.subscribe("fleet-test:events").await.unwrap();
+    spy.subscribe("fleet-test:db0:events").await.unwrap();
     let mut spied = spy.on_message();
 
     // Signed by the shared secret: applied.

@@ -105,7 +105,7 @@ async fn admin(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
 
 async fn publish(redis: &RedisServer, msg: String) {
     let _: i64 = redis::cmd("PUBLISH")
-        .arg("fleet-test:events")
+        .arg("fleet-test:db0:events")
         .arg(msg)
         .query_async(&mut admin(redis).await)
         .await
@@ -186,7 +186,16 @@ async fn with_a_secret_a_copy_from_before_a_clear_cannot_be_moved_past_it() {
         .await
         .unwrap();
     // Someone with write access to Redis but without the secret: a RENAME.
-    let moved = before[0].replacen("fleet-test:k:0:", &format!("fleet-test:k:{generation}:"), 1);
+    let old_generation = before[0]
+        .strip_prefix("fleet-test:k:")
+        .and_then(|rest| rest.split_once(':'))
+        .unwrap()
+        .0;
+    let moved = before[0].replacen(
+        &format!("fleet-test:k:{old_generation}:"),
+        &format!("fleet-test:k:{generation}:"),
+        1,
+    );
     let _: () = redis::cmd("RENAME")
         .arg(&before[0])
         .arg(&moved)

@@ -35,6 +35,11 @@ pub(crate) struct Recent {
     /// Milliseconds (since `epoch`) of the last change of every key, plus one; 0 for none.
     /// Written only with every shard locked, so a reader holding one shard sees it stable.
     all: AtomicU64,
+    /// The last change of any key before recording was turned on (ms since `epoch`, plus
+    /// one; 0: none): one atomic per change while no tier is attached, so a tier attached
+    /// later refuses every peer entry whose request left before it (the cache's own knowledge
+    /// predates the tier).
+    before: AtomicU64,
 }
 
 struct Shard {
@@ -73,6 +78,7 @@ impl Recent {
                 })
                 .collect(),
             all: AtomicU64::new(0),
+            before: AtomicU64::new(0),
         }
     }
 }
@@ -94,10 +100,19 @@ pub(crate) struct Guard<'a> {
 }
 
 impl Recent {
-    /// Starts recording (when a fleet tier attaches). Changes before are not known: a peer's
-    /// entry is checked against what happened since.
+    /// Starts recording (when a fleet tier attaches). Changes before are known only by the
+    /// time of the last one: a peer's entry whose request left before it is refused.
     pub(crate) fn turn_on(&self) {
         self.on.store(true, Ordering::Release);
+    }
+
+    /// A change while off: only its time. Read first, so a cache alone writes the shared
+    /// line at most once a millisecond, not once a request.
+    fn note_before(&self, now: Instant) {
+        let at = self.ms(now) + 1;
+        if self.before.load(Ordering::Relaxed) < at {
+            self.before.fetch_max(at, Ordering::AcqRel);
+        }
     }
 
     fn ms(&self, at: Instant) -> u64 {
@@ -114,6 +129,7 @@ impl Recent {
     /// The key whose target hashes to `target` changed at `now`; whether recording is on.
     pub(crate) fn record(&self, target: impl Hash, now: Instant) -> bool {
         if !self.on.load(Ordering::Acquire) {
+            self.note_before(now);
             return false;
         }
         let hash = self.hasher.hash_one(target);
@@ -131,6 +147,7 @@ impl Recent {
     /// Every key changed at `now` (a clear).
     pub(crate) fn record_all(&self, now: Instant) {
         if !self.on.load(Ordering::Acquire) {
+            self.note_before(now);
             return;
         }
         let _all: Vec<_> = (0..SHARDS).map(|i| self.shard((i as u64) << 60)).collect();
@@ -156,6 +173,7 @@ impl Guard<'_> {
         self.shard.prune(r.ms(now) + 1);
         // At `since` itself counts: millisecond resolution must not order a tie the wrong way.
         since <= self.shard.floor
+            || since <= r.before.load(Ordering::Acquire)
             || r.all.load(Ordering::Acquire) >= since
             || self
                 .shard
@@ -327,11 +345,18 @@ mod tests {
         assert!(shard.order.len() <= 2 * (CAPACITY / SHARDS) && shard.last.len() == 1);
     }
 
-    #[test]
-    fn off_records_nothing() {
+    #[tokio::test(start_paused = true)]
+    async fn off_records_only_the_time_of_the_last_change() {
         let r = Recent::default();
         let t0 = Instant::now();
-        r.record("k", t0);
-        assert!(!r.lock("k").changed_since(t0, t0));
+        tokio::time::advance(Duration::from_millis(5)).await;
+        assert!(!r.record("k", Instant::now()), "nothing per key");
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let t1 = Instant::now();
+        assert!(!r.lock("k").changed_since(t1, t1), "after it: unchanged");
+        // Review (round 3), item 2: a change made before the tier attached orders out a
+        // peer's older entry, for every key (which key it was is not kept).
+        r.turn_on();
+        assert!(r.lock("other").changed_since(t0, t1));
     }
 }

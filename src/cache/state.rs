@@ -191,8 +191,9 @@ impl State {
     /// `key` answered present (a 2xx landed for a read): a peer's 404 from a request that
     /// left before now must not be applied. With a fleet tier, a 404 stored before now (a
     /// peer's, learned while this read was out) is stale too (invariant 7): the entry of this
-    /// exact key is removed (no scan, no peer message). Without a tier this records nothing and
-    /// looks nothing up, so a cache alone pays one atomic load.
+    /// exact key is removed (no scan, no peer message). Without a tier this records only the
+    /// time of the last change (for a tier attached later) and looks nothing up: a cache
+    /// alone pays one atomic load, and one write a millisecond at most.
     pub(crate) fn note_changed(&self, key: &Key) {
         // Present: the streak ends, and a Missing answer after this one is a flap.
         if let Some(history) = &self.history {
@@ -271,6 +272,7 @@ impl State {
     /// for `ttl` capped at this cache's `max_ttl` — unless the key changed here since. The
     /// caller has checked the status.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn learn(
         &self,
         text: &str,
@@ -279,6 +281,7 @@ impl State {
         started: Instant,
         answer: Option<Arc<Answer>>,
         confirmed: u8,
+        age: Duration,
     ) -> Learned {
         let Some(key) = self.key_from_text(text) else {
             return Learned::Unreadable;
@@ -301,7 +304,8 @@ impl State {
             status,
             answer,
             ttl: ttl.min(self.ttl.max),
-            age: Duration::ZERO,
+            // The peer's entry's age travels with it: its `Age` (RFC 9111 §5.1) goes on.
+            age,
             source: TtlSource::Peer,
         };
         // The peer's streak carries on here: once this entry expires, this replica's own
@@ -408,7 +412,7 @@ mod tests {
         let (a, b) = (state.clone(), state.clone());
         let learner = spawn(Box::new(move |text| {
             let ttl = Duration::from_secs(60);
-            a.learn(text, StatusCode::NOT_FOUND, ttl, started, None, 0);
+            a.learn(text, StatusCode::NOT_FOUND, ttl, started, None, 0, Duration::ZERO);
         }));
         let forgetter = spawn(Box::new(move |text| {
             b.forget_here(&b.key_from_text(text).unwrap());
@@ -440,6 +444,7 @@ mod tests {
             Instant::now(),
             None,
             0,
+            Duration::ZERO,
         );
         assert_eq!(learned, Learned::Stored { clamped: false });
         let uri: Uri = "http://h.test/users/~ann/caf%C3%A9".parse().unwrap();

@@ -27,9 +27,14 @@
 //!   most 1,024; more collapse into one clear) — a lost forget would let peers serve a stale
 //!   404. [`FleetStats`] counts all of it.
 //! - **Late starters warm up** (optional, bounded): remembered keys are also stored in Redis
-//!   with their TTL; a replica reads up to `warm` of them when it first connects.
+//!   with their TTL and age; a replica reads up to `warm` of them when it first connects,
+//!   beside its message loop (a warm-up of seconds never delays a message). A value that is
+//!   not text is skipped and counted. After a lost subscription it catches up the same way:
+//!   a generation other than the last one read clears it (a clear it did not hear), and
+//!   tombstones written since the loss forget their keys (up to `max(warm, 100,000)` keys).
 //! - **Namespaced:** every Redis key and the channel start with a prefix, so services can
-//!   share a Redis. A password or ACL user goes in the URL
+//!   share a Redis. The channel also names the database (`<prefix>:db<N>:events`): pub/sub
+//!   ignores the database number, and fleets in two databases must not hear each other. A password or ACL user goes in the URL
 //!   (`redis://user:password@host:port/db`).
 //! - **TLS** (feature `redis-tls`): `rediss://host:port/db`, as managed Redis services with
 //!   in-transit encryption require. The server's certificate is always verified — against the
@@ -65,15 +70,21 @@
 //!   locally: a peer's 404 is refused if this replica saw that key answered 2xx, written,
 //!   invalidated or cleared after the peer's request left. The message says how long before
 //!   publishing the request left; the receiver subtracts that and 1 s for transit from the
-//!   time it receives it, and checks its recent changes (short-lived tombstones: 10 s, at most
+//!   time it handles it (never held back by warm-up), and checks its recent changes (short-lived tombstones: 10 s, at most
 //!   65,536, and when full it errs towards refusing). A 404 whose request left more than 5 s
 //!   before it was published is refused as stale, so the tombstones always cover it. Stored
 //!   copies in Redis follow the same rule with Redis's own clock: a forget writes a tombstone
 //!   (not a `DEL`) and a copy is stored only by a Lua script that refuses it if the tombstone,
-//!   or the last clear, is newer than its request.
+//!   or the last clear, is newer than its request. A change this cache saw before its tier
+//!   attached is known by the time of the last one: any peer entry whose request left before
+//!   it is refused.
 //! - **A clear is one write.** Stored copies live under a generation (the Redis time of the
 //!   last clear); a clear starts a new one, whatever Redis holds, and warm-up reads the current
-//!   generation only. Older generations expire by their own TTL. A generation key holding
+//!   generation only. Older generations expire by their own TTL. No generation key (never
+//!   written, or lost: evicted under an `allkeys-*` policy, deleted) is no generation:
+//!   nothing is warmed until the next write starts one. A full Redis (`maxmemory`,
+//!   `noeviction`) refuses writes but never a `DEL`: a forget deletes the copy before writing
+//!   its tombstone, and a clear that cannot write its generation deletes it (both retried). A generation key holding
 //!   anything but a number (something else wrote it) is replaced by a new generation at the
 //!   next write, as a clear would; warm-up skips it (`rejected.malformed`, logged).
 //! - **Each message once.** Messages carry a per-replica sequence number; a copy played again
@@ -84,13 +95,21 @@
 //!   message and stored copy carries an HMAC-SHA256 under it (a stored copy's covers where it
 //!   is stored, generation included, so it cannot be moved past a clear), checked in constant
 //!   time before anything else in the message is believed; a signed message whose wall-clock time
-//!   is more than 60 s from the receiver's is refused, which bounds replays to that window.
+//!   is more than 60 s from the receiver's is refused, which bounds replays to that window,
+//!   and a signed 404 sent before the receiving tier started is refused (its replay memory is
+//!   empty). A stored copy's MAC covers every field a receiver acts on but `start`, which
+//!   Redis stamps: it is bounded by the signed send time, age and TTL, so rewriting it
+//!   cannot extend or rejuvenate a copy.
 //!
 //! Not trusted, not shared: entries of credentialed requests (their fingerprint comes from a
 //! secret of each process, so it means nothing to another replica — even with a shared
 //! secret), hits, and stats. Not guaranteed: delivery (Redis pub/sub is best effort: a
 //! replica that is disconnected when a message is sent misses it, and asks upstream itself);
 //! ordering when a message spends more than 1 s in transit (Redis or the network that slow);
+//! what Redis lost before a replica started (restored from an older snapshot, a failover
+//! losing writes): such a replica can warm up a forgotten or cleared 404 for its remaining
+//! TTL — GUARANTEES.md says exactly what holds; a bound on redis-rs's buffer of incoming
+//! messages (Redis's pub/sub output-buffer limit disconnects a subscriber that lags);
 //! a 2xx seen by a replica more than 10 s before it warms up (warm-up checks stored copies
 //! against Redis's tombstones, which record forgets, not other replicas' 2xx answers);
 //! [`invalidate_if`](crate::cache::NegativeCacheHandle::invalidate_if) on peers' entries for
@@ -392,13 +411,16 @@ impl FleetBuilder {
                 setting: None,
             });
         }
+        let db = client.get_connection_info().redis_settings().db();
         let config = Arc::new(tasks::Config {
             client,
             replica: {
                 use std::hash::BuildHasher;
                 std::collections::hash_map::RandomState::new().hash_one(std::process::id())
             },
-            channel: format!("{}:events", self.prefix),
+            // Pub/sub ignores the database number: two fleets on one Redis with the same
+            // prefix in two databases (staging and production) must not hear each other.
+            channel: format!("{}:db{db}:events", self.prefix),
             key_prefix: format!("{}:k:", self.prefix),
             gen_key: format!("{}:gen", self.prefix),
             warm: self.warm,
@@ -406,6 +428,7 @@ impl FleetBuilder {
             reconnect_max: self.reconnect_max,
             timeout: self.timeout,
             missing,
+            started_ms: tasks::unix_ms(),
             signer: self.secret.as_ref().map(|s| sign::Signer::new(&s.0)),
         });
         let counters = Arc::new(Counters::default());

@@ -26,8 +26,11 @@ use crate::counter::bump;
 const LOCATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local raw = redis.pcall('GET', KEYS[1]) or '0'
-if type(raw) ~= 'string' or #raw > 15 or not string.match(raw, '^%d+$') then
+local raw = redis.pcall('GET', KEYS[1])
+if not raw then
+  raw = string.format('%d', now - 6001)
+  redis.pcall('SET', KEYS[1], raw)
+elseif type(raw) ~= 'string' or #raw > 15 or not string.match(raw, '^%d+$') then
   raw = tostring(now)
   redis.call('SET', KEYS[1], raw)
 end
@@ -66,16 +69,30 @@ return raw
 
 /// Replaces a key's stored copy with a tombstone stamped with Redis's clock. ARGV[3]: its
 /// TTL (ms).
+///
+/// The stored copy is deleted first: a full Redis (`maxmemory`, `noeviction`) refuses the
+/// tombstone's `SET` but never a `DEL`, so no late replica warms the forgotten copy up; the
+/// failed tombstone is an error, and the forget is retried until it is written.
 const FORGET: &str = r"
-redis.call('SET', key, 't ' .. now, 'PX', ARGV[3])
+redis.call('DEL', key)
+local ok = redis.pcall('SET', key, 't ' .. now, 'PX', ARGV[3])
+if type(ok) == 'table' and ok.err then return redis.error_reply(ok.err) end
 return 1
 ";
 
 /// Starts a new generation (never below the last one, should Redis's clock step back), and
 /// returns it (`g<generation>`).
+///
+/// A full Redis refuses the `SET`: the generation key is deleted instead (never refused), so
+/// warm-up reads nothing until the next write starts a new generation; the clear is still an
+/// error, retried.
 const CLEAR: &str = r"
 local next = string.format('%d', math.max(now, gen + 1))
-redis.call('SET', KEYS[1], next)
+local ok = redis.pcall('SET', KEYS[1], next)
+if type(ok) == 'table' and ok.err then
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply(ok.err)
+end
 return 'g' .. next
 ";
 
@@ -373,10 +390,10 @@ async fn send(
             let (ttl, status) = (ms(*ttl).max(1), status.as_u16());
             let (suffix, signed_for) = match (&cfg.signer, generation.as_deref()) {
                 (Some(s), Some(generation)) => {
-                    let fields = format!("{status} {ttl} {sent}");
+                    let (fields, suffix) = stored_fields(status, ttl, sent, ms(*age));
                     let place = format!("{}{generation}:", cfg.key_prefix);
                     let mac = s.stored(&place, key, &fields);
-                    (format!(" {sent} {mac}"), generation)
+                    (format!("{suffix} {mac}"), generation)
                 }
                 _ => (String::new(), ""),
             };
@@ -406,6 +423,17 @@ async fn send(
         }
     }
     Ok(())
+}
+
+/// A signed stored copy's fields after its Redis-stamped start: what the MAC covers, and
+/// what follows the status in the value (before the MAC). Every field a receiver acts on is
+/// covered: the status, the TTL, the publisher's wall-clock send time and the entry's age
+/// then (the receiver bounds the unsigned `start` by them).
+fn stored_fields(status: u16, ttl: u64, sent: u64, age: u64) -> (String, String) {
+    (
+        format!("{status} {ttl} {sent} {age}"),
+        format!(" {sent} {age}"),
+    )
 }
 
 #[cfg(test)]

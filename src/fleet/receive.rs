@@ -12,7 +12,7 @@ use http::StatusCode;
 use tokio::time::{Instant, timeout};
 
 use super::Counters;
-use super::tasks::{CLOCKS, Config, KEEPALIVE, MAX_AGE, REPLICAS, TRANSIT, unix_ms};
+use super::tasks::{CATCH_UP, CLOCKS, Config, KEEPALIVE, MAX_AGE, REPLICAS, TRANSIT, unix_ms};
 use super::wire::{self, Body, Message, Refusal, ms};
 use crate::cache::{Answer, Head, Learned, State};
 use crate::counter::bump;
@@ -22,18 +22,22 @@ async fn scan(
     prefix: &str,
     conn: &mut impl redis::aio::ConnectionLike,
     limit: usize,
+    each: Duration,
 ) -> redis::RedisResult<Vec<String>> {
     let pattern = format!("{}*", glob_escape(prefix));
     let (mut cursor, mut keys) = (0u64, Vec::new());
     loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+        let mut command = redis::cmd("SCAN");
+        command
             .arg(cursor)
             .arg("MATCH")
             .arg(&pattern)
             .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
+            .arg(1000);
+        let round = command.query_async(conn);
+        let (next, batch): (u64, Vec<String>) = timeout(each, round)
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "SCAN timed out")))??;
         keys.extend(batch);
         cursor = next;
         if cursor == 0 || keys.len() >= limit {
@@ -54,12 +58,25 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
+/// What is read from Redis beside the message loop once subscribed.
+#[derive(Clone, Copy, Debug)]
+enum Sync {
+    /// The first subscription: up to `warm` stored copies.
+    Warm,
+    /// A subscription lost for about `lost_for`: what was sent meanwhile (a clear, forgets,
+    /// 404s) is read back from the stored copies and tombstones.
+    CatchUp { lost_for: Duration },
+}
+
 /// Subscribes to the channel and applies other replicas' events, reconnecting with backoff
-/// whenever the subscription is lost. Warms up once, after the first subscription (so nothing
-/// published while warming is missed).
+/// whenever the subscription is lost. Once subscribed (so nothing published meanwhile is
+/// missed), it warms up, or after a lost subscription catches up, *beside* the message loop:
+/// a long warm-up never delays a message, whose age is judged from when it is handled.
 pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Counters>) {
     let mut backoff = cfg.reconnect_min;
-    let mut warmed = cfg.warm == 0;
+    let mut pending = Some(Sync::Warm);
+    let mut known: Option<u64> = None;
+    let mut lost_at: Option<Instant> = None;
     let mut first = true;
     let mut seen = Seen::default();
     loop {
@@ -88,28 +105,54 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
             first = false;
             counters.connected.store(true, Relaxed);
             backoff = cfg.reconnect_min;
-            if !warmed {
-                warmed = warm(&cfg, &state, &counters).await;
+            if let Some(at) = lost_at {
+                // Counted from the loss, not from now: what was sent after it is read back
+                // (a catch-up that fails is retried at the next subscription, from the same
+                // loss).
+                pending = Some(Sync::CatchUp {
+                    lost_for: at.elapsed(),
+                });
             }
             let (mut sink, mut stream) = pubsub.split();
+            let mut syncing = pending.is_some();
+            let reading = sync(
+                &cfg,
+                &state,
+                &counters,
+                pending.unwrap_or(Sync::Warm),
+                known,
+            );
+            tokio::pin!(reading);
             loop {
-                match timeout(KEEPALIVE, stream.next()).await {
-                    Ok(Some(msg)) => {
-                        let payload = msg.get_payload_bytes();
-                        apply(&cfg, &state, &counters, &mut seen, payload);
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        // Quiet for a while: make sure the connection is still there.
-                        // While subscribed, Redis answers PING with ["pong", ""], not a string.
-                        let ping = sink.ping::<redis::Value>();
-                        if !matches!(timeout(cfg.timeout, ping).await, Ok(Ok(_))) {
-                            break;
+                tokio::select! {
+                    read = &mut reading, if syncing => {
+                        syncing = false;
+                        if let Some(generation) = read {
+                            known = generation;
+                            pending = None;
+                            lost_at = None;
                         }
                     }
+                    next = timeout(KEEPALIVE, stream.next()) => match next {
+                        Ok(Some(msg)) => {
+                            let payload = msg.get_payload_bytes();
+                            apply(&cfg, &state, &counters, &mut seen, payload);
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            // Quiet for a while: make sure the connection is still there.
+                            // While subscribed, Redis answers PING with ["pong", ""], not a
+                            // string.
+                            let ping = sink.ping::<redis::Value>();
+                            if !matches!(timeout(cfg.timeout, ping).await, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    },
                 }
             }
             counters.connected.store(false, Relaxed);
+            lost_at.get_or_insert_with(Instant::now);
             tracing::debug!("fleet: subscription lost, reconnecting");
         }
         tokio::time::sleep(backoff).await;
@@ -175,6 +218,13 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
             return bump(&rejected.signature);
         }
         if unix_ms().abs_diff(sent_ms) > ms(CLOCKS) {
+            return bump(&rejected.stale);
+        }
+        // Sent before this tier started: its replay memory cannot tell a copy played again
+        // from the genuine message, and a write made before it started (by another replica,
+        // or here before the tier attached) may have superseded it. A 404 lost this way costs
+        // one upstream request.
+        if matches!(body, Body::Missing { .. }) && sent_ms < cfg.started_ms {
             return bump(&rejected.stale);
         }
     }
@@ -251,7 +301,7 @@ fn learn(state: &State, counters: &Counters, key: &str, heard: Heard, stored: &A
         // Before this process's clock began: nothing to check it against.
         return bump(&counters.rejected.superseded);
     };
-    match state.learn(key, status, ttl, started, answer, confirmed) {
+    match state.learn(key, status, ttl, started, answer, confirmed, age) {
         Learned::Stored { clamped } => {
             bump(stored);
             if clamped {
@@ -265,52 +315,145 @@ fn learn(state: &State, counters: &Counters, key: &str, heard: Heard, stored: &A
     }
 }
 
-/// Reads up to `cfg.warm` remembered keys; whether it got through.
-async fn warm(cfg: &Config, state: &State, counters: &Counters) -> bool {
-    let work = async {
-        let mut conn = cfg.client.get_multiplexed_async_connection().await?;
-        // Not a number: something else wrote the key. Nothing stored can be placed after the
-        // last clear then; the next publish starts a new generation (see `publish::LOCATE`).
-        let generation = redis::cmd("GET")
+/// Reads the generation and, as `kind` says, stored copies (and, catching up, tombstones);
+/// the generation read (`None`: none usable), or `None` if Redis did not answer.
+///
+/// A generation other than the one last read means a clear this replica did not hear (or
+/// a Redis that lost its generation key, or was restored from an older snapshot): it clears
+/// what it holds. A missing generation key is no generation: nothing is warmed (copies
+/// stored before it was lost may predate a clear) until the next write starts a new one.
+async fn sync(
+    cfg: &Config,
+    state: &State,
+    counters: &Counters,
+    kind: Sync,
+    known: Option<u64>,
+) -> Option<Option<u64>> {
+    let mut conn = within(cfg, counters, cfg.client.get_multiplexed_async_connection()).await?;
+    let generation = within(
+        cfg,
+        counters,
+        redis::cmd("GET")
             .arg(&cfg.gen_key)
-            .query_async::<redis::Value>(&mut conn)
-            .await?;
-        let generation = match &generation {
-            redis::Value::Nil => Some(0),
-            redis::Value::BulkString(b) if b.len() <= 15 => std::str::from_utf8(b)
+            .query_async::<redis::Value>(&mut conn),
+    )
+    .await?;
+    let generation = match &generation {
+        redis::Value::Nil => None,
+        redis::Value::BulkString(b) if b.len() <= 15 => {
+            let number = std::str::from_utf8(b)
                 .ok()
                 .filter(|s| s.bytes().all(|c| c.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok()),
-            _ => None,
-        };
-        let Some(generation) = generation else {
+                .and_then(|s| s.parse::<u64>().ok());
+            if number.is_none() {
+                bump(&counters.rejected.malformed);
+            }
+            number
+        }
+        _ => {
+            // Something else wrote the key: nothing stored can be placed after the last
+            // clear then; the next publish starts a new generation (see `publish::LOCATE`).
             bump(&counters.rejected.malformed);
             tracing::warn!(key = %cfg.gen_key, "fleet: the generation key holds no number; not warming up");
-            return Ok(());
-        };
-        let prefix = format!("{}{generation}:", cfg.key_prefix);
-        let keys = scan(&prefix, &mut conn, cfg.warm).await?;
-        for chunk in keys.chunks(500) {
-            let (now, values): ((u64, u64), Vec<Option<String>>) = redis::pipe()
+            None
+        }
+    };
+    let (limit, learn_copies, lost_for) = match kind {
+        Sync::Warm => (cfg.warm, true, None),
+        Sync::CatchUp { lost_for } => {
+            if generation != known {
+                state.clear(false);
+                bump(&counters.forgotten);
+            }
+            (cfg.warm.max(CATCH_UP), cfg.warm > 0, Some(lost_for))
+        }
+    };
+    let Some(current) = generation else {
+        return Some(None);
+    };
+    if limit == 0 {
+        return Some(generation);
+    }
+    let prefix = format!("{}{current}:", cfg.key_prefix);
+    let keys = match scan(&prefix, &mut conn, limit, cfg.timeout * 10).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            super::note_error(counters, &e);
+            return None;
+        }
+    };
+    for chunk in keys.chunks(500) {
+        let (now, values): ((u64, u64), Vec<redis::Value>) = within(
+            cfg,
+            counters,
+            redis::pipe()
                 .cmd("TIME")
                 .cmd("MGET")
                 .arg(chunk)
-                .query_async(&mut conn)
-                .await?;
-            let now = now.0 * 1000 + now.1 / 1000;
-            for (k, value) in chunk.iter().zip(values) {
-                let text = &k[prefix.len()..];
-                warm_one(cfg, state, counters, &prefix, text, value.as_deref(), now);
+                .query_async(&mut conn),
+        )
+        .await?;
+        let now = now.0 * 1000 + now.1 / 1000;
+        for (k, value) in chunk.iter().zip(values) {
+            let text = &k[prefix.len()..];
+            let value = match value {
+                redis::Value::Nil => continue,
+                redis::Value::BulkString(b) => match String::from_utf8(b) {
+                    Ok(v) => v,
+                    // Not text (something else wrote it): this one is skipped, the rest read.
+                    Err(_) => {
+                        bump(&counters.rejected.malformed);
+                        continue;
+                    }
+                },
+                _ => {
+                    bump(&counters.rejected.malformed);
+                    continue;
+                }
+            };
+            if let Some(lost_for) = lost_for {
+                if let Some(at) = value.strip_prefix("t ") {
+                    // A forget sent while this replica was not listening (or so soon before
+                    // that the transit allowance may hide it).
+                    let at = at.parse::<u64>().unwrap_or(u64::MAX);
+                    if at.saturating_add(ms(lost_for + TRANSIT)) >= now {
+                        if let Some(key) = state.key_from_text(text) {
+                            state.forget_here(&key);
+                            bump(&counters.forgotten);
+                        }
+                    }
+                    continue;
+                }
+            }
+            if learn_copies {
+                warm_one(cfg, state, counters, &prefix, text, Some(&value), now);
             }
         }
-        redis::RedisResult::Ok(())
-    };
-    // Warming is bounded in keys and in time; a failure leaves it for the next connection.
-    matches!(timeout(cfg.timeout * 10, work).await, Ok(Ok(())))
+    }
+    Some(generation)
 }
 
-/// One stored copy, `m <start> <ttl> <status>` in Redis's clock (`now`), then ` <sent> <mac>`
-/// with a secret; tombstones (`t …`) and keys gone since the scan are skipped.
+/// `work` within the tier's timeout per round trip (warm-up is as long as it needs to be,
+/// beside the message loop, but no single command may hang it); `None` on an error (noted)
+/// or a timeout.
+async fn within<T>(
+    cfg: &Config,
+    counters: &Counters,
+    work: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Option<T> {
+    match timeout(cfg.timeout * 10, work).await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            super::note_error(counters, &e);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// One stored copy, `m <start> <ttl> <status>` in Redis's clock (`now`), then
+/// ` <sent> <age> <mac>` with a secret; tombstones (`t …`) and keys gone since the scan are
+/// skipped.
 fn warm_one(
     cfg: &Config,
     state: &State,
@@ -326,7 +469,6 @@ fn warm_one(
     }
     let mut parts = value.split(' ');
     let fields = (parts.next(), parts.next(), parts.next(), parts.next());
-    let (sent, mac) = (parts.next(), parts.next());
     let (Some("m"), Some(start), Some(ttl), Some(status)) = fields else {
         // A copy stored by version 1 (a bare status) or by something else.
         let version1 = value.parse::<u16>().is_ok();
@@ -336,45 +478,56 @@ fn warm_one(
             &counters.rejected.malformed
         });
     };
-    if let Some(signer) = &cfg.signer {
-        let (Some(sent), Some(mac)) = (sent, mac) else {
-            return bump(&counters.rejected.unsigned);
-        };
-        let fields = format!("{status} {ttl} {sent}");
-        // The MAC covers where the copy is stored, its generation included: a copy moved
-        // past a clear (a `RENAME` by someone without the secret) does not check.
-        if !signer.check_stored(place, key, &fields, mac) {
-            return bump(&counters.rejected.signature);
-        }
-        // Past its lifetime by the publisher's clock (give or take `CLOCKS`): a copy written
-        // back into Redis later.
-        let end = sent
-            .parse::<u64>()
-            .unwrap_or(0)
-            .saturating_add(ttl.parse().unwrap_or(0));
-        if unix_ms() > end.saturating_add(ms(CLOCKS)) {
-            return bump(&counters.rejected.stale);
-        }
-    }
     let parsed = (
         start.parse::<u64>(),
         ttl.parse::<u64>(),
         status.parse::<u16>(),
     );
-    let (Ok(start), Ok(ttl), Ok(status)) = parsed else {
+    let (Ok(start), Ok(ttl_ms), Ok(status_code)) = parsed else {
         return bump(&counters.rejected.malformed);
     };
-    let Ok(status) = StatusCode::from_u16(status) else {
+    // In Redis's clock: what is left and how old the entry is.
+    let mut left = start.saturating_add(ttl_ms).saturating_sub(now);
+    let mut age = now.saturating_sub(start);
+    if let Some(signer) = &cfg.signer {
+        let (sent, sent_age, mac) = (parts.next(), parts.next(), parts.next());
+        let (Some(sent), Some(sent_age), Some(mac)) = (sent, sent_age, mac) else {
+            return bump(&counters.rejected.unsigned);
+        };
+        // Every field a receiver acts on is signed: `start` is Redis's (the script stamps
+        // it, the publisher cannot sign it), so it is only believed as far as the signed
+        // fields allow — the publisher's send time and the entry's age and TTL then, in its
+        // wall clock. The MAC also covers where the copy is stored, its generation included:
+        // a copy moved past a clear (a `RENAME` by someone without the secret) does not check.
+        let fields = format!("{status} {ttl} {sent} {sent_age}");
+        if !signer.check_stored(place, key, &fields, mac) {
+            return bump(&counters.rejected.signature);
+        }
+        let (Ok(sent), Ok(sent_age)) = (sent.parse::<u64>(), sent_age.parse::<u64>()) else {
+            return bump(&counters.rejected.malformed);
+        };
+        let clock = unix_ms();
+        let end = sent.saturating_add(ttl_ms);
+        // Past its lifetime by the publisher's clock (give or take `CLOCKS`): a copy written
+        // back into Redis later.
+        if clock > end.saturating_add(ms(CLOCKS)) {
+            return bump(&counters.rejected.stale);
+        }
+        // A rewritten `start` can shorten an entry or age it, never extend or rejuvenate it
+        // (beyond the difference between the two wall clocks).
+        left = left.min(end.saturating_sub(clock));
+        age = age.max(clock.saturating_sub(sent.saturating_sub(sent_age)));
+    }
+    let Ok(status) = StatusCode::from_u16(status_code) else {
         return bump(&counters.rejected.malformed);
     };
     if !(cfg.missing)(status) {
         return bump(&counters.rejected.status);
     }
-    let left = start.saturating_add(ttl).saturating_sub(now);
     if left == 0 {
         return;
     }
-    let age = Duration::from_millis(now.saturating_sub(start));
+    let age = Duration::from_millis(age);
     let ttl = Duration::from_millis(left);
     // A stored copy carries no answer: what the origin said besides its status is unknown,
     // so the entry says plainly that it has no body (head-only, no fields).

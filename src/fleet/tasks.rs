@@ -24,6 +24,9 @@ pub(crate) struct Config {
     pub(crate) reconnect_max: Duration,
     pub(crate) timeout: Duration,
     pub(crate) missing: IsMissing,
+    /// This tier's wall-clock start (Unix ms): with a secret, a signed 404 sent before it is
+    /// refused (its replay memory starts empty here).
+    pub(crate) started_ms: u64,
     pub(crate) signer: Option<Signer>,
 }
 
@@ -44,9 +47,12 @@ pub(super) const TOMBSTONE: Duration = crate::cache::RECENT_WINDOW;
 const _: () = assert!(MAX_AGE.as_millis() + TRANSIT.as_millis() < TOMBSTONE.as_millis());
 /// With a secret, how far a signed message's wall-clock time may be from this replica's.
 pub(super) const CLOCKS: Duration = Duration::from_secs(60);
+/// After a lost subscription, how many stored keys (at least) are read back to catch up on
+/// the forgets and clears sent meanwhile.
+pub(super) const CATCH_UP: usize = 100_000;
 /// The most replicas whose last sequence number is remembered (to refuse replays).
 pub(super) const REPLICAS: usize = 4096;
 
-pub(super) fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
 }
