@@ -234,6 +234,10 @@ mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
 mod headers;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+pub mod observe;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;

@@ -20,6 +20,7 @@ use super::ttl::TtlConfig;
 use crate::BuildError;
 use crate::classify::DefaultClassifier;
 use crate::error::FirstError;
+use crate::observe::{Observer, SharedObserver, ShowObserver};
 
 /// Applies [`NegativeCache`] to a service: remembers keys that answered Missing (404, 410)
 /// and answers them without calling upstream until their TTL ends or they are invalidated.
@@ -107,6 +108,7 @@ pub struct Builder<C = DefaultClassifier> {
     coalesce: Option<Duration>,
     credential_headers: Vec<HeaderName>,
     follow_retry: bool,
+    observer: Option<SharedObserver>,
     /// The setter that last set each of ttl_404, ttl_410, max_ttl (None: default), so a
     /// conflict found at build names a setting the caller used.
     set_by: [Option<&'static str>; 3],
@@ -125,6 +127,7 @@ impl Default for Builder {
             coalesce: None,
             credential_headers: DEFAULT_CREDENTIAL_HEADERS.to_vec(),
             follow_retry: true,
+            observer: None,
             set_by: [None; 3],
             error: FirstError::default(),
         }
@@ -143,6 +146,7 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
             .field("coalesce", &self.coalesce)
             .field("credential_headers", &self.credential_headers)
             .field("follow_retry", &self.follow_retry)
+            .field("observer", &ShowObserver(&self.observer))
             .finish()
     }
 }
@@ -189,6 +193,7 @@ impl<C> Builder<C> {
             coalesce: self.coalesce,
             credential_headers: self.credential_headers,
             follow_retry: false,
+            observer: self.observer,
             set_by: self.set_by,
             error: self.error,
         }
@@ -363,6 +368,17 @@ impl<C> Builder<C> {
         self
     }
 
+    /// Tells `observer` every event the cache counts, as it happens (see
+    /// [`observe`](crate::observe)): hits, misses, bypasses, inserts, evictions, expirations,
+    /// invalidations and the store's size. Default: none (an event then costs one branch).
+    /// Every clone of the layer shares it. With the feature `metrics`,
+    /// [`CacheMetrics`](crate::metrics::CacheMetrics) records them through the `metrics`
+    /// facade.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The layer, or the first setting given an invalid value.
     pub fn build(self) -> Result<NegativeCacheLayer<C>, BuildError> {
         self.error.result()?;
@@ -377,7 +393,7 @@ impl<C> Builder<C> {
                         .unwrap_or(self.capacity.saturating_mul(DEFAULT_BYTES_PER_ENTRY)),
                     evictions.clone(),
                 ),
-                stats: Counters::default(),
+                stats: Counters::new(self.observer),
                 evictions,
                 ttl: t,
                 key_fn: self.key_fn,

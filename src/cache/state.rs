@@ -19,6 +19,8 @@ use super::store::{Store, Stored};
 use super::ttl::TtlConfig;
 use crate::RetryInfo;
 use crate::classify::{Classify, Outcome, response_outcome};
+use crate::counter::{Count, bump};
+use crate::observe::CacheEvent;
 
 /// State shared by a layer, its clones, their services and the handle.
 pub(crate) struct State {
@@ -117,7 +119,8 @@ impl State {
             Credentials::Fingerprint => self.store.remove_where(|k| k.same_target(key)),
         };
         if n > 0 {
-            self.stats.invalidations.fetch_add(n, Relaxed);
+            self.stats.invalidations.add(n);
+            self.tell_size();
             tracing::debug!(key = key.as_str(), "negative cache: invalidated");
         }
         n > 0
@@ -130,7 +133,8 @@ impl State {
     pub(crate) fn forget_exact(&self, key: &Key) {
         self.store.versions.bump(key);
         if self.store.remove(key) {
-            self.stats.invalidations.fetch_add(1, Relaxed);
+            bump(&self.stats.invalidations);
+            self.tell_size();
             tracing::debug!(
                 key = key.as_str(),
                 "negative cache: forgotten (answered present)"
@@ -150,7 +154,8 @@ impl State {
     /// looks nothing up, so a cache alone pays one atomic load.
     pub(crate) fn note_changed(&self, key: &Key) {
         if self.peers.recent.record(key.target(), Instant::now()) && self.store.remove(key) {
-            self.stats.invalidations.fetch_add(1, Relaxed);
+            bump(&self.stats.invalidations);
+            self.tell_size();
         }
     }
 
@@ -164,10 +169,11 @@ impl State {
         let text =
             (key.cred() == 0 && self.peers.attached()).then(|| Box::<str>::from(key.as_str()));
         if !self.store.insert(key, stored, now) {
-            self.stats.uncacheable.fetch_add(1, Relaxed);
+            bump(&self.stats.uncacheable);
             return;
         }
-        self.stats.inserts.fetch_add(1, Relaxed);
+        bump(&self.stats.inserts);
+        self.tell_size();
         if let Some(key) = text {
             self.peers.send(|| PeerEvent::Missing {
                 key,
@@ -209,6 +215,7 @@ impl State {
         };
         let kept = self.store.insert(key, stored, now);
         drop(guard);
+        self.tell_size();
         if kept {
             Learned::Stored { clamped }
         } else {
@@ -224,8 +231,21 @@ impl State {
         self.peers.recent.record_all(Instant::now());
         self.store.versions.bump_all();
         let n = self.store.clear();
-        self.stats.invalidations.fetch_add(n, Relaxed);
+        self.stats.invalidations.add(n);
+        self.tell_size();
         n
+    }
+
+    /// Tells the observer, if any, of the evictions so far and the store's size: after each
+    /// change to the store (evictions happen only inside an insert).
+    pub(crate) fn tell_size(&self) {
+        if let Some(observer) = &self.stats.observer {
+            self.stats.sync_evictions(&self.evictions);
+            observer.cache(CacheEvent::Size {
+                entries: self.store.len(),
+                memory_bytes: self.store.memory_used(),
+            });
+        }
     }
 
     pub(crate) fn stats(&self) -> CacheStats {

@@ -133,6 +133,7 @@ use crate::NegativeCacheLayer;
 use crate::cache::NegativeCacheHandle;
 use crate::classify::{Classify, response_outcome};
 use crate::error::FirstError;
+use crate::observe::{Observer, SharedObserver, ShowObserver};
 
 impl Fleet {
     /// A builder for a tier talking to the Redis at `url` (`redis://host:port/db`, with a
@@ -147,6 +148,7 @@ impl Fleet {
             reconnect_max: Duration::from_secs(5),
             timeout: Duration::from_millis(500),
             secret: None,
+            observer: None,
             error: FirstError::default(),
         }
     }
@@ -163,6 +165,7 @@ pub struct FleetBuilder {
     reconnect_max: Duration,
     timeout: Duration,
     secret: Option<Secret>,
+    observer: Option<SharedObserver>,
     error: FirstError,
 }
 
@@ -176,6 +179,7 @@ impl fmt::Debug for FleetBuilder {
             .field("reconnect", &(self.reconnect_min, self.reconnect_max))
             .field("timeout", &self.timeout)
             .field("secret", &self.secret)
+            .field("observer", &ShowObserver(&self.observer))
             .finish_non_exhaustive()
     }
 }
@@ -315,6 +319,16 @@ impl FleetBuilder {
         self
     }
 
+    /// Tells `observer` every event the tier counts, as it happens (see
+    /// [`observe`](crate::observe)): published, received, learned, rejected by reason, the
+    /// subscription going up or down. Default: none. With the feature `metrics`,
+    /// [`FleetMetrics`](crate::metrics::FleetMetrics) records them through the `metrics`
+    /// facade.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Attaches the tier to `cache` and starts its tasks on the current tokio runtime. It
     /// returns at once, whether or not Redis is up. Fails on an invalid setting or URL, outside
     /// a tokio runtime, or when the cache already has a tier.
@@ -373,7 +387,7 @@ impl FleetBuilder {
             missing,
             signer: self.secret.as_ref().map(|s| sign::Signer::new(&s.0)),
         });
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(self.observer));
         let tasks = [
             runtime.spawn(publish::run(
                 config.clone(),

@@ -3,8 +3,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,7 +13,7 @@ use super::Counters;
 use super::tasks::{CLOCKS, Config, KEEPALIVE, MAX_AGE, REPLICAS, TRANSIT, unix_ms};
 use super::wire::{self, Body, Message, Refusal, ms};
 use crate::cache::{Learned, State};
-use crate::counter::bump;
+use crate::counter::{Counter, bump};
 
 /// Up to `limit` of the keys in Redis that start with `prefix`.
 async fn scan(
@@ -86,7 +84,7 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
                 bump(&counters.reconnects);
             }
             first = false;
-            counters.connected.store(true, Relaxed);
+            counters.set_connected(true);
             backoff = cfg.reconnect_min;
             if !warmed {
                 warmed = warm(&cfg, &state, &counters).await;
@@ -109,7 +107,7 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
                     }
                 }
             }
-            counters.connected.store(false, Relaxed);
+            counters.set_connected(false);
             tracing::debug!("fleet: subscription lost, reconnecting");
         }
         tokio::time::sleep(backoff).await;
@@ -220,7 +218,7 @@ fn learn(
     status: StatusCode,
     ttl: Duration,
     age: Duration,
-    stored: &AtomicU64,
+    stored: &Counter,
 ) {
     let Some(started) = Instant::now().checked_sub(age + TRANSIT) else {
         // Before this process's clock began: nothing to check it against.

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +23,8 @@ use crate::RetryInfo;
 use crate::classify::{
     Classify, ClassifyError, Outcome, SourceWalk, error_outcome, response_outcome,
 };
-use crate::counter::bump;
+use crate::counter::{Count, bump};
+use crate::observe::{RetryEvent, RetryReason};
 
 mod sealed {
     /// Names the body type of the inner service's response, so the future can hold a body
@@ -72,6 +72,8 @@ pin_project! {
         shared: Arc<Shared<C, EC>>,
         started: Instant,
         attempts: u32,
+        // Why the retry being prepared was decided: told when it is sent.
+        reason: RetryReason,
         prev_delay: Duration,
         // When the current wait ends: the next attempt starts then, never later than the
         // policy allowed (the deadline).
@@ -89,6 +91,12 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             refund(this.shared, this.withdrawn);
+            // Once per request, whether answered or dropped: gRPC A96's retries per call
+            // (a call without a retry is not reported).
+            if *this.attempts > 1 {
+                let retries = *this.attempts - 1;
+                this.shared.stats.tell(RetryEvent::CallEnded { retries });
+            }
         }
     }
 }
@@ -159,6 +167,7 @@ where
             shared,
             started,
             attempts: 1,
+            reason: RetryReason::Status,
             prev_delay: Duration::ZERO,
             wake_at: started,
             timer: None,
@@ -200,6 +209,9 @@ where
                         Err(e) => error_outcome(&shared.classifier, &shared.error_classifier, e)
                             .unwrap_or_else(|| unrecognised(shared, e, target)),
                     };
+                    if *this.attempts > 1 {
+                        resend_event(&result, *this.attempts - 1, target);
+                    }
                     // The wait is timed from when the retry is decided (read only when the
                     // policy is asked: a final answer costs no clock read): draining the
                     // discarded body happens during the wait, not before it.
@@ -246,6 +258,12 @@ where
                         }
                         Decision::Retry(delay) => delay,
                     };
+                    *this.reason = match (&result, outcome.is_unprocessed()) {
+                        (_, true) => RetryReason::Unprocessed,
+                        (Ok(_), false) => RetryReason::Status,
+                        (Err(_), false) => RetryReason::TransportError,
+                    };
+                    shared.stats.tell(RetryEvent::Backoff { wait: delay });
                     if shared.budget.is_some() {
                         *this.withdrawn = Some(now);
                     }
@@ -381,10 +399,9 @@ where
                             return Poll::Pending;
                         }
                     }
-                    shared
-                        .stats
-                        .drained_bytes
-                        .fetch_add(*drained as u64, Relaxed);
+                    if *drained > 0 {
+                        shared.stats.drained_bytes.add(*drained as u64);
+                    }
                     // Replacing the state drops the body: now, before the wait's end.
                     this.state.set(wait(*this.prev_delay));
                 }
@@ -436,7 +453,7 @@ where
                             .insert(name.clone(), HeaderValue::from(*this.attempts));
                     }
                     bump(&shared.stats.attempts);
-                    bump(&shared.stats.retries);
+                    shared.stats.resent(*this.reason, *this.attempts - 1);
                     let future = service.call(req);
                     this.state.set(State::Called { future });
                 }
@@ -488,6 +505,36 @@ fn wait<F, B, E>(delay: Duration) -> State<F, B, E> {
         State::Ready
     } else {
         State::Waiting { armed: false }
+    }
+}
+
+/// The answer to a resend, as a `tracing` event in OpenTelemetry's HTTP client shape (the
+/// attributes of a resend's span): `http.request.resend_count` (1 for the first retry),
+/// `http.request.method`, `server.address`, and `http.response.status_code` or, for an error
+/// (or a 4xx/5xx status, as its code), `error.type`. No URI: a path and query are unbounded.
+fn resend_event<B, E>(result: &Result<Response<B>, E>, resend_count: u32, target: Target<'_>) {
+    let (method, host) = (target.method(), target.host());
+    match result {
+        Ok(res) => {
+            let status = res.status();
+            let error = (status.is_client_error() || status.is_server_error())
+                .then(|| status.as_str());
+            tracing::debug!(
+                http.request.resend_count = resend_count,
+                http.request.method = %method,
+                server.address = %host,
+                http.response.status_code = status.as_u16(),
+                error.type = error,
+                "http resend answered"
+            );
+        }
+        Err(_) => tracing::debug!(
+            http.request.resend_count = resend_count,
+            http.request.method = %method,
+            server.address = %host,
+            error.type = std::any::type_name::<E>(),
+            "http resend answered"
+        ),
     }
 }
 
