@@ -11,8 +11,9 @@
 //! bounded: the `name` given to the observer (so two caches in one process are told apart),
 //! an outcome, a reason — never a URI, a key or a status code. [`METRICS.md`] has the table
 //! of names, types, units and labels; the names are the `pub const`s below, dot-separated as
-//! OpenTelemetry's naming guidelines ask (a Prometheus exporter shows `.` as `_` and adds
-//! `_total` to counters).
+//! OpenTelemetry's naming guidelines ask (metrics-exporter-prometheus 0.18 shows `.` as `_`:
+//! `negative_cache_requests{name="records",outcome="hit"}`; an OpenTelemetry exporter keeps
+//! the dots and adds `_total` when it converts to Prometheus).
 //!
 //! Every counter equals the matching field of the layer's stats snapshot over the same
 //! traffic (`tests/metrics.rs` holds it).
