@@ -63,7 +63,10 @@ fn origin() -> Router {
         .with_state(flaky)
 }
 
-async fn text(client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>, url: &str) -> String {
+async fn text(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    url: &str,
+) -> String {
     let req = Request::get(url).body(Empty::new()).expect("request");
     let res = client.request(req).await.expect("scrape");
     let body = res.into_body().collect().await.expect("body").to_bytes();

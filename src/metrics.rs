@@ -189,7 +189,11 @@ fn describe_cache() {
     describe_counter!(CACHE_EXPIRATIONS, Unit::Count, expirations);
     let invalidations = "Entries forgotten before their TTL";
     describe_counter!(CACHE_INVALIDATIONS, Unit::Count, invalidations);
-    describe_gauge!(CACHE_ENTRIES, Unit::Count, "Entries held by the negative cache");
+    describe_gauge!(
+        CACHE_ENTRIES,
+        Unit::Count,
+        "Entries held by the negative cache"
+    );
     let memory = "Bytes held by the negative cache's store";
     describe_gauge!(CACHE_MEMORY_USAGE, Unit::Bytes, memory);
 }

@@ -19,8 +19,11 @@ use tower_negative_cache::{NegativeCacheLayer, StatusAwareRetryLayer};
 
 use support::{Reply, TestServer};
 
-/// Every series of a snapshot: name, sorted labels, value.
-struct Series(Vec<(String, Vec<(String, String)>, DebugValue)>);
+/// A series' labels, sorted.
+type Labels = Vec<(String, String)>;
+
+/// Every series of a snapshot: name, labels, value.
+struct Series(Vec<(String, Labels, DebugValue)>);
 
 impl Series {
     fn of(snapshotter: &Snapshotter) -> Series {
@@ -86,7 +89,11 @@ async fn origin() -> TestServer {
     TestServer::builder()
         .handler(|r| {
             if r.path.starts_with("/missing/") {
-                Some(Reply::status(if r.method == Method::GET { 404 } else { 200 }))
+                Some(Reply::status(if r.method == Method::GET {
+                    404
+                } else {
+                    200
+                }))
             } else if r.path == "/down" {
                 Some(Reply::status(503))
             } else {
@@ -98,7 +105,10 @@ async fn origin() -> TestServer {
         .await
 }
 
-fn layers(recorder: &DebuggingRecorder, name: &'static str) -> (NegativeCacheLayer, StatusAwareRetryLayer) {
+fn layers(
+    recorder: &DebuggingRecorder,
+    name: &'static str,
+) -> (NegativeCacheLayer, StatusAwareRetryLayer) {
     // Handles are registered with the recorder installed when the observer is made.
     let (cache_metrics, retry_metrics) = metrics::with_local_recorder(recorder, || {
         (CacheMetrics::new(name), RetryMetrics::new(name))
@@ -139,9 +149,17 @@ async fn every_counter_equals_the_stats_snapshot() {
         }
     }
     // Retried for a status, then answered; retried until given up.
-    let res = svc.clone().oneshot(support::get(&server.url("/flaky"))).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(support::get(&server.url("/flaky")))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
-    let res = svc.clone().oneshot(support::get(&server.url("/down"))).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(support::get(&server.url("/down")))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 503);
     // A write: a bypass, and (for a remembered key) an invalidation.
     let url = server.url("/missing/19");
@@ -153,11 +171,21 @@ async fn every_counter_equals_the_stats_snapshot() {
     assert_eq!(res.status(), 200);
     // A transport error, retried until given up.
     let refused = format!("http://{}/x", support::refused_addr());
-    svc.clone().oneshot(support::get(&refused)).await.unwrap_err();
+    svc.clone()
+        .oneshot(support::get(&refused))
+        .await
+        .unwrap_err();
     // The handle's own invalidations.
     handle.invalidate_if(|k| k.ends_with("/missing/18"));
     handle.clear();
-    let res = svc.clone().ready().await.unwrap().call(support::get(&server.url("/missing/1"))).await.unwrap();
+    let res = svc
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .call(support::get(&server.url("/missing/1")))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
 
     let cs = handle.stats();
@@ -168,12 +196,21 @@ async fn every_counter_equals_the_stats_snapshot() {
 
     // The workload reached what it meant to: these comparisons are not 0 = 0.
     assert!(cs.hits > 0 && cs.misses > 0 && cs.bypasses > 0, "{cs:?}");
-    assert!(cs.inserts > 0 && cs.evictions > 0 && cs.invalidations > 0, "{cs:?}");
-    assert!(rs.retries >= 5 && rs.gave_up == 2 && rs.succeeded > 0, "{rs:?}");
+    assert!(
+        cs.inserts > 0 && cs.evictions > 0 && cs.invalidations > 0,
+        "{cs:?}"
+    );
+    assert!(
+        rs.retries >= 5 && rs.gave_up == 2 && rs.succeeded > 0,
+        "{rs:?}"
+    );
 
     assert_eq!(s.counter(m::CACHE_REQUESTS, &outcome("hit")), cs.hits);
     assert_eq!(s.counter(m::CACHE_REQUESTS, &outcome("miss")), cs.misses);
-    assert_eq!(s.counter(m::CACHE_REQUESTS, &outcome("bypass")), cs.bypasses);
+    assert_eq!(
+        s.counter(m::CACHE_REQUESTS, &outcome("bypass")),
+        cs.bypasses
+    );
     assert_eq!(s.counter(m::CACHE_COALESCED, &[n]), cs.coalesced);
     assert_eq!(s.counter(m::CACHE_WAIT_TIMEOUTS, &[n]), cs.wait_timeouts);
     assert_eq!(
@@ -218,7 +255,10 @@ async fn every_counter_equals_the_stats_snapshot() {
     // One wait per retry sent (none was dropped during its wait), 1 ms then 2 ms.
     let waits = s.histogram(m::RETRY_BACKOFF, &[n]);
     assert_eq!(waits.len() as u64, rs.retries);
-    assert!(waits.iter().all(|w| [0.001, 0.002].contains(w)), "{waits:?}");
+    assert!(
+        waits.iter().all(|w| [0.001, 0.002].contains(w)),
+        "{waits:?}"
+    );
     // A96: one value per request retried at least once — /flaky 1, /down 2, refused 2.
     let mut per_call = s.histogram(m::RETRY_CALL_RETRIES, &[n]);
     per_call.sort_by(f64::total_cmp);
@@ -248,7 +288,7 @@ async fn series_stay_bounded_under_ten_thousand_distinct_uris() {
     };
     run(0, 100).await;
     // Every series a workload of 100 URIs makes (registered up front: none appears later).
-    let series = |s: &Series| -> HashSet<(String, Vec<(String, String)>)> {
+    let series = |s: &Series| -> HashSet<(String, Labels)> {
         s.0.iter().map(|(n, l, _)| (n.clone(), l.clone())).collect()
     };
     let after_100 = series(&Series::of(&snapshotter));

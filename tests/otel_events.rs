@@ -44,7 +44,9 @@ async fn each_resend_carries_the_otel_http_client_attributes() {
         )
         .start()
         .await;
-    let svc = ServiceBuilder::new().layer(fast()).service(support::client());
+    let svc = ServiceBuilder::new()
+        .layer(fast())
+        .service(support::client());
     let url = server.url("/r?id=7");
     let res = svc.oneshot(support::get(&url)).await.unwrap();
     assert_eq!(res.status(), 200);
@@ -69,7 +71,9 @@ async fn each_resend_carries_the_otel_http_client_attributes() {
 async fn a_resent_transport_error_carries_its_error_type() {
     let (events, _guard) = events::capture();
     let url = format!("http://{}/gone", support::refused_addr());
-    let svc = ServiceBuilder::new().layer(fast()).service(support::client());
+    let svc = ServiceBuilder::new()
+        .layer(fast())
+        .service(support::client());
     svc.oneshot(support::get(&url)).await.unwrap_err();
 
     let resends = named(&events.at(Level::DEBUG), "http resend answered");

@@ -91,9 +91,7 @@ impl Counters {
             uncacheable: Counter::new(o, |o, _| o.cache(CacheEvent::Uncacheable)),
             only_if_cached_misses: Counter::new(o, |o, _| o.cache(CacheEvent::OnlyIfCachedMiss)),
             expirations: Counter::new(o, |o, _| o.cache(CacheEvent::Expired)),
-            invalidations: Counter::new(o, |o, count| {
-                o.cache(CacheEvent::Invalidated { count })
-            }),
+            invalidations: Counter::new(o, |o, count| o.cache(CacheEvent::Invalidated { count })),
             bypasses: Counter::new(o, |o, _| o.cache(CacheEvent::Bypass)),
             coalesced: Counter::new(o, |o, _| o.cache(CacheEvent::Coalesced)),
             wait_timeouts: Counter::new(o, |o, _| o.cache(CacheEvent::WaitTimeout)),

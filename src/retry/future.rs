@@ -517,8 +517,8 @@ fn resend_event<B, E>(result: &Result<Response<B>, E>, resend_count: u32, target
     match result {
         Ok(res) => {
             let status = res.status();
-            let error = (status.is_client_error() || status.is_server_error())
-                .then(|| status.as_str());
+            let error =
+                (status.is_client_error() || status.is_server_error()).then(|| status.as_str());
             tracing::debug!(
                 http.request.resend_count = resend_count,
                 http.request.method = %method,

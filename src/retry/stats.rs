@@ -122,7 +122,9 @@ impl Counters {
             missing: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Missing))),
             failed: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Failed))),
             gave_up: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::GaveUp))),
-            budget_exhausted: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::BudgetExhausted))),
+            budget_exhausted: Counter::new(o, |o, _| {
+                o.retry(RetryEvent::Answered(O::BudgetExhausted))
+            }),
             not_retried: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::NotRetried))),
             not_replayable: Counter::new(o, |o, _| o.retry(RetryEvent::NotReplayable)),
             drained_bytes: Counter::new(o, |o, bytes| o.retry(RetryEvent::Drained { bytes })),
