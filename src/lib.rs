@@ -9,6 +9,9 @@
 //!   entries and bytes, for as long as the origin says they stay fresh (RFC 9111), answers
 //!   them without touching the network, forgets them when a 2xx or a write lands, and reports
 //!   stats. With the `redis` feature, replicas share what is missing (`fleet`).
+//! - Both report what they count as snapshots (`stats()`), to an [`observe::Observer`] set on
+//!   their builders, and (feature `metrics`) through the `metrics` facade to the recorder the
+//!   application installed; their `tracing` events follow OpenTelemetry's HTTP client shape.
 //!
 //! # Example
 //!
@@ -217,6 +220,7 @@
 //! | `redis` | no | the `fleet` module: replicas share what is missing through Redis | the `redis` client (and `url`), `hmac` and `sha2` |
 //! | `reqwest` | no | [`reqwest::ReqwestService`]: both layers over a `reqwest::Client`; reqwest's connect errors and timeouts classified as transient; `ReplayBody` for `reqwest::Body` | reqwest (without TLS features; yours picks them) |
 //! | `axum` | no | [`retry::ReplayBody`] for `axum::body::Body` (bodiless replay, capture of streams) | axum-core (which an axum server has anyway) |
+//! | `metrics` | no | `metrics::{CacheMetrics, RetryMetrics, FleetMetrics}`: observers that record every stats counter (and backoff and retries-per-call histograms) through the `metrics` 0.24 facade, to whatever recorder the application installs; names and labels in METRICS.md. Off, the [`observe`] seam costs one branch per event | `metrics` (the facade only: no recorder, no exporter) |
 //!
 //! # Runtime
 //!
