@@ -29,9 +29,12 @@ async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A snapshot's series: name, labels, value.
+type Series = (String, Vec<(String, String)>, DebugValue);
+
 /// The value of the series `name` labelled `name = replica` (and `extra`, if given).
 fn value(
-    snapshot: &[(String, Vec<(String, String)>, DebugValue)],
+    snapshot: &[Series],
     name: &str,
     replica: &str,
     extra: Option<(&str, &str)>,
