@@ -33,12 +33,7 @@ async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
 type Series = (String, Vec<(String, String)>, DebugValue);
 
 /// The value of the series `name` labelled `name = replica` (and `extra`, if given).
-fn value(
-    snapshot: &[Series],
-    name: &str,
-    replica: &str,
-    extra: Option<(&str, &str)>,
-) -> f64 {
+fn value(snapshot: &[Series], name: &str, replica: &str, extra: Option<(&str, &str)>) -> f64 {
     let found: Vec<_> = snapshot
         .iter()
         .filter(|(n, labels, _)| {
