@@ -9,6 +9,9 @@
 //!   entries and bytes, for as long as the origin says they stay fresh (RFC 9111), answers
 //!   them without touching the network, forgets them when a 2xx or a write lands, and reports
 //!   stats. With the `redis` feature, replicas share what is missing (`fleet`).
+//! - Both report what they count as snapshots (`stats()`), to an [`observe::Observer`] set on
+//!   their builders, and (feature `metrics`) through the `metrics` facade to the recorder the
+//!   application installed; their `tracing` events follow OpenTelemetry's HTTP client shape.
 //!
 //! # Example
 //!
@@ -240,6 +243,7 @@
 //! | `redis-tls` | no | `redis` plus `rediss://` URLs: TLS through rustls, the server verified against the system's roots or a private CA ([`fleet::FleetBuilder::tls_root_certificates`]); `#insecure` URLs for local tests | rustls with its `ring` provider (and redis-rs's TLS support) |
 //! | `reqwest` | no | [`reqwest::ReqwestService`]: both layers over reqwest 0.13 (a client built with redirects off, see its docs); reqwest's connect errors and timeouts classified as transient; `ReplayBody` for `reqwest::Body` | reqwest (without TLS features; yours picks them) |
 //! | `axum` | no | [`retry::ReplayBody`] for `axum::body::Body` (bodiless replay, capture of streams) | axum-core (which an axum server has anyway) |
+//! | `metrics` | no | `metrics::{CacheMetrics, RetryMetrics, FleetMetrics}`: observers that record every stats counter (and backoff and retries-per-call histograms) through the `metrics` 0.24 facade, to whatever recorder the application installs; names and labels in METRICS.md. Off, the [`observe`] seam costs one branch per event | `metrics` (the facade only: no recorder, no exporter) |
 //!
 //! # Runtime
 //!
@@ -257,6 +261,10 @@ mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
 mod headers;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+pub mod observe;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod reqwest;

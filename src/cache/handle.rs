@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use http::Uri;
 
-use std::sync::atomic::Ordering::Relaxed;
+use crate::counter::Count;
 
 use super::NegativeCacheHit;
 use super::peers::PeerEvent;
@@ -110,7 +110,8 @@ impl NegativeCacheHandle {
         for key in forgotten.into_inner().unwrap_or_else(|p| p.into_inner()) {
             st.peers.send(|| PeerEvent::Forget { key });
         }
-        st.stats.invalidations.fetch_add(n, Relaxed);
+        st.stats.invalidations.add(n);
+        st.tell_size();
         n
     }
 

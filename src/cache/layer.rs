@@ -23,6 +23,7 @@ use super::ttl::TtlConfig;
 use crate::BuildError;
 use crate::classify::DefaultClassifier;
 use crate::error::FirstError;
+use crate::observe::{Observer, SharedObserver, ShowObserver};
 
 /// Applies [`NegativeCache`] to a service: remembers keys that answered Missing (404, 410)
 /// and answers them without calling upstream until their TTL ends or they are invalidated.
@@ -171,6 +172,7 @@ pub struct Builder<C = DefaultClassifier> {
     credential_headers: Vec<HeaderName>,
     follow_retry: bool,
     origin_scheme: Option<Scheme>,
+    observer: Option<SharedObserver>,
     /// The setter that last set each of ttl_404, ttl_410, max_ttl (None: default), so a
     /// conflict found at build names a setting the caller used.
     set_by: [Option<&'static str>; 3],
@@ -191,6 +193,7 @@ impl Default for Builder {
             credential_headers: DEFAULT_CREDENTIAL_HEADERS.to_vec(),
             follow_retry: true,
             origin_scheme: None,
+            observer: None,
             set_by: [None; 3],
             error: FirstError::default(),
         }
@@ -211,6 +214,7 @@ impl<C: fmt::Debug> fmt::Debug for Builder<C> {
             .field("credential_headers", &self.credential_headers)
             .field("follow_retry", &self.follow_retry)
             .field("origin_scheme", &self.origin_scheme)
+            .field("observer", &ShowObserver(&self.observer))
             .finish()
     }
 }
@@ -263,6 +267,7 @@ impl<C> Builder<C> {
             credential_headers: self.credential_headers,
             follow_retry: false,
             origin_scheme: self.origin_scheme,
+            observer: self.observer,
             set_by: self.set_by,
             error: self.error,
         }
@@ -510,6 +515,17 @@ impl<C> Builder<C> {
         self
     }
 
+    /// Tells `observer` every event the cache counts, as it happens (see
+    /// [`observe`](crate::observe)): hits, misses, bypasses, inserts, evictions, expirations,
+    /// invalidations and the store's size. Default: none (an event then costs one branch).
+    /// Every clone of the layer shares it. With the feature `metrics`,
+    /// [`CacheMetrics`](crate::metrics::CacheMetrics) records them through the `metrics`
+    /// facade.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The layer, or the first setting given an invalid value.
     pub fn build(self) -> Result<NegativeCacheLayer<C>, BuildError> {
         self.error.result()?;
@@ -551,7 +567,7 @@ impl<C> Builder<C> {
         Ok(NegativeCacheLayer {
             state: Arc::new(State {
                 store: Store::new(self.capacity, max_bytes, evictions.clone()),
-                stats: Counters::default(),
+                stats: Counters::new(self.observer),
                 evictions,
                 ttl: t,
                 key_fn: self.key_fn,

@@ -30,6 +30,10 @@
 //!   HEAD's answer has no body to keep, so its entry is head-only and a later GET gets no body
 //!   (still no upstream request).
 //!
+//! - **Observing:** [`CacheStats`] from the handle; every counted event also goes to the
+//!   [`Observer`](crate::observe::Observer) given to [`Builder::observer`] (with the feature
+//!   `metrics`, `CacheMetrics` records it). A hit is a debug `tracing` event naming its host
+//!   (`server.address`), never its key.
 //! - **Store:** bounded (`capacity`, a hard bound), sharded and scan-resistant (quick_cache's
 //!   CLOCK-Pro): a flood of one-off misses does not push out keys that are asked for again.
 //!   Each entry carries its expiry and is dropped when read after it; no timers, no task.

@@ -16,6 +16,7 @@ use super::handle::NegativeCacheHandle;
 use super::key::Credentials;
 use super::key::{credential_fingerprint, has_credentials};
 use super::state::State;
+use super::store::Fresh;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::counter::bump;
 use crate::headers::{RequestDirectives, request_directives};
@@ -183,6 +184,7 @@ where
         let known = match found {
             Some(fresh) if directives.accepts(fresh.age, fresh.remaining) => {
                 bump(&st.stats.hits);
+                hit_event(&req, &fresh);
                 let synth = Synth::hit(fresh, &req);
                 self.release_reservation();
                 return ResponseFuture::synthesized(synth);
@@ -209,6 +211,7 @@ where
                 let again = st.store.get(&key, now, || bump(&st.stats.expirations));
                 if let Some(fresh) = again.filter(|f| directives.accepts(f.age, f.remaining)) {
                     bump(&st.stats.hits);
+                    hit_event(&req, &fresh);
                     drop(leader);
                     let synth = Synth::hit(fresh, &req);
                     self.release_reservation();
@@ -236,6 +239,31 @@ where
                 )
             }
         }
+    }
+}
+
+/// A hit, as a `tracing` event in OpenTelemetry's HTTP client shape: the host it spared
+/// (`server.address`), never the key — a URI's path and query may carry ids and tokens, and
+/// an event per distinct key is a series per key in whatever counts the events.
+fn hit_event<B>(req: &Request<B>, fresh: &Fresh) {
+    tracing::debug!(
+        server.address = %host_of(req),
+        http.request.method = %req.method(),
+        http.response.status_code = fresh.status.as_u16(),
+        "negative cache: hit"
+    );
+}
+
+/// The host a request goes to: its URI's, else its `Host` field's (without the port);
+/// `-` when it names none. Computed only when the event is enabled.
+fn host_of<B>(req: &Request<B>) -> String {
+    if let Some(host) = req.uri().host() {
+        return host.to_owned();
+    }
+    let authority = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    match authority.and_then(|a| a.parse::<http::uri::Authority>().ok()) {
+        Some(a) => a.host().to_owned(),
+        None => "-".to_owned(),
     }
 }
 

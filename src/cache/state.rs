@@ -22,6 +22,8 @@ use super::store::{Store, Stored};
 use super::ttl::{Freshness, TtlConfig, TtlSource, adapt};
 use crate::RetryInfo;
 use crate::classify::{Classify, Outcome, response_outcome};
+use crate::counter::{Count, bump};
+use crate::observe::CacheEvent;
 
 /// State shared by a layer, its clones, their services and the handle.
 pub(crate) struct State {
@@ -149,7 +151,8 @@ impl State {
         };
         drop(partitions);
         if n > 0 {
-            self.stats.invalidations.fetch_add(n, Relaxed);
+            self.stats.invalidations.add(n);
+            self.tell_size();
             tracing::debug!(key = key.as_str(), "negative cache: invalidated");
         }
         n > 0
@@ -175,7 +178,8 @@ impl State {
     pub(crate) fn forget_exact(&self, key: &Key) {
         self.store.versions.bump(key);
         if self.store.remove(key) {
-            self.stats.invalidations.fetch_add(1, Relaxed);
+            bump(&self.stats.invalidations);
+            self.tell_size();
             tracing::debug!(
                 key = key.as_str(),
                 "negative cache: forgotten (answered present)"
@@ -200,7 +204,8 @@ impl State {
             history.present(key);
         }
         if self.peers.recent.record(key.target(), Instant::now()) && self.store.remove(key) {
-            self.stats.invalidations.fetch_add(1, Relaxed);
+            bump(&self.stats.invalidations);
+            self.tell_size();
         }
     }
 
@@ -248,13 +253,14 @@ impl State {
         let text =
             (key.cred() == 0 && self.peers.attached()).then(|| Box::<str>::from(key.as_str()));
         if !self.store.insert(key, stored, now) {
-            self.stats.uncacheable.fetch_add(1, Relaxed);
+            bump(&self.stats.uncacheable);
             return;
         }
-        self.stats.inserts.fetch_add(1, Relaxed);
+        bump(&self.stats.inserts);
         if !body_kept {
-            self.stats.head_only.fetch_add(1, Relaxed);
+            bump(&self.stats.head_only);
         }
+        self.tell_size();
         if let Some(key) = text {
             self.peers.send(|| PeerEvent::Missing {
                 key,
@@ -315,6 +321,7 @@ impl State {
         }
         let kept = self.store.insert(key, stored, now);
         drop(guard);
+        self.tell_size();
         if kept {
             Learned::Stored { clamped }
         } else {
@@ -333,8 +340,21 @@ impl State {
             history.clear();
         }
         let n = self.store.clear();
-        self.stats.invalidations.fetch_add(n, Relaxed);
+        self.stats.invalidations.add(n);
+        self.tell_size();
         n
+    }
+
+    /// Tells the observer, if any, of the evictions so far and the store's size: after each
+    /// change to the store (evictions happen only inside an insert).
+    pub(crate) fn tell_size(&self) {
+        if let Some(observer) = &self.stats.observer {
+            self.stats.sync_evictions(&self.evictions);
+            observer.cache(CacheEvent::Size {
+                entries: self.store.len(),
+                memory_bytes: self.store.memory_used(),
+            });
+        }
     }
 
     pub(crate) fn stats(&self) -> CacheStats {

@@ -2,6 +2,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::counter::Counter;
+use crate::observe::{CacheEvent, SharedObserver};
+
 /// A snapshot of a negative cache's counters and size.
 ///
 /// `lookups == hits + misses`; requests that can't use the cache (other methods, credentials,
@@ -58,42 +61,86 @@ pub struct CacheStats {
     pub hit_rate: f64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) inserts: AtomicU64,
-    pub(crate) head_only: AtomicU64,
-    pub(crate) uncacheable: AtomicU64,
-    pub(crate) only_if_cached_misses: AtomicU64,
-    pub(crate) expirations: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
-    pub(crate) bypasses: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) wait_timeouts: AtomicU64,
+    pub(crate) hits: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) inserts: Counter,
+    pub(crate) head_only: Counter,
+    pub(crate) uncacheable: Counter,
+    pub(crate) only_if_cached_misses: Counter,
+    pub(crate) expirations: Counter,
+    pub(crate) invalidations: Counter,
+    pub(crate) bypasses: Counter,
+    pub(crate) coalesced: Counter,
+    pub(crate) wait_timeouts: Counter,
+    /// The builder's observer, for the events no counter here bumps (evictions, size).
+    pub(crate) observer: Option<SharedObserver>,
+    /// Evictions already told to the observer (see [`Counters::sync_evictions`]).
+    evictions_told: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new(None)
+    }
 }
 
 impl Counters {
+    /// Counters at 0, each telling `observer` (if any) its event.
+    pub(crate) fn new(observer: Option<SharedObserver>) -> Self {
+        let o = &observer;
+        Counters {
+            hits: Counter::new(o, |o, _| o.cache(CacheEvent::Hit)),
+            misses: Counter::new(o, |o, _| o.cache(CacheEvent::Miss)),
+            inserts: Counter::new(o, |o, _| o.cache(CacheEvent::Inserted)),
+            head_only: Counter::new(o, |o, _| o.cache(CacheEvent::HeadOnly)),
+            uncacheable: Counter::new(o, |o, _| o.cache(CacheEvent::Uncacheable)),
+            only_if_cached_misses: Counter::new(o, |o, _| o.cache(CacheEvent::OnlyIfCachedMiss)),
+            expirations: Counter::new(o, |o, _| o.cache(CacheEvent::Expired)),
+            invalidations: Counter::new(o, |o, count| o.cache(CacheEvent::Invalidated { count })),
+            bypasses: Counter::new(o, |o, _| o.cache(CacheEvent::Bypass)),
+            coalesced: Counter::new(o, |o, _| o.cache(CacheEvent::Coalesced)),
+            wait_timeouts: Counter::new(o, |o, _| o.cache(CacheEvent::WaitTimeout)),
+            observer,
+            evictions_told: AtomicU64::new(0),
+        }
+    }
+
+    /// Tells the observer of the evictions counted since it was last told (the store counts
+    /// them inside `quick_cache`'s insert, where the observer is out of reach). Each eviction
+    /// is told once, whatever the interleaving: the told mark only rises.
+    pub(crate) fn sync_evictions(&self, evictions: &AtomicU64) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        let now = evictions.load(Relaxed);
+        let told = self.evictions_told.fetch_max(now, Relaxed);
+        if now > told {
+            observer.cache(CacheEvent::Evicted { count: now - told });
+        }
+    }
+
     pub(crate) fn snapshot(&self, len: u64, capacity: u64, evictions: u64) -> CacheStats {
         // `lookups` is derived, so that a snapshot taken while requests run never shows more
         // hits than lookups.
-        let hits = self.hits.load(Relaxed);
-        let misses = self.misses.load(Relaxed);
+        let hits = self.hits.get();
+        let misses = self.misses.get();
         let lookups = hits + misses;
         CacheStats {
             lookups,
             hits,
             misses,
-            inserts: self.inserts.load(Relaxed),
-            head_only: self.head_only.load(Relaxed),
-            uncacheable: self.uncacheable.load(Relaxed),
-            only_if_cached_misses: self.only_if_cached_misses.load(Relaxed),
+            inserts: self.inserts.get(),
+            head_only: self.head_only.get(),
+            uncacheable: self.uncacheable.get(),
+            only_if_cached_misses: self.only_if_cached_misses.get(),
             evictions,
-            expirations: self.expirations.load(Relaxed),
-            invalidations: self.invalidations.load(Relaxed),
-            bypasses: self.bypasses.load(Relaxed),
-            coalesced: self.coalesced.load(Relaxed),
-            wait_timeouts: self.wait_timeouts.load(Relaxed),
+            expirations: self.expirations.get(),
+            invalidations: self.invalidations.get(),
+            bypasses: self.bypasses.get(),
+            coalesced: self.coalesced.get(),
+            wait_timeouts: self.wait_timeouts.get(),
             len,
             capacity,
             memory_bytes: 0,

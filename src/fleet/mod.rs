@@ -166,6 +166,7 @@ use crate::NegativeCacheLayer;
 use crate::cache::NegativeCacheHandle;
 use crate::classify::{Classify, response_outcome};
 use crate::error::FirstError;
+use crate::observe::{Observer, SharedObserver, ShowObserver};
 
 impl Fleet {
     /// A builder for a tier talking to the Redis at `url` (`redis://host:port/db`, with a
@@ -182,6 +183,7 @@ impl Fleet {
             timeout: Duration::from_millis(500),
             secret: None,
             tls_roots: connect::Roots::default(),
+            observer: None,
             error: FirstError::default(),
         }
     }
@@ -199,6 +201,7 @@ pub struct FleetBuilder {
     timeout: Duration,
     secret: Option<Secret>,
     tls_roots: connect::Roots,
+    observer: Option<SharedObserver>,
     error: FirstError,
 }
 
@@ -213,6 +216,7 @@ impl fmt::Debug for FleetBuilder {
             .field("timeout", &self.timeout)
             .field("secret", &self.secret)
             .field("tls_roots", &self.tls_roots)
+            .field("observer", &ShowObserver(&self.observer))
             .finish_non_exhaustive()
     }
 }
@@ -369,6 +373,16 @@ impl FleetBuilder {
         self
     }
 
+    /// Tells `observer` every event the tier counts, as it happens (see
+    /// [`observe`](crate::observe)): published, received, learned, rejected by reason, the
+    /// subscription going up or down. Default: none. With the feature `metrics`,
+    /// [`FleetMetrics`](crate::metrics::FleetMetrics) records them through the `metrics`
+    /// facade.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Attaches the tier to `cache` and starts its tasks on the current tokio runtime. It
     /// returns at once, whether or not Redis is up. Fails on an invalid setting or URL, outside
     /// a tokio runtime, or when the cache already has a tier.
@@ -431,7 +445,7 @@ impl FleetBuilder {
             started_ms: tasks::unix_ms(),
             signer: self.secret.as_ref().map(|s| sign::Signer::new(&s.0)),
         });
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(self.observer));
         let tasks = [
             runtime.spawn(publish::run(
                 config.clone(),

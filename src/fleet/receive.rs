@@ -3,8 +3,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,7 +13,7 @@ use super::Counters;
 use super::tasks::{CATCH_UP, CLOCKS, Config, KEEPALIVE, MAX_AGE, REPLICAS, TRANSIT, unix_ms};
 use super::wire::{self, Body, Message, Refusal, ms};
 use crate::cache::{Answer, Head, Learned, State};
-use crate::counter::bump;
+use crate::counter::{Counter, bump};
 
 /// Up to `limit` of the keys in Redis that start with `prefix`.
 async fn scan(
@@ -103,7 +101,7 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
                 bump(&counters.reconnects);
             }
             first = false;
-            counters.connected.store(true, Relaxed);
+            counters.set_connected(true);
             backoff = cfg.reconnect_min;
             if let Some(at) = lost_at {
                 // Counted from the loss, not from now: what was sent after it is read back
@@ -151,7 +149,7 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
                     },
                 }
             }
-            counters.connected.store(false, Relaxed);
+            counters.set_connected(false);
             lost_at.get_or_insert_with(Instant::now);
             tracing::debug!("fleet: subscription lost, reconnecting");
         }
@@ -289,7 +287,7 @@ struct Heard {
     answer: Option<Arc<Answer>>,
 }
 
-fn learn(state: &State, counters: &Counters, key: &str, heard: Heard, stored: &AtomicU64) {
+fn learn(state: &State, counters: &Counters, key: &str, heard: Heard, stored: &Counter) {
     let Heard {
         status,
         ttl,

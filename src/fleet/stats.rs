@@ -1,22 +1,75 @@
 //! The tier's counters, and their snapshot.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-#[derive(Debug, Default)]
+use crate::counter::{Counter, bump};
+use crate::observe::{FleetEvent, FleetRejection, SharedObserver};
+
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) published: AtomicU64,
-    pub(crate) publish_failures: AtomicU64,
-    pub(crate) received: AtomicU64,
-    pub(crate) learned: AtomicU64,
-    pub(crate) forgotten: AtomicU64,
-    pub(crate) clamped: AtomicU64,
-    pub(crate) unshared: AtomicU64,
+    pub(crate) published: Counter,
+    pub(crate) publish_failures: Counter,
+    pub(crate) received: Counter,
+    pub(crate) learned: Counter,
+    pub(crate) forgotten: Counter,
+    pub(crate) clamped: Counter,
+    pub(crate) unshared: Counter,
     pub(crate) rejected: Rejected,
-    pub(crate) warmed: AtomicU64,
-    pub(crate) reconnects: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) auth_failures: AtomicU64,
-    pub(crate) connected: AtomicBool,
+    pub(crate) warmed: Counter,
+    pub(crate) reconnects: Counter,
+    pub(crate) retried: Counter,
+    pub(crate) auth_failures: Counter,
+    connected: AtomicBool,
+    observer: Option<SharedObserver>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new(None)
+    }
+}
+
+impl Counters {
+    /// Counters at 0, each telling `observer` (if any) its event.
+    pub(crate) fn new(observer: Option<SharedObserver>) -> Self {
+        use FleetEvent as E;
+        use FleetRejection as R;
+        let o = &observer;
+        Counters {
+            published: Counter::new(o, |o, _| o.fleet(E::Published)),
+            publish_failures: Counter::new(o, |o, _| o.fleet(E::PublishFailed)),
+            received: Counter::new(o, |o, _| o.fleet(E::Received)),
+            learned: Counter::new(o, |o, _| o.fleet(E::Learned)),
+            forgotten: Counter::new(o, |o, _| o.fleet(E::Forgotten)),
+            clamped: Counter::new(o, |o, _| o.fleet(E::Clamped)),
+            unshared: Counter::new(o, |o, _| o.fleet(E::Unshared)),
+            rejected: Rejected {
+                oversized: Counter::new(o, |o, _| o.fleet(E::Rejected(R::Oversized))),
+                version: Counter::new(o, |o, _| o.fleet(E::Rejected(R::Version))),
+                malformed: Counter::new(o, |o, _| o.fleet(E::Rejected(R::Malformed))),
+                status: Counter::new(o, |o, _| o.fleet(E::Rejected(R::Status))),
+                stale: Counter::new(o, |o, _| o.fleet(E::Rejected(R::Stale))),
+                replayed: Counter::new(o, |o, _| o.fleet(E::Rejected(R::Replayed))),
+                superseded: Counter::new(o, |o, _| o.fleet(E::Rejected(R::Superseded))),
+                unsigned: Counter::new(o, |o, _| o.fleet(E::Rejected(R::Unsigned))),
+                signature: Counter::new(o, |o, _| o.fleet(E::Rejected(R::Signature))),
+            },
+            warmed: Counter::new(o, |o, _| o.fleet(E::Warmed)),
+            reconnects: Counter::new(o, |o, _| o.fleet(E::Reconnected)),
+            retried: Counter::new(o, |o, _| o.fleet(E::Retried)),
+            auth_failures: Counter::new(o, |o, _| o.fleet(E::AuthFailure)),
+            connected: AtomicBool::new(false),
+            observer,
+        }
+    }
+
+    /// The subscription is up (or down): noted, and told when it changed.
+    pub(crate) fn set_connected(&self, up: bool) {
+        let was = self.connected.swap(up, Relaxed);
+        if let Some(o) = self.observer.as_ref().filter(|_| was != up) {
+            o.fleet(FleetEvent::Connected(up));
+        }
+    }
 }
 
 /// Counts an error that says Redis refused this tier's credentials (a wrong password, no
@@ -30,7 +83,7 @@ pub(crate) fn note_error(counters: &Counters, e: &redis::RedisError) {
             .iter()
             .any(|code| e.code() == Some(code) || text.contains(code));
     if denied {
-        counters.auth_failures.fetch_add(1, Relaxed);
+        bump(&counters.auth_failures);
         tracing::warn!(error = %e, "fleet: Redis refused the tier's credentials");
     } else {
         // An outage logs once per attempt, with backoff between attempts: debug, not warn.
@@ -38,17 +91,17 @@ pub(crate) fn note_error(counters: &Counters, e: &redis::RedisError) {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Rejected {
-    pub(crate) oversized: AtomicU64,
-    pub(crate) version: AtomicU64,
-    pub(crate) malformed: AtomicU64,
-    pub(crate) status: AtomicU64,
-    pub(crate) stale: AtomicU64,
-    pub(crate) replayed: AtomicU64,
-    pub(crate) superseded: AtomicU64,
-    pub(crate) unsigned: AtomicU64,
-    pub(crate) signature: AtomicU64,
+    pub(crate) oversized: Counter,
+    pub(crate) version: Counter,
+    pub(crate) malformed: Counter,
+    pub(crate) status: Counter,
+    pub(crate) stale: Counter,
+    pub(crate) replayed: Counter,
+    pub(crate) superseded: Counter,
+    pub(crate) unsigned: Counter,
+    pub(crate) signature: Counter,
 }
 
 /// Messages (and stored copies read when warming up) a replica refused, by reason. A refused
@@ -85,15 +138,15 @@ pub struct FleetRejections {
 impl Rejected {
     fn snapshot(&self) -> FleetRejections {
         FleetRejections {
-            oversized: self.oversized.load(Relaxed),
-            version: self.version.load(Relaxed),
-            malformed: self.malformed.load(Relaxed),
-            status: self.status.load(Relaxed),
-            stale: self.stale.load(Relaxed),
-            replayed: self.replayed.load(Relaxed),
-            superseded: self.superseded.load(Relaxed),
-            unsigned: self.unsigned.load(Relaxed),
-            signature: self.signature.load(Relaxed),
+            oversized: self.oversized.get(),
+            version: self.version.get(),
+            malformed: self.malformed.get(),
+            status: self.status.get(),
+            stale: self.stale.get(),
+            replayed: self.replayed.get(),
+            superseded: self.superseded.get(),
+            unsigned: self.unsigned.get(),
+            signature: self.signature.get(),
         }
     }
 }
@@ -144,19 +197,19 @@ pub struct FleetStats {
 impl Counters {
     pub(crate) fn snapshot(&self, queue_full: u64) -> FleetStats {
         FleetStats {
-            published: self.published.load(Relaxed),
-            publish_failures: self.publish_failures.load(Relaxed),
+            published: self.published.get(),
+            publish_failures: self.publish_failures.get(),
             queue_full,
-            received: self.received.load(Relaxed),
-            learned: self.learned.load(Relaxed),
-            forgotten: self.forgotten.load(Relaxed),
-            clamped: self.clamped.load(Relaxed),
-            unshared: self.unshared.load(Relaxed),
+            received: self.received.get(),
+            learned: self.learned.get(),
+            forgotten: self.forgotten.get(),
+            clamped: self.clamped.get(),
+            unshared: self.unshared.get(),
             rejected: self.rejected.snapshot(),
-            warmed: self.warmed.load(Relaxed),
-            reconnects: self.reconnects.load(Relaxed),
-            retried: self.retried.load(Relaxed),
-            auth_failures: self.auth_failures.load(Relaxed),
+            warmed: self.warmed.get(),
+            reconnects: self.reconnects.get(),
+            retried: self.retried.get(),
+            auth_failures: self.auth_failures.get(),
             connected: self.connected.load(Relaxed),
         }
     }

@@ -26,7 +26,8 @@ use crate::RetryInfo;
 use crate::classify::{
     Classify, ClassifyError, Outcome, SourceWalk, error_outcome, response_outcome,
 };
-use crate::counter::bump;
+use crate::counter::{Count, bump};
+use crate::observe::{RetryEvent, RetryReason};
 
 mod sealed {
     /// Names the body type of the inner service's response, so the future can hold a body
@@ -78,6 +79,8 @@ pin_project! {
         shared: Arc<Shared<C, EC>>,
         started: Instant,
         attempts: u32,
+        // Why the retry being prepared was decided: told when it is sent.
+        reason: RetryReason,
         prev_delay: Duration,
         // When the current wait ends: the next attempt starts then, never later than the
         // policy allowed (the deadline).
@@ -95,6 +98,12 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             refund(this.budget, this.withdrawn);
+            // Once per request, whether answered or dropped: gRPC A96's retries per call
+            // (a call without a retry is not reported).
+            if *this.attempts > 1 {
+                let retries = *this.attempts - 1;
+                this.shared.stats.tell(RetryEvent::CallEnded { retries });
+            }
         }
     }
 }
@@ -168,6 +177,7 @@ where
             shared,
             started,
             attempts: 1,
+            reason: RetryReason::Status,
             prev_delay: Duration::ZERO,
             wake_at: started,
             timer: None,
@@ -212,6 +222,9 @@ where
                     if let (Some(ticket), true) = (this.ticket.as_ref(), outcome.is_unprocessed()) {
                         let status = result.as_ref().ok().map(|r| r.status());
                         outcome = witnessed(shared, outcome, ticket.proves(status), target);
+                    }
+                    if *this.attempts > 1 {
+                        resend_event(&result, *this.attempts - 1, target);
                     }
                     // The wait is timed from when the retry is decided (read only when the
                     // policy is asked: a final answer costs no clock read): draining the
@@ -264,6 +277,12 @@ where
                         }
                         Decision::Retry(delay) => delay,
                     };
+                    *this.reason = match (&result, outcome.is_unprocessed()) {
+                        (_, true) => RetryReason::Unprocessed,
+                        (Ok(_), false) => RetryReason::Status,
+                        (Err(_), false) => RetryReason::TransportError,
+                    };
+                    shared.stats.tell(RetryEvent::Backoff { wait: delay });
                     if this.budget.is_some() {
                         *this.withdrawn = Some(now);
                     }
@@ -343,10 +362,9 @@ where
                             return Poll::Pending;
                         }
                     }
-                    shared
-                        .stats
-                        .drained_bytes
-                        .fetch_add(*drained as u64, Relaxed);
+                    if *drained > 0 {
+                        shared.stats.drained_bytes.add(*drained as u64);
+                    }
                     // Replacing the state drops the body: now, before the wait's end.
                     this.state.set(wait(*this.prev_delay));
                 }
@@ -432,7 +450,7 @@ where
                         *this.ticket = Some(issue(&mut req));
                     }
                     bump(&shared.stats.attempts);
-                    bump(&shared.stats.retries);
+                    shared.stats.resent(*this.reason, *this.attempts - 1);
                     let future = service.call(req);
                     this.state.set(State::Called { future });
                 }
@@ -515,6 +533,36 @@ fn witnessed<C, EC>(
     Outcome::Retryable {
         after,
         unprocessed: false,
+    }
+}
+
+/// The answer to a resend, as a `tracing` event in OpenTelemetry's HTTP client shape (the
+/// attributes of a resend's span): `http.request.resend_count` (1 for the first retry),
+/// `http.request.method`, `server.address`, and `http.response.status_code` or, for an error
+/// (or a 4xx/5xx status, as its code), `error.type`. No URI: a path and query are unbounded.
+fn resend_event<B, E>(result: &Result<Response<B>, E>, resend_count: u32, target: Target<'_>) {
+    let (method, host) = (target.method(), target.host());
+    match result {
+        Ok(res) => {
+            let status = res.status();
+            let error =
+                (status.is_client_error() || status.is_server_error()).then(|| status.as_str());
+            tracing::debug!(
+                http.request.resend_count = resend_count,
+                http.request.method = %method,
+                server.address = %host,
+                http.response.status_code = status.as_u16(),
+                error.type = error,
+                "http resend answered"
+            );
+        }
+        Err(_) => tracing::debug!(
+            http.request.resend_count = resend_count,
+            http.request.method = %method,
+            server.address = %host,
+            error.type = std::any::type_name::<E>(),
+            "http resend answered"
+        ),
     }
 }
 

@@ -17,6 +17,7 @@ use super::stats::{Counters, RetryStats};
 use crate::BuildError;
 use crate::classify::{DefaultClassifier, SourceWalk};
 use crate::error::FirstError;
+use crate::observe::{Observer, SharedObserver, ShowObserver};
 
 /// Applies [`StatusAwareRetry`] to a service: retries transient failures, never 404 or 410.
 ///
@@ -159,6 +160,7 @@ pub struct Builder<C = DefaultClassifier, EC = SourceWalk> {
     drain_timeout: Duration,
     capture_limit: usize,
     attempt_header: Option<HeaderName>,
+    observer: Option<SharedObserver>,
     /// Whether `backoff_cap` was set, so a base above the cap blames a setting the caller used.
     cap_set: bool,
     error: FirstError,
@@ -189,6 +191,7 @@ impl Default for Builder {
             drain_timeout: Duration::from_millis(100),
             capture_limit: 64 * 1024,
             attempt_header: None,
+            observer: None,
             cap_set: false,
             error: FirstError::default(),
         }
@@ -235,6 +238,7 @@ impl<C, EC> Builder<C, EC> {
             drain_timeout: self.drain_timeout,
             capture_limit: self.capture_limit,
             attempt_header: self.attempt_header,
+            observer: self.observer,
             cap_set: self.cap_set,
             error: self.error,
         }
@@ -282,6 +286,7 @@ impl<C, EC> Builder<C, EC> {
             drain_timeout: self.drain_timeout,
             capture_limit: self.capture_limit,
             attempt_header: self.attempt_header,
+            observer: self.observer,
             cap_set: self.cap_set,
             error: self.error,
         }
@@ -550,6 +555,17 @@ impl<C, EC> Builder<C, EC> {
         self
     }
 
+    /// Tells `observer` every event the layer counts, as it happens (see
+    /// [`observe`](crate::observe)): requests, answers by outcome, retries sent by reason,
+    /// backoff waits, retries per request, drained bytes. Default: none (an event then costs
+    /// one branch). Every clone of the layer shares it. With the feature `metrics`,
+    /// [`RetryMetrics`](crate::metrics::RetryMetrics) records them through the `metrics`
+    /// facade.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The layer, or the first setting given an invalid value.
     pub fn build(self) -> Result<StatusAwareRetryLayer<C, EC>, BuildError> {
         self.error.result()?;
@@ -582,7 +598,7 @@ impl<C, EC> Builder<C, EC> {
                 warned_unwitnessed: AtomicBool::new(false),
                 policy: self.policy,
                 budget,
-                stats: Counters::default(),
+                stats: Counters::new(self.observer),
                 retry_non_idempotent: self.retry_non_idempotent,
                 retry_unprocessed: self.retry_unprocessed,
                 drain_limit: self.drain_limit,
@@ -609,6 +625,7 @@ impl<C: fmt::Debug, EC> fmt::Debug for Builder<C, EC> {
             .field("drain_timeout", &self.drain_timeout)
             .field("capture_limit", &self.capture_limit)
             .field("attempt_header", &self.attempt_header)
+            .field("observer", &ShowObserver(&self.observer))
             .field("error", &self.error)
             .finish_non_exhaustive()
     }

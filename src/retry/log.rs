@@ -40,6 +40,11 @@ impl<'a> Target<'a> {
         Shown(self.0.map(|t| t.0))
     }
 
+    /// The host it went to (`server.address`), without userinfo or port.
+    pub(crate) fn host(self) -> Shown<&'a str> {
+        Shown(self.0.and_then(|t| t.1.host()))
+    }
+
     pub(crate) fn uri(self) -> Shown<Redacted<'a>> {
         Shown(self.0.map(|t| Redacted(t.1)))
     }

@@ -43,6 +43,12 @@
 //! The decision is made by pure policy code (time and randomness come in as arguments), the
 //! service and its future only sequence calls, like `tower::retry`.
 //!
+//! What the layer counts is a [`RetryStats`] snapshot, and is told as it happens to the
+//! [`Observer`](crate::observe::Observer) given to [`Builder::observer`] (with the feature
+//! `metrics`, `RetryMetrics` records it). Each resend's answer is a debug `tracing` event in
+//! OpenTelemetry's HTTP client shape: `http.request.resend_count`, `http.request.method`,
+//! `server.address`, `http.response.status_code`, `error.type` — no URI.
+//!
 //! # Example
 //!
 //! ```

@@ -2,6 +2,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::counter::{Counter, bump};
+use crate::observe::{RetryEvent, RetryOutcome, RetryReason, SharedObserver};
+
 /// A snapshot of a retry layer's counters, shared by all its clones.
 ///
 /// Every answer the layer returns — a response or an error — lands in exactly one of the six
@@ -87,41 +90,94 @@ impl RetryStats {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub(crate) requests: AtomicU64,
-    pub(crate) attempts: AtomicU64,
+    pub(crate) requests: Counter,
+    pub(crate) attempts: Counter,
+    /// Not told by itself: the resend's event carries its reason (see [`Counters::resent`]).
     pub(crate) retries: AtomicU64,
-    pub(crate) succeeded: AtomicU64,
-    pub(crate) missing: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) gave_up: AtomicU64,
-    pub(crate) budget_exhausted: AtomicU64,
-    pub(crate) not_retried: AtomicU64,
-    pub(crate) not_replayable: AtomicU64,
-    pub(crate) drained_bytes: AtomicU64,
-    pub(crate) unrecognised_errors: AtomicU64,
-    pub(crate) sent_past_deadline: AtomicU64,
-    pub(crate) unwitnessed: AtomicU64,
+    pub(crate) succeeded: Counter,
+    pub(crate) missing: Counter,
+    pub(crate) failed: Counter,
+    pub(crate) gave_up: Counter,
+    pub(crate) budget_exhausted: Counter,
+    pub(crate) not_retried: Counter,
+    pub(crate) not_replayable: Counter,
+    pub(crate) drained_bytes: Counter,
+    pub(crate) unrecognised_errors: Counter,
+    pub(crate) sent_past_deadline: Counter,
+    pub(crate) unwitnessed: Counter,
+    /// The builder's observer, for the events that carry more than a count.
+    pub(crate) observer: Option<SharedObserver>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new(None)
+    }
 }
 
 impl Counters {
+    /// Counters at 0, each telling `observer` (if any) its event.
+    pub(crate) fn new(observer: Option<SharedObserver>) -> Self {
+        use RetryOutcome as O;
+        let o = &observer;
+        Counters {
+            requests: Counter::new(o, |o, _| o.retry(RetryEvent::Request)),
+            // `attempts = requests + retries`: nothing of its own to tell.
+            attempts: Counter::new(&None, |_, _| {}),
+            retries: AtomicU64::new(0),
+            succeeded: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Succeeded))),
+            missing: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Missing))),
+            failed: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Failed))),
+            gave_up: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::GaveUp))),
+            budget_exhausted: Counter::new(o, |o, _| {
+                o.retry(RetryEvent::Answered(O::BudgetExhausted))
+            }),
+            not_retried: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::NotRetried))),
+            not_replayable: Counter::new(o, |o, _| o.retry(RetryEvent::NotReplayable)),
+            drained_bytes: Counter::new(o, |o, bytes| o.retry(RetryEvent::Drained { bytes })),
+            unrecognised_errors: Counter::new(o, |o, _| o.retry(RetryEvent::UnrecognisedError)),
+            sent_past_deadline: Counter::new(o, |o, _| o.retry(RetryEvent::SentPastDeadline)),
+            unwitnessed: Counter::new(o, |o, _| o.retry(RetryEvent::Unwitnessed)),
+            observer,
+        }
+    }
+
+    /// A retry sent: counted, and told with its reason and ordinal.
+    pub(crate) fn resent(&self, reason: RetryReason, resend_count: u32) {
+        bump(&self.retries);
+        if let Some(o) = &self.observer {
+            o.retry(RetryEvent::Resent {
+                reason,
+                resend_count,
+            });
+        }
+    }
+
+    /// Tells the observer, if any, of `event` (one that no counter counts).
+    pub(crate) fn tell(&self, event: RetryEvent) {
+        if let Some(o) = &self.observer {
+            o.retry(event);
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> RetryStats {
         RetryStats {
-            requests: self.requests.load(Relaxed),
-            attempts: self.attempts.load(Relaxed),
+            requests: self.requests.get(),
+            attempts: self.attempts.get(),
             retries: self.retries.load(Relaxed),
-            succeeded: self.succeeded.load(Relaxed),
-            missing: self.missing.load(Relaxed),
-            failed: self.failed.load(Relaxed),
-            gave_up: self.gave_up.load(Relaxed),
-            budget_exhausted: self.budget_exhausted.load(Relaxed),
-            not_retried: self.not_retried.load(Relaxed),
-            not_replayable: self.not_replayable.load(Relaxed),
-            drained_bytes: self.drained_bytes.load(Relaxed),
-            unrecognised_errors: self.unrecognised_errors.load(Relaxed),
-            sent_past_deadline: self.sent_past_deadline.load(Relaxed),
-            unwitnessed: self.unwitnessed.load(Relaxed),
+            succeeded: self.succeeded.get(),
+            missing: self.missing.get(),
+            failed: self.failed.get(),
+            gave_up: self.gave_up.get(),
+            budget_exhausted: self.budget_exhausted.get(),
+            not_retried: self.not_retried.get(),
+            not_replayable: self.not_replayable.get(),
+            drained_bytes: self.drained_bytes.get(),
+            unrecognised_errors: self.unrecognised_errors.get(),
+            sent_past_deadline: self.sent_past_deadline.get(),
+            unwitnessed: self.unwitnessed.get(),
         }
     }
 }
