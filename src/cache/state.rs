@@ -89,7 +89,7 @@ impl State {
         if !self.follow_retry {
             return response_outcome(classifier, res.status(), res.headers());
         }
-        let outcome = match res.extensions().get::<RetryInfo>() {
+        let outcome = match RetryInfo::of(res) {
             Some(info) => info.outcome,
             None => response_outcome(classifier, res.status(), res.headers()),
         };

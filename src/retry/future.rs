@@ -552,7 +552,14 @@ where
         }
     }
     result.map(|mut res| {
-        res.extensions_mut().insert(RetryInfo { outcome, attempts });
+        // A first attempt's Success on a 1xx-3xx answer is left unmarked (`RetryInfo::of`
+        // reads it): the extension would be the only allocation of the commonest answer.
+        let unmarked = attempts == 1
+            && matches!(outcome, Outcome::Success)
+            && RetryInfo::unmarked(res.status());
+        if !unmarked {
+            res.extensions_mut().insert(RetryInfo { outcome, attempts });
+        }
         res
     })
 }
