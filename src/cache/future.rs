@@ -30,7 +30,7 @@ use crate::headers::RequestDirectives;
 #[derive(Debug)]
 pub(crate) struct Pending {
     /// A read's key: remembered if the answer is Missing, forgotten if it is Success.
-    key: Option<Key>,
+    key: Option<ReadKey>,
     /// This request leads a flight: its waiters wake when it has settled.
     leader: Option<Leader>,
     /// A write's target: forgotten (with `Location`, `Content-Location`) on 2xx/3xx.
@@ -44,6 +44,40 @@ pub(crate) struct Pending {
     ticket: Option<Ticket>,
     /// When the read left: peers order its 404 against their own changes by it.
     started: Option<tokio::time::Instant>,
+}
+
+/// A read's key, or what it is made from: most reads are answered present and never need
+/// the key itself (it is made for a Missing answer, or to forget an entry), so a plain miss
+/// keeps its request target — a `Uri` clone shares the request's bytes — rather than
+/// allocating the key's text for every request that goes by.
+#[derive(Debug)]
+pub(crate) enum ReadKey {
+    Key(Key),
+    /// The target [`State::key_for`] made the lookup from.
+    Target {
+        uri: Uri,
+        host: Option<HeaderValue>,
+        cred: u64,
+    },
+}
+
+impl ReadKey {
+    /// The key, made now if it was not yet (the same one the lookup used).
+    fn into_key(self, state: &State) -> Option<Key> {
+        match self {
+            ReadKey::Key(k) => Some(k),
+            ReadKey::Target { uri, host, cred } => {
+                state.key_for(&uri, host.as_ref(), cred)?.to_key()
+            }
+        }
+    }
+
+    fn as_key(&self) -> Option<&Key> {
+        match self {
+            ReadKey::Key(k) => Some(k),
+            ReadKey::Target { .. } => None,
+        }
+    }
 }
 
 /// What a read knows of its key's entry when it goes upstream.
@@ -94,8 +128,28 @@ impl Pending {
         directives: &RequestDirectives,
         started: Instant,
     ) -> Self {
+        let ticket = state.store.versions.start(&key);
+        Self::read_ticketed(
+            ReadKey::Key(key),
+            ticket,
+            known,
+            leader,
+            directives,
+            started,
+        )
+    }
+
+    /// A read as [`read`](Self::read), its place among the reads of its key taken already.
+    pub(crate) fn read_ticketed(
+        key: ReadKey,
+        ticket: Ticket,
+        known: Known,
+        leader: Option<Leader>,
+        directives: &RequestDirectives,
+        started: Instant,
+    ) -> Self {
         Pending {
-            ticket: Some(state.store.versions.start(&key)),
+            ticket: Some(ticket),
             key: Some(key),
             leader,
             no_store: directives.no_store,
@@ -282,7 +336,8 @@ where
                         }
                         *w.released = true;
                         // The same rule as any lookup: only what the store holds now.
-                        let found = match (this.ctx.as_ref(), this.pending.key.as_ref()) {
+                        let key = this.pending.key.as_ref().and_then(ReadKey::as_key);
+                        let found = match (this.ctx.as_ref(), key) {
                             (Some((state, _)), Some(key)) => state
                                 .store
                                 .get(key, Instant::now(), || bump(&state.stats.expirations))
@@ -361,11 +416,14 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
         }
         return;
     }
-    let Some(key) = pending.key.take() else {
+    let Some(read_key) = pending.key.take() else {
         return;
     };
     match state.outcome(classifier, res) {
         Outcome::Missing => {
+            let Some(key) = read_key.into_key(state) else {
+                return;
+            };
             let (status, headers) = (res.status(), res.headers());
             let fresh = freshness(&state.ttl, status, headers, SystemTime::now());
             match fresh.filter(|_| !pending.no_store) {
@@ -400,7 +458,16 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
         // Present: a Missing answer remembered for this key is forgotten, and those still on
         // their way are not remembered.
         Outcome::Success => {
-            state.note_changed(&key);
+            // The key is made only if a fleet tier records the change or something may be
+            // stored for it: most 2xx answers go by without it.
+            let mut read_key = Some(read_key);
+            let mut key = None;
+            if state.peers.recent.is_on() {
+                key = read_key.take().and_then(|k| k.into_key(state));
+                if let Some(k) = &key {
+                    state.note_changed(k);
+                }
+            }
             if let Some(t) = pending.ticket.take() {
                 t.settle_present();
             }
@@ -411,7 +478,10 @@ fn settle<C: Classify, B>(state: &State, classifier: &C, pending: &mut Pending, 
                 Known::AbsentAt(n) => state.store.inserted() != n,
             };
             if maybe {
-                state.forget_exact(&key);
+                let key = key.or_else(|| read_key.and_then(|k| k.into_key(state)));
+                if let Some(k) = &key {
+                    state.forget_exact(k);
+                }
             }
         }
         _ => {}

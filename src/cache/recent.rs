@@ -111,6 +111,11 @@ impl Recent {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether changes are recorded (a fleet tier is attached).
+    pub(crate) fn is_on(&self) -> bool {
+        self.on.load(Ordering::Acquire)
+    }
+
     /// The key whose target hashes to `target` changed at `now`; whether recording is on.
     pub(crate) fn record(&self, target: impl Hash, now: Instant) -> bool {
         if !self.on.load(Ordering::Acquire) {

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
-use super::key::Key;
+use super::key::{Key, KeyRef};
 use crate::counter::bump;
 
 /// What is remembered of a Missing answer, in 24 bytes: when it expires (microseconds since
@@ -183,6 +183,12 @@ impl Versions {
         self.hasher.hash_one(key.target())
     }
 
+    /// A read of the key whose target is `target` ([`Key::target`]) leaves: as
+    /// [`start`](Self::start), from a key not made yet.
+    pub(crate) fn start_target(self: &Arc<Self>, target: KeyRef<'_>) -> Ticket {
+        self.start_hashed(self.hasher.hash_one(target))
+    }
+
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Slots> {
         // The maps hold integers only: whatever a panicking holder left is valid.
         self.shards[(hash >> 58) as usize % SHARDS]
@@ -192,7 +198,10 @@ impl Versions {
 
     /// A read of `key` leaves: note the key's version.
     pub(crate) fn start(self: &Arc<Self>, key: &Key) -> Ticket {
-        let hash = self.hash(key);
+        self.start_hashed(self.hash(key))
+    }
+
+    fn start_hashed(self: &Arc<Self>, hash: u64) -> Ticket {
         let all = self.all.load(Acquire);
         let mut shard = self.shard(hash);
         let slot = shard.entry(hash).or_default();
