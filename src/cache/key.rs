@@ -395,8 +395,19 @@ fn valid_authority(v: &HeaderValue) -> Option<&str> {
 /// `port_u16()` give them, in one backwards scan rather than their several (the lookup's
 /// hottest part).
 fn host_port(authority: &str) -> (&str, Option<u16>) {
+    // One pass from the end: the last ':' seen before the last '@' (if any) is the port's.
     let b = authority.as_bytes();
-    let start = b.iter().rposition(|&c| c == b'@').map_or(0, |i| i + 1);
+    let (mut start, mut colon) = (0, None);
+    for i in (0..b.len()).rev() {
+        match b[i] {
+            b'@' => {
+                start = i + 1;
+                break;
+            }
+            b':' if colon.is_none() => colon = Some(i),
+            _ => {}
+        }
+    }
     let hostport = &authority[start..];
     let split = if hostport.starts_with('[') {
         hostport
@@ -404,7 +415,7 @@ fn host_port(authority: &str) -> (&str, Option<u16>) {
             .map(|i| i + 1)
             .filter(|&i| hostport[i..].starts_with(':'))
     } else {
-        hostport.bytes().rposition(|c| c == b':')
+        colon.map(|i| i - start)
     };
     match split {
         Some(i) => (&hostport[..i], hostport[i + 1..].parse().ok()),
