@@ -32,9 +32,11 @@ pub(crate) struct Pending {
     /// A read's key: remembered if the answer is Missing, forgotten if it is Success.
     key: Option<ReadKey>,
     /// This request leads a flight: its waiters wake when it has settled.
-    leader: Option<Leader>,
+    /// Boxed, as `written`: only a coalescing leader or a write pays for its size, not every
+    /// read's future, which every layer above moves.
+    leader: Option<Box<Leader>>,
     /// A write's target: forgotten (with `Location`, `Content-Location`) on 2xx/3xx.
-    written: Option<Written>,
+    written: Option<Box<Written>>,
     /// The request said `no-store`: its answer is not stored (RFC 9111 §5.2.1.5).
     no_store: bool,
     /// An entry may be stored for the key already (the request went upstream past one: a
@@ -151,7 +153,7 @@ impl Pending {
         Pending {
             ticket: Some(ticket),
             key: Some(key),
-            leader,
+            leader: leader.map(Box::new),
             no_store: directives.no_store,
             known,
             started: Some(started),
@@ -161,7 +163,7 @@ impl Pending {
 
     pub(crate) fn write(written: Written) -> Self {
         Pending {
-            written: Some(written),
+            written: Some(Box::new(written)),
             ..Self::none()
         }
     }
