@@ -41,8 +41,12 @@ impl Entry {
         let ttl = Duration::from_millis(u64::from(self.ttl_ms));
         // RFC 9111 §4.2.3: the age it arrived with, plus how long it has been resident (the
         // expiry was rounded up to the microsecond, so this rounds up too).
-        let resident = ttl.saturating_sub(remaining).as_nanos().div_ceil(1_000);
-        let resident = Duration::from_micros(u64::try_from(resident).unwrap_or(u64::MAX));
+        // In u64 (a 128-bit division was a hit's costliest arithmetic): whole seconds are whole
+        // microseconds, so only the sub-second nanoseconds are rounded up. A TTL is at most
+        // u32::MAX ms, so the microseconds fit.
+        let r = ttl.saturating_sub(remaining);
+        let resident = r.as_secs() * 1_000_000 + u64::from(r.subsec_nanos().div_ceil(1_000));
+        let resident = Duration::from_micros(resident);
         Some(Fresh {
             status: self.status,
             age: Duration::from_secs(u64::from(self.origin_age_s)) + resident,
