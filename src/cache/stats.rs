@@ -1,6 +1,8 @@
 //! Counters of a negative cache, shared by every clone of its layer.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::counter::Counter;
 
 /// A snapshot of a negative cache's counters and size.
 ///
@@ -55,16 +57,16 @@ pub struct CacheStats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) inserts: AtomicU64,
-    pub(crate) uncacheable: AtomicU64,
-    pub(crate) only_if_cached_misses: AtomicU64,
-    pub(crate) expirations: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
-    pub(crate) bypasses: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) wait_timeouts: AtomicU64,
+    pub(crate) hits: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) inserts: Counter,
+    pub(crate) uncacheable: Counter,
+    pub(crate) only_if_cached_misses: Counter,
+    pub(crate) expirations: Counter,
+    pub(crate) invalidations: Counter,
+    pub(crate) bypasses: Counter,
+    pub(crate) coalesced: Counter,
+    pub(crate) wait_timeouts: Counter,
 }
 
 impl Counters {

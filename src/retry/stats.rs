@@ -1,6 +1,8 @@
 //! Counters shared by every clone of a retry layer.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::counter::Counter;
 
 /// A snapshot of a retry layer's counters, shared by all its clones.
 ///
@@ -81,19 +83,19 @@ impl RetryStats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) requests: AtomicU64,
-    pub(crate) attempts: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) succeeded: AtomicU64,
-    pub(crate) missing: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) gave_up: AtomicU64,
-    pub(crate) budget_exhausted: AtomicU64,
-    pub(crate) not_retried: AtomicU64,
-    pub(crate) not_replayable: AtomicU64,
-    pub(crate) drained_bytes: AtomicU64,
-    pub(crate) unrecognised_errors: AtomicU64,
-    pub(crate) sent_past_deadline: AtomicU64,
+    pub(crate) requests: Counter,
+    pub(crate) attempts: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) succeeded: Counter,
+    pub(crate) missing: Counter,
+    pub(crate) failed: Counter,
+    pub(crate) gave_up: Counter,
+    pub(crate) budget_exhausted: Counter,
+    pub(crate) not_retried: Counter,
+    pub(crate) not_replayable: Counter,
+    pub(crate) drained_bytes: Counter,
+    pub(crate) unrecognised_errors: Counter,
+    pub(crate) sent_past_deadline: Counter,
 }
 
 impl Counters {
