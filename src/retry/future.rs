@@ -225,12 +225,16 @@ where
                             prev_delay: *this.prev_delay,
                         };
                         let u = jitter_sample();
+                        // The wall clock only dates a `Retry-After` hint: without one it is
+                        // not read (the policy does not look at it then).
+                        let wall = match &outcome {
+                            Outcome::Retryable { after: Some(_), .. } => SystemTime::now(),
+                            _ => SystemTime::UNIX_EPOCH,
+                        };
                         let budget = shared.budget.as_ref();
-                        shared
-                            .policy
-                            .decide(&outcome, at, SystemTime::now(), u, || {
-                                budget.is_none_or(|b| b.withdraw_at(now))
-                            })
+                        shared.policy.decide(&outcome, at, wall, u, || {
+                            budget.is_none_or(|b| b.withdraw_at(now))
+                        })
                     };
                     let delay = match decision {
                         Decision::Stop(stop) => {
