@@ -253,7 +253,7 @@ fn retry_path(c: &mut Criterion) {
         .layer(layer)
         .service(flaky_upstream(calls));
     let res = rt.block_on(send(&mut svc, &Uri::from_static(URI), false));
-    let info = res.extensions().get::<RetryInfo>().copied().unwrap();
+    let info = RetryInfo::of(&res).unwrap();
     assert_eq!(info.attempts, 3);
 }
 

@@ -168,7 +168,7 @@ impl Run<'_> {
         };
         let status = res.status();
         let hit = res.extensions().get::<NegativeCacheHit>().is_some();
-        let verdict = res.extensions().get::<RetryInfo>().map_or_else(
+        let verdict = RetryInfo::of(&res).map_or_else(
             || "-".to_owned(),
             |i| format!("{} x{}", i.outcome, i.attempts),
         );

@@ -171,10 +171,7 @@ async fn main() -> ExitCode {
         let status = res.status();
         let hit = res.extensions().get::<NegativeCacheHit>().copied();
         // The retry layer leaves its verdict on every answer that went upstream.
-        let attempts = res
-            .extensions()
-            .get::<RetryInfo>()
-            .map_or("-".to_owned(), |i| i.attempts.to_string());
+        let attempts = RetryInfo::of(&res).map_or("-".to_owned(), |i| i.attempts.to_string());
         let body = res.into_body().collect().await.map(|b| b.to_bytes());
         let upstream = origin.requests.load(Relaxed) - before;
 

@@ -198,7 +198,7 @@ impl Records {
         let mut http = self.http.clone();
         let res = http.ready().await?.call(req).await?;
         let from_cache = res.extensions().get::<NegativeCacheHit>().is_some();
-        let attempts = res.extensions().get::<RetryInfo>().map(|i| i.attempts);
+        let attempts = RetryInfo::of(&res).map(|i| i.attempts);
         let encoding = res
             .headers()
             .get(header::CONTENT_ENCODING)

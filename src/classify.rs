@@ -126,7 +126,12 @@ impl fmt::Display for Outcome {
 /// The verdict on an answer, left on the response by
 /// [`StatusAwareRetryLayer`](crate::StatusAwareRetryLayer) so that callers and outer layers
 /// read it instead of deciding again (a negative cache without a classifier of its own follows
-/// it).
+/// it). Read it with [`RetryInfo::of`].
+///
+/// The commonest answer — a 1xx–3xx answer to the first attempt, called
+/// [`Outcome::Success`] — carries no extension: inserting one allocates (the extensions map,
+/// its table and the boxed value), and would be the only allocation of the layer's commonest
+/// path. Every other answer carries one. [`RetryInfo::of`] reads both cases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryInfo {
@@ -134,6 +139,42 @@ pub struct RetryInfo {
     pub outcome: Outcome,
     /// How many times the request was sent (1 when it was not retried).
     pub attempts: u32,
+}
+
+impl RetryInfo {
+    /// The retry layer's verdict on `res`: its `RetryInfo` extension, or, on a 1xx–3xx answer
+    /// without one, a [`Outcome::Success`] at the first attempt (the answer the layer leaves
+    /// unmarked). `None` for a 4xx or 5xx answer without one: it did not come through a retry
+    /// layer.
+    ///
+    /// ```
+    /// use http::{Response, StatusCode};
+    /// use tower_negative_cache::{Outcome, RetryInfo};
+    ///
+    /// let ok = Response::new(());
+    /// let info = RetryInfo::of(&ok).unwrap();
+    /// assert_eq!((info.outcome, info.attempts), (Outcome::Success, 1));
+    ///
+    /// let mut not_found = Response::new(());
+    /// *not_found.status_mut() = StatusCode::NOT_FOUND;
+    /// assert_eq!(RetryInfo::of(&not_found), None);
+    /// ```
+    pub fn of<B>(res: &http::Response<B>) -> Option<RetryInfo> {
+        match res.extensions().get::<RetryInfo>() {
+            Some(info) => Some(*info),
+            None => Self::unmarked(res.status()).then_some(RetryInfo {
+                outcome: Outcome::Success,
+                attempts: 1,
+            }),
+        }
+    }
+
+    /// Whether the retry layer leaves a `Success` at the first attempt with `status` unmarked:
+    /// 1xx–3xx, where the default classifier says Success too — so a cache following the retry
+    /// layer's verdict reads the same verdict from an unmarked answer as from a marked one.
+    pub(crate) fn unmarked(status: StatusCode) -> bool {
+        status.as_u16() < 400
+    }
 }
 
 pub use crate::headers::RetryAfter;

@@ -63,7 +63,7 @@
 //! - [`classify`] is the one place that decides what an answer means: Success, Missing,
 //!   Retryable or Fatal. It sees the status and headers only — never the body — and no
 //!   classifier can make 404 or 410 retryable. The retry layer leaves its verdict on the
-//!   response as a [`RetryInfo`] extension; a negative cache without a classifier of its own
+//!   response ([`RetryInfo::of`] reads it); a negative cache without a classifier of its own
 //!   follows it, so a classifier given to the retry layer is applied by both.
 //! - Policy is apart from mechanism: the retry decision, backoff, budget, TTL arithmetic and
 //!   header parsing are pure functions of their inputs (time is an argument) and are

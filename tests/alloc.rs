@@ -335,3 +335,122 @@ fn a_percent_encoded_target_already_normal_is_not_copied() {
         assert!(measure().call >= 1, "{uri}");
     }
 }
+// ---------------------------------------------------------------------------------------------
+// A first-attempt success through the retry layer, and through both layers
+// ---------------------------------------------------------------------------------------------
+
+/// An extension an inner service may leave on its answers (as hyper-util's client leaves
+/// `HttpInfo`): the answer then comes with an extensions map already.
+#[derive(Clone, Copy, Debug)]
+struct InnerInfo(#[allow(dead_code, reason = "only its presence matters")] u64);
+
+/// A service answering 200 to everything, with an `InnerInfo` extension if `tagged`.
+fn origin_200(
+    tagged: bool,
+) -> impl Service<Req, Response = Response<Empty<Bytes>>, Error = Infallible> + Clone {
+    tower::service_fn(move |_req: Req| {
+        let mut res = Response::new(Empty::new());
+        if tagged {
+            res.extensions_mut().insert(InnerInfo(7));
+        }
+        std::future::ready(Ok::<_, Infallible>(res))
+    })
+}
+
+/// Allocations of one full call (`poll_ready`, `call`, the future polled to its answer, and
+/// the answer dropped) of `svc` with a request made by `req`, after warming up.
+fn call_cost<S, B>(mut svc: S, req: impl Fn() -> Req) -> u64
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut once = || {
+        let mut cx = Context::from_waker(Waker::noop());
+        // Building the request is the caller's cost, not the layer's.
+        let req = req();
+        let ((), n) = allocations(|| {
+            assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+            let res = ready_now(svc.call(req)).unwrap();
+            drop(res);
+        });
+        n
+    };
+    for _ in 0..3 {
+        once();
+    }
+    let n = once();
+    for _ in 0..20 {
+        assert_eq!(once(), n, "the same every call");
+    }
+    n
+}
+
+/// A `tower::retry` policy that never retries and copies each request, as ours does.
+#[derive(Clone, Copy, Debug)]
+struct CopyNoRetry;
+
+impl<Res, E> tower::retry::Policy<Req, Res, E> for CopyNoRetry {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _: &mut Req, _: &mut Result<Res, E>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        let mut copy = Request::new(Empty::new());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.headers_mut() = req.headers().clone();
+        Some(copy)
+    }
+}
+
+#[test]
+fn a_first_attempt_success_allocates_nothing_beyond_the_inner_service() {
+    use tower_negative_cache::StatusAwareRetryLayer;
+    // A URI that is not parsed per request (`Uri::from_static`): copying it for a replay
+    // costs nothing, so anything counted here is the layers' own.
+    let static_req = || {
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = http::Uri::from_static(URI);
+        req
+    };
+    for tagged in [false, true] {
+        let inner = call_cost(origin_200(tagged), static_req);
+        let retry = call_cost(
+            StatusAwareRetryLayer::new().layer(origin_200(tagged)),
+            static_req,
+        );
+        let both = call_cost(
+            NegativeCacheLayer::new().layer(StatusAwareRetryLayer::new().layer(origin_200(tagged))),
+            static_req,
+        );
+        println!("inner extension {tagged}: inner {inner}, retry layer {retry}, both {both}");
+        assert_eq!(retry, inner, "retry layer, inner extension: {tagged}");
+        assert_eq!(both, inner, "both layers, inner extension: {tagged}");
+    }
+}
+
+#[test]
+fn a_parsed_uri_costs_the_copy_tower_retry_makes_too() {
+    use tower_negative_cache::StatusAwareRetryLayer;
+    // A URI parsed per request: its first copy moves its bytes to a shared buffer (one
+    // allocation), which any retry mechanism that keeps a copy pays: `tower::retry` too.
+    let parsed_req = || request(URI, &[]);
+    let inner = call_cost(origin_200(false), parsed_req);
+    let tower_retry = call_cost(
+        tower::retry::Retry::new(CopyNoRetry, origin_200(false)),
+        parsed_req,
+    );
+    let retry = call_cost(
+        StatusAwareRetryLayer::new().layer(origin_200(false)),
+        parsed_req,
+    );
+    let both = call_cost(
+        NegativeCacheLayer::new().layer(StatusAwareRetryLayer::new().layer(origin_200(false))),
+        parsed_req,
+    );
+    println!("parsed URI: inner {inner}, tower::retry {tower_retry}, retry {retry}, both {both}");
+    assert_eq!(retry, tower_retry);
+    assert_eq!(both, tower_retry);
+}

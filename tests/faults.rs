@@ -217,7 +217,7 @@ async fn a_reset_mid_body_of_a_returned_answer_is_a_body_error_not_a_retry() {
     let (res, stats, elapsed) = get(o.addr).await;
     let res = res.expect("the head arrived whole");
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 1);
+    assert_eq!(RetryInfo::of(&res).unwrap().attempts, 1);
     let body = res.into_body().collect().await;
     assert!(body.is_err(), "the reset surfaces while reading the body");
     assert_eq!(stats.attempts, 1, "{stats:?}");

@@ -402,10 +402,8 @@ fn run_retry_case(case: &RetryCase) -> Result<(), TestCaseError> {
     let wall_after = SystemTime::now();
 
     let calls = calls.lock().unwrap().clone();
-    let info = *res
-        .extensions()
-        .get::<RetryInfo>()
-        .ok_or_else(|| TestCaseError::fail("no RetryInfo on the answer"))?;
+    let info =
+        RetryInfo::of(&res).ok_or_else(|| TestCaseError::fail("no RetryInfo on the answer"))?;
     let spread = match case.jitter {
         Jitter::None => Duration::ZERO,
         _ => case.base,

@@ -127,7 +127,7 @@ async fn a_503_is_retried_on_one_connection_and_a_404_reaches_the_origin_once() 
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.version(), Version::HTTP_2);
-    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 3);
+    assert_eq!(RetryInfo::of(&res).unwrap().attempts, 3);
     let res = svc.oneshot(get(&origin.url("/gone"))).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 

@@ -345,7 +345,7 @@ async fn a_post_refused_before_processing_is_retried_once_and_succeeds() {
     let (result, posts) = refused_post(&layer).await;
     let res = result.expect("the refused POST is retried and answered");
     assert_eq!(res.status(), StatusCode::OK);
-    let info = res.extensions().get::<RetryInfo>().copied().unwrap();
+    let info = RetryInfo::of(&res).unwrap();
     assert_eq!((info.outcome, info.attempts), (Outcome::Success, 2));
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"order-1", "the retry replays the whole body");
@@ -445,7 +445,7 @@ async fn a_post_above_a_goaways_last_stream_id_is_retried_once_and_succeeds() {
         .await
         .expect("the POST above the GOAWAY is retried on a new connection");
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 2);
+    assert_eq!(RetryInfo::of(&res).unwrap().attempts, 2);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"order-3");
     let posts: Vec<_> = seen

@@ -34,7 +34,7 @@ fn fast() -> Builder {
 }
 
 fn attempts<B>(res: &Response<B>) -> u32 {
-    res.extensions().get::<RetryInfo>().unwrap().attempts
+    RetryInfo::of(res).unwrap().attempts
 }
 
 #[tokio::test]

@@ -55,7 +55,7 @@ async fn a_503_is_retried_and_a_404_reaches_the_origin_once_and_is_remembered() 
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 2);
+    assert_eq!(RetryInfo::of(&res).unwrap().attempts, 2);
     assert_eq!(support::body_bytes(res).await, "ok");
     for _ in 0..3 {
         let res = svc

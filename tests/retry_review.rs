@@ -256,7 +256,7 @@ async fn no_attempt_starts_past_the_deadline_even_when_the_inner_service_is_busy
         starts.iter().all(|s| *s <= Duration::from_secs(1)),
         "an attempt started past the 1 s deadline: {starts:?}"
     );
-    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 1);
+    assert_eq!(RetryInfo::of(&res).unwrap().attempts, 1);
     // Returned at the deadline, not when the service became ready.
     assert_eq!(t0.elapsed(), Duration::from_secs(1));
     let stats = layer.stats();
@@ -276,7 +276,7 @@ async fn a_service_ready_within_the_deadline_is_retried_once_ready() {
         .oneshot(Request::get("http://h.test/r").body(Empty::new()).unwrap())
         .await
         .unwrap();
-    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 2);
+    assert_eq!(RetryInfo::of(&res).unwrap().attempts, 2);
     let starts: Vec<Duration> = calls.lock().unwrap().iter().map(|t| *t - t0).collect();
     assert_eq!(starts, [Duration::ZERO, Duration::from_millis(300)]);
     assert_eq!(layer.stats().retries, 1);
@@ -314,7 +314,7 @@ async fn a_permit_held_past_the_deadline_by_another_caller_gets_no_attempt() {
     });
     let res = ours.await.unwrap().unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 1);
+    assert_eq!(RetryInfo::of(&res).unwrap().attempts, 1);
     assert_eq!(t0.elapsed(), Duration::from_secs(1));
     assert_eq!(calls.lock().unwrap().len(), 1);
     holder.await.unwrap();

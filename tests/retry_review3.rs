@@ -83,7 +83,7 @@ async fn get_over_one_connection(layer: &StatusAwareRetryLayer) -> (StatusCode, 
         .body(Full::new(Bytes::new()))
         .unwrap();
     let res = svc.oneshot(req).await.unwrap();
-    let attempts = res.extensions().get::<RetryInfo>().unwrap().attempts;
+    let attempts = RetryInfo::of(&res).unwrap().attempts;
     (res.status(), attempts)
 }
 
@@ -303,7 +303,7 @@ async fn a_retry_keeps_the_trailers_of_the_body_it_replays() {
     // reviewed, this asserted a 200 *and* a retry with trailers, which nothing can give).
     let stats = layer.stats();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{stats:?}");
-    assert_eq!(res.extensions().get::<RetryInfo>().unwrap().attempts, 1);
+    assert_eq!(RetryInfo::of(&res).unwrap().attempts, 1);
     assert_eq!((stats.retries, stats.not_replayable), (0, 1), "{stats:?}");
     // The first attempt's body goes on to its end.
     open.send(()).unwrap();

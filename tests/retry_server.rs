@@ -29,9 +29,7 @@ fn fast() -> Builder {
 }
 
 fn info<B>(res: &Response<B>) -> RetryInfo {
-    *res.extensions()
-        .get::<RetryInfo>()
-        .expect("the layer leaves a RetryInfo on every response")
+    RetryInfo::of(res).expect("the layer leaves a RetryInfo on every response")
 }
 
 fn retried_client(

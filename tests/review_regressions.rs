@@ -416,10 +416,7 @@ async fn the_only_if_cached_504_is_not_retried() {
         (res.status(), origin.calls()),
         (StatusCode::GATEWAY_TIMEOUT, 0)
     );
-    let info = res
-        .extensions()
-        .get::<tower_negative_cache::RetryInfo>()
-        .copied();
+    let info = tower_negative_cache::RetryInfo::of(&res);
     assert_eq!(
         info.map(|i| i.attempts),
         Some(1),

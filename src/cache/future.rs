@@ -33,11 +33,13 @@ use crate::headers::RequestDirectives;
 #[derive(Debug)]
 pub(crate) struct Pending {
     /// A read's key: remembered if the answer is Missing, forgotten if it is Success.
-    key: Option<Key>,
+    key: Option<ReadKey>,
     /// This request leads a flight: its waiters wake when it has settled.
-    leader: Option<Leader>,
+    /// Boxed, as `written`: only a coalescing leader or a write pays for its size, not every
+    /// read's future, which every layer above moves.
+    leader: Option<Box<Leader>>,
     /// A write's target: forgotten (with `Location`, `Content-Location`) on 2xx/3xx.
-    written: Option<Written>,
+    written: Option<Box<Written>>,
     /// The request said `no-store`: its answer is not stored (RFC 9111 §5.2.1.5).
     no_store: bool,
     /// An entry may be stored for the key already (the request went upstream past one: a
@@ -52,6 +54,40 @@ pub(crate) struct Pending {
     sent: Option<tokio::time::Instant>,
     /// A HEAD: its answer has no body to keep (the entry is head-only).
     head: bool,
+}
+
+/// A read's key, or what it is made from: most reads are answered present and never need
+/// the key itself (it is made for a Missing answer, or to forget an entry), so a plain miss
+/// keeps its request target — a `Uri` clone shares the request's bytes — rather than
+/// allocating the key's text for every request that goes by.
+#[derive(Debug)]
+pub(crate) enum ReadKey {
+    Key(Key),
+    /// The target [`State::key_for`] made the lookup from.
+    Target {
+        uri: Uri,
+        host: Option<HeaderValue>,
+        cred: u64,
+    },
+}
+
+impl ReadKey {
+    /// The key, made now if it was not yet (the same one the lookup used).
+    fn into_key(self, state: &State) -> Option<Key> {
+        match self {
+            ReadKey::Key(k) => Some(k),
+            ReadKey::Target { uri, host, cred } => {
+                state.key_for(&uri, host.as_ref(), cred)?.to_key()
+            }
+        }
+    }
+
+    fn as_key(&self) -> Option<&Key> {
+        match self {
+            ReadKey::Key(k) => Some(k),
+            ReadKey::Target { .. } => None,
+        }
+    }
 }
 
 /// What a read knows of its key's entry when it goes upstream.
@@ -105,11 +141,33 @@ impl Pending {
         started: Instant,
         method: &Method,
     ) -> Self {
+        let ticket = state.store.versions.start(&key);
+        Self::read_ticketed(
+            ReadKey::Key(key),
+            ticket,
+            known,
+            leader,
+            directives,
+            started,
+            method,
+        )
+    }
+
+    /// A read as [`read`](Self::read), its place among the reads of its key taken already.
+    pub(crate) fn read_ticketed(
+        key: ReadKey,
+        ticket: Ticket,
+        known: Known,
+        leader: Option<Leader>,
+        directives: &RequestDirectives,
+        started: Instant,
+        method: &Method,
+    ) -> Self {
         Pending {
             head: method == Method::HEAD,
-            ticket: Some(state.store.versions.start(&key)),
+            ticket: Some(ticket),
             key: Some(key),
-            leader,
+            leader: leader.map(Box::new),
             no_store: directives.no_store,
             known,
             started: Some(started),
@@ -120,7 +178,7 @@ impl Pending {
 
     pub(crate) fn write(written: Written) -> Self {
         Pending {
-            written: Some(written),
+            written: Some(Box::new(written)),
             ..Self::none()
         }
     }
@@ -335,7 +393,8 @@ where
                         }
                         *w.released = true;
                         // The same rule as any lookup: only what the store holds now.
-                        let found = match (this.ctx.as_ref(), this.pending.key.as_ref()) {
+                        let key = this.pending.key.as_ref().and_then(ReadKey::as_key);
+                        let found = match (this.ctx.as_ref(), key) {
                             (Some((state, _)), Some(key)) => state
                                 .store
                                 .get(key, Instant::now(), || bump(&state.stats.expirations))
@@ -451,9 +510,10 @@ fn settle<C: Classify, B: Body>(
         }
         return None;
     }
-    let key = pending.key.take()?;
+    let read_key = pending.key.take()?;
     match state.outcome(classifier, res) {
         Outcome::Missing => {
+            let key = read_key.into_key(state)?;
             let (status, headers) = (res.status(), res.headers());
             // RFC 9111 §4.2.3: response_delay = response_time − request_time.
             let delay = pending.sent.map_or(Duration::ZERO, |sent| {
@@ -501,7 +561,7 @@ fn settle<C: Classify, B: Body>(
                                 head,
                                 ticket,
                                 started,
-                                leader.take(),
+                                leader.take().map(|l| *l),
                                 expected,
                             )));
                         }
@@ -526,7 +586,18 @@ fn settle<C: Classify, B: Body>(
         // Present: a Missing answer remembered for this key is forgotten, and those still on
         // their way are not remembered.
         Outcome::Success => {
-            state.note_changed(&key);
+            // The key is made only if a fleet tier records the change, the adaptive TTL ends
+            // its streak, or something may be stored for it: most 2xx answers go by without
+            // it. Without a tier only the time of the change is noted (for a tier attached
+            // later).
+            let mut read_key = Some(read_key);
+            let mut key = None;
+            if state.history.is_some() || !state.peers.recent.note_if_off(Instant::now()) {
+                key = read_key.take().and_then(|k| k.into_key(state));
+                if let Some(k) = &key {
+                    state.note_changed(k);
+                }
+            }
             if let Some(t) = pending.ticket.take() {
                 t.settle_present();
             }
@@ -537,7 +608,10 @@ fn settle<C: Classify, B: Body>(
                 Known::AbsentAt(n) => state.store.inserted() != n,
             };
             if maybe {
-                state.forget_exact(&key);
+                let key = key.or_else(|| read_key.and_then(|k| k.into_key(state)));
+                if let Some(k) = &key {
+                    state.forget_exact(k);
+                }
             }
         }
         _ => {}

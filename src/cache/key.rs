@@ -58,6 +58,21 @@ pub(crate) struct KeyRef<'a> {
     cred: u64,
 }
 
+impl KeyRef<'_> {
+    /// The length of the key's text, as [`Key::from_parts`] writes it.
+    fn text_len(&self) -> usize {
+        if self.scheme.is_empty() && self.host.is_empty() {
+            return self.pq.len();
+        }
+        let port_len = match self.port {
+            0 => 0,
+            n => 2 + n.checked_ilog10().unwrap_or(0) as usize,
+        };
+        let sep = if self.scheme.is_empty() { 2 } else { 3 };
+        self.scheme.len() + sep + self.host.len() + port_len + self.pq.len()
+    }
+}
+
 impl Hash for KeyRef<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.scheme.hash(state);
@@ -155,12 +170,8 @@ impl Key {
         if p.scheme.is_empty() && p.host.is_empty() {
             return Key::id(p.pq.to_owned(), p.cred);
         }
-        let port_len = match p.port {
-            0 => 0,
-            n => 2 + n.checked_ilog10().unwrap_or(0) as usize,
-        };
         let sep = if p.scheme.is_empty() { "//" } else { "://" };
-        let len = p.scheme.len() + sep.len() + p.host.len() + port_len + p.pq.len();
+        let len = p.text_len();
         // Exactly sized, so turning it into a `Box<str>` does not reallocate.
         let mut text = String::with_capacity(len);
         text.push_str(p.scheme);
@@ -230,6 +241,23 @@ impl Lookup<'_> {
         match self {
             Lookup::Borrowed(r) => Key::from_parts(*r),
             Lookup::Owned(k) => Some(k.clone()),
+        }
+    }
+
+    /// Whether [`to_key`](Self::to_key) makes a key, without making it: its text fits the
+    /// key's 16-bit offsets.
+    pub(crate) fn fits(&self) -> bool {
+        match self {
+            Lookup::Borrowed(r) => u16::try_from(r.text_len()).is_ok(),
+            Lookup::Owned(_) => true,
+        }
+    }
+
+    /// The key's target, credentials aside, as [`Key::target`] gives it.
+    pub(crate) fn target(&self) -> KeyRef<'_> {
+        match self {
+            Lookup::Borrowed(r) => KeyRef { cred: 0, ..*r },
+            Lookup::Owned(k) => k.target(),
         }
     }
 }
@@ -391,8 +419,19 @@ fn valid_authority(v: &HeaderValue) -> Option<&str> {
 /// `port_u16()` give them, in one backwards scan rather than their several (the lookup's
 /// hottest part).
 fn host_port(authority: &str) -> (&str, Option<u16>) {
+    // One pass from the end: the last ':' seen before the last '@' (if any) is the port's.
     let b = authority.as_bytes();
-    let start = b.iter().rposition(|&c| c == b'@').map_or(0, |i| i + 1);
+    let (mut start, mut colon) = (0, None);
+    for i in (0..b.len()).rev() {
+        match b[i] {
+            b'@' => {
+                start = i + 1;
+                break;
+            }
+            b':' if colon.is_none() => colon = Some(i),
+            _ => {}
+        }
+    }
     let hostport = &authority[start..];
     let split = if hostport.starts_with('[') {
         hostport
@@ -400,7 +439,7 @@ fn host_port(authority: &str) -> (&str, Option<u16>) {
             .map(|i| i + 1)
             .filter(|&i| hostport[i..].starts_with(':'))
     } else {
-        hostport.bytes().rposition(|c| c == b':')
+        colon.map(|i| i - start)
     };
     match split {
         Some(i) => (&hostport[..i], hostport[i + 1..].parse().ok()),

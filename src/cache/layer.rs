@@ -245,7 +245,7 @@ impl<C> Builder<C> {
     ///
     /// Default: none of its own — the cache follows the verdict of a
     /// [`StatusAwareRetry`](crate::retry::StatusAwareRetry) under it (the
-    /// [`RetryInfo`](crate::RetryInfo) on each answer), so a classifier given to the retry
+    /// [`RetryInfo::of`](crate::RetryInfo::of) each answer), so a classifier given to the retry
     /// layer's builder is applied by both layers; without a retry layer under it, the
     /// [`DefaultClassifier`] (404 and 410 Missing). A classifier given here is always the
     /// cache's own, whatever is under it: configuring one layer is enough, and a classifier

@@ -126,6 +126,17 @@ impl Recent {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// While off, a change at `now` of a key not named: only its time is noted (as
+    /// [`record`](Self::record) notes it then), and `true`. On: `false`, nothing noted — the
+    /// caller records the key itself.
+    pub(crate) fn note_if_off(&self, now: Instant) -> bool {
+        if self.on.load(Ordering::Acquire) {
+            return false;
+        }
+        self.note_before(now);
+        true
+    }
+
     /// The key whose target hashes to `target` changed at `now`; whether recording is on.
     pub(crate) fn record(&self, target: impl Hash, now: Instant) -> bool {
         if !self.on.load(Ordering::Acquire) {

@@ -11,9 +11,9 @@ use tower::Service;
 
 use super::body::ResponseBody;
 use super::coalesce::Role;
-use super::future::{Known, Pending, ResponseFuture, Synth, Written};
+use super::future::{Known, Pending, ReadKey, ResponseFuture, Synth, Written};
 use super::handle::NegativeCacheHandle;
-use super::key::Credentials;
+use super::key::{Credentials, Lookup};
 use super::key::{credential_fingerprint, has_credentials};
 use super::state::State;
 use super::store::Fresh;
@@ -196,14 +196,29 @@ where
             bump(&st.stats.misses);
             return self.gateway_timeout(&req);
         }
+        if !lookup.fits() {
+            bump(&st.stats.misses);
+            return self.upstream(req, Pending::none());
+        }
+        let Some(bound) = st.coalesce.filter(|_| !directives.no_store) else {
+            bump(&st.stats.misses);
+            // The key itself is made only if the answer needs it (see `ReadKey`).
+            let ticket = st.store.versions.start_target(lookup.target());
+            let key = match lookup {
+                Lookup::Owned(key) => ReadKey::Key(key),
+                Lookup::Borrowed(_) => ReadKey::Target {
+                    uri: req.uri().clone(),
+                    host: host.cloned(),
+                    cred,
+                },
+            };
+            let pending =
+                Pending::read_ticketed(key, ticket, known, None, &directives, now, req.method());
+            return self.upstream(req, pending);
+        };
         let Some(key) = lookup.to_key() else {
             bump(&st.stats.misses);
             return self.upstream(req, Pending::none());
-        };
-        let Some(bound) = st.coalesce.filter(|_| !directives.no_store) else {
-            bump(&st.stats.misses);
-            let pending = Pending::read(st, key, known, None, &directives, now, req.method());
-            return self.upstream(req, pending);
         };
         match st.flights.join(key.clone()) {
             Role::Leader(leader) => {

@@ -110,7 +110,7 @@ impl State {
         if !self.follow_retry {
             return response_outcome(classifier, res.status(), res.headers());
         }
-        let outcome = match res.extensions().get::<RetryInfo>() {
+        let outcome = match RetryInfo::of(res) {
             Some(info) => info.outcome,
             None => response_outcome(classifier, res.status(), res.headers()),
         };
@@ -432,7 +432,15 @@ mod tests {
         let (a, b) = (state.clone(), state.clone());
         let learner = spawn(Box::new(move |text| {
             let ttl = Duration::from_secs(60);
-            a.learn(text, StatusCode::NOT_FOUND, ttl, started, None, 0, Duration::ZERO);
+            a.learn(
+                text,
+                StatusCode::NOT_FOUND,
+                ttl,
+                started,
+                None,
+                0,
+                Duration::ZERO,
+            );
         }));
         let forgetter = spawn(Box::new(move |text| {
             b.forget_here(&b.key_from_text(text).unwrap());

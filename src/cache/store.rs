@@ -20,7 +20,7 @@ use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, Wei
 use tokio::time::Instant;
 
 use super::answer::Answer;
-use super::key::Key;
+use super::key::{Key, KeyRef};
 use super::ttl::TtlSource;
 use crate::counter::bump;
 
@@ -47,8 +47,12 @@ impl Entry {
         let ttl = Duration::from_millis(u64::from(self.ttl_ms));
         // RFC 9111 §4.2.3: the age it arrived with, plus how long it has been resident (the
         // expiry was rounded up to the microsecond, so this rounds up too).
-        let resident = ttl.saturating_sub(remaining).as_nanos().div_ceil(1_000);
-        let resident = Duration::from_micros(u64::try_from(resident).unwrap_or(u64::MAX));
+        // In u64 (a 128-bit division was a hit's costliest arithmetic): whole seconds are whole
+        // microseconds, so only the sub-second nanoseconds are rounded up. A TTL is at most
+        // u32::MAX ms, so the microseconds fit.
+        let r = ttl.saturating_sub(remaining);
+        let resident = r.as_secs() * 1_000_000 + u64::from(r.subsec_nanos().div_ceil(1_000));
+        let resident = Duration::from_micros(resident);
         Some(Fresh {
             status: self.status,
             answer: self.answer.clone(),
@@ -208,6 +212,12 @@ impl Versions {
         self.hasher.hash_one(key.target())
     }
 
+    /// A read of the key whose target is `target` ([`Key::target`]) leaves: as
+    /// [`start`](Self::start), from a key not made yet.
+    pub(crate) fn start_target(self: &Arc<Self>, target: KeyRef<'_>) -> Ticket {
+        self.start_hashed(self.hasher.hash_one(target))
+    }
+
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Slots> {
         // The maps hold integers only: whatever a panicking holder left is valid.
         self.shards[(hash >> 58) as usize % SHARDS]
@@ -217,7 +227,10 @@ impl Versions {
 
     /// A read of `key` leaves: note the key's version.
     pub(crate) fn start(self: &Arc<Self>, key: &Key) -> Ticket {
-        let hash = self.hash(key);
+        self.start_hashed(self.hash(key))
+    }
+
+    fn start_hashed(self: &Arc<Self>, hash: u64) -> Ticket {
         let all = self.all.load(Acquire);
         let mut shard = self.shard(hash);
         let slot = shard.entry(hash).or_default();

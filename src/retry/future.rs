@@ -13,15 +13,14 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
-use tower::util::rng::{HasherRng, Rng};
 
 use super::capture::Capture;
 use super::layer::Shared;
 use super::log::{ErrorText, Head, Target};
 use super::policy::{Attempt, Decision, Eligible, Stop};
 use super::replay::{ReplayBody, clone_request, with_body};
-use super::witness::{Proof, Ticket, issue};
 use super::scope::Scoped;
+use super::witness::{Proof, Ticket, issue};
 use crate::RetryInfo;
 use crate::classify::{
     Classify, ClassifyError, Outcome, SourceWalk, error_outcome, response_outcome,
@@ -251,13 +250,17 @@ where
                             elapsed: now.saturating_duration_since(*this.started),
                             prev_delay: *this.prev_delay,
                         };
-                        let u = HasherRng::new().next_f64();
+                        let u = jitter_sample();
+                        // The wall clock only dates a `Retry-After` hint: without one it is
+                        // not read (the policy does not look at it then).
+                        let wall = match &outcome {
+                            Outcome::Retryable { after: Some(_), .. } => SystemTime::now(),
+                            _ => SystemTime::UNIX_EPOCH,
+                        };
                         let budget = this.budget.as_ref();
-                        shared
-                            .policy
-                            .decide(&outcome, at, SystemTime::now(), u, || {
-                                budget.is_none_or(|s| s.budget.withdraw_at(now))
-                            })
+                        shared.policy.decide(&outcome, at, wall, u, || {
+                            budget.is_none_or(|s| s.budget.withdraw_at(now))
+                        })
                     };
                     let delay = match decision {
                         Decision::Stop(stop) => {
@@ -488,6 +491,26 @@ fn release<F, B: Body, E>(
     }
 }
 
+/// A uniform sample in [0, 1) for the jitter: xorshift64* on a per-thread state seeded once
+/// from std's random keys. (tower's `HasherRng::new()` built a `RandomState` and ran SipHash
+/// for every sample: ~150 instructions a retry.) Jitter needs spread, not secrecy.
+fn jitter_sample() -> f64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, RandomState};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(0u64) | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        // The top 53 bits of the product, scaled: every f64 step in [0, 1) equally likely.
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    })
+}
+
 /// Frames read from a discarded body in one poll before yielding to the executor.
 const FRAMES_PER_POLL: u32 = 64;
 
@@ -627,7 +650,33 @@ where
         }
     }
     result.map(|mut res| {
-        res.extensions_mut().insert(RetryInfo { outcome, attempts });
+        // A first attempt's Success on a 1xx-3xx answer is left unmarked (`RetryInfo::of`
+        // reads it): the extension would be the only allocation of the commonest answer.
+        let unmarked = attempts == 1
+            && matches!(outcome, Outcome::Success)
+            && RetryInfo::unmarked(res.status());
+        if !unmarked {
+            res.extensions_mut().insert(RetryInfo { outcome, attempts });
+        }
         res
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jitter_sample;
+
+    #[test]
+    fn jitter_samples_are_in_range_and_spread() {
+        let mut buckets = [0u32; 10];
+        for _ in 0..100_000 {
+            let u = jitter_sample();
+            assert!((0.0..1.0).contains(&u), "{u}");
+            buckets[(u * 10.0) as usize] += 1;
+        }
+        // Each tenth gets its share within 5% (the expected spread is under 1%).
+        for b in buckets {
+            assert!((9_500..=10_500).contains(&b), "{buckets:?}");
+        }
+    }
 }

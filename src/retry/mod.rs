@@ -4,9 +4,10 @@
 //! Each answer is classified from its head (see [`classify`](crate::classify)) before anything
 //! else happens to it:
 //!
-//! - **Missing** (404, 410) and **Success** and **Fatal** answers are returned at once, with a
-//!   [`RetryInfo`](crate::RetryInfo) extension. No setting and no classifier can make 404 or 410
-//!   retryable.
+//! - **Missing** (404, 410) and **Success** and **Fatal** answers are returned at once, with
+//!   their verdict ([`RetryInfo::of`](crate::RetryInfo::of) reads it; a 1xx–3xx Success at the
+//!   first attempt carries no extension, so the commonest answer allocates nothing). No setting
+//!   and no classifier can make 404 or 410 retryable.
 //! - **Retryable** answers (408, 429, 500, 502, 503, 504, transport errors) are retried while
 //!   `max_retries`, the deadline, the `Retry-After` cap and the [`RetryBudget`] of the request's
 //!   host allow (one per upstream host by default, [`BudgetScope`]), for
@@ -85,7 +86,7 @@
 //! let res = client.oneshot(Request::new(Empty::new())).await.unwrap();
 //! // 503, 503, then 404: the 404 ends the loop; it is never retried.
 //! assert_eq!(res.status(), StatusCode::NOT_FOUND);
-//! let info = res.extensions().get::<RetryInfo>().unwrap();
+//! let info = RetryInfo::of(&res).unwrap();
 //! assert_eq!((info.outcome, info.attempts), (Outcome::Missing, 3));
 //! assert_eq!(layer.stats().retries, 2);
 //! # }

@@ -201,7 +201,7 @@ pub(crate) fn eligibility(
     non_idempotent: bool,
     unprocessed: bool,
 ) -> Eligible {
-    if crate::headers::request_directives(headers).only_if_cached {
+    if only_if_cached(headers) {
         Eligible::Never
     } else if may_retry_request(method, headers, non_idempotent) {
         Eligible::Any
@@ -221,9 +221,17 @@ pub(crate) fn may_retry_request(
     headers: &HeaderMap,
     non_idempotent: bool,
 ) -> bool {
-    if crate::headers::request_directives(headers).only_if_cached {
-        return false;
-    }
+    !only_if_cached(headers) && may_retry_method(method, headers, non_idempotent)
+}
+
+/// Whether the request says `Cache-Control: only-if-cached`. Most requests carry no header at
+/// all: one check skips parsing them (and the hot path's every header lookup).
+fn only_if_cached(headers: &HeaderMap) -> bool {
+    !headers.is_empty() && crate::headers::request_directives(headers).only_if_cached
+}
+
+/// The method's part of [`may_retry_request`].
+fn may_retry_method(method: &Method, headers: &HeaderMap, non_idempotent: bool) -> bool {
     match *method {
         Method::GET
         | Method::HEAD

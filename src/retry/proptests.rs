@@ -333,10 +333,7 @@ impl Trace {
         match (&self.result, last) {
             (Ok(res), Answer::Status(s, _)) => {
                 prop_assert_eq!(res.status().as_u16(), *s);
-                let info = res
-                    .extensions()
-                    .get::<RetryInfo>()
-                    .map(|i| (i.outcome, i.attempts));
+                let info = RetryInfo::of(res).map(|i| (i.outcome, i.attempts));
                 prop_assert_eq!(info, Some((model(last), n as u32)));
             }
             (Err(e), Answer::Fail(kind)) => {

@@ -22,8 +22,10 @@ use crate::headers::content_length;
 
 /// Retries transient failures of an HTTP service; returns final answers (404, 410) at once.
 ///
-/// Built by [`StatusAwareRetryLayer`](crate::StatusAwareRetryLayer). Each response carries a
-/// [`RetryInfo`](crate::RetryInfo) extension with its outcome and the attempts it took.
+/// Built by [`StatusAwareRetryLayer`](crate::StatusAwareRetryLayer). Each response carries its
+/// outcome and the attempts it took, read by [`RetryInfo::of`](crate::RetryInfo::of) (a 1xx–3xx
+/// Success at the first attempt as the absence of a [`RetryInfo`](crate::RetryInfo) extension:
+/// it would be the commonest answer's only allocation).
 ///
 /// Like `tower::retry::Retry`, every attempt after the first is sent through a clone of the
 /// inner service made ready in the response future, so `S` must be `Clone` (a hyper-util

@@ -1,7 +1,5 @@
 //! Counters shared by every clone of a retry layer.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
 use crate::counter::{Counter, bump};
 use crate::observe::{RetryEvent, RetryOutcome, RetryReason, SharedObserver};
 
@@ -94,8 +92,7 @@ impl RetryStats {
 pub(crate) struct Counters {
     pub(crate) requests: Counter,
     pub(crate) attempts: Counter,
-    /// Not told by itself: the resend's event carries its reason (see [`Counters::resent`]).
-    pub(crate) retries: AtomicU64,
+    pub(crate) retries: Counter,
     pub(crate) succeeded: Counter,
     pub(crate) missing: Counter,
     pub(crate) failed: Counter,
@@ -126,7 +123,7 @@ impl Counters {
             requests: Counter::new(o, |o, _| o.retry(RetryEvent::Request)),
             // `attempts = requests + retries`: nothing of its own to tell.
             attempts: Counter::new(&None, |_, _| {}),
-            retries: AtomicU64::new(0),
+            retries: Counter::default(),
             succeeded: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Succeeded))),
             missing: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Missing))),
             failed: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Failed))),
@@ -166,7 +163,7 @@ impl Counters {
         RetryStats {
             requests: self.requests.get(),
             attempts: self.attempts.get(),
-            retries: self.retries.load(Relaxed),
+            retries: self.retries.get(),
             succeeded: self.succeeded.get(),
             missing: self.missing.get(),
             failed: self.failed.get(),
