@@ -109,7 +109,7 @@ async fn every_fleet_counter_equals_the_stats_snapshot() {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for garbage in [&b"hello"[..], b"\xff\xfe"] {
         let _: i64 = redis::cmd("PUBLISH")
-            .arg("fleet-metrics:events")
+            .arg("fleet-metrics:db0:events")
             .arg(garbage)
             .query_async(&mut conn)
             .await

@@ -726,7 +726,10 @@ mod tests {
             let k = key(s);
             assert_eq!(text_key(k.as_str()).as_ref(), Some(&k), "{s}");
         }
-        assert_eq!(key("http://h/%%41").as_str(), "http://h/%A");
+        // With a stray `%` nothing is decoded: `%%34A` would otherwise become `%4A`, a new
+        // escape, and normalising would not be idempotent.
+        assert_eq!(key("http://h/%%41").as_str(), "http://h/%%41");
+        assert_eq!(key("http://h/%%34A").as_str(), "http://h/%%34A");
         // Normal already: borrowed, no copy.
         for s in ["http://h/r/caf%C3%A9?a=%2F", "http://h/plain"] {
             let uri: Uri = s.parse().unwrap();

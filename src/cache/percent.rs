@@ -5,34 +5,41 @@ use http::Uri;
 
 /// Whether `s` is already in the normal form of RFC 3986 §6.2.2.1 and §6.2.2.2: every
 /// percent-escape in upper-case hex, and none of an unreserved character (`ALPHA / DIGIT / "-"
-/// / "." / "_" / "~"`, §2.3). Most targets have no `%` at all: one `memchr` says so.
+/// / "." / "_" / "~"`, §2.3). Most targets have no `%` at all: one `memchr` says so. A target
+/// with a stray `%` (one not followed by two hex digits) is taken as it is: see
+/// [`pct_normalise`].
 pub(crate) fn pct_normal(s: &str) -> bool {
     if !s.contains('%') {
         return true;
     }
     let b = s.as_bytes();
+    let mut normal = true;
     let mut i = 0;
     while i < b.len() {
         match escape_at(b, i) {
             Some((byte, upper_hex)) => {
-                if !upper_hex || unreserved(byte) {
-                    return false;
-                }
+                normal &= upper_hex && !unreserved(byte);
                 i += 3;
             }
+            None if b[i] == b'%' => return true,
             None => i += 1,
         }
     }
-    true
+    normal
 }
 
 /// `s` in the normal form of [`pct_normal`]: escapes of unreserved characters decoded
-/// (§6.2.2.2), the others' hex digits in upper case (§6.2.2.1). A `%` not followed by two hex
-/// digits is left as it is (it is no escape: an origin reads it as it likes, and both spellings
-/// of it are the same bytes). `None` only if the result were not UTF-8, which cannot happen:
-/// only ASCII is rewritten.
+/// (§6.2.2.2), the others' hex digits in upper case (§6.2.2.1). A target with a stray `%` (not
+/// followed by two hex digits: not a valid URI, §2.1, though `http::Uri` takes it) is left as
+/// it is, whole: decoding next to it could make a new escape (`%%34A` would become `%4A`, then
+/// `J`), so its spellings are not recognised as one. `None` only if the result were not UTF-8,
+/// which cannot happen: only ASCII is rewritten.
 pub(crate) fn pct_normalise(s: &str) -> Option<String> {
     let b = s.as_bytes();
+    let stray = (0..b.len()).any(|i| b[i] == b'%' && escape_at(b, i).is_none());
+    if stray {
+        return Some(s.to_owned());
+    }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -218,6 +225,17 @@ mod tests {
             prop_assert!(pct_normal(&n));
             prop_assert_eq!(pct_normalise(&n).unwrap(), n.clone());
             prop_assert_eq!(pct_normal(&s), n == s);
+        }
+
+        /// A stray `%` leaves the target as it is: decoding beside it never makes a new
+        /// escape (`%%34A` is not `%4A`).
+        #[test]
+        fn a_stray_percent_leaves_the_target_as_it_is(s in "[%a-fA-F0-9~]{0,12}") {
+            let b = s.as_bytes();
+            if (0..b.len()).any(|i| b[i] == b'%' && escape_at(b, i).is_none()) {
+                prop_assert_eq!(pct_normalise(&s).unwrap(), s.clone());
+                prop_assert!(pct_normal(&s));
+            }
         }
     }
 }
