@@ -54,8 +54,9 @@ pin_project! {
         withdrawn: Option<Instant>,
         // With a deadline, the answer a retry replaces when it holds nothing (an error, a
         // response whose body has ended): returned if the service is not ready by the
-        // deadline. An answer with a body is released during the wait instead.
-        kept: Option<(Result<Response<BodyOf<S, ReqB>>, S::Error>, Outcome)>,
+        // deadline. An answer with a body is released during the wait instead. Boxed: only a
+        // retry with a deadline pays for its size, not every future moved around.
+        kept: Option<Box<(Result<Response<BodyOf<S, ReqB>>, S::Error>, Outcome)>>,
         // The budget of the request's scope (its host, by default).
         budget: Option<Arc<Scoped>>,
         #[pin]
@@ -313,7 +314,7 @@ where
                         Err(_) => true,
                     };
                     if shared.policy.deadline.is_some() && holds_nothing {
-                        *this.kept = Some((result, outcome));
+                        *this.kept = Some(Box::new((result, outcome)));
                         this.state.set(wait(delay));
                     } else {
                         let next = release(result, shared, (now, delay), this.timer);
@@ -405,7 +406,7 @@ where
                             ready!(timer.as_mut().poll(cx));
                             // Not ready by the deadline: the answer in hand is the last one.
                             refund(this.budget, this.withdrawn);
-                            let (answer, outcome) = this.kept.take().expect("checked above");
+                            let (answer, outcome) = *this.kept.take().expect("checked above");
                             let target = Target::of(this.replay.as_ref(), this.head.as_deref());
                             return Poll::Ready(finish(
                                 shared,
