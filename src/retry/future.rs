@@ -57,7 +57,8 @@ pin_project! {
         // deadline. An answer with a body is released during the wait instead. Boxed: only a
         // retry with a deadline pays for its size, not every future moved around.
         kept: Option<Box<(Result<Response<BodyOf<S, ReqB>>, S::Error>, Outcome)>>,
-        // The budget of the request's scope (its host, by default).
+        // The budget of the request's scope (its host, by default), looked up when a retry is
+        // first decided: a request answered at once never needs it.
         budget: Option<Arc<Scoped>>,
         #[pin]
         state: State<S::Future, BodyOf<S, ReqB>>,
@@ -117,7 +118,6 @@ fn refund(budget: &Option<Arc<Scoped>>, withdrawn: &mut Option<Instant>) {
 
 /// What a request keeps for its later attempts (see the future's fields).
 pub(crate) struct Again<ReqB> {
-    pub(crate) budget: Option<Arc<Scoped>>,
     pub(crate) replay: Option<Request<ReqB>>,
     pub(crate) capture: Option<Capture<ReqB>>,
     pub(crate) head: Option<Box<Head>>,
@@ -156,7 +156,6 @@ where
         started: Instant,
     ) -> Self {
         let Again {
-            budget,
             replay,
             capture,
             head,
@@ -166,7 +165,7 @@ where
         ResponseFuture {
             withdrawn: None,
             kept: None,
-            budget,
+            budget: None,
             state: State::Called { future },
             service,
             replay,
@@ -258,9 +257,15 @@ where
                             Outcome::Retryable { after: Some(_), .. } => SystemTime::now(),
                             _ => SystemTime::UNIX_EPOCH,
                         };
-                        let budget = this.budget.as_ref();
+                        let (budget, replay) = (&mut *this.budget, this.replay.as_ref());
                         shared.policy.decide(&outcome, at, wall, u, || {
-                            budget.is_none_or(|s| s.budget.withdraw_at(now))
+                            let (Some(scopes), Some(req)) = (&shared.budget, replay) else {
+                                return true;
+                            };
+                            let scope = budget.get_or_insert_with(|| {
+                                scopes.scope_of(req.uri(), req.headers(), now)
+                            });
+                            scope.budget.withdraw_at(now)
                         })
                     };
                     let delay = match decision {
@@ -453,7 +458,6 @@ where
                     if this.ticket.is_some() {
                         *this.ticket = Some(issue(&mut req));
                     }
-                    bump(&shared.stats.attempts);
                     shared.stats.resent(*this.reason, *this.attempts - 1);
                     let future = service.call(req);
                     this.state.set(State::Called { future });

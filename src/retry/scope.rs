@@ -2,16 +2,18 @@
 //! another host's retries (Envoy scopes its budget per upstream cluster, gRPC per channel).
 //!
 //! The scopes live in a sharded map keyed by a seeded hash of the scope's name (the request's
-//! authority, ASCII case-insensitive as RFC 3986 §3.2.2 makes the host): a request for a known
-//! scope takes one shard's read lock, compares the name and clones an `Arc` — no allocation,
-//! no global lock. The map is bounded (`max_scopes`); scopes past the bound share one overflow
+//! authority, ASCII case-insensitive as RFC 3986 §3.2.2 makes the host). A request deposits
+//! into its scope as it is sent: a service remembers the scope it deposited into last, so a
+//! request to the same host as the one before compares the name and adds — no lock, no
+//! `Arc` cloned, no allocation; another host takes one shard's read lock. The scope a retry
+//! withdraws from is looked up only when a retry is decided. The map is bounded (`max_scopes`); scopes past the bound share one overflow
 //! budget, and a scope idle for a whole window is forgotten: all its deposits and withdrawals
 //! have expired by then, so a fresh budget behaves exactly as the forgotten one would have.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -96,6 +98,14 @@ impl fmt::Debug for BudgetScope {
     }
 }
 
+/// The per-host scope's name: the request's authority, else its `Host` header's value.
+fn host_name<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
+    match uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => headers.get(HOST).map_or(&b""[..], |h| h.as_bytes()),
+    }
+}
+
 /// ASCII uppercase to lowercase in the 8 bytes of `x` at once (other bytes unchanged).
 fn lowercase(x: u64) -> u64 {
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -112,6 +122,9 @@ fn lowercase(x: u64) -> u64 {
 pub(crate) struct Scoped {
     pub(crate) name: Arc<str>,
     pub(crate) budget: RetryBudget,
+    /// Forgotten by the map (idle for a window): a service that kept it (see
+    /// [`Scopes::deposit`]) looks its scope up again.
+    retired: AtomicBool,
 }
 
 /// The map's keys are already seeded hashes: hashing them again would cost for nothing.
@@ -171,6 +184,7 @@ impl Scopes {
         let shared = Arc::new(Scoped {
             name: name.into(),
             budget: RetryBudget::new(ratio, min, window)?,
+            retired: AtomicBool::new(false),
         });
         Ok(Scopes {
             scope,
@@ -190,15 +204,44 @@ impl Scopes {
     pub(crate) fn scope_of(&self, uri: &Uri, headers: &HeaderMap, now: Instant) -> Arc<Scoped> {
         match &self.scope.0 {
             Kind::Layer => self.shared.clone(),
-            Kind::PerHost => {
-                let name = match uri.authority() {
-                    Some(a) => a.as_str().as_bytes(),
-                    None => headers.get(HOST).map_or(&b""[..], |h| h.as_bytes()),
-                };
-                self.named(name, now)
-            }
+            Kind::PerHost => self.named(host_name(uri, headers), now),
             Kind::By(f) => self.named(f(uri, headers).as_bytes(), now),
         }
+    }
+
+    /// A request with this URI and headers is sent at `now`: its scope's budget gets its
+    /// deposit. `last` is the calling service's own memory of the scope it deposited into
+    /// last: a service sends to one host, mostly, and finding it there (same name, not
+    /// retired) takes no lock and clones no `Arc` — the map is asked only when the host
+    /// changes. The scope a retry withdraws from is looked up when one is decided (see
+    /// [`scope_of`](Self::scope_of)): the same one, by the same name.
+    pub(crate) fn deposit(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        now: Instant,
+        last: &mut Option<Arc<Scoped>>,
+    ) {
+        let name = match &self.scope.0 {
+            Kind::Layer => return self.shared.budget.deposit_at(now),
+            Kind::By(f) => {
+                return self
+                    .named(f(uri, headers).as_bytes(), now)
+                    .budget
+                    .deposit_at(now);
+            }
+            Kind::PerHost => host_name(uri, headers),
+        };
+        if let Some(s) = last
+            .as_ref()
+            .filter(|s| s.name.as_bytes() == name && !s.retired.load(Relaxed))
+        {
+            return s.budget.deposit_at(now);
+        }
+        let s = self.named(name, now);
+        s.budget.deposit_at(now);
+        // The overflow budget is not remembered: the host may get a place of its own later.
+        *last = (!Arc::ptr_eq(&s, &self.shared)).then_some(s);
     }
 
     /// The budget of the scope `name`, created at `now` if new (or the overflow budget).
@@ -230,6 +273,7 @@ impl Scopes {
         let scoped = Arc::new(Scoped {
             name: String::from_utf8_lossy(name).into(),
             budget: RetryBudget::starting_at(ratio, min, window, now),
+            retired: AtomicBool::new(false),
         });
         map.insert(hash, scoped.clone());
         scoped
@@ -288,7 +332,13 @@ impl Scopes {
         for shard in self.shards.iter() {
             let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
             let before = map.len();
-            map.retain(|_, s| !s.budget.idle_at(now));
+            map.retain(|_, s| {
+                let idle = s.budget.idle_at(now);
+                if idle {
+                    s.retired.store(true, Relaxed);
+                }
+                !idle
+            });
             self.len.fetch_sub(before - map.len(), Relaxed);
         }
     }
@@ -388,6 +438,48 @@ mod tests {
         assert_eq!(&*c.name, "c");
         assert_eq!(s.len(), 2);
         assert!(!Arc::ptr_eq(&s.named(b"a", later), &a), "a was forgotten");
+    }
+
+    /// A service's memory of its last scope is used only while it is that host's scope in
+    /// the map: a host forgotten while idle gets its deposits in the new scope, never in the
+    /// retired one (whose withdrawals nobody would see), and the overflow budget is never
+    /// remembered.
+    #[test]
+    fn a_remembered_scope_is_used_only_while_it_is_in_the_map() {
+        let s = scopes(0.0, 1, 2);
+        let t0 = Instant::now();
+        let uri = |host: &str| format!("http://{host}/x").parse::<Uri>().unwrap();
+        let none = HeaderMap::new();
+        let mut last = None;
+        s.deposit(&uri("a"), &none, t0, &mut last);
+        let a = last.clone().expect("a remembered");
+        assert_eq!(&*a.name, "a");
+        assert!(Arc::ptr_eq(&a, &s.named(b"a", t0)));
+        // Another host: looked up, then remembered instead.
+        s.deposit(&uri("b"), &none, t0, &mut last);
+        assert_eq!(&*last.as_ref().unwrap().name, "b");
+        s.deposit(&uri("a"), &none, t0, &mut last);
+        assert!(Arc::ptr_eq(last.as_ref().unwrap(), &a));
+        // The map is full: a third host gets the overflow budget, not remembered.
+        s.deposit(&uri("c"), &none, t0, &mut last);
+        assert!(last.is_none());
+        // `a` idle for a whole window (b kept busy) is forgotten when `c` needs a place...
+        let mut busy = None;
+        s.deposit(&uri("b"), &none, t0 + WINDOW, &mut busy);
+        let later = t0 + WINDOW + Duration::from_secs(5);
+        assert_eq!(&*s.named(b"c", later).name, "c");
+        assert!(a.retired.load(Relaxed));
+        // ...and a service still remembering it deposits where the map says now (the
+        // overflow budget: b and c hold the places), never into the retired scope.
+        let mut stale = Some(a.clone());
+        s.deposit(&uri("a"), &none, later, &mut stale);
+        assert!(stale.is_none(), "the retired scope is not remembered");
+        // A place again (b and c idle past their window): a gets a scope of its own.
+        let much_later = later + WINDOW + WINDOW;
+        s.deposit(&uri("a"), &none, much_later, &mut stale);
+        let new_a = stale.expect("a place of its own");
+        assert!(!Arc::ptr_eq(&new_a, &a));
+        assert!(Arc::ptr_eq(&new_a, &s.scope_of(&uri("a"), &none, much_later)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::layer::Shared;
 use super::log::Head;
 use super::policy::{Eligible, eligibility};
 use super::replay::{ReplayBody, clone_request, with_body};
+use super::scope::Scoped;
 use super::stats::RetryStats;
 use super::witness::issue;
 use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
@@ -33,11 +34,17 @@ use crate::headers::content_length;
 pub struct StatusAwareRetry<S, C = DefaultClassifier, EC = SourceWalk> {
     inner: S,
     shared: Arc<Shared<C, EC>>,
+    /// The budget scope this service deposited into last (see `Scopes::deposit`).
+    last_scope: Option<Arc<Scoped>>,
 }
 
 impl<S, C, EC> StatusAwareRetry<S, C, EC> {
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared<C, EC>>) -> Self {
-        StatusAwareRetry { inner, shared }
+        StatusAwareRetry {
+            inner,
+            shared,
+            last_scope: None,
+        }
     }
 
     /// The counters shared with the layer that made this service and all its clones.
@@ -66,6 +73,7 @@ impl<S: Clone, C, EC> Clone for StatusAwareRetry<S, C, EC> {
         StatusAwareRetry {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            last_scope: self.last_scope.clone(),
         }
     }
 }
@@ -100,15 +108,12 @@ where
         let shared = &self.shared;
         let now = Instant::now();
         bump(&shared.stats.requests);
-        bump(&shared.stats.attempts);
         // Every request deposits, whatever its answer (a 404 too: a final answer is a healthy
         // exchange, as in the SRE book and gRPC), when it is sent: the budget bounds the load a
         // host sees to (1 + ratio) x its requests, which counting answers could not promise.
-        let budget = shared.budget.as_ref().map(|scopes| {
-            let scope = scopes.scope_of(req.uri(), req.headers(), now);
-            scope.budget.deposit_at(now);
-            scope
-        });
+        if let Some(scopes) = &shared.budget {
+            scopes.deposit(req.uri(), req.headers(), now, &mut self.last_scope);
+        }
         let mut eligible = eligibility(
             req.method(),
             req.headers(),
@@ -154,7 +159,6 @@ where
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
         let again = Again {
-            budget,
             replay,
             capture,
             head,

@@ -91,7 +91,6 @@ impl RetryStats {
 #[derive(Debug)]
 pub(crate) struct Counters {
     pub(crate) requests: Counter,
-    pub(crate) attempts: Counter,
     pub(crate) retries: Counter,
     pub(crate) succeeded: Counter,
     pub(crate) missing: Counter,
@@ -121,8 +120,6 @@ impl Counters {
         let o = &observer;
         Counters {
             requests: Counter::new(o, |o, _| o.retry(RetryEvent::Request)),
-            // `attempts = requests + retries`: nothing of its own to tell.
-            attempts: Counter::new(&None, |_, _| {}),
             retries: Counter::default(),
             succeeded: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Succeeded))),
             missing: Counter::new(o, |o, _| o.retry(RetryEvent::Answered(O::Missing))),
@@ -160,10 +157,13 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> RetryStats {
+        // `attempts = requests + retries`, always: derived, not counted (one add less per
+        // request).
+        let (requests, retries) = (self.requests.get(), self.retries.get());
         RetryStats {
-            requests: self.requests.get(),
-            attempts: self.attempts.get(),
-            retries: self.retries.get(),
+            requests,
+            attempts: requests + retries,
+            retries,
             succeeded: self.succeeded.get(),
             missing: self.missing.get(),
             failed: self.failed.get(),
