@@ -19,7 +19,7 @@ use super::NegativeCacheHit;
 use super::answer::Head;
 use super::body::ResponseBody;
 use super::coalesce::{Flight, Leader};
-use super::key::{Key, origin_target, target_key};
+use super::key::{Key, KeyRef, origin_target, target_key};
 use super::record::Recorder;
 use super::reference::{Target, resolve};
 use super::state::State;
@@ -78,6 +78,18 @@ impl ReadKey {
             ReadKey::Key(k) => Some(k),
             ReadKey::Target { uri, host, cred } => {
                 state.key_for(&uri, host.as_ref(), cred)?.to_key()
+            }
+        }
+    }
+
+    /// Runs `f` on the key's target ([`Key::target`]), without making the key.
+    fn with_target(&self, state: &State, f: impl FnOnce(KeyRef<'_>)) {
+        match self {
+            ReadKey::Key(k) => f(k.target()),
+            ReadKey::Target { uri, host, cred } => {
+                if let Some(lookup) = state.key_for(uri, host.as_ref(), *cred) {
+                    f(lookup.target());
+                }
             }
         }
     }
@@ -586,17 +598,20 @@ fn settle<C: Classify, B: Body>(
         // Present: a Missing answer remembered for this key is forgotten, and those still on
         // their way are not remembered.
         Outcome::Success => {
-            // The key is made only if a fleet tier records the change, the adaptive TTL ends
-            // its streak, or something may be stored for it: most 2xx answers go by without
-            // it. Without a tier only the time of the change is noted (for a tier attached
-            // later).
+            // The key is made only if a fleet tier records the change or something may be
+            // stored for it: most 2xx answers go by without it. Without a tier only the time
+            // of the change is noted (for a tier attached later), and the adaptive TTL's
+            // streak ends by the key's target.
             let mut read_key = Some(read_key);
             let mut key = None;
-            if state.history.is_some() || !state.peers.recent.note_if_off(Instant::now()) {
+            if !state.peers.recent.note_if_off(Instant::now()) {
                 key = read_key.take().and_then(|k| k.into_key(state));
                 if let Some(k) = &key {
                     state.note_changed(k);
                 }
+            } else if let (Some(history), Some(k)) = (&state.history, &read_key) {
+                // Present: the streak ends, and a Missing answer after this one is a flap.
+                k.with_target(state, |t| history.present_target(t));
             }
             if let Some(t) = pending.ticket.take() {
                 t.settle_present();

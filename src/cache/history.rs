@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use http::StatusCode;
 use quick_cache::DefaultHashBuilder;
 
-use super::key::Key;
+use super::key::{Key, KeyRef};
 
 /// The longest streak counted: 2^15 times the base exceeds any ceiling the builder allows
 /// (30 days / 1 s < 2^22 — the ceiling cuts it long before).
@@ -73,7 +73,11 @@ impl Histories {
     /// target) and the tag its record carries. A tag of 0 marks an empty slot, so tags are
     /// never 0.
     fn locate(&self, key: &Key) -> (&[AtomicU64], u64) {
-        let h = self.hasher.hash_one(key.target());
+        self.locate_target(key.target())
+    }
+
+    fn locate_target(&self, target: KeyRef<'_>) -> (&[AtomicU64], u64) {
+        let h = self.hasher.hash_one(target);
         let buckets = self.slots.len() / WAYS;
         // The bucket from the hash's high bits, the tag from its low ones.
         let b = ((u128::from(h) * buckets as u128) >> 64) as usize;
@@ -152,7 +156,13 @@ impl Histories {
     /// `key` answered present (a 2xx): its streak ends; a Missing answer after this one
     /// marks it as flapping. A key with no record gets none (a 2xx costs no slot).
     pub(crate) fn present(&self, key: &Key) {
-        let (bucket, tag) = self.locate(key);
+        self.present_target(key.target());
+    }
+
+    /// As [`present`](Self::present), from the key's target ([`Key::target`]): a read
+    /// answered 2xx need not make its key for this.
+    pub(crate) fn present_target(&self, target: KeyRef<'_>) {
+        let (bucket, tag) = self.locate_target(target);
         Self::update(bucket, tag, |old| Some((old & !MAX_STREAK) | PRESENT));
     }
 

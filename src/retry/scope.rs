@@ -479,7 +479,10 @@ mod tests {
         s.deposit(&uri("a"), &none, much_later, &mut stale);
         let new_a = stale.expect("a place of its own");
         assert!(!Arc::ptr_eq(&new_a, &a));
-        assert!(Arc::ptr_eq(&new_a, &s.scope_of(&uri("a"), &none, much_later)));
+        assert!(Arc::ptr_eq(
+            &new_a,
+            &s.scope_of(&uri("a"), &none, much_later)
+        ));
     }
 
     #[test]
