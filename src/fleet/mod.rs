@@ -31,7 +31,9 @@
 //!   beside its message loop (a warm-up of seconds never delays a message). A value that is
 //!   not text is skipped and counted. After a lost subscription it catches up the same way:
 //!   a generation other than the last one read clears it (a clear it did not hear), and
-//!   tombstones written since the loss forget their keys (up to `max(warm, 100,000)` keys).
+//!   tombstones written since the loss (counted from the subscription's last sign of life: a
+//!   message or an answered PING) forget their keys (up to `max(warm, 100,000)` keys). A
+//!   warm-up or catch-up that fails is retried with backoff while subscribed.
 //! - **Namespaced:** every Redis key and the channel start with a prefix, so services can
 //!   share a Redis. The channel also names the database (`<prefix>:db<N>:events`): pub/sub
 //!   ignores the database number, and fleets in two databases must not hear each other. A password or ACL user goes in the URL
