@@ -327,3 +327,46 @@ async fn after_a_silently_lost_subscription_the_forgets_sent_meanwhile_are_caugh
         fb.stats()
     );
 }
+
+/// Issue 23 item 2 (`Recent::note_if_off`, added during the merge), on a cache whose tier was
+/// dropped and started again: a read's 2xx seen while no tier was attached must order out a
+/// peer's older stored 404 when the next tier warms up, as it does before a cache's first tier.
+/// Once a tier had been attached, recording stayed on, so such a 2xx was kept only as a
+/// per-key tombstone of 10 s: a tier started later warmed the older 404 up and the replica
+/// answered 404 for a record it had just seen present.
+#[tokio::test]
+async fn a_2xx_seen_between_two_tiers_orders_out_an_older_stored_404() {
+    let redis = redis_or_skip!("a_2xx_seen_between_two_tiers_orders_out_an_older_stored_404");
+    // The record is missing for A's read, then present for B's.
+    let origin = TestServer::builder()
+        .route("/records/between", [Reply::status(404), Reply::ok("here")])
+        .start()
+        .await;
+    let url = origin.url("/records/between");
+    let (a, b) = (node(), node());
+    // B had a tier once, and dropped it (a restart of the tier, a deploy of its config).
+    let fb = b.start(tier(&redis.url()));
+    connected(&fb).await;
+    drop(fb);
+    let fa = a.start(tier(&redis.url()));
+    connected(&fa).await;
+    assert_eq!(a.get(&url).await, StatusCode::NOT_FOUND);
+    wait_until(Duration::from_secs(5), || fa.stats().published >= 1).await;
+    // B, with no tier, reads the record: present, after A's request left.
+    assert_eq!(b.get(&url).await, StatusCode::OK);
+    // Later than the 10 s of a per-key tombstone, B's tier is started again.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    let fb = b.start(tier(&redis.url()));
+    connected(&fb).await;
+    wait_until(Duration::from_secs(5), || {
+        let s = fb.stats();
+        s.warmed + s.rejected.superseded >= 1
+    })
+    .await;
+    assert!(
+        !b.holds(&url),
+        "A's older 404 was warmed up: {:?}",
+        fb.stats()
+    );
+    assert_eq!(fb.stats().rejected.superseded, 1, "{:?}", fb.stats());
+}
