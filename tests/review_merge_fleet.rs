@@ -370,3 +370,64 @@ async fn a_2xx_seen_between_two_tiers_orders_out_an_older_stored_404() {
     );
     assert_eq!(fb.stats().rejected.superseded, 1, "{:?}", fb.stats());
 }
+
+/// Issue 17 against issue 23: a stored copy carries no answer (it warms a head-only entry),
+/// and the catch-up after a lost subscription warms stored copies again. It replaced what the
+/// replica already held — its own entry, the origin's JSON body and `Content-Type` — with a
+/// bare head-only one: after the catch-up its hit was no longer the origin's answer.
+#[tokio::test]
+async fn a_catch_up_does_not_replace_a_held_answer_with_a_head_only_copy() {
+    const JSON: &str = r#"{"error":"not_found","code":4040}"#;
+    let redis = redis_or_skip!("a_catch_up_does_not_replace_a_held_answer_with_a_head_only_copy");
+    let origin = TestServer::builder()
+        .handler(|_| {
+            Some(
+                Reply::status(404)
+                    .header("content-type", "application/json")
+                    .body(JSON),
+            )
+        })
+        .start()
+        .await;
+    // A generation from before B starts (one B's first warm-up reads).
+    let _: () = cmd(&redis, &["SET", "fleet-test:gen", "1"]).await;
+    let b = node();
+    let fb = b.start(tier(&redis.url()));
+    connected(&fb).await;
+    let url = origin.url("/records/json");
+    let req = Request::get(&url).body(Empty::new()).unwrap();
+    let res = b.client.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(support::body_bytes(res).await, JSON.as_bytes());
+    wait_until(Duration::from_secs(5), || fb.stats().published >= 1).await;
+    assert!(b.cache.peek(&url.parse().unwrap()).unwrap().body_kept);
+    // The subscription is lost and comes back: B catches up from Redis.
+    let _: i64 = cmd(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    wait_until(Duration::from_secs(10), || fb.stats().reconnects >= 1).await;
+    // The catch-up has read the stored copies (the copy is B's own: there is one).
+    let mut conn = admin(&redis).await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("fleet-test:db0:events")
+        .arg("not a message")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), || {
+        fb.stats().rejected.malformed >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let req = Request::get(&url).body(Empty::new()).unwrap();
+    let res = b.client.clone().oneshot(req).await.unwrap();
+    assert_eq!(origin.hits("/records/json"), 1, "not a hit");
+    assert_eq!(
+        res.headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap()),
+        Some("application/json"),
+        "{:?} {:?}",
+        res.headers(),
+        fb.stats()
+    );
+    assert_eq!(support::body_bytes(res).await, JSON.as_bytes());
+}
