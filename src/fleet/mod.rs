@@ -8,7 +8,7 @@
 //! into its own cache, so a peer's hit is the origin's answer too. The receiver filters the
 //! fields again (a peer's `Set-Cookie` or hop-by-hop field is never replayed) and keeps the
 //! body only within its own `max_body_bytes`. A stored copy a late replica warms up from
-//! carries no answer: it warms a head-only entry. Forgetting (a
+//! carries no answer: it warms a head-only entry, and never replaces one held. Forgetting (a
 //! successful write, a handle call, a clear) propagates the same way. R replicas then cost
 //! about one upstream 404 per key per TTL instead of R.
 //!

@@ -485,6 +485,15 @@ fn warm_one(
     if value.starts_with("t ") {
         return;
     }
+    // A key held here already (its own answer, or a peer's message, which carry the origin's
+    // fields and kept body) is not replaced by a copy, which carries none: a catch-up, or a
+    // warm-up that a message overtook, must not turn a faithful hit into a bare head-only one.
+    if state
+        .key_from_text(key)
+        .is_some_and(|k| state.store.peek(&k, Instant::now()).is_some())
+    {
+        return;
+    }
     let mut parts = value.split(' ');
     let fields = (parts.next(), parts.next(), parts.next(), parts.next());
     let (Some("m"), Some(start), Some(ttl), Some(status)) = fields else {
