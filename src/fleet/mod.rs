@@ -67,7 +67,7 @@
 //!   it. Until the stack has given both verdicts, the one it gave decides.
 //! - **Only within its own limits.** A peer's TTL is capped at this cache's `max_ttl` (never
 //!   raised to `min_ttl`: what is left of a peer's entry is not extended). Payloads over
-//!   16 KiB + 257 bytes (a key and an answer of 8 KiB each) are refused unread, and keys over 8 KiB are neither sent nor accepted.
+//!   16 KiB + 257 bytes (a key and an answer of 8 KiB each) are refused unread, and keys over 8 KiB are neither sent nor accepted (nor, in a Missing message, keys holding a NUL byte: its answer section starts at the first NUL; their forgets are sent).
 //! - **Only news newer than its own.** The latest answer wins across replicas as it does
 //!   locally: a peer's 404 is refused if this replica saw that key answered 2xx, written,
 //!   invalidated or cleared after the peer's request left. The message says how long before
