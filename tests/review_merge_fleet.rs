@@ -480,3 +480,39 @@ async fn a_forget_of_a_key_with_a_nul_byte_reaches_the_peers() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!b.holds(&url), "B kept the forgotten 404: {:?}", fb.stats());
 }
+
+/// Issue 23 item 10's sibling: a stored *key name* that is not text (something else wrote it
+/// under the prefix). The scan read key names as strings, so one such key failed every
+/// warm-up (and every catch-up after a lost subscription: the forgets sent meanwhile were
+/// never read back). It is skipped and counted, the rest warmed up.
+#[tokio::test]
+async fn a_binary_stored_key_name_is_skipped_and_the_rest_warmed() {
+    let redis = redis_or_skip!("a_binary_stored_key_name_is_skipped_and_the_rest_warmed");
+    let origin = origin().await;
+    let a = node();
+    let fa = a.start(tier(&redis.url()));
+    connected(&fa).await;
+    let url = origin.url("/records/beside-binary");
+    assert_eq!(a.get(&url).await, StatusCode::NOT_FOUND);
+    wait_until(Duration::from_secs(5), || fa.stats().published >= 1).await;
+    let generation: String = cmd(&redis, &["GET", "fleet-test:gen"]).await;
+    let mut name = format!("fleet-test:k:{generation}:http://h.test/").into_bytes();
+    name.extend_from_slice(b"\xff\xfe");
+    let _: () = redis::cmd("SET")
+        .arg(name)
+        .arg("t 1")
+        .query_async(&mut admin(&redis).await)
+        .await
+        .unwrap();
+    let late = node();
+    let fl = late.start(tier(&redis.url()));
+    connected(&fl).await;
+    wait_until(Duration::from_secs(5), || {
+        let s = fl.stats();
+        s.warmed + s.rejected.malformed >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(late.holds(&url), "{:?}", fl.stats());
+    assert_eq!(fl.stats().rejected.malformed, 1, "{:?}", fl.stats());
+}
