@@ -28,8 +28,8 @@
 //!   404. [`FleetStats`] counts all of it.
 //! - **Late starters warm up** (optional, bounded): remembered keys are also stored in Redis
 //!   with their TTL and age; a replica reads up to `warm` of them when it first connects,
-//!   beside its message loop (a warm-up of seconds never delays a message). A value that is
-//!   not text is skipped and counted. After a lost subscription it catches up the same way:
+//!   beside its message loop (a warm-up of seconds never delays a message). A value (or key
+//!   name) that is not text is skipped and counted. After a lost subscription it catches up the same way:
 //!   a generation other than the last one read clears it (a clear it did not hear), and
 //!   tombstones written since the loss (counted from the subscription's last sign of life: a
 //!   message or an answered PING) forget their keys (up to `max(warm, 100,000)` keys). A

@@ -15,13 +15,14 @@ use super::wire::{self, Body, Message, Refusal, ms};
 use crate::cache::{Answer, Head, Learned, State};
 use crate::counter::{Counter, bump};
 
-/// Up to `limit` of the keys in Redis that start with `prefix`.
+/// Up to `limit` of the keys in Redis that start with `prefix`, as bytes: a key name that is
+/// not text (something else wrote it) must not fail the whole scan.
 async fn scan(
     prefix: &str,
     conn: &mut impl redis::aio::ConnectionLike,
     limit: usize,
     each: Duration,
-) -> redis::RedisResult<Vec<String>> {
+) -> redis::RedisResult<Vec<Vec<u8>>> {
     let pattern = format!("{}*", glob_escape(prefix));
     let (mut cursor, mut keys) = (0u64, Vec::new());
     loop {
@@ -33,7 +34,7 @@ async fn scan(
             .arg("COUNT")
             .arg(1000);
         let round = command.query_async(conn);
-        let (next, batch): (u64, Vec<String>) = timeout(each, round)
+        let (next, batch): (u64, Vec<Vec<u8>>) = timeout(each, round)
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "SCAN timed out")))??;
         keys.extend(batch);
@@ -397,6 +398,15 @@ async fn sync(
             return None;
         }
     };
+    // A key name that is not text is skipped and counted, as a value that is not.
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| {
+            String::from_utf8(k)
+                .map_err(|_| bump(&counters.rejected.malformed))
+                .ok()
+        })
+        .collect();
     for chunk in keys.chunks(500) {
         let (now, values): ((u64, u64), Vec<redis::Value>) = within(
             cfg,
