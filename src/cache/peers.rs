@@ -146,6 +146,8 @@ impl Peers {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn detach(&self) {
         *self.tx.write().unwrap_or_else(|p| p.into_inner()) = None;
+        // Until the next tier: changes are noted by time, which no window forgets.
+        self.recent.turn_off();
     }
 
     pub(crate) fn attached(&self) -> bool {

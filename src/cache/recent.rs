@@ -106,6 +106,15 @@ impl Recent {
         self.on.store(true, Ordering::Release);
     }
 
+    /// Stops recording keys (when a fleet tier is dropped): changes until the next tier
+    /// attaches are known by the time of the last one, as before a cache's first tier. A
+    /// per-key tombstone lasts [`WINDOW`] only, and the next tier may start later than that:
+    /// its warm-up must still refuse a peer's copy older than a 2xx seen meanwhile.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn turn_off(&self) {
+        self.on.store(false, Ordering::Release);
+    }
+
     /// A change while off: only its time. Read first, so a cache alone writes the shared
     /// line at most once a millisecond, not once a request.
     fn note_before(&self, now: Instant) {

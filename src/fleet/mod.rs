@@ -8,7 +8,7 @@
 //! into its own cache, so a peer's hit is the origin's answer too. The receiver filters the
 //! fields again (a peer's `Set-Cookie` or hop-by-hop field is never replayed) and keeps the
 //! body only within its own `max_body_bytes`. A stored copy a late replica warms up from
-//! carries no answer: it warms a head-only entry. Forgetting (a
+//! carries no answer: it warms a head-only entry, and never replaces one held. Forgetting (a
 //! successful write, a handle call, a clear) propagates the same way. R replicas then cost
 //! about one upstream 404 per key per TTL instead of R.
 //!
@@ -28,10 +28,12 @@
 //!   404. [`FleetStats`] counts all of it.
 //! - **Late starters warm up** (optional, bounded): remembered keys are also stored in Redis
 //!   with their TTL and age; a replica reads up to `warm` of them when it first connects,
-//!   beside its message loop (a warm-up of seconds never delays a message). A value that is
-//!   not text is skipped and counted. After a lost subscription it catches up the same way:
+//!   beside its message loop (a warm-up of seconds never delays a message). A value (or key
+//!   name) that is not text is skipped and counted. After a lost subscription it catches up the same way:
 //!   a generation other than the last one read clears it (a clear it did not hear), and
-//!   tombstones written since the loss forget their keys (up to `max(warm, 100,000)` keys).
+//!   tombstones written since the loss (counted from the subscription's last sign of life: a
+//!   message or an answered PING) forget their keys (up to `max(warm, 100,000)` keys). A
+//!   warm-up or catch-up that fails is retried with backoff while subscribed.
 //! - **Namespaced:** every Redis key and the channel start with a prefix, so services can
 //!   share a Redis. The channel also names the database (`<prefix>:db<N>:events`): pub/sub
 //!   ignores the database number, and fleets in two databases must not hear each other. A password or ACL user goes in the URL
@@ -65,7 +67,7 @@
 //!   it. Until the stack has given both verdicts, the one it gave decides.
 //! - **Only within its own limits.** A peer's TTL is capped at this cache's `max_ttl` (never
 //!   raised to `min_ttl`: what is left of a peer's entry is not extended). Payloads over
-//!   16 KiB + 257 bytes (a key and an answer of 8 KiB each) are refused unread, and keys over 8 KiB are neither sent nor accepted.
+//!   16 KiB + 257 bytes (a key and an answer of 8 KiB each) are refused unread, and keys over 8 KiB are neither sent nor accepted (nor, in a Missing message, keys holding a NUL byte: its answer section starts at the first NUL; their forgets are sent).
 //! - **Only news newer than its own.** The latest answer wins across replicas as it does
 //!   locally: a peer's 404 is refused if this replica saw that key answered 2xx, written,
 //!   invalidated or cleared after the peer's request left. The message says how long before

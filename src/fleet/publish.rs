@@ -318,7 +318,7 @@ fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
         } => {
             let left = (*at + *ttl).checked_duration_since(now)?;
             let age = now.saturating_duration_since(*started);
-            if key.len() > wire::MAX_KEY || left.is_zero() || age > MAX_AGE {
+            if !wire::shareable(key) || left.is_zero() || age > MAX_AGE {
                 return None;
             }
             Body::Missing {

@@ -15,13 +15,14 @@ use super::wire::{self, Body, Message, Refusal, ms};
 use crate::cache::{Answer, Head, Learned, State};
 use crate::counter::{Counter, bump};
 
-/// Up to `limit` of the keys in Redis that start with `prefix`.
+/// Up to `limit` of the keys in Redis that start with `prefix`, as bytes: a key name that is
+/// not text (something else wrote it) must not fail the whole scan.
 async fn scan(
     prefix: &str,
     conn: &mut impl redis::aio::ConnectionLike,
     limit: usize,
     each: Duration,
-) -> redis::RedisResult<Vec<String>> {
+) -> redis::RedisResult<Vec<Vec<u8>>> {
     let pattern = format!("{}*", glob_escape(prefix));
     let (mut cursor, mut keys) = (0u64, Vec::new());
     loop {
@@ -33,7 +34,7 @@ async fn scan(
             .arg("COUNT")
             .arg(1000);
         let round = command.query_async(conn);
-        let (next, batch): (u64, Vec<String>) = timeout(each, round)
+        let (next, batch): (u64, Vec<Vec<u8>>) = timeout(each, round)
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "SCAN timed out")))??;
         keys.extend(batch);
@@ -61,9 +62,10 @@ fn glob_escape(s: &str) -> String {
 enum Sync {
     /// The first subscription: up to `warm` stored copies.
     Warm,
-    /// A subscription lost for about `lost_for`: what was sent meanwhile (a clear, forgets,
-    /// 404s) is read back from the stored copies and tombstones.
-    CatchUp { lost_for: Duration },
+    /// A subscription lost at `lost_at` (at the latest: the last time it was heard from):
+    /// what was sent since (a clear, forgets, 404s) is read back from the stored copies and
+    /// tombstones.
+    CatchUp { lost_at: Instant },
 }
 
 /// Subscribes to the channel and applies other replicas' events, reconnecting with backoff
@@ -105,12 +107,13 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
             backoff = cfg.reconnect_min;
             if let Some(at) = lost_at {
                 // Counted from the loss, not from now: what was sent after it is read back
-                // (a catch-up that fails is retried at the next subscription, from the same
-                // loss).
-                pending = Some(Sync::CatchUp {
-                    lost_for: at.elapsed(),
-                });
+                // (a catch-up that fails is retried, from the same loss).
+                pending = Some(Sync::CatchUp { lost_at: at });
             }
+            // The last sign of life of this subscription: a silent loss (a half-open
+            // connection) is noticed only when a keepalive PING goes unanswered, and what
+            // was sent since this moment may not have come.
+            let mut heard = Instant::now();
             let (mut sink, mut stream) = pubsub.split();
             let mut syncing = pending.is_some();
             let reading = sync(
@@ -121,6 +124,10 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
                 known,
             );
             tokio::pin!(reading);
+            // A warm-up or catch-up that failed (Redis busy or slow past the timeout) is
+            // tried again with backoff while the subscription lasts: one that stays up would
+            // otherwise never catch up on the forgets sent while it was lost.
+            let (mut retry_at, mut retry_in) = (None, cfg.reconnect_min);
             loop {
                 tokio::select! {
                     read = &mut reading, if syncing => {
@@ -129,10 +136,20 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
                             known = generation;
                             pending = None;
                             lost_at = None;
+                        } else {
+                            retry_at = Some(Instant::now() + retry_in);
+                            retry_in = (retry_in * 2).min(cfg.reconnect_max);
                         }
+                    }
+                    () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                        retry_at = None;
+                        syncing = true;
+                        let kind = pending.unwrap_or(Sync::Warm);
+                        reading.set(sync(&cfg, &state, &counters, kind, known));
                     }
                     next = timeout(KEEPALIVE, stream.next()) => match next {
                         Ok(Some(msg)) => {
+                            heard = Instant::now();
                             let payload = msg.get_payload_bytes();
                             apply(&cfg, &state, &counters, &mut seen, payload);
                         }
@@ -145,12 +162,13 @@ pub(crate) async fn run(cfg: Arc<Config>, state: Arc<State>, counters: Arc<Count
                             if !matches!(timeout(cfg.timeout, ping).await, Ok(Ok(_))) {
                                 break;
                             }
+                            heard = Instant::now();
                         }
                     },
                 }
             }
             counters.set_connected(false);
-            lost_at.get_or_insert_with(Instant::now);
+            lost_at.get_or_insert(heard);
             tracing::debug!("fleet: subscription lost, reconnecting");
         }
         tokio::time::sleep(backoff).await;
@@ -356,14 +374,14 @@ async fn sync(
             None
         }
     };
-    let (limit, learn_copies, lost_for) = match kind {
+    let (limit, learn_copies, lost_at) = match kind {
         Sync::Warm => (cfg.warm, true, None),
-        Sync::CatchUp { lost_for } => {
+        Sync::CatchUp { lost_at } => {
             if generation != known {
                 state.clear(false);
                 bump(&counters.forgotten);
             }
-            (cfg.warm.max(CATCH_UP), cfg.warm > 0, Some(lost_for))
+            (cfg.warm.max(CATCH_UP), cfg.warm > 0, Some(lost_at))
         }
     };
     let Some(current) = generation else {
@@ -380,6 +398,15 @@ async fn sync(
             return None;
         }
     };
+    // A key name that is not text is skipped and counted, as a value that is not.
+    let keys: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| {
+            String::from_utf8(k)
+                .map_err(|_| bump(&counters.rejected.malformed))
+                .ok()
+        })
+        .collect();
     for chunk in keys.chunks(500) {
         let (now, values): ((u64, u64), Vec<redis::Value>) = within(
             cfg,
@@ -392,6 +419,9 @@ async fn sync(
         )
         .await?;
         let now = now.0 * 1000 + now.1 / 1000;
+        // How long ago the loss was, as of Redis's `now` (read just now): not as of the
+        // resubscription, which a long scan or a busy Redis may have left seconds behind.
+        let lost_for = lost_at.map(|at| at.elapsed());
         for (k, value) in chunk.iter().zip(values) {
             let text = &k[prefix.len()..];
             let value = match value {
@@ -463,6 +493,15 @@ fn warm_one(
 ) {
     let Some(value) = value else { return };
     if value.starts_with("t ") {
+        return;
+    }
+    // A key held here already (its own answer, or a peer's message, which carry the origin's
+    // fields and kept body) is not replaced by a copy, which carries none: a catch-up, or a
+    // warm-up that a message overtook, must not turn a faithful hit into a bare head-only one.
+    if state
+        .key_from_text(key)
+        .is_some_and(|k| state.store.peek(&k, Instant::now()).is_some())
+    {
         return;
     }
     let mut parts = value.split(' ');

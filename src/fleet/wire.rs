@@ -139,6 +139,12 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Signed<'_>, Refusal> {
     }
 }
 
+/// Whether a Missing message can carry `key`: not over [`MAX_KEY`], and without a NUL byte
+/// (its answer section starts at the first NUL). A forget can carry any key.
+pub(crate) fn shareable(key: &str) -> bool {
+    key.len() <= MAX_KEY && !key.contains('\0')
+}
+
 /// The `op` of a Missing message: `m`, followed by the publisher's adaptive-TTL streak when
 /// it has one (`m3`: confirmed three times in a row), so a replica that learns the entry
 /// carries the streak on. Its own field-free encoding, so it merges with other changes to the
@@ -164,7 +170,15 @@ fn parse_missing_op(op: &str) -> Option<u8> {
 }
 
 fn parse(payload: &[u8]) -> Option<Signed<'_>> {
-    let (text, answer) = split_answer(payload);
+    // Only a `m` message has an answer section: a forget's key runs to the end, NUL bytes
+    // included (a key function may use them as separators; a `m` of such a key is not sent).
+    let (head, answer) = split_answer(payload);
+    let op = head.split(|b| *b == b' ').nth(5).unwrap_or_default();
+    let (text, answer) = if op.starts_with(b"m") {
+        (head, answer)
+    } else {
+        (payload, None)
+    };
     let text = std::str::from_utf8(text).ok()?;
     let rest = text.strip_prefix("tnc3 ")?;
     let (mac, covered_text) = rest.split_once(' ')?;
@@ -278,7 +292,8 @@ pub(crate) fn assemble_bytes(mac: Option<&str>, covered: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A payload's text and, after the first NUL, its answer section.
+/// A payload's text and, after the first NUL, its answer section (for a `m` message: its key
+/// holds no NUL, see [`shareable`]).
 fn split_answer(payload: &[u8]) -> (&[u8], Option<&[u8]>) {
     match payload.iter().position(|b| *b == 0) {
         Some(i) => (&payload[..i], Some(&payload[i + 1..])),
@@ -357,6 +372,10 @@ mod tests {
             Body::Forget {
                 key: "record:42".into(),
             },
+            // A key function's key may hold NUL bytes: a forget carries it whole.
+            Body::Forget {
+                key: "h.test\0/r/1\0k\n\n".into(),
+            },
             Body::Clear,
         ] {
             let wire = assemble(None, &encode_body(0xdead_beef, 7, 1_700_000_000_000, &body));
@@ -380,6 +399,13 @@ mod tests {
             signed.covered,
             encode_body(1, 1, 1, &Body::Clear).as_bytes()
         );
+    }
+
+    #[test]
+    fn a_missing_message_never_carries_a_key_its_answer_section_would_split() {
+        assert!(shareable("http://h.test/r/1"));
+        assert!(!shareable("h.test\0/r/1"));
+        assert!(!shareable(&"k".repeat(MAX_KEY + 1)));
     }
 
     #[test]
