@@ -60,7 +60,8 @@ enum Kind {
 
 impl BudgetScope {
     /// One budget per upstream host: the request's authority (`host[:port]` of its URI, else
-    /// its `Host` header, RFC 9110 §7.2), compared ASCII case-insensitively; `a.test` and
+    /// its `Host` header, RFC 9110 §7.2) without any userinfo, compared ASCII
+    /// case-insensitively; `a.test` and
     /// `a.test:80` are two scopes, as they are two authorities. Requests naming no host share
     /// one budget. The default.
     pub fn per_host() -> Self {
@@ -194,6 +195,13 @@ impl Scopes {
                 let name = match uri.authority() {
                     Some(a) => a.as_str().as_bytes(),
                     None => headers.get(HOST).map_or(&b""[..], |h| h.as_bytes()),
+                };
+                // The userinfo is not the host (RFC 3986 §3.2: it ends at the authority's last
+                // `@`): `alice:pw@h` and `bob:pw@h` are one upstream, and a password must not
+                // become a scope's name (`budget_exhausted_scopes` shows it).
+                let name = match name.iter().rposition(|&b| b == b'@') {
+                    Some(at) => &name[at + 1..],
+                    None => name,
                 };
                 self.named(name, now)
             }
