@@ -98,8 +98,8 @@ mod live {
 #[global_allocator]
 static ALLOC: live::Counting = live::Counting;
 
-/// `budget_max_scopes` promises that "a client fed arbitrary URLs can't grow memory" past about
-/// 200 KiB (1024 scopes). A scope's name is the request's authority, as long as the URI allows:
+/// `budget_max_scopes` promised that "a client fed arbitrary URLs can't grow memory" past about
+/// 200 KiB (1024 scopes); now 512 KiB at most. A scope's name is the request's authority, as long as the URI allows:
 /// 1,100 hosts of 16 KB names each must not keep megabytes alive in the layer.
 #[tokio::test]
 async fn long_host_names_do_not_grow_the_budgets_past_their_stated_bound() {
@@ -107,16 +107,31 @@ async fn long_host_names_do_not_grow_the_budgets_past_their_stated_bound() {
     let layer = StatusAwareRetryLayer::new();
     let mut svc = ServiceBuilder::new()
         .layer(layer.clone())
-        .service(tower::service_fn(|_req: http::Request<http_body_util::Empty<bytes::Bytes>>| async {
-            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
-        }));
+        .service(tower::service_fn(
+            |_req: http::Request<http_body_util::Empty<bytes::Bytes>>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                    bytes::Bytes,
+                >::new()))
+            },
+        ));
     let long = "a".repeat(16_000);
     // Warm up whatever allocates once (the runtime, the tracing callsites).
-    svc.ready().await.unwrap().call(support::get("http://warm.test/")).await.unwrap();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(support::get("http://warm.test/"))
+        .await
+        .unwrap();
     let before = live::bytes();
     for i in 0..HOSTS {
         let url = format!("http://{long}{i}.test/");
-        let res = svc.ready().await.unwrap().call(support::get(&url)).await.unwrap();
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(support::get(&url))
+            .await
+            .unwrap();
         assert_eq!(res.status(), 200);
     }
     let held = live::bytes() - before;
@@ -125,4 +140,23 @@ async fn long_host_names_do_not_grow_the_budgets_past_their_stated_bound() {
         held < 1 << 20,
         "{HOSTS} hosts keep {held} bytes alive in the retry layer's budgets"
     );
+    // Names at the longest kept (a 253-byte DNS name and a port) fill the 1024 scopes within
+    // the stated 512 KiB.
+    let dns = "b".repeat(240);
+    let before = live::bytes();
+    for i in 0..HOSTS {
+        let url = format!("http://{dns}{i:05}.test:65535/");
+        svc.ready()
+            .await
+            .unwrap()
+            .call(support::get(&url))
+            .await
+            .unwrap();
+    }
+    let held = live::bytes() - before;
+    assert!(
+        held < 512 << 10,
+        "{HOSTS} DNS-long hosts keep {held} bytes alive"
+    );
+    assert!(held > 100 << 10, "the scopes were made: {held} bytes");
 }

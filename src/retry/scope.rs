@@ -28,6 +28,10 @@ pub(crate) const TOP: usize = 8;
 const OVERFLOW: &str = "(overflow)";
 /// The name of the one budget of a layer scoped as a whole.
 const LAYER: &str = "(layer)";
+/// The longest scope name kept (bytes): a DNS name (253) with a port. A longer name — an
+/// authority as long as a URI allows (64 KB) — shares the overflow budget, so `max_scopes`
+/// bounds the memory held, not only the count.
+pub(crate) const MAX_NAME: usize = 260;
 
 /// Which requests share a retry budget. Default: [`BudgetScope::per_host`].
 ///
@@ -75,7 +79,8 @@ impl BudgetScope {
     }
 
     /// One budget per value of `f` (compared ASCII case-insensitively). Costs one call of `f`
-    /// and the `String` it returns per request.
+    /// and the `String` it returns per request. A value longer than 260 bytes shares the
+    /// overflow budget, as every scope name does.
     pub fn by(f: impl Fn(&Uri, &HeaderMap) -> String + Send + Sync + 'static) -> Self {
         BudgetScope(Kind::By(Arc::new(f)))
     }
@@ -211,6 +216,9 @@ impl Scopes {
 
     /// The budget of the scope `name`, created at `now` if new (or the overflow budget).
     pub(crate) fn named(&self, name: &[u8], now: Instant) -> Arc<Scoped> {
+        if name.len() > MAX_NAME {
+            return self.shared.clone();
+        }
         let hash = self.hash(name);
         let shard = &self.shards[(hash >> 60) as usize % SHARDS];
         {
