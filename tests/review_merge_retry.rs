@@ -160,3 +160,75 @@ async fn long_host_names_do_not_grow_the_budgets_past_their_stated_bound() {
     );
     assert!(held > 100 << 10, "the scopes were made: {held} bytes");
 }
+
+/// Records when each retry was decided (the observer's `Backoff` event), on tokio's clock.
+#[derive(Debug, Default)]
+struct Decided(std::sync::Mutex<Vec<tokio::time::Instant>>);
+
+impl tower_negative_cache::observe::Observer for Decided {
+    fn retry(&self, event: tower_negative_cache::observe::RetryEvent) {
+        if let tower_negative_cache::observe::RetryEvent::Backoff { .. } = event {
+            self.0.lock().unwrap().push(tokio::time::Instant::now());
+        }
+    }
+}
+
+/// A host's budget is forgotten when idle for a window — but a request waiting through a
+/// `Retry-After` longer than the window (20 s of the 30 s allowed, window 10 s) still holds
+/// it. Forgotten under it and made again for the host's new requests, the host had two budgets
+/// at once: the new requests spent the new one, the waiting requests' next retries the old
+/// one, twice the host's allowance within one window.
+#[tokio::test(start_paused = true)]
+async fn a_host_forgotten_while_its_requests_wait_does_not_get_a_second_budget() {
+    use std::sync::Arc;
+    use tokio::time::{Instant, sleep};
+
+    let a = TestServer::always(Reply::status(503).header("retry-after", "20")).await;
+    let (b, c) = (
+        TestServer::always(Reply::status(200)).await,
+        TestServer::always(Reply::status(200)).await,
+    );
+    let decided = Arc::new(Decided::default());
+    // Two scopes; no ratio, 1 retry a second over 10 s: 10 retries per host per window.
+    let layer = StatusAwareRetryLayer::builder()
+        .max_retries(2)
+        .budget_max_scopes(2)
+        .budget_ratio(0.0)
+        .budget_min_per_sec(1)
+        .budget_window(Duration::from_secs(10))
+        .observer(decided.clone())
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(support::client());
+    let start = Instant::now();
+    let send = |url: String| {
+        let client = client.clone();
+        tokio::spawn(async move { client.oneshot(support::get(&url)).await.unwrap().status() })
+    };
+    // t = 0: 20 requests to A (10 get a retry, to be sent at t = 20), one to B: the map is full.
+    let mut first: Vec<_> = (0..20).map(|_| send(a.url("/a"))).collect();
+    first.push(send(b.url("/b")));
+    // t = 12: C sweeps the idle scopes; then 20 new requests to A.
+    sleep(Duration::from_secs(12)).await;
+    assert_eq!(send(c.url("/c")).await.unwrap(), 200);
+    let second: Vec<_> = (0..20).map(|_| send(a.url("/a"))).collect();
+    for t in first.into_iter().chain(second) {
+        t.await.unwrap();
+    }
+    let at: Vec<f64> = decided
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| (*t - start).as_secs_f64())
+        .collect();
+    let early = at.iter().filter(|&&t| t < 1.0).count();
+    let later = at.iter().filter(|&&t| (11.0..21.5).contains(&t)).count();
+    assert_eq!(early, 10, "A's first window: {at:?}");
+    assert!(
+        later <= 10,
+        "A got {later} retries within one window [11 s, 21.5 s) with an allowance of 10: {at:?}"
+    );
+}
