@@ -5,8 +5,9 @@
 //! authority, ASCII case-insensitive as RFC 3986 §3.2.2 makes the host): a request for a known
 //! scope takes one shard's read lock, compares the name and clones an `Arc` — no allocation,
 //! no global lock. The map is bounded (`max_scopes`); scopes past the bound share one overflow
-//! budget, and a scope idle for a whole window is forgotten: all its deposits and withdrawals
-//! have expired by then, so a fresh budget behaves exactly as the forgotten one would have.
+//! budget, and a scope idle for a whole window, held by no request in flight, is forgotten: all
+//! its deposits and withdrawals have expired by then, so a fresh budget behaves exactly as the
+//! forgotten one would have.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -286,7 +287,8 @@ impl Scopes {
         h ^ (h >> 32)
     }
 
-    /// Forgets the scopes idle for a whole window, at most once per tenth of a window.
+    /// Forgets the scopes idle for a whole window and held by no request in flight, at most
+    /// once per tenth of a window.
     fn sweep(&self, now: Instant) {
         let at = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let every = (self.settings.2 / 10).as_nanos() as u64;
@@ -304,7 +306,11 @@ impl Scopes {
         for shard in self.shards.iter() {
             let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
             let before = map.len();
-            map.retain(|_, s| !s.budget.idle_at(now));
+            // A request in flight holds its scope (an `Arc`) for its next withdrawal: one
+            // waiting through a `Retry-After` longer than the window looks idle, but forgotten
+            // under it the scope would be made again for the host's new requests, and the host
+            // would have two budgets at once.
+            map.retain(|_, s| Arc::strong_count(s) > 1 || !s.budget.idle_at(now));
             self.len.fetch_sub(before - map.len(), Relaxed);
         }
     }
@@ -388,8 +394,12 @@ mod tests {
     fn hosts_past_the_bound_share_the_overflow_budget_and_idle_hosts_are_forgotten() {
         let s = scopes(0.0, 1, 2);
         let t0 = Instant::now();
-        let a = s.named(b"a", t0);
-        a.budget.deposit_at(t0);
+        // No request holds a afterwards (a request in flight keeps its scope).
+        let a = {
+            let a = s.named(b"a", t0);
+            a.budget.deposit_at(t0);
+            Arc::downgrade(&a)
+        };
         s.named(b"b", t0).budget.deposit_at(t0);
         let c = s.named(b"c", t0);
         let d = s.named(b"d", t0);
@@ -403,7 +413,25 @@ mod tests {
         let c = s.named(b"c", later);
         assert_eq!(&*c.name, "c");
         assert_eq!(s.len(), 2);
-        assert!(!Arc::ptr_eq(&s.named(b"a", later), &a), "a was forgotten");
+        assert!(a.upgrade().is_none(), "a was forgotten");
+    }
+
+    #[test]
+    fn a_scope_held_by_a_request_in_flight_is_not_forgotten() {
+        let s = scopes(0.0, 1, 2);
+        let t0 = Instant::now();
+        // A request waiting through a Retry-After longer than the window holds a.
+        let held = s.named(b"a", t0);
+        held.budget.deposit_at(t0);
+        drop(s.named(b"b", t0));
+        let later = t0 + WINDOW + Duration::from_secs(5);
+        // c sweeps: b, idle and held by none, is forgotten; a is kept.
+        assert_eq!(&*s.named(b"c", later).name, "c");
+        assert!(
+            Arc::ptr_eq(&s.named(b"a", later), &held),
+            "a was made again"
+        );
+        assert_eq!(s.len(), 2);
     }
 
     #[test]
