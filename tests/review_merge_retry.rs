@@ -232,3 +232,30 @@ async fn a_host_forgotten_while_its_requests_wait_does_not_get_a_second_budget()
         "A got {later} retries within one window [11 s, 21.5 s) with an allowance of 10: {at:?}"
     );
 }
+
+/// The README's defaults table is what a newcomer reads first (issue 18): after the merge it
+/// still said the backoff base was 100 ms (the defaults are 200 ms, then 400 ms — the
+/// incident's fix, `tests/retry_defaults.rs`) and that the budget was one shared by clones
+/// (it is per host by default since issue 19, a change of default the README must say).
+#[test]
+fn the_readmes_defaults_are_the_layers() {
+    let readme = include_str!("../README.md");
+    let row = |setting: &str| {
+        readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| retry | {setting} |")))
+            .unwrap_or_else(|| panic!("no `{setting}` row in the README's defaults"))
+            .to_owned()
+    };
+    let backoff = row("backoff");
+    assert!(
+        backoff.contains("base 200 ms") && backoff.contains("up to 200 ms, 400 ms"),
+        "{backoff}"
+    );
+    assert!(!backoff.contains("100 ms"), "{backoff}");
+    let budget = row("budget");
+    assert!(budget.contains("per host"), "{budget}");
+    // And the layer's own Debug agrees on the scope.
+    let layer = format!("{:?}", StatusAwareRetryLayer::new());
+    assert!(layer.contains("BudgetScope::per_host"), "{layer}");
+}
