@@ -259,3 +259,91 @@ fn the_readmes_defaults_are_the_layers() {
     let layer = format!("{:?}", StatusAwareRetryLayer::new());
     assert!(layer.contains("BudgetScope::per_host"), "{layer}");
 }
+
+/// Sums the per-call retries (the A96 histogram's values) and counts the resends told.
+#[derive(Debug, Default)]
+struct PerCall {
+    calls: std::sync::atomic::AtomicU64,
+    retries: std::sync::atomic::AtomicU64,
+    resent: std::sync::atomic::AtomicU64,
+}
+
+impl tower_negative_cache::observe::Observer for PerCall {
+    fn retry(&self, event: tower_negative_cache::observe::RetryEvent) {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tower_negative_cache::observe::RetryEvent as E;
+        match event {
+            E::CallEnded { retries } => {
+                self.calls.fetch_add(1, Relaxed);
+                self.retries.fetch_add(u64::from(retries), Relaxed);
+            }
+            E::Resent { .. } => {
+                self.resent.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Callers give up at every point of a request's life — during the first attempt, the
+/// backoff wait, the wait for `ConcurrencyLimit`'s permit, the retry in flight — through a
+/// `Buffer` above the layer and a `ConcurrencyLimit` below it. Every retry withdrawn and never
+/// sent must go back to the host's budget (no more, no less): afterwards the host still gets
+/// exactly its allowance of retries sent, and the per-call histogram adds up to the retries sent.
+#[tokio::test(start_paused = true)]
+async fn dropped_callers_refund_their_hosts_budget_exactly_and_the_per_call_histogram_adds_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    use tower::buffer::BufferLayer;
+    use tower::limit::ConcurrencyLimitLayer;
+
+    const ALLOWANCE: u64 = 40;
+    let down = TestServer::always(Reply::status(503).delay(Duration::from_millis(5))).await;
+    let per_call = Arc::new(PerCall::default());
+    let layer = StatusAwareRetryLayer::builder()
+        .max_retries(2)
+        .backoff_base(Duration::from_millis(10))
+        .budget_ratio(0.0)
+        .budget_min_per_sec(1)
+        .budget_window(Duration::from_secs(ALLOWANCE))
+        .observer(per_call.clone())
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(BufferLayer::new(64))
+        .layer(layer.clone())
+        .layer(ConcurrencyLimitLayer::new(1))
+        .service(support::client());
+    let url = down.url("/down");
+    let mut tasks = Vec::new();
+    for i in 0..24u64 {
+        let (svc, url) = (svc.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let give_up = Duration::from_millis(3 + 11 * i);
+            tokio::time::timeout(give_up, svc.oneshot(support::get(&url)))
+                .await
+                .is_err()
+        }));
+    }
+    let mut gave_up = 0;
+    for t in tasks {
+        gave_up += usize::from(t.await.unwrap());
+    }
+    assert!(gave_up > 0, "some callers gave up");
+    let sent_before = layer.stats().retries;
+    assert!(sent_before < ALLOWANCE, "{:?}", layer.stats());
+    // Now spend what is left, well within the window.
+    for _ in 0..ALLOWANCE {
+        let res = svc.clone().oneshot(support::get(&url)).await.unwrap();
+        assert_eq!(res.status(), 503);
+    }
+    let stats = layer.stats();
+    assert_eq!(
+        stats.retries, ALLOWANCE,
+        "retries sent over one window, with {gave_up} callers giving up ({sent_before} sent \
+         before): {stats:?}"
+    );
+    assert_eq!(per_call.resent.load(Relaxed), stats.retries);
+    assert_eq!(per_call.retries.load(Relaxed), stats.retries);
+    assert!(per_call.calls.load(Relaxed) > 0);
+}
