@@ -5,6 +5,8 @@
 // the crate denies it, this file allows it.
 #![allow(unsafe_code)]
 
+#[path = "support/events.rs"]
+mod events;
 mod support;
 
 use std::time::Duration;
@@ -346,4 +348,40 @@ async fn dropped_callers_refund_their_hosts_budget_exactly_and_the_per_call_hist
     assert_eq!(per_call.resent.load(Relaxed), stats.retries);
     assert_eq!(per_call.retries.load(Relaxed), stats.retries);
     assert!(per_call.calls.load(Relaxed) > 0);
+}
+
+/// The warning that tells a user why a POST refused a connection is not resent — the one
+/// message pointing at `WitnessLayer` — read as the merge left it: its line continuations were
+/// lost, so it carried runs of spaces in the middle of sentences ("under              the
+/// retry layer").
+#[tokio::test]
+async fn the_unwitnessed_warning_reads_as_one_sentence() {
+    let (events, _guard) = events::capture();
+    let layer = StatusAwareRetryLayer::builder()
+        .backoff_base(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(support::client());
+    let url = format!("http://{}/orders", support::refused_addr());
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(support::request(http::Method::POST, &url))
+        .await;
+    assert!(res.is_err());
+    assert_eq!(layer.stats().unwitnessed, 1, "{:?}", layer.stats());
+    let warnings = events.at(tracing::Level::WARN);
+    let message = warnings
+        .iter()
+        .filter_map(|e| e.get("message"))
+        .find(|m| m.contains("WitnessLayer"))
+        .unwrap_or_else(|| panic!("no warning names WitnessLayer: {warnings:?}"));
+    assert!(!message.contains("  "), "{message:?}");
+    assert!(
+        message.contains("no WitnessLayer under the retry layer saw the request"),
+        "{message:?}"
+    );
 }
