@@ -385,3 +385,55 @@ async fn the_unwitnessed_warning_reads_as_one_sentence() {
         "{message:?}"
     );
 }
+
+/// A forwarding proxy (feature `axum`: "for axum servers that forward") hands on what its
+/// server received: an origin-form URI (`/r`) and a `Host` field. The per-host budget and the
+/// cache's hit event take the host from `Host` then; a resend's `server.address` said `-`.
+#[tokio::test]
+async fn a_resend_of_an_origin_form_request_names_the_host_of_its_host_field() {
+    let (events, _guard) = events::capture();
+    let server = TestServer::builder()
+        .route(
+            "/r",
+            [Reply::status(503), Reply::status(502), Reply::ok("x")],
+        )
+        .start()
+        .await;
+    // The transport a proxy would use: the upstream named by `Host`, in absolute form.
+    let client = support::client();
+    let transport = tower::service_fn(
+        move |mut req: http::Request<http_body_util::Empty<bytes::Bytes>>| {
+            let host = req.headers()[http::header::HOST]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            *req.uri_mut() = format!("http://{host}{}", req.uri()).parse().unwrap();
+            client.request(req)
+        },
+    );
+    let svc = ServiceBuilder::new()
+        .layer(
+            StatusAwareRetryLayer::builder()
+                .backoff_base(Duration::from_millis(1))
+                .build()
+                .unwrap(),
+        )
+        .service(transport);
+    let req = http::Request::builder()
+        .uri("/r?id=7")
+        .header(http::header::HOST, server.addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let resends: Vec<_> = events
+        .at(tracing::Level::DEBUG)
+        .into_iter()
+        .filter(|e| e.get("message") == Some("http resend answered"))
+        .collect();
+    assert_eq!(resends.len(), 2, "{resends:?}");
+    for e in &resends {
+        assert_eq!(e.get("server.address"), Some("127.0.0.1"), "{e:?}");
+        assert!(e.fields.values().all(|v| !v.contains("id=7")), "{e:?}");
+    }
+}
