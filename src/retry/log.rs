@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use http::{HeaderValue, Method, Request, Uri, header::HOST};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, header::HOST};
 
 /// A request's method and URI, kept for log events when no copy of the request is; and its
 /// `Host` field when the URI names no host (origin-form, a forwarding proxy's request).
@@ -36,14 +36,22 @@ fn host_field<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Where an attempt went, for log events: from the request's copy, or its kept head.
 #[derive(Clone, Copy)]
-pub(crate) struct Target<'a>(Option<(&'a Method, &'a Uri, Option<&'a HeaderValue>)>);
+pub(crate) struct Target<'a>(Option<(&'a Method, &'a Uri, Field<'a>)>);
+
+/// Where a target's `Host` field is: looked up only when an event shows the host (every
+/// answer makes a `Target`; few are shown).
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    In(&'a HeaderMap),
+    Kept(Option<&'a HeaderValue>),
+}
 
 impl<'a> Target<'a> {
     pub(crate) fn of<B>(replay: Option<&'a Request<B>>, head: Option<&'a Head>) -> Self {
         Target(
             replay
-                .map(|r| (r.method(), r.uri(), r.headers().get(HOST)))
-                .or(head.map(|h| (&h.method, &h.uri, h.host.as_ref()))),
+                .map(|r| (r.method(), r.uri(), Field::In(r.headers())))
+                .or(head.map(|h| (&h.method, &h.uri, Field::Kept(h.host.as_ref())))),
         )
     }
 
@@ -55,8 +63,13 @@ impl<'a> Target<'a> {
     /// `Host` field's (RFC 9110 §7.2), as the per-host budget and the cache's hit event take it.
     pub(crate) fn host(self) -> Shown<&'a str> {
         Shown(self.0.and_then(|(_, uri, field)| {
-            uri.host()
-                .or_else(|| field.and_then(|f| f.to_str().ok()).and_then(host_of_field))
+            uri.host().or_else(|| {
+                let field = match field {
+                    Field::In(headers) => headers.get(HOST),
+                    Field::Kept(value) => value,
+                };
+                field.and_then(|f| f.to_str().ok()).and_then(host_of_field)
+            })
         }))
     }
 
