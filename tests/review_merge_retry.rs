@@ -73,6 +73,7 @@ mod live {
 
     thread_local! {
         static LIVE: Cell<isize> = const { Cell::new(0) };
+        static COUNT: Cell<u64> = const { Cell::new(0) };
     }
 
     pub(crate) struct Counting;
@@ -80,6 +81,7 @@ mod live {
     unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             let _ = LIVE.try_with(|l| l.set(l.get() + layout.size() as isize));
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
             unsafe { System.alloc(layout) }
         }
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -88,12 +90,18 @@ mod live {
         }
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
             let _ = LIVE.try_with(|l| l.set(l.get() + new as isize - layout.size() as isize));
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
             unsafe { System.realloc(ptr, layout, new) }
         }
     }
 
     pub(crate) fn bytes() -> isize {
         LIVE.with(|l| l.get())
+    }
+
+    /// Allocations (and reallocations) made by the current thread so far.
+    pub(crate) fn count() -> u64 {
+        COUNT.with(|c| c.get())
     }
 }
 
@@ -436,4 +444,74 @@ async fn a_resend_of_an_origin_form_request_names_the_host_of_its_host_field() {
         assert_eq!(e.get("server.address"), Some("127.0.0.1"), "{e:?}");
         assert!(e.fields.values().all(|v| !v.contains("id=7")), "{e:?}");
     }
+}
+
+/// GUARANTEES: "A first-attempt success through the retry layer ... allocates nothing beyond
+/// what the inner service allocates". A POST (retried only if provably unprocessed, the
+/// default) carries a witness's ticket in its extensions: an `Arc` and the extensions' map,
+/// allocated for every POST, answered or not. Measured per call against the inner service
+/// alone, polled by hand (no runtime, no other thread).
+#[test]
+fn what_a_first_attempt_post_allocates_is_what_the_guarantee_says() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    use tower::Layer;
+
+    fn per_call<S>(mut svc: S) -> u64
+    where
+        S: Service<http::Request<http_body_util::Full<bytes::Bytes>>>,
+        S::Error: std::fmt::Debug,
+    {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut once = || {
+            let mut req =
+                http::Request::new(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")));
+            *req.method_mut() = http::Method::POST;
+            *req.uri_mut() = http::Uri::from_static("http://records.internal/orders");
+            assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+            let mut fut = std::pin::pin!(svc.call(req));
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(res) => drop(res.unwrap()),
+                Poll::Pending => panic!("the origin answers at once"),
+            }
+        };
+        once(); // the host's budget is made at its first request
+        let before = live::count();
+        for _ in 0..100 {
+            once();
+        }
+        (live::count() - before) / 100
+    }
+    let origin = || {
+        tower::service_fn(|_req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(
+                http_body_util::Empty::<bytes::Bytes>::new(),
+            )))
+        })
+    };
+    let inner = per_call(origin());
+    let retry = per_call(StatusAwareRetryLayer::new().layer(origin()));
+    let guarantees = include_str!("../GUARANTEES.md");
+    let row = guarantees
+        .lines()
+        .find(|l| l.starts_with("| A first-attempt success through the retry layer"))
+        .expect("the row");
+    if retry > inner {
+        // Then the row must say what a POST costs.
+        assert!(
+            row.contains("POST") && row.contains(&format!("{} allocations", retry - inner)),
+            "a first-attempt POST allocates {} more than the inner service ({inner}), and the \
+             guarantee says: {row}",
+            retry - inner
+        );
+    }
+    // Without the ticket (no unprocessed retries), a POST costs nothing more.
+    let no_ticket = per_call(
+        StatusAwareRetryLayer::builder()
+            .retry_unprocessed(false)
+            .build()
+            .unwrap()
+            .layer(origin()),
+    );
+    assert_eq!(no_ticket, inner);
 }
