@@ -515,3 +515,39 @@ fn what_a_first_attempt_post_allocates_is_what_the_guarantee_says() {
     );
     assert_eq!(no_ticket, inner);
 }
+
+/// With `max_retries(0)` nothing is ever sent twice: a POST refused a connection is not "set
+/// aside for want of a witness", and the warning telling the user to install a `WitnessLayer`
+/// "to retry such requests" is wrong advice. It is given up like any request at
+/// `max_retries(0)` (`gave_up`), and no ticket is issued (4 allocations a POST for nothing).
+#[tokio::test]
+async fn with_max_retries_0_a_post_is_neither_unwitnessed_nor_warned_about() {
+    let (events, _guard) = events::capture();
+    let layer = StatusAwareRetryLayer::builder()
+        .max_retries(0)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(support::client());
+    let url = format!("http://{}/orders", support::refused_addr());
+    for method in [http::Method::POST, http::Method::GET] {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(support::request(method, &url))
+            .await;
+        assert!(res.is_err());
+    }
+    let stats = layer.stats();
+    assert_eq!(stats.unwitnessed, 0, "{stats:?}");
+    // The POST ends as the GET does.
+    assert_eq!((stats.gave_up, stats.not_retried), (2, 0), "{stats:?}");
+    let warned = events
+        .at(tracing::Level::WARN)
+        .into_iter()
+        .filter(|e| e.get("message").is_some_and(|m| m.contains("WitnessLayer")))
+        .count();
+    assert_eq!(warned, 0);
+}
