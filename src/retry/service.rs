@@ -148,8 +148,10 @@ where
                 .insert(name.clone(), http::HeaderValue::from_static("1"));
         }
         // Only an unprocessed answer may send this request again: a witness on the transport
-        // must tie that answer to the request sent (see `witness`).
-        let ticket = (eligible == Eligible::Unprocessed).then(|| issue(&mut req));
+        // must tie that answer to the request sent (see `witness`). None when it can't be sent
+        // again anyway (`max_retries(0)`): nothing to prove, nothing to warn about.
+        let ticket =
+            (eligible == Eligible::Unprocessed && replay.is_some()).then(|| issue(&mut req));
         let future = self.inner.call(req);
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
