@@ -129,7 +129,7 @@ fn without_userinfo(authority: &[u8]) -> &[u8] {
     };
     let len = authority.len();
     let found = if len < 8 {
-        authority.iter().any(|&b| b == b'@')
+        authority.contains(&b'@')
     } else {
         // Whole words, then the last 8 bytes (overlapping the last word): no copy of a tail.
         authority.chunks_exact(8).any(has_at) || has_at(&authority[len - 8..])
