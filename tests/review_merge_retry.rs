@@ -551,3 +551,90 @@ async fn with_max_retries_0_a_post_is_neither_unwitnessed_nor_warned_about() {
         .count();
     assert_eq!(warned, 0);
 }
+
+/// A `Host` field may carry obs-text bytes (RFC 9110 §5.5; hyper's server passes them on), and
+/// a proxy forwards it. Such a host got a budget of its own at its first request, but its name,
+/// kept as lossy UTF-8, never matched the field again: every later request went to the
+/// overflow budget, shared with every such host — a down one spent a healthy one's retries.
+#[tokio::test]
+async fn a_host_field_with_obs_text_keeps_its_own_budget() {
+    let down = TestServer::always(Reply::status(503)).await;
+    let healthy = TestServer::builder().start().await;
+    for i in 0..10 {
+        healthy.push(&format!("/r/{i}"), Reply::status(503));
+    }
+    // The transport: the upstream named after the field's last byte, in absolute form.
+    let client = support::client();
+    let (down_addr, healthy_addr) = (down.addr, healthy.addr);
+    let transport = tower::service_fn(
+        move |mut req: http::Request<http_body_util::Empty<bytes::Bytes>>| {
+            let to = if req.headers()[http::header::HOST]
+                .as_bytes()
+                .ends_with(b"\xe9d")
+            {
+                down_addr
+            } else {
+                healthy_addr
+            };
+            *req.uri_mut() = format!("http://{to}{}", req.uri()).parse().unwrap();
+            client.request(req)
+        },
+    );
+    // No ratio, 1 retry a second over 10 s: 10 retries per host.
+    let layer = StatusAwareRetryLayer::builder()
+        .max_retries(1)
+        .backoff_base(Duration::from_millis(1))
+        .budget_ratio(0.0)
+        .budget_min_per_sec(1)
+        .budget_window(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(transport);
+    let get = |host: &'static [u8], path: String| {
+        http::Request::builder()
+            .uri(path)
+            .header(
+                http::header::HOST,
+                http::HeaderValue::from_bytes(host).unwrap(),
+            )
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // The healthy host is seen first, then the down one spends its own budget (and more).
+    svc.ready()
+        .await
+        .unwrap()
+        .call(get(b"caf\xe9h", "/warm".into()))
+        .await
+        .unwrap();
+    for _ in 0..30 {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(get(b"caf\xe9d", "/down".into()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+    }
+    let mut retried = 0;
+    for i in 0..10 {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(get(b"caf\xe9h", format!("/r/{i}")))
+            .await
+            .unwrap();
+        retried += usize::from(res.status() == 200);
+    }
+    assert_eq!(
+        retried,
+        10,
+        "the healthy host's retries: {:?} {:?}",
+        layer.stats(),
+        layer.budget_exhausted_scopes()
+    );
+}
