@@ -16,12 +16,18 @@ use tower_negative_cache::StatusAwareRetryLayer;
 
 use support::{Reply, TestServer};
 
+/// The tests of this file run one at a time: some capture `tracing` events with a thread-local
+/// subscriber, and a callsite first reached on another thread at the moment one registers can
+/// cache "never" and hide its events (tracing-core's interest cache).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Per-host budgets key on the host, not on who asks it: `http://alice:pw@host/` and
 /// `http://bob:pw@host/` are one upstream (RFC 3986 §3.2: the userinfo is not part of the
 /// host), so a down host gets one budget however many credentials reach it — and the
 /// credentials never show in `budget_exhausted_scopes`, which operators serve and log.
 #[tokio::test]
 async fn userinfo_neither_splits_a_hosts_budget_nor_shows_in_the_exhausted_scopes() {
+    let _serial = SERIAL.lock().await;
     const USERS: usize = 30;
     let down = TestServer::always(Reply::status(503)).await;
     // No ratio, 1 retry a second over 10 s: the host's budget holds 10 retries.
@@ -113,6 +119,7 @@ static ALLOC: live::Counting = live::Counting;
 /// 1,100 hosts of 16 KB names each must not keep megabytes alive in the layer.
 #[tokio::test]
 async fn long_host_names_do_not_grow_the_budgets_past_their_stated_bound() {
+    let _serial = SERIAL.lock().await;
     const HOSTS: usize = 1_100;
     let layer = StatusAwareRetryLayer::new();
     let mut svc = ServiceBuilder::new()
@@ -190,6 +197,7 @@ impl tower_negative_cache::observe::Observer for Decided {
 /// one, twice the host's allowance within one window.
 #[tokio::test(start_paused = true)]
 async fn a_host_forgotten_while_its_requests_wait_does_not_get_a_second_budget() {
+    let _serial = SERIAL.lock().await;
     use std::sync::Arc;
     use tokio::time::{Instant, sleep};
 
@@ -249,6 +257,7 @@ async fn a_host_forgotten_while_its_requests_wait_does_not_get_a_second_budget()
 /// (it is per host by default since issue 19, a change of default the README must say).
 #[test]
 fn the_readmes_defaults_are_the_layers() {
+    let _serial = SERIAL.blocking_lock();
     let readme = include_str!("../README.md");
     let row = |setting: &str| {
         readme
@@ -302,6 +311,7 @@ impl tower_negative_cache::observe::Observer for PerCall {
 /// exactly its allowance of retries sent, and the per-call histogram adds up to the retries sent.
 #[tokio::test(start_paused = true)]
 async fn dropped_callers_refund_their_hosts_budget_exactly_and_the_per_call_histogram_adds_up() {
+    let _serial = SERIAL.lock().await;
     use std::sync::Arc;
     use std::sync::atomic::Ordering::Relaxed;
     use tower::buffer::BufferLayer;
@@ -364,6 +374,7 @@ async fn dropped_callers_refund_their_hosts_budget_exactly_and_the_per_call_hist
 /// retry layer").
 #[tokio::test]
 async fn the_unwitnessed_warning_reads_as_one_sentence() {
+    let _serial = SERIAL.lock().await;
     let (events, _guard) = events::capture();
     let layer = StatusAwareRetryLayer::builder()
         .backoff_base(Duration::from_millis(1))
@@ -399,6 +410,7 @@ async fn the_unwitnessed_warning_reads_as_one_sentence() {
 /// cache's hit event take the host from `Host` then; a resend's `server.address` said `-`.
 #[tokio::test]
 async fn a_resend_of_an_origin_form_request_names_the_host_of_its_host_field() {
+    let _serial = SERIAL.lock().await;
     let (events, _guard) = events::capture();
     let server = TestServer::builder()
         .route(
@@ -453,6 +465,7 @@ async fn a_resend_of_an_origin_form_request_names_the_host_of_its_host_field() {
 /// alone, polled by hand (no runtime, no other thread).
 #[test]
 fn what_a_first_attempt_post_allocates_is_what_the_guarantee_says() {
+    let _serial = SERIAL.blocking_lock();
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
     use tower::Layer;
@@ -522,6 +535,7 @@ fn what_a_first_attempt_post_allocates_is_what_the_guarantee_says() {
 /// `max_retries(0)` (`gave_up`), and no ticket is issued (4 allocations a POST for nothing).
 #[tokio::test]
 async fn with_max_retries_0_a_post_is_neither_unwitnessed_nor_warned_about() {
+    let _serial = SERIAL.lock().await;
     let (events, _guard) = events::capture();
     let layer = StatusAwareRetryLayer::builder()
         .max_retries(0)
@@ -558,6 +572,7 @@ async fn with_max_retries_0_a_post_is_neither_unwitnessed_nor_warned_about() {
 /// overflow budget, shared with every such host — a down one spent a healthy one's retries.
 #[tokio::test]
 async fn a_host_field_with_obs_text_keeps_its_own_budget() {
+    let _serial = SERIAL.lock().await;
     let down = TestServer::always(Reply::status(503)).await;
     let healthy = TestServer::builder().start().await;
     for i in 0..10 {

@@ -280,8 +280,15 @@ impl Scopes {
     /// than one another's.
     fn verified(&self, s: &Arc<Scoped>, name: &[u8]) -> Arc<Scoped> {
         let known = s.name.as_bytes();
-        // Byte for byte first: the same host is almost always written the same way.
-        if known == name || known.eq_ignore_ascii_case(name) {
+        // Byte for byte first: the same host is almost always written the same way. A name
+        // that is not UTF-8 (obs-text in a `Host` field) is kept lossily: compared so.
+        if known == name
+            || known.eq_ignore_ascii_case(name)
+            || (!name.is_ascii()
+                && String::from_utf8_lossy(name)
+                    .as_bytes()
+                    .eq_ignore_ascii_case(known))
+        {
             s.clone()
         } else {
             self.shared.clone()
