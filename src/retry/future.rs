@@ -550,7 +550,10 @@ fn witnessed<C, EC>(
     if proof == Proof::NoWitness && !shared.warned_unwitnessed.swap(true, Relaxed) {
         tracing::warn!(
             %method, %uri,
-            "an answer proving a request unprocessed is not acted on: no WitnessLayer under              the retry layer saw the request, so the answer may be another request's (a              redirect's hop); put `retry::WitnessLayer` on the transport to retry such              requests, or `retry_unprocessed(false)` to say you don't (warned once)"
+            "an answer proving a request unprocessed is not acted on: no WitnessLayer under \
+             the retry layer saw the request, so the answer may be another request's (a \
+             redirect's hop); put `retry::WitnessLayer` on the transport to retry such \
+             requests, or `retry_unprocessed(false)` to say you don't (warned once)"
         );
     } else {
         tracing::debug!(

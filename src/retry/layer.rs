@@ -439,10 +439,11 @@ impl<C, EC> Builder<C, EC> {
     /// one overflow budget, and a scope idle for a whole window is forgotten (its deposits
     /// and withdrawals have all expired by then, so a fresh one answers the same). Default:
     /// 1024 — more upstreams than a service, a gateway or a resolver following references
-    /// calls within a window, and about 200 KiB at most (a budget is ~170 bytes with its
-    /// name and map slot), so a client fed arbitrary URLs can't grow memory past that. A
-    /// crawler spreading over more hosts shares the overflow budget for the rest. Valid:
-    /// `1..=65536`.
+    /// calls within a window, and about 250 KiB for usual host names (a budget is ~230 bytes
+    /// with a short name and its map slot), 512 KiB at most: a scope's name is kept only up to
+    /// 260 bytes (a DNS name and a port), a longer one shares the overflow budget — so a client
+    /// fed arbitrary URLs can't grow memory past that. A crawler spreading over more hosts
+    /// shares the overflow budget for the rest. Valid: `1..=65536`.
     pub fn budget_max_scopes(mut self, n: usize) -> Self {
         if self
             .error

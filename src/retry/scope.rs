@@ -2,19 +2,21 @@
 //! another host's retries (Envoy scopes its budget per upstream cluster, gRPC per channel).
 //!
 //! The scopes live in a sharded map keyed by a seeded hash of the scope's name (the request's
-//! authority, ASCII case-insensitive as RFC 3986 §3.2.2 makes the host). A request deposits
-//! into its scope as it is sent: a service remembers the scope it deposited into last, so a
-//! request to the same host as the one before compares the name and adds — no lock, no
-//! `Arc` cloned, no allocation; another host takes one shard's read lock. The scope a retry
-//! withdraws from is looked up only when a retry is decided. The map is bounded (`max_scopes`); scopes past the bound share one overflow
-//! budget, and a scope idle for a whole window is forgotten: all its deposits and withdrawals
-//! have expired by then, so a fresh budget behaves exactly as the forgotten one would have.
+//! authority, ASCII case-insensitive as RFC 3986 §3.2.2 makes the host, its userinfo left
+//! out). A request deposits into its scope as it is sent: a service remembers (weakly) the
+//! scope it deposited into last, so a request to the same host as the one before compares
+//! the name and adds — no lock, no hashing, no allocation; another host takes one shard's
+//! read lock. The scope a retry withdraws from is looked up when a retry is decided, and
+//! held (an `Arc`) from then on. The map is bounded (`max_scopes`); scopes past the bound
+//! share one overflow budget, and a scope idle for a whole window, held by no request in
+//! flight, is forgotten: all its deposits and withdrawals have expired by then, so a fresh
+//! budget behaves exactly as the forgotten one would have.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use http::{HeaderMap, Uri, header::HOST};
@@ -30,6 +32,10 @@ pub(crate) const TOP: usize = 8;
 const OVERFLOW: &str = "(overflow)";
 /// The name of the one budget of a layer scoped as a whole.
 const LAYER: &str = "(layer)";
+/// The longest scope name kept (bytes): a DNS name (253) with a port. A longer name — an
+/// authority as long as a URI allows (64 KB) — shares the overflow budget, so `max_scopes`
+/// bounds the memory held, not only the count.
+pub(crate) const MAX_NAME: usize = 260;
 
 /// Which requests share a retry budget. Default: [`BudgetScope::per_host`].
 ///
@@ -62,7 +68,8 @@ enum Kind {
 
 impl BudgetScope {
     /// One budget per upstream host: the request's authority (`host[:port]` of its URI, else
-    /// its `Host` header, RFC 9110 §7.2), compared ASCII case-insensitively; `a.test` and
+    /// its `Host` header, RFC 9110 §7.2) without any userinfo, compared ASCII
+    /// case-insensitively; `a.test` and
     /// `a.test:80` are two scopes, as they are two authorities. Requests naming no host share
     /// one budget. The default.
     pub fn per_host() -> Self {
@@ -76,7 +83,8 @@ impl BudgetScope {
     }
 
     /// One budget per value of `f` (compared ASCII case-insensitively). Costs one call of `f`
-    /// and the `String` it returns per request.
+    /// and the `String` it returns per request. A value longer than 260 bytes shares the
+    /// overflow budget, as every scope name does.
     pub fn by(f: impl Fn(&Uri, &HeaderMap) -> String + Send + Sync + 'static) -> Self {
         BudgetScope(Kind::By(Arc::new(f)))
     }
@@ -100,10 +108,14 @@ impl fmt::Debug for BudgetScope {
 
 /// The per-host scope's name: the request's authority, else its `Host` header's value.
 fn host_name<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
-    match uri.authority() {
+    let name = match uri.authority() {
         Some(a) => a.as_str().as_bytes(),
         None => headers.get(HOST).map_or(&b""[..], |h| h.as_bytes()),
-    }
+    };
+    // The userinfo is not the host (RFC 3986 §3.2: it ends at the authority's last `@`):
+    // `alice:pw@h` and `bob:pw@h` are one upstream, and a password must not become a scope's
+    // name (`budget_exhausted_scopes` shows it).
+    without_userinfo(name)
 }
 
 /// ASCII uppercase to lowercase in the 8 bytes of `x` at once (other bytes unchanged).
@@ -116,6 +128,34 @@ fn lowercase(x: u64) -> u64 {
     let above_z = low7.wrapping_add(0x2525_2525_2525_2525);
     let upper = at_least_a & !above_z & !x & HIGH;
     x | (upper >> 2)
+}
+
+/// `authority` after its last `@` (its host and port), or all of it: 8 bytes at a time, as
+/// `hash` reads names (a byte-by-byte search cost a tenth of a first-attempt success's path).
+fn without_userinfo(authority: &[u8]) -> &[u8] {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const AT: u64 = 0x4040_4040_4040_4040;
+    // Whether a word holds an `@` byte: a zero byte of `word ^ AT` (exact, no false negative;
+    // a false positive only costs the byte-wise search below).
+    let has_at = |word: &[u8]| {
+        let x = u64::from_le_bytes(word.try_into().unwrap_or_default()) ^ AT;
+        x.wrapping_sub(ONES) & !x & HIGH != 0
+    };
+    let len = authority.len();
+    let found = if len < 8 {
+        authority.contains(&b'@')
+    } else {
+        // Whole words, then the last 8 bytes (overlapping the last word): no copy of a tail.
+        authority.chunks_exact(8).any(has_at) || has_at(&authority[len - 8..])
+    };
+    if !found {
+        return authority;
+    }
+    match authority.iter().rposition(|&b| b == b'@') {
+        Some(at) => &authority[at + 1..],
+        None => authority,
+    }
 }
 
 /// One scope's budget and name.
@@ -220,7 +260,7 @@ impl Scopes {
         uri: &Uri,
         headers: &HeaderMap,
         now: Instant,
-        last: &mut Option<Arc<Scoped>>,
+        last: &mut Option<Weak<Scoped>>,
     ) {
         let name = match &self.scope.0 {
             Kind::Layer => return self.shared.budget.deposit_at(now),
@@ -234,6 +274,7 @@ impl Scopes {
         };
         if let Some(s) = last
             .as_ref()
+            .and_then(Weak::upgrade)
             .filter(|s| s.name.as_bytes() == name && !s.retired.load(Relaxed))
         {
             return s.budget.deposit_at(now);
@@ -241,11 +282,14 @@ impl Scopes {
         let s = self.named(name, now);
         s.budget.deposit_at(now);
         // The overflow budget is not remembered: the host may get a place of its own later.
-        *last = (!Arc::ptr_eq(&s, &self.shared)).then_some(s);
+        *last = (!Arc::ptr_eq(&s, &self.shared)).then(|| Arc::downgrade(&s));
     }
 
     /// The budget of the scope `name`, created at `now` if new (or the overflow budget).
     pub(crate) fn named(&self, name: &[u8], now: Instant) -> Arc<Scoped> {
+        if name.len() > MAX_NAME {
+            return self.shared.clone();
+        }
         let hash = self.hash(name);
         let shard = &self.shards[(hash >> 60) as usize % SHARDS];
         {
@@ -283,8 +327,15 @@ impl Scopes {
     /// than one another's.
     fn verified(&self, s: &Arc<Scoped>, name: &[u8]) -> Arc<Scoped> {
         let known = s.name.as_bytes();
-        // Byte for byte first: the same host is almost always written the same way.
-        if known == name || known.eq_ignore_ascii_case(name) {
+        // Byte for byte first: the same host is almost always written the same way. A name
+        // that is not UTF-8 (obs-text in a `Host` field) is kept lossily: compared so.
+        if known == name
+            || known.eq_ignore_ascii_case(name)
+            || (!name.is_ascii()
+                && String::from_utf8_lossy(name)
+                    .as_bytes()
+                    .eq_ignore_ascii_case(known))
+        {
             s.clone()
         } else {
             self.shared.clone()
@@ -314,7 +365,8 @@ impl Scopes {
         h ^ (h >> 32)
     }
 
-    /// Forgets the scopes idle for a whole window, at most once per tenth of a window.
+    /// Forgets the scopes idle for a whole window and held by no request in flight, at most
+    /// once per tenth of a window.
     fn sweep(&self, now: Instant) {
         let at = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let every = (self.settings.2 / 10).as_nanos() as u64;
@@ -332,12 +384,17 @@ impl Scopes {
         for shard in self.shards.iter() {
             let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
             let before = map.len();
+            // A request in flight holds its scope (an `Arc`) for its next withdrawal: one
+            // waiting through a `Retry-After` longer than the window looks idle, but forgotten
+            // under it the scope would be made again for the host's new requests, and the host
+            // would have two budgets at once. (A service's memory of its last scope is weak:
+            // it holds nothing.)
             map.retain(|_, s| {
-                let idle = s.budget.idle_at(now);
-                if idle {
+                let forget = Arc::strong_count(s) == 1 && s.budget.idle_at(now);
+                if forget {
                     s.retired.store(true, Relaxed);
                 }
-                !idle
+                !forget
             });
             self.len.fetch_sub(before - map.len(), Relaxed);
         }
@@ -397,6 +454,40 @@ mod tests {
     }
 
     #[test]
+    fn the_userinfo_is_left_out_of_a_hosts_name() {
+        for (authority, host) in [
+            ("h.test", "h.test"),
+            ("h.test:8080", "h.test:8080"),
+            ("alice@h.test", "h.test"),
+            ("alice:pw@h.test:80", "h.test:80"),
+            ("a@b@h", "h"),
+            (
+                "a-very-long-user-name:and-a-password@records.internal:8443",
+                "records.internal:8443",
+            ),
+            ("@h", "h"),
+            ("h@", ""),
+            ("", ""),
+            ("\u{80}\u{c0}h.test", "\u{80}\u{c0}h.test"),
+        ] {
+            assert_eq!(
+                without_userinfo(authority.as_bytes()),
+                host.as_bytes(),
+                "{authority}"
+            );
+        }
+        for n in 0..40 {
+            let mut name = vec![b'x'; n];
+            assert_eq!(without_userinfo(&name), &name[..]);
+            for at in 0..n {
+                name[at] = b'@';
+                assert_eq!(without_userinfo(&name), &name[at + 1..], "{n} {at}");
+                name[at] = b'x';
+            }
+        }
+    }
+
+    #[test]
     fn lowercase_folds_ascii_uppercase_only() {
         for b in 0..=255u8 {
             let word = u64::from_le_bytes([b, b'A', b'z', b, 0xff, b'@', b'[', b]);
@@ -422,8 +513,12 @@ mod tests {
     fn hosts_past_the_bound_share_the_overflow_budget_and_idle_hosts_are_forgotten() {
         let s = scopes(0.0, 1, 2);
         let t0 = Instant::now();
-        let a = s.named(b"a", t0);
-        a.budget.deposit_at(t0);
+        // No request holds a afterwards (a request in flight keeps its scope).
+        let a = {
+            let a = s.named(b"a", t0);
+            a.budget.deposit_at(t0);
+            Arc::downgrade(&a)
+        };
         s.named(b"b", t0).budget.deposit_at(t0);
         let c = s.named(b"c", t0);
         let d = s.named(b"d", t0);
@@ -437,48 +532,71 @@ mod tests {
         let c = s.named(b"c", later);
         assert_eq!(&*c.name, "c");
         assert_eq!(s.len(), 2);
-        assert!(!Arc::ptr_eq(&s.named(b"a", later), &a), "a was forgotten");
+        assert!(a.upgrade().is_none(), "a was forgotten");
     }
 
-    /// A service's memory of its last scope is used only while it is that host's scope in
-    /// the map: a host forgotten while idle gets its deposits in the new scope, never in the
-    /// retired one (whose withdrawals nobody would see), and the overflow budget is never
-    /// remembered.
+    #[test]
+    fn a_scope_held_by_a_request_in_flight_is_not_forgotten() {
+        let s = scopes(0.0, 1, 2);
+        let t0 = Instant::now();
+        // A request waiting through a Retry-After longer than the window holds a.
+        let held = s.named(b"a", t0);
+        held.budget.deposit_at(t0);
+        drop(s.named(b"b", t0));
+        let later = t0 + WINDOW + Duration::from_secs(5);
+        // c sweeps: b, idle and held by none, is forgotten; a is kept.
+        assert_eq!(&*s.named(b"c", later).name, "c");
+        assert!(
+            Arc::ptr_eq(&s.named(b"a", later), &held),
+            "a was made again"
+        );
+        assert_eq!(s.len(), 2);
+    }
+
+    /// A service's memory of its last scope is weak and used only while it is that host's
+    /// scope in the map: it keeps no scope from being forgotten, a host forgotten while idle
+    /// gets its deposits in the new scope (never the retired one, whose withdrawals nobody
+    /// would see), and the overflow budget is never remembered.
     #[test]
     fn a_remembered_scope_is_used_only_while_it_is_in_the_map() {
         let s = scopes(0.0, 1, 2);
         let t0 = Instant::now();
         let uri = |host: &str| format!("http://{host}/x").parse::<Uri>().unwrap();
         let none = HeaderMap::new();
+        let named = |last: &Option<Weak<Scoped>>| {
+            last.as_ref()
+                .and_then(Weak::upgrade)
+                .map(|s| s.name.to_string())
+        };
         let mut last = None;
         s.deposit(&uri("a"), &none, t0, &mut last);
-        let a = last.clone().expect("a remembered");
-        assert_eq!(&*a.name, "a");
-        assert!(Arc::ptr_eq(&a, &s.named(b"a", t0)));
+        assert_eq!(named(&last).as_deref(), Some("a"));
+        let a = last.clone().unwrap();
+        assert!(Arc::ptr_eq(&a.upgrade().unwrap(), &s.named(b"a", t0)));
         // Another host: looked up, then remembered instead.
         s.deposit(&uri("b"), &none, t0, &mut last);
-        assert_eq!(&*last.as_ref().unwrap().name, "b");
+        assert_eq!(named(&last).as_deref(), Some("b"));
         s.deposit(&uri("a"), &none, t0, &mut last);
-        assert!(Arc::ptr_eq(last.as_ref().unwrap(), &a));
+        assert!(Weak::ptr_eq(last.as_ref().unwrap(), &a));
         // The map is full: a third host gets the overflow budget, not remembered.
         s.deposit(&uri("c"), &none, t0, &mut last);
         assert!(last.is_none());
-        // `a` idle for a whole window (b kept busy) is forgotten when `c` needs a place...
+        // `a` idle for a whole window (b kept busy) is forgotten when `c` needs a place,
+        // though a service remembers it...
+        let mut stale = Some(a.clone());
         let mut busy = None;
         s.deposit(&uri("b"), &none, t0 + WINDOW, &mut busy);
         let later = t0 + WINDOW + Duration::from_secs(5);
         assert_eq!(&*s.named(b"c", later).name, "c");
-        assert!(a.retired.load(Relaxed));
-        // ...and a service still remembering it deposits where the map says now (the
-        // overflow budget: b and c hold the places), never into the retired scope.
-        let mut stale = Some(a.clone());
+        assert!(a.upgrade().is_none(), "a weak memory keeps nothing alive");
+        // ...and that service deposits where the map says now (the overflow budget: b and c
+        // hold the places).
         s.deposit(&uri("a"), &none, later, &mut stale);
-        assert!(stale.is_none(), "the retired scope is not remembered");
+        assert!(stale.is_none());
         // A place again (b and c idle past their window): a gets a scope of its own.
         let much_later = later + WINDOW + WINDOW;
         s.deposit(&uri("a"), &none, much_later, &mut stale);
-        let new_a = stale.expect("a place of its own");
-        assert!(!Arc::ptr_eq(&new_a, &a));
+        let new_a = stale.and_then(|w| w.upgrade()).expect("a place of its own");
         assert!(Arc::ptr_eq(
             &new_a,
             &s.scope_of(&uri("a"), &none, much_later)

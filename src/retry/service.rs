@@ -1,7 +1,7 @@
 //! The retry service: sends the request, and again while the policy says so.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -35,7 +35,7 @@ pub struct StatusAwareRetry<S, C = DefaultClassifier, EC = SourceWalk> {
     inner: S,
     shared: Arc<Shared<C, EC>>,
     /// The budget scope this service deposited into last (see `Scopes::deposit`).
-    last_scope: Option<Arc<Scoped>>,
+    last_scope: Option<Weak<Scoped>>,
 }
 
 impl<S, C, EC> StatusAwareRetry<S, C, EC> {
@@ -153,8 +153,10 @@ where
                 .insert(name.clone(), http::HeaderValue::from_static("1"));
         }
         // Only an unprocessed answer may send this request again: a witness on the transport
-        // must tie that answer to the request sent (see `witness`).
-        let ticket = (eligible == Eligible::Unprocessed).then(|| issue(&mut req));
+        // must tie that answer to the request sent (see `witness`). None when it can't be sent
+        // again anyway (`max_retries(0)`): nothing to prove, nothing to warn about.
+        let ticket =
+            (eligible == Eligible::Unprocessed && replay.is_some()).then(|| issue(&mut req));
         let future = self.inner.call(req);
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
