@@ -95,19 +95,11 @@ async fn origin() -> TestServer {
         .await
 }
 
-async fn admin(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.admin_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 async fn publish(redis: &RedisServer, msg: String) {
     let _: i64 = redis::cmd("PUBLISH")
         .arg("fleet-test:db0:events")
         .arg(msg)
-        .query_async(&mut admin(redis).await)
+        .query_async(&mut redis.admin().await)
         .await
         .unwrap();
 }
@@ -170,7 +162,7 @@ async fn with_a_secret_a_copy_from_before_a_clear_cannot_be_moved_past_it() {
     let url = origin.url("/records/cleared");
     a.get(&url).await;
     wait_until(Duration::from_secs(5), || a.fleet.stats().published == 1).await;
-    let mut conn = admin(&redis).await;
+    let mut conn = redis.admin().await;
     let before: Vec<String> = redis::cmd("KEYS")
         .arg("fleet-test:k:*")
         .query_async(&mut conn)
@@ -385,7 +377,7 @@ async fn a_garbage_generation_key_does_not_stop_sharing_for_good() {
     let _: () = redis::cmd("SET")
         .arg("fleet-test:gen")
         .arg("garbage")
-        .query_async(&mut admin(&redis).await)
+        .query_async(&mut redis.admin().await)
         .await
         .unwrap();
     // A write on A: its forget must be written to Redis.
@@ -436,7 +428,7 @@ async fn with_a_secret_a_generation_key_of_another_type_does_not_stop_sharing_fo
     let _: i64 = redis::cmd("RPUSH")
         .arg("fleet-test:gen")
         .arg("not a number")
-        .query_async(&mut admin(&redis).await)
+        .query_async(&mut redis.admin().await)
         .await
         .unwrap();
     let mut shared = 0;

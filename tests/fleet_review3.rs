@@ -103,23 +103,6 @@ async fn origin() -> TestServer {
         .await
 }
 
-async fn admin(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    redis::Client::open(redis.admin_url())
-        .unwrap()
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap()
-}
-
-async fn cmd<T: redis::FromRedisValue>(redis: &RedisServer, args: &[&str]) -> T {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query_async(&mut admin(redis).await).await.unwrap()
-}
-
 /// `n` stored copies under the current generation (creating one if there is none).
 async fn fill(redis: &RedisServer, n: u64) {
     const FILL: &str = r"
@@ -140,7 +123,7 @@ return 1
         .arg(FILL)
         .arg(0)
         .arg(n)
-        .query_async(&mut admin(redis).await)
+        .query_async(&mut redis.admin().await)
         .await
         .unwrap();
 }
@@ -221,7 +204,7 @@ async fn a_lost_generation_key_revives_nothing_from_before_a_clear() {
     wait_until(Duration::from_secs(5), || fa.stats().published >= 1).await;
     a.cache.clear();
     wait_until(Duration::from_secs(5), || fa.stats().published >= 2).await;
-    let _: i64 = cmd(&redis, &["DEL", "fleet-test:gen"]).await;
+    let _: i64 = redis.cmd(&["DEL", "fleet-test:gen"]).await;
     let late = node();
     let fl = late.start(tier(&redis.url()).secret(SECRET));
     connected(&fl).await;
@@ -241,7 +224,7 @@ async fn a_full_redis_does_not_revive_a_forgotten_404() {
     let url = origin.url("/records/full");
     a.get(&url).await;
     wait_until(Duration::from_secs(5), || fa.stats().published >= 1).await;
-    let _: () = cmd(&redis, &["CONFIG", "SET", "maxmemory", "1"]).await;
+    let _: () = redis.cmd(&["CONFIG", "SET", "maxmemory", "1"]).await;
     assert!(a.cache.invalidate_uri(&url.parse().unwrap()));
     // The script deletes the copy before writing the tombstone: Redis refuses a script's
     // first write when full, never a `DEL` (and then lets the rest through).
@@ -274,7 +257,7 @@ async fn after_a_lost_subscription_the_forgets_sent_meanwhile_are_caught_up() {
     let url = origin.url("/records/away");
     a.get(&url).await;
     wait_until(Duration::from_secs(5), || b.holds(&url)).await;
-    let _: i64 = cmd(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    let _: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     wait_until(Duration::from_secs(5), || !fb.stats().connected).await;
     assert!(a.cache.invalidate_uri(&url.parse().unwrap()));
     wait_until(Duration::from_secs(5), || fa.stats().published >= 2).await;
@@ -294,12 +277,12 @@ async fn with_a_secret_a_rewritten_start_does_not_extend_a_copy() {
     let url = origin.url("/records/extend");
     a.get(&url).await;
     wait_until(Duration::from_secs(5), || fa.stats().published >= 1).await;
-    let keys: Vec<String> = cmd(&redis, &["KEYS", "fleet-test:k:*"]).await;
-    let value: String = cmd(&redis, &["GET", &keys[0]]).await;
+    let keys: Vec<String> = redis.cmd(&["KEYS", "fleet-test:k:*"]).await;
+    let value: String = redis.cmd(&["GET", &keys[0]]).await;
     let mut parts: Vec<String> = value.split(' ').map(str::to_owned).collect();
     // 100 s later: a 60 s copy would read as fresh for 120 s (`max_ttl`) more.
     parts[1] = (parts[1].parse::<u64>().unwrap() + 100_000).to_string();
-    let _: () = cmd(&redis, &["SET", &keys[0], &parts.join(" ")]).await;
+    let _: () = redis.cmd(&["SET", &keys[0], &parts.join(" ")]).await;
     let late = node();
     let fl = late.start(tier(&redis.url()).secret(SECRET));
     wait_until(Duration::from_secs(5), || fl.stats().warmed >= 1).await;
@@ -337,7 +320,7 @@ async fn with_a_secret_a_replayed_404_from_before_a_new_replica_started_is_refus
     let late = node();
     let fl = late.start(tier(&redis.url()).secret(SECRET).warm(0));
     connected(&fl).await;
-    let mut conn = admin(&redis).await;
+    let mut conn = redis.admin().await;
     let _: i64 = redis::cmd("PUBLISH")
         .arg("fleet-test:db0:events")
         .arg(captured)
@@ -376,11 +359,11 @@ async fn fleets_in_two_databases_do_not_share() {
 async fn a_binary_stored_value_is_skipped_and_counted() {
     let redis = redis_or_skip!("a_binary_stored_value_is_skipped_and_counted");
     fill(&redis, 3).await;
-    let generation: String = cmd(&redis, &["GET", "fleet-test:gen"]).await;
+    let generation: String = redis.cmd(&["GET", "fleet-test:gen"]).await;
     let _: () = redis::cmd("SET")
         .arg(format!("fleet-test:k:{generation}:http://h.test/bin"))
         .arg(&b"\xff\xfe\x00binary"[..])
-        .query_async(&mut admin(&redis).await)
+        .query_async(&mut redis.admin().await)
         .await
         .unwrap();
     let late = node();

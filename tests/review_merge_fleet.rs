@@ -94,30 +94,13 @@ async fn origin() -> TestServer {
         .await
 }
 
-async fn admin(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    redis::Client::open(redis.admin_url())
-        .unwrap()
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap()
-}
-
-async fn cmd<T: redis::FromRedisValue>(redis: &RedisServer, args: &[&str]) -> T {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query_async(&mut admin(redis).await).await.unwrap()
-}
-
 async fn eval<T: redis::FromRedisValue>(redis: &RedisServer, script: &str, args: &[&str]) -> T {
     let mut c = redis::cmd("EVAL");
     c.arg(script).arg(0);
     for a in args {
         c.arg(*a);
     }
-    c.query_async(&mut admin(redis).await).await.unwrap()
+    c.query_async(&mut redis.admin().await).await.unwrap()
 }
 
 macro_rules! redis_or_skip {
@@ -147,7 +130,7 @@ async fn a_slow_catch_up_still_reads_back_the_forgets_sent_while_away() {
         &["1"],
     )
     .await;
-    let _: () = cmd(&redis, &["SET", "fleet-test:gen", "1"]).await;
+    let _: () = redis.cmd(&["SET", "fleet-test:gen", "1"]).await;
     let origin = origin().await;
     let b = node();
     let fb = b.start(tier(&redis.url()).timeout(Duration::from_secs(2)));
@@ -155,11 +138,11 @@ async fn a_slow_catch_up_still_reads_back_the_forgets_sent_while_away() {
     let url = origin.url("/records/away-slow");
     assert_eq!(b.get(&url).await, StatusCode::NOT_FOUND);
     wait_until(Duration::from_secs(5), || fb.stats().published >= 1).await;
-    let keys: Vec<String> = cmd(&redis, &["KEYS", "fleet-test:k:*away-slow"]).await;
+    let keys: Vec<String> = redis.cmd(&["KEYS", "fleet-test:k:*away-slow"]).await;
     assert_eq!(keys.len(), 1);
     // B's subscription is lost; meanwhile another replica forgets the key (its tombstone,
     // stamped with Redis's clock, replaces the stored copy; its message is not heard).
-    let _: i64 = cmd(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    let _: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     let _: i64 = eval(
         &redis,
         "local t = redis.call('TIME') \
@@ -170,7 +153,7 @@ async fn a_slow_catch_up_still_reads_back_the_forgets_sent_while_away() {
     .await;
     // B resubscribes and starts catching up; Redis is then busy for 2 s (a long command:
     // the same as a slow network or a big keyspace), in the middle of the catch-up's scan.
-    let mut conn = admin(&redis).await;
+    let mut conn = redis.admin().await;
     let t = Instant::now();
     loop {
         let (_, n): (String, i64) = redis::cmd("PUBSUB")
@@ -390,7 +373,7 @@ async fn a_catch_up_does_not_replace_a_held_answer_with_a_head_only_copy() {
         .start()
         .await;
     // A generation from before B starts (one B's first warm-up reads).
-    let _: () = cmd(&redis, &["SET", "fleet-test:gen", "1"]).await;
+    let _: () = redis.cmd(&["SET", "fleet-test:gen", "1"]).await;
     let b = node();
     let fb = b.start(tier(&redis.url()));
     connected(&fb).await;
@@ -402,10 +385,10 @@ async fn a_catch_up_does_not_replace_a_held_answer_with_a_head_only_copy() {
     wait_until(Duration::from_secs(5), || fb.stats().published >= 1).await;
     assert!(b.cache.peek(&url.parse().unwrap()).unwrap().body_kept);
     // The subscription is lost and comes back: B catches up from Redis.
-    let _: i64 = cmd(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    let _: i64 = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
     wait_until(Duration::from_secs(10), || fb.stats().reconnects >= 1).await;
     // The catch-up has read the stored copies (the copy is B's own: there is one).
-    let mut conn = admin(&redis).await;
+    let mut conn = redis.admin().await;
     let _: i64 = redis::cmd("PUBLISH")
         .arg("fleet-test:db0:events")
         .arg("not a message")
@@ -495,13 +478,13 @@ async fn a_binary_stored_key_name_is_skipped_and_the_rest_warmed() {
     let url = origin.url("/records/beside-binary");
     assert_eq!(a.get(&url).await, StatusCode::NOT_FOUND);
     wait_until(Duration::from_secs(5), || fa.stats().published >= 1).await;
-    let generation: String = cmd(&redis, &["GET", "fleet-test:gen"]).await;
+    let generation: String = redis.cmd(&["GET", "fleet-test:gen"]).await;
     let mut name = format!("fleet-test:k:{generation}:http://h.test/").into_bytes();
     name.extend_from_slice(b"\xff\xfe");
     let _: () = redis::cmd("SET")
         .arg(name)
         .arg("t 1")
-        .query_async(&mut admin(&redis).await)
+        .query_async(&mut redis.admin().await)
         .await
         .unwrap();
     let late = node();

@@ -47,6 +47,26 @@ pub fn available(test: &str) -> bool {
 }
 
 impl RedisServer {
+    /// A connection to the server as its admin, with no response timeout (a test may keep
+    /// Redis busy on purpose).
+    pub async fn admin(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        redis::Client::open(self.admin_url())
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap()
+    }
+
+    /// Runs `args` (a command and its arguments) as the admin.
+    pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query_async(&mut self.admin().await).await.unwrap()
+    }
+
     /// A throwaway server, or `None` (the test is skipped: see [`available`]).
     pub fn try_start(test: &str) -> Option<RedisServer> {
         available(test).then(RedisServer::start)
