@@ -37,7 +37,8 @@ pub enum Credentials {
 /// A stored key: `{scheme}://{host}{:port}{path?query}` (`//{host}{:port}{path?query}` for an
 /// origin-form target with a `Host` header, just `{path?query}` without one, or the
 /// application's id), plus the fingerprint of the credentials it was
-/// fetched with (0: none). 32 bytes: the text and three offsets into it.
+/// fetched with (0: none). 32 bytes: the text, three offsets into it and the port (kept, not
+/// parsed from the text at every comparison).
 #[derive(Clone, Debug)]
 pub(crate) struct Key {
     text: Box<str>,
@@ -45,6 +46,8 @@ pub(crate) struct Key {
     host_end: u16,
     /// 0 when there is no `scheme://host` prefix; then the whole text is path and query.
     pq_start: u16,
+    /// The port as written in the text (0: none, the scheme's default).
+    port: u16,
     cred: u64,
 }
 
@@ -73,13 +76,64 @@ impl KeyRef<'_> {
     }
 }
 
+/// The process's secret seed for [`KeyRef::target_hash`]: keys are hashed once per lookup
+/// into a keyed 64-bit value that the store, the reads in flight (`Versions`), the adaptive
+/// TTL's history and a fleet tier's recent changes all hash again cheaply as an integer, so
+/// one request's key is scanned once, not once per structure. Random per process: nobody can
+/// choose targets that collide.
+static TARGET_SEED: std::sync::LazyLock<quick_cache::DefaultHashBuilder> =
+    std::sync::LazyLock::new(Default::default);
+
+impl KeyRef<'_> {
+    /// The keyed hash of the target (the credentials aside): what every structure keyed by a
+    /// target hashes, computed once per request where it can be ([`Hashed`]).
+    pub(crate) fn target_hash(&self) -> u64 {
+        let mut h = TARGET_SEED.build_hasher();
+        // Each part with its length, so that no two splits of one text hash alike.
+        h.write_usize(self.scheme.len());
+        h.write(self.scheme.as_bytes());
+        h.write_usize(self.host.len());
+        h.write(self.host.as_bytes());
+        h.write_u16(self.port);
+        h.write(self.pq.as_bytes());
+        h.finish()
+    }
+}
+
 impl Hash for KeyRef<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.scheme.hash(state);
-        self.host.hash(state);
-        state.write_u16(self.port);
-        self.pq.hash(state);
+        state.write_u64(self.target_hash());
         state.write_u64(self.cred);
+    }
+}
+
+/// A key to look up with its target's hash computed already ([`KeyRef::target_hash`]): hashes
+/// and compares as the key it stands for, without scanning its text again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hashed<'a> {
+    pub(crate) key: &'a Lookup<'a>,
+    pub(crate) target: u64,
+}
+
+impl<'a> Hashed<'a> {
+    pub(crate) fn of(key: &'a Lookup<'a>) -> Self {
+        Hashed {
+            key,
+            target: key.target().target_hash(),
+        }
+    }
+}
+
+impl Hash for Hashed<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.target);
+        state.write_u64(self.key.cred());
+    }
+}
+
+impl Equivalent<Key> for Hashed<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.key.equivalent(key)
     }
 }
 
@@ -100,17 +154,12 @@ impl Key {
                 cred: self.cred,
             };
         }
-        // Between the host and the path: nothing, or `:port` as written by `from_parts`.
-        let port = t
-            .get(host_end + 1..pq_start)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
         // `scheme://host` or, for an origin-form target keyed by its Host, `//host`.
         let host_start = if scheme_end == 0 { 2 } else { scheme_end + 3 };
         KeyRef {
             scheme: &t[..scheme_end],
             host: &t[host_start..host_end],
-            port,
+            port: self.port,
             pq: &t[pq_start..],
             cred: self.cred,
         }
@@ -161,6 +210,7 @@ impl Key {
             scheme_end: 0,
             host_end: 0,
             pq_start: 0,
+            port: 0,
             cred,
         })
     }
@@ -190,6 +240,7 @@ impl Key {
             scheme_end: small(p.scheme.len())?,
             host_end: small(host_end)?,
             pq_start: small(pq_start)?,
+            port: p.port,
             cred: p.cred,
             text: text.into_boxed_str(),
         })
@@ -228,6 +279,14 @@ pub(crate) enum Lookup<'a> {
 }
 
 impl Lookup<'_> {
+    /// The credential fingerprint (or partition) the key is looked up under.
+    pub(crate) fn cred(&self) -> u64 {
+        match self {
+            Lookup::Borrowed(r) => r.cred,
+            Lookup::Owned(k) => k.cred,
+        }
+    }
+
     /// The origin the key names: scheme, host and port as normalised (port 0: the default).
     pub(crate) fn origin(&self) -> (&str, &str, u16) {
         let p = match self {
@@ -371,7 +430,13 @@ pub(crate) fn target_key<'a>(
     pq: &'a str,
     cred: u64,
 ) -> Option<Lookup<'a>> {
-    let (host, port) = host_port(authority);
+    // The commonest authority — a lower-case host name alone — is told in one pass.
+    let plain = plain_host(authority);
+    let (host, port) = if plain {
+        (authority, None)
+    } else {
+        host_port(authority)
+    };
     let port = match (scheme, port) {
         ("http", Some(80)) | ("https", Some(443)) | (_, None) => 0,
         (_, Some(p)) => p,
@@ -383,7 +448,8 @@ pub(crate) fn target_key<'a>(
     let pq_ok = (scheme.is_empty() && host.is_empty()) || pq.starts_with('/');
     let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
     // A host with a percent-escape is rare: it takes the copying path (see `normal_host`).
-    if pq_ok && !upper(scheme) && !upper(host) && !host.contains('%') && pct_normal(pq) {
+    let host_ok = plain || (!upper(host) && !host.contains('%'));
+    if pq_ok && !upper(scheme) && host_ok && pct_normal(pq) {
         return Some(Lookup::Borrowed(KeyRef {
             scheme,
             host,
@@ -413,6 +479,16 @@ fn valid_authority(v: &HeaderValue) -> Option<&str> {
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b));
     (ok && !host_port(s).0.is_empty()).then_some(s)
+}
+
+/// Whether `authority` is a host name as a key keeps it: no upper case, no percent-escape, no
+/// userinfo, port or IP literal. One pass without early exit, which the compiler vectorises:
+/// the lookup's hottest scan.
+fn plain_host(authority: &str) -> bool {
+    let odd = authority.bytes().fold(false, |odd, b| {
+        odd | b.is_ascii_uppercase() | matches!(b, b'%' | b'@' | b':' | b'[')
+    });
+    !odd
 }
 
 /// The host and port of an authority (`user@host:port`, `[v6]:port`), as http's `host()` and
@@ -463,8 +539,10 @@ pub(crate) const DEFAULT_CREDENTIAL_HEADERS: [HeaderName; 3] = [
 /// Whether the request carries credentials: one of `names` (by default `Authorization`,
 /// `Proxy-Authorization`, `Cookie`), or a userinfo in its URI.
 pub(crate) fn has_credentials(uri: &Uri, headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    let userinfo =
+        |a: &http::uri::Authority| a.as_str().bytes().fold(false, |u, b| u | (b == b'@'));
     (!headers.is_empty() && names.iter().any(|n| headers.contains_key(n)))
-        || userinfo(uri).is_some()
+        || uri.authority().is_some_and(userinfo)
 }
 
 /// A fingerprint of the request's credentials within `partition` (0: none, else a

@@ -9,7 +9,8 @@ use http::Uri;
 /// with a stray `%` (one not followed by two hex digits) is taken as it is: see
 /// [`pct_normalise`].
 pub(crate) fn pct_normal(s: &str) -> bool {
-    if !s.contains('%') {
+    // No escape at all (most targets): one pass without early exit, vectorised.
+    if !s.bytes().fold(false, |pct, b| pct | (b == b'%')) {
         return true;
     }
     let b = s.as_bytes();

@@ -13,7 +13,7 @@ use super::body::ResponseBody;
 use super::coalesce::Role;
 use super::future::{Known, Pending, ReadKey, ResponseFuture, Synth, Written};
 use super::handle::NegativeCacheHandle;
-use super::key::{Credentials, Lookup};
+use super::key::{Credentials, Hashed, Lookup};
 use super::key::{credential_fingerprint, has_credentials};
 use super::state::State;
 use super::store::Fresh;
@@ -178,7 +178,9 @@ where
         }
         let now = Instant::now();
         let inserted = st.store.inserted();
-        let found = st.store.get(&lookup, now, || bump(&st.stats.expirations));
+        // The key's text is scanned once: the store and the reads in flight take its hash.
+        let hashed = Hashed::of(&lookup);
+        let found = st.store.get(&hashed, now, || bump(&st.stats.expirations));
         // An entry too old for the request's `max-age`, or too close to its end for its
         // `min-fresh`, is not used; the answer upstream gives refreshes it.
         let known = match found {
@@ -203,7 +205,7 @@ where
         let Some(bound) = st.coalesce.filter(|_| !directives.no_store) else {
             bump(&st.stats.misses);
             // The key itself is made only if the answer needs it (see `ReadKey`).
-            let ticket = st.store.versions.start_target(lookup.target());
+            let ticket = st.store.versions.start_hashed(hashed.target);
             let key = match lookup {
                 Lookup::Owned(key) => ReadKey::Key(key),
                 Lookup::Borrowed(_) => ReadKey::Target {

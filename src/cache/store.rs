@@ -13,14 +13,14 @@ use std::time::Duration;
 use http::StatusCode;
 use quick_cache::sync::Cache;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault};
+use std::hash::BuildHasherDefault;
 use std::sync::Mutex;
 
 use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, Weighter};
 use tokio::time::Instant;
 
 use super::answer::Answer;
-use super::key::{Key, KeyRef};
+use super::key::Key;
 use super::ttl::TtlSource;
 use crate::counter::bump;
 
@@ -167,7 +167,6 @@ pub(crate) struct Store {
 pub(crate) struct Versions {
     shards: Box<[Mutex<Slots>]>,
     all: AtomicU64,
-    hasher: DefaultHashBuilder,
 }
 
 /// The keys in flight in one shard, by the hash of their target.
@@ -204,18 +203,11 @@ impl Versions {
         Versions {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             all: AtomicU64::new(0),
-            hasher: DefaultHashBuilder::default(),
         }
     }
 
-    fn hash(&self, key: &Key) -> u64 {
-        self.hasher.hash_one(key.target())
-    }
-
-    /// A read of the key whose target is `target` ([`Key::target`]) leaves: as
-    /// [`start`](Self::start), from a key not made yet.
-    pub(crate) fn start_target(self: &Arc<Self>, target: KeyRef<'_>) -> Ticket {
-        self.start_hashed(self.hasher.hash_one(target))
+    fn hash(key: &Key) -> u64 {
+        key.target().target_hash()
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Slots> {
@@ -227,10 +219,12 @@ impl Versions {
 
     /// A read of `key` leaves: note the key's version.
     pub(crate) fn start(self: &Arc<Self>, key: &Key) -> Ticket {
-        self.start_hashed(self.hash(key))
+        self.start_hashed(Self::hash(key))
     }
 
-    fn start_hashed(self: &Arc<Self>, hash: u64) -> Ticket {
+    /// A read leaves of the key whose target hashes to `hash` ([`KeyRef::target_hash`]): as
+    /// [`start`](Self::start), from a key not made yet.
+    pub(crate) fn start_hashed(self: &Arc<Self>, hash: u64) -> Ticket {
         let all = self.all.load(Acquire);
         let mut shard = self.shard(hash);
         let slot = shard.entry(hash).or_default();
@@ -246,7 +240,7 @@ impl Versions {
 
     /// `key` changed: reads in flight for it must not remember what they bring back.
     pub(crate) fn bump(&self, key: &Key) {
-        let hash = self.hash(key);
+        let hash = Self::hash(key);
         if let Some(slot) = self.shard(hash).get_mut(&hash) {
             slot.version += 1;
         }
