@@ -252,9 +252,17 @@ pin_project! {
         S: Service<Request<ReqB>>,
     {
         fn drop(this: Pin<&mut Self>) {
-            // Dropped before its answer came: a write the origin may have processed.
             let this = this.project();
-            if let (Some(w), Some((state, _))) = (this.pending.written.take(), this.ctx.as_ref()) {
+            let Some((state, _)) = this.ctx.as_ref() else {
+                return;
+            };
+            // A read that ended without settling (an error, another outcome, dropped) leaves
+            // its key's slot.
+            if let Some(t) = this.pending.ticket.take() {
+                t.abandon(&state.store.versions);
+            }
+            // Dropped before its answer came: a write the origin may have processed.
+            if let Some(w) = this.pending.written.take() {
                 forget_unanswered(state, &w);
             }
         }
@@ -562,7 +570,9 @@ fn settle<C: Classify, B: Body>(
                             stored.answer = super::answer::Answer::new(head, body);
                             // Remembered only if the key did not change while this read was
                             // out.
-                            ticket.settle_with(|| state.remember(key, stored, started));
+                            ticket.settle_with(&state.store.versions, || {
+                                state.remember(key, stored, started)
+                            });
                         }
                         None => {
                             let expected = hint.exact();
@@ -614,7 +624,7 @@ fn settle<C: Classify, B: Body>(
                 k.with_target(state, |t| history.present_target(t));
             }
             if let Some(t) = pending.ticket.take() {
-                t.settle_present();
+                t.settle_present(&state.store.versions);
             }
             // Only when something may be stored for the key: most 2xx answers go by without
             // touching the store (see `Store::inserted`).

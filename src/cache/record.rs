@@ -113,7 +113,9 @@ impl Recorder {
         stored.answer = Answer::new(std::mem::take(&mut self.head), body);
         if let Some(t) = self.ticket.take() {
             let (state, started) = (&self.state, self.started);
-            t.settle_with(|| state.remember(key, stored, started));
+            t.settle_with(&state.store.versions, || {
+                state.remember(key, stored, started)
+            });
         }
         // The waiters wake once the store says what they should see.
         drop(self.leader.take());

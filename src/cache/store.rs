@@ -156,7 +156,7 @@ pub(crate) struct Store {
     /// its lookup and after its answer knows nothing was stored meanwhile (see
     /// [`inserted`](Self::inserted)).
     inserted: AtomicU64,
-    pub(crate) versions: Arc<Versions>,
+    pub(crate) versions: Versions,
 }
 
 /// Versions of the keys that have reads in flight: a key's version moves whenever it is
@@ -169,20 +169,78 @@ pub(crate) struct Versions {
     all: AtomicU64,
 }
 
-/// The keys in flight in one shard, by the hash of their target.
-type Slots = HashMap<u64, Slot, BuildHasherDefault<Prehashed>>;
-
+/// The keys in flight in one shard, by the hash of their target: the first few inline (a
+/// shard holds none or one most of the time, and a short scan under the lock is cheaper than a
+/// map's probe), the rest in a map. A key is in one place or the other, never both. Aligned, so
+/// two cores locking neighbouring shards don't share a cache line.
 #[derive(Default)]
+#[repr(align(64))]
+struct Slots {
+    /// Free where `in_flight` is 0.
+    few: [(u64, Slot); FEW],
+    more: HashMap<u64, Slot, BuildHasherDefault<Prehashed>>,
+}
+
+const FEW: usize = 2;
+
+#[derive(Clone, Copy, Default)]
 struct Slot {
     in_flight: u32,
     version: u64,
 }
 
+impl Slots {
+    /// A read of `hash` leaves: its slot, made if it has none.
+    fn enter(&mut self, hash: u64) -> &mut Slot {
+        let at = self
+            .few
+            .iter()
+            .position(|(h, s)| *h == hash && s.in_flight > 0);
+        let slot = match at {
+            Some(i) => &mut self.few[i].1,
+            None if !self.more.is_empty() && self.more.contains_key(&hash) => {
+                self.more.entry(hash).or_default()
+            }
+            None => match self.few.iter().position(|(_, s)| s.in_flight == 0) {
+                Some(i) => {
+                    self.few[i] = (hash, Slot::default());
+                    &mut self.few[i].1
+                }
+                None => self.more.entry(hash).or_default(),
+            },
+        };
+        slot.in_flight += 1;
+        slot
+    }
+
+    /// The slot of `hash`, if a read of it is in flight.
+    fn get_mut(&mut self, hash: u64) -> Option<&mut Slot> {
+        match self
+            .few
+            .iter()
+            .position(|(h, s)| *h == hash && s.in_flight > 0)
+        {
+            Some(i) => Some(&mut self.few[i].1),
+            None if self.more.is_empty() => None,
+            None => self.more.get_mut(&hash),
+        }
+    }
+
+    /// Frees the slot of `hash` once no read of it is in flight.
+    fn free_if_idle(&mut self, hash: u64) {
+        if !self.more.is_empty() && self.more.get(&hash).is_some_and(|s| s.in_flight == 0) {
+            self.more.remove(&hash);
+        }
+    }
+}
+
 const SHARDS: usize = 64;
 
-/// A read in flight: holds its key's place in [`Versions`] until it settles or is dropped.
+/// A read in flight: holds its key's place in [`Versions`] until it is settled or abandoned,
+/// which its holder (the response future, the recorder) does with the store's `Versions` it
+/// holds anyway: a ticket of its own would clone an `Arc` per read, an atomic on a line
+/// every core shares.
 pub(crate) struct Ticket {
-    versions: Arc<Versions>,
     hash: u64,
     version: u64,
     all: u64,
@@ -218,19 +276,17 @@ impl Versions {
     }
 
     /// A read of `key` leaves: note the key's version.
-    pub(crate) fn start(self: &Arc<Self>, key: &Key) -> Ticket {
+    pub(crate) fn start(&self, key: &Key) -> Ticket {
         self.start_hashed(Self::hash(key))
     }
 
     /// A read leaves of the key whose target hashes to `hash` ([`KeyRef::target_hash`]): as
     /// [`start`](Self::start), from a key not made yet.
-    pub(crate) fn start_hashed(self: &Arc<Self>, hash: u64) -> Ticket {
+    pub(crate) fn start_hashed(&self, hash: u64) -> Ticket {
         let all = self.all.load(Acquire);
         let mut shard = self.shard(hash);
-        let slot = shard.entry(hash).or_default();
-        slot.in_flight += 1;
+        let slot = shard.enter(hash);
         Ticket {
-            versions: self.clone(),
             hash,
             version: slot.version,
             all,
@@ -241,7 +297,7 @@ impl Versions {
     /// `key` changed: reads in flight for it must not remember what they bring back.
     pub(crate) fn bump(&self, key: &Key) {
         let hash = Self::hash(key);
-        if let Some(slot) = self.shard(hash).get_mut(&hash) {
+        if let Some(slot) = self.shard(hash).get_mut(hash) {
             slot.version += 1;
         }
     }
@@ -259,43 +315,53 @@ impl Ticket {
     /// The read is back with a Missing answer: runs `remember` if its key is unchanged since
     /// the read left, inside the key's critical section — so a change either comes first and is
     /// seen here, or comes after and forgets what `remember` stored.
-    pub(crate) fn settle_with(mut self, remember: impl FnOnce()) {
-        self.release(false, Some(remember));
+    pub(crate) fn settle_with(mut self, versions: &Versions, remember: impl FnOnce()) {
+        self.release(versions, false, Some(remember));
     }
 
     /// The read is back and found its key present: reads still in flight for it must not
     /// remember a Missing answer (the version moves in the same critical section).
-    pub(crate) fn settle_present(mut self) {
-        self.release(true, None::<fn()>);
+    pub(crate) fn settle_present(mut self, versions: &Versions) {
+        self.release(versions, true, None::<fn()>);
+    }
+
+    /// The read ended without an answer to act on (an error, another outcome, dropped).
+    pub(crate) fn abandon(mut self, versions: &Versions) {
+        self.release(versions, false, None::<fn()>);
     }
 
     /// Leaves the key's slot, in one critical section: runs `if_current` when the key was
     /// unchanged while this read was out, then moves the version if `changed`.
-    fn release(&mut self, changed: bool, if_current: Option<impl FnOnce()>) {
+    fn release(&mut self, versions: &Versions, changed: bool, if_current: Option<impl FnOnce()>) {
         if self.settled {
             return;
         }
         self.settled = true;
-        let mut shard = self.versions.shard(self.hash);
-        let Some(slot) = shard.get_mut(&self.hash) else {
+        let mut shard = versions.shard(self.hash);
+        let Some(slot) = shard.get_mut(self.hash) else {
             return;
         };
         // `all` moves only with every shard locked, so it is stable here.
-        let current = slot.version == self.version && self.versions.all.load(Acquire) == self.all;
+        let current = slot.version == self.version && versions.all.load(Acquire) == self.all;
         if let Some(f) = if_current.filter(|_| current) {
             f();
         }
         slot.version += u64::from(changed);
         slot.in_flight -= 1;
         if slot.in_flight == 0 {
-            shard.remove(&self.hash);
+            shard.free_if_idle(self.hash);
         }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.release(false, None::<fn()>);
+        // Every holder settles or abandons its ticket: one dropped unsettled would keep its
+        // key's slot (a little memory, never a wrong answer).
+        debug_assert!(
+            self.settled || std::thread::panicking(),
+            "a read's ticket was dropped unsettled"
+        );
     }
 }
 
@@ -361,7 +427,7 @@ impl Store {
             heaviest: (shard.saturating_mul(96) / 100).min(max_bytes),
             floor,
             inserted: AtomicU64::new(0),
-            versions: Arc::new(Versions::new()),
+            versions: Versions::new(),
         }
     }
 
