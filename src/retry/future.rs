@@ -19,7 +19,7 @@ use super::layer::Shared;
 use super::log::{ErrorText, Head, Target};
 use super::policy::{Attempt, Decision, Eligible, Stop};
 use super::replay::{ReplayBody, clone_request, with_body};
-use super::scope::Scoped;
+use super::scope::Hold;
 use super::witness::{Proof, Ticket, issue};
 use crate::RetryInfo;
 use crate::classify::{
@@ -59,7 +59,7 @@ pin_project! {
         kept: Option<Box<(Result<Response<BodyOf<S, ReqB>>, S::Error>, Outcome)>>,
         // The budget of the request's scope (its host, by default), looked up when a retry is
         // first decided: a request answered at once never needs it.
-        budget: Option<Arc<Scoped>>,
+        budget: Option<Hold>,
         #[pin]
         state: State<S::Future, BodyOf<S, ReqB>>,
         // A service for the next attempt; None when the request can't be retried.
@@ -110,7 +110,7 @@ pin_project! {
 }
 
 /// Gives a withdrawn retry that will not be sent back to the budget.
-fn refund(budget: &Option<Arc<Scoped>>, withdrawn: &mut Option<Instant>) {
+fn refund(budget: &Option<Hold>, withdrawn: &mut Option<Instant>) {
     if let (Some(at), Some(scope)) = (withdrawn.take(), budget.as_ref()) {
         scope.budget.refund_at(at, Instant::now());
     }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use http::{HeaderMap, Uri, header::HOST};
@@ -158,6 +158,14 @@ fn without_userinfo(authority: &[u8]) -> &[u8] {
     }
 }
 
+/// `s`, its hold count raised if `hold`.
+fn held(s: Arc<Scoped>, hold: bool) -> Arc<Scoped> {
+    if hold {
+        s.holds.fetch_add(1, Relaxed);
+    }
+    s
+}
+
 /// One scope's budget and name.
 pub(crate) struct Scoped {
     pub(crate) name: Arc<str>,
@@ -165,6 +173,27 @@ pub(crate) struct Scoped {
     /// Forgotten by the map (idle for a window): a service that kept it (see
     /// [`Scopes::deposit`]) looks its scope up again.
     retired: AtomicBool,
+    /// Requests in flight holding it for a withdrawal ([`Hold`]): the map keeps it while any
+    /// does. Counted apart from the `Arc`'s references, which services keep too.
+    holds: AtomicUsize,
+}
+
+/// A request's hold on its scope, from its first retry decision to its end: a request waiting
+/// through a `Retry-After` longer than the window looks idle, but forgotten under it the scope
+/// would be made again for the host's new requests, and the host would have two budgets.
+pub(crate) struct Hold(Arc<Scoped>);
+
+impl std::ops::Deref for Hold {
+    type Target = Scoped;
+    fn deref(&self) -> &Scoped {
+        &self.0
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.holds.fetch_sub(1, Relaxed);
+    }
 }
 
 /// The map's keys are already seeded hashes: hashing them again would cost for nothing.
@@ -225,6 +254,7 @@ impl Scopes {
             name: name.into(),
             budget: RetryBudget::new(ratio, min, window)?,
             retired: AtomicBool::new(false),
+            holds: AtomicUsize::new(0),
         });
         Ok(Scopes {
             scope,
@@ -240,27 +270,31 @@ impl Scopes {
         })
     }
 
-    /// The budget of the request with this URI and headers, created at `now` if new.
-    pub(crate) fn scope_of(&self, uri: &Uri, headers: &HeaderMap, now: Instant) -> Arc<Scoped> {
-        match &self.scope.0 {
-            Kind::Layer => self.shared.clone(),
-            Kind::PerHost => self.named(host_name(uri, headers), now),
-            Kind::By(f) => self.named(f(uri, headers).as_bytes(), now),
-        }
+    /// The budget of the request with this URI and headers, created at `now` if new, held
+    /// (kept in the map) until the returned [`Hold`] is dropped.
+    pub(crate) fn scope_of(&self, uri: &Uri, headers: &HeaderMap, now: Instant) -> Hold {
+        let scope = match &self.scope.0 {
+            Kind::Layer => held(self.shared.clone(), true),
+            Kind::PerHost => self.lookup(host_name(uri, headers), now, true),
+            Kind::By(f) => self.lookup(f(uri, headers).as_bytes(), now, true),
+        };
+        Hold(scope)
     }
 
     /// A request with this URI and headers is sent at `now`: its scope's budget gets its
     /// deposit. `last` is the calling service's own memory of the scope it deposited into
     /// last: a service sends to one host, mostly, and finding it there (same name, not
-    /// retired) takes no lock and clones no `Arc` — the map is asked only when the host
-    /// changes. The scope a retry withdraws from is looked up when one is decided (see
+    /// retired) takes no lock and writes nothing shared but the deposit — the map is asked
+    /// only when the host changes. The memory is a strong reference, but it does not keep the
+    /// scope in the map (only a [`Hold`] does): a retired scope lives on only until the
+    /// service sends elsewhere or is dropped. The scope a retry withdraws from is looked up when one is decided (see
     /// [`scope_of`](Self::scope_of)): the same one, by the same name.
     pub(crate) fn deposit(
         &self,
         uri: &Uri,
         headers: &HeaderMap,
         now: Instant,
-        last: &mut Option<Weak<Scoped>>,
+        last: &mut Option<Arc<Scoped>>,
     ) {
         let name = match &self.scope.0 {
             Kind::Layer => return self.shared.budget.deposit_at(now),
@@ -274,7 +308,6 @@ impl Scopes {
         };
         if let Some(s) = last
             .as_ref()
-            .and_then(Weak::upgrade)
             .filter(|s| s.name.as_bytes() == name && !s.retired.load(Relaxed))
         {
             return s.budget.deposit_at(now);
@@ -282,20 +315,26 @@ impl Scopes {
         let s = self.named(name, now);
         s.budget.deposit_at(now);
         // The overflow budget is not remembered: the host may get a place of its own later.
-        *last = (!Arc::ptr_eq(&s, &self.shared)).then(|| Arc::downgrade(&s));
+        *last = (!Arc::ptr_eq(&s, &self.shared)).then_some(s);
     }
 
     /// The budget of the scope `name`, created at `now` if new (or the overflow budget).
     pub(crate) fn named(&self, name: &[u8], now: Instant) -> Arc<Scoped> {
+        self.lookup(name, now, false)
+    }
+
+    /// [`named`](Self::named), and with `hold` its hold count raised under the map's lock,
+    /// so that no sweep forgets it in between (see [`Hold`]).
+    fn lookup(&self, name: &[u8], now: Instant, hold: bool) -> Arc<Scoped> {
         if name.len() > MAX_NAME {
-            return self.shared.clone();
+            return held(self.shared.clone(), hold);
         }
         let hash = self.hash(name);
         let shard = &self.shards[(hash >> 60) as usize % SHARDS];
         {
             let map = shard.read().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = map.get(&hash) {
-                return self.verified(s, name);
+                return held(self.verified(s, name), hold);
             }
         }
         if self.len.load(Relaxed) >= self.max {
@@ -303,7 +342,7 @@ impl Scopes {
         }
         let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = map.get(&hash) {
-            return self.verified(s, name);
+            return held(self.verified(s, name), hold);
         }
         // Reserve a place first, so racing inserts never take the map past `max`.
         if self
@@ -311,13 +350,14 @@ impl Scopes {
             .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
             .is_err()
         {
-            return self.shared.clone();
+            return held(self.shared.clone(), hold);
         }
         let (ratio, min, window) = self.settings;
         let scoped = Arc::new(Scoped {
             name: String::from_utf8_lossy(name).into(),
             budget: RetryBudget::starting_at(ratio, min, window, now),
             retired: AtomicBool::new(false),
+            holds: AtomicUsize::new(usize::from(hold)),
         });
         map.insert(hash, scoped.clone());
         scoped
@@ -384,13 +424,10 @@ impl Scopes {
         for shard in self.shards.iter() {
             let mut map = shard.write().unwrap_or_else(|p| p.into_inner());
             let before = map.len();
-            // A request in flight holds its scope (an `Arc`) for its next withdrawal: one
-            // waiting through a `Retry-After` longer than the window looks idle, but forgotten
-            // under it the scope would be made again for the host's new requests, and the host
-            // would have two budgets at once. (A service's memory of its last scope is weak:
-            // it holds nothing.)
+            // A request in flight holds its scope for its next withdrawal (see `Hold`); a
+            // service's memory of its last scope holds nothing.
             map.retain(|_, s| {
-                let forget = Arc::strong_count(s) == 1 && s.budget.idle_at(now);
+                let forget = s.holds.load(Relaxed) == 0 && s.budget.idle_at(now);
                 if forget {
                     s.retired.store(true, Relaxed);
                 }
@@ -540,44 +577,41 @@ mod tests {
         let s = scopes(0.0, 1, 2);
         let t0 = Instant::now();
         // A request waiting through a Retry-After longer than the window holds a.
-        let held = s.named(b"a", t0);
+        let uri: Uri = "http://a/x".parse().unwrap();
+        let held = s.scope_of(&uri, &HeaderMap::new(), t0);
         held.budget.deposit_at(t0);
         drop(s.named(b"b", t0));
         let later = t0 + WINDOW + Duration::from_secs(5);
         // c sweeps: b, idle and held by none, is forgotten; a is kept.
         assert_eq!(&*s.named(b"c", later).name, "c");
         assert!(
-            Arc::ptr_eq(&s.named(b"a", later), &held),
+            Arc::ptr_eq(&s.named(b"a", later), &held.0),
             "a was made again"
         );
         assert_eq!(s.len(), 2);
     }
 
-    /// A service's memory of its last scope is weak and used only while it is that host's
-    /// scope in the map: it keeps no scope from being forgotten, a host forgotten while idle
-    /// gets its deposits in the new scope (never the retired one, whose withdrawals nobody
-    /// would see), and the overflow budget is never remembered.
+    /// A service's memory of its last scope is used only while it is that host's scope in
+    /// the map: it keeps no scope from being forgotten, a host forgotten while idle gets its
+    /// deposits in the new scope (never the retired one, whose withdrawals nobody would see),
+    /// and the overflow budget is never remembered.
     #[test]
     fn a_remembered_scope_is_used_only_while_it_is_in_the_map() {
         let s = scopes(0.0, 1, 2);
         let t0 = Instant::now();
         let uri = |host: &str| format!("http://{host}/x").parse::<Uri>().unwrap();
         let none = HeaderMap::new();
-        let named = |last: &Option<Weak<Scoped>>| {
-            last.as_ref()
-                .and_then(Weak::upgrade)
-                .map(|s| s.name.to_string())
-        };
+        let named = |last: &Option<Arc<Scoped>>| last.as_ref().map(|s| s.name.to_string());
         let mut last = None;
         s.deposit(&uri("a"), &none, t0, &mut last);
         assert_eq!(named(&last).as_deref(), Some("a"));
         let a = last.clone().unwrap();
-        assert!(Arc::ptr_eq(&a.upgrade().unwrap(), &s.named(b"a", t0)));
+        assert!(Arc::ptr_eq(&a, &s.named(b"a", t0)));
         // Another host: looked up, then remembered instead.
         s.deposit(&uri("b"), &none, t0, &mut last);
         assert_eq!(named(&last).as_deref(), Some("b"));
         s.deposit(&uri("a"), &none, t0, &mut last);
-        assert!(Weak::ptr_eq(last.as_ref().unwrap(), &a));
+        assert!(Arc::ptr_eq(last.as_ref().unwrap(), &a));
         // The map is full: a third host gets the overflow budget, not remembered.
         s.deposit(&uri("c"), &none, t0, &mut last);
         assert!(last.is_none());
@@ -588,7 +622,10 @@ mod tests {
         s.deposit(&uri("b"), &none, t0 + WINDOW, &mut busy);
         let later = t0 + WINDOW + Duration::from_secs(5);
         assert_eq!(&*s.named(b"c", later).name, "c");
-        assert!(a.upgrade().is_none(), "a weak memory keeps nothing alive");
+        assert!(
+            a.retired.load(Relaxed),
+            "a memory keeps no scope in the map"
+        );
         // ...and that service deposits where the map says now (the overflow budget: b and c
         // hold the places).
         s.deposit(&uri("a"), &none, later, &mut stale);
@@ -596,10 +633,11 @@ mod tests {
         // A place again (b and c idle past their window): a gets a scope of its own.
         let much_later = later + WINDOW + WINDOW;
         s.deposit(&uri("a"), &none, much_later, &mut stale);
-        let new_a = stale.and_then(|w| w.upgrade()).expect("a place of its own");
+        let new_a = stale.expect("a place of its own");
+        assert!(!Arc::ptr_eq(&new_a, &a));
         assert!(Arc::ptr_eq(
             &new_a,
-            &s.scope_of(&uri("a"), &none, much_later)
+            &s.scope_of(&uri("a"), &none, much_later).0
         ));
     }
 

@@ -1,7 +1,7 @@
 //! The retry service: sends the request, and again while the policy says so.
 
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -35,7 +35,7 @@ pub struct StatusAwareRetry<S, C = DefaultClassifier, EC = SourceWalk> {
     inner: S,
     shared: Arc<Shared<C, EC>>,
     /// The budget scope this service deposited into last (see `Scopes::deposit`).
-    last_scope: Option<Weak<Scoped>>,
+    last_scope: Option<Arc<Scoped>>,
 }
 
 impl<S, C, EC> StatusAwareRetry<S, C, EC> {
