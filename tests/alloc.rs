@@ -185,11 +185,19 @@ fn synthesized_by_hand(hit: NegativeCacheHit) -> Response<()> {
     res
 }
 
+/// Which way a hit is answered: the store's lookup (a service's first request for the target),
+/// or the service's memo of its last hit (the same request again).
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Lookup,
+    Memo,
+}
+
 fn primed(
     layer: NegativeCacheLayer,
     uri: &'static str,
     headers: &[(&str, &str)],
-) -> (impl FnMut() -> HitCost, u64) {
+) -> (impl FnMut(Path) -> HitCost, u64) {
     let (origin, calls) = origin();
     let mut svc = layer.layer(origin);
     let headers: Vec<(String, String)> = headers
@@ -214,8 +222,12 @@ fn primed(
         drop(res);
         n
     };
-    let measure = move || {
-        let cost = hit_cost(&mut svc, &req);
+    let measure = move |path: Path| {
+        let cost = match path {
+            // A clone starts with no memo of its own: the store is looked up.
+            Path::Lookup => hit_cost(&mut svc.clone(), &req),
+            Path::Memo => hit_cost(&mut svc, &req),
+        };
         assert_eq!(calls.load(SeqCst), 1, "a hit never calls the origin");
         cost
     };
@@ -225,7 +237,7 @@ fn primed(
 #[test]
 fn a_hit_allocates_only_the_synthesized_answer() {
     let (mut measure, baseline) = primed(NegativeCacheLayer::new(), URI, &[]);
-    let cost = measure();
+    let cost = measure(Path::Lookup);
     println!(
         "hit path: {} allocations (poll_ready {}, call = key + store lookup + future {}, \
          poll = synthesized answer {}); the same Response built by hand: {baseline}",
@@ -248,9 +260,10 @@ fn a_hit_allocates_only_the_synthesized_answer() {
     // Built the plain way (http 1.x): the header map's two tables, the `Age` value (itoa into
     // a `BytesMut`, then frozen), the extensions' map, its table and the boxed extension.
     assert!(baseline <= 8, "{baseline}");
-    // Steady state: every hit costs the same.
+    // Steady state: every hit costs the same, from the store or from the memo.
     for _ in 0..100 {
-        assert_eq!(measure().total(), SYNTHESIZED);
+        assert_eq!(measure(Path::Lookup).total(), SYNTHESIZED);
+        assert_eq!(measure(Path::Memo).total(), SYNTHESIZED);
     }
 }
 
@@ -265,7 +278,7 @@ fn fingerprinted_credentials_allocate_nothing_either() {
         URI,
         &[("authorization", "Bearer alice"), ("cookie", "a=1; b=2")],
     );
-    let cost = measure();
+    let cost = measure(Path::Lookup);
     println!(
         "hit path with a fingerprinted Authorization + Cookie: {} allocations (call {}, poll {})",
         cost.total(),
@@ -284,7 +297,7 @@ fn what_does_allocate_on_lookup() {
         .build()
         .unwrap();
     let (mut measure, baseline) = primed(layer, URI, &[]);
-    let cost = measure();
+    let cost = measure(Path::Lookup);
     println!(
         "hit path with a key_fn returning the path: call {} allocations, poll {}",
         cost.call, cost.poll
@@ -301,7 +314,7 @@ fn a_target_that_needs_normalising_is_copied() {
         "http://Records.Internal/records/42?x=1",
         &[],
     );
-    let cost = measure();
+    let cost = measure(Path::Lookup);
     println!(
         "hit path for an upper-case host: call {} allocations, poll {}",
         cost.call, cost.poll
@@ -319,7 +332,7 @@ fn a_percent_encoded_target_already_normal_is_not_copied() {
         "http://records.internal/r/caf%C3%A9?q=a%2Fb",
         &[],
     );
-    let cost = measure();
+    let cost = measure(Path::Lookup);
     println!(
         "hit path for a normal percent-encoded target: call {} allocations, poll {}",
         cost.call, cost.poll
@@ -332,7 +345,8 @@ fn a_percent_encoded_target_already_normal_is_not_copied() {
         "http://records.internal/users/%7Eann",
     ] {
         let (mut measure, _) = primed(NegativeCacheLayer::new(), uri, &[]);
-        assert!(measure().call >= 1, "{uri}");
+        assert!(measure(Path::Lookup).call >= 1, "{uri}");
+        assert_eq!(measure(Path::Memo).call, 0, "{uri}: the same request again");
     }
 }
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use super::handle::NegativeCacheHandle;
 use super::key::{Credentials, Hashed, Lookup};
 use super::key::{credential_fingerprint, has_credentials};
 use super::state::State;
-use super::store::Fresh;
+use super::store::{Entry, Fresh};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::counter::bump;
 use crate::headers::{RequestDirectives, request_directives};
@@ -55,7 +55,30 @@ pub struct NegativeCache<S, C = DefaultClassifier> {
     classifier: C,
     /// See [`NegativeCacheLayer::partition`](super::NegativeCacheLayer::partition); 0: none.
     partition: u64,
+    /// This service's last hit, to answer the same request again without a lookup.
+    memo: Option<Memo>,
 }
+
+/// A service's last hit: the request target it answered (as the request spelled it) and the
+/// entry, valid while the store's generation is the one read before the entry was: any change
+/// to the store since (an insert, an eviction, a removal) sends the next request to the store.
+///
+/// A client asking for one missing record over and over is the case a negative cache exists
+/// for. The store's lookup is a key scan, a hash and a shard lock every core takes for a
+/// popular key; this is a comparison on the service's own memory (the `scaling` bench).
+/// Every [`MEMO_USES`]th answer still goes to the store, so its eviction policy sees the entry
+/// in use.
+struct Memo {
+    uri: http::Uri,
+    host: Option<http::HeaderValue>,
+    cred: u64,
+    generation: u64,
+    entry: Entry,
+    uses: u32,
+}
+
+/// Answers from a service's memo before the next goes to the store.
+const MEMO_USES: u32 = 64;
 
 impl<S, C> NegativeCache<S, C> {
     pub(crate) fn from_parts(inner: S, state: Arc<State>, classifier: C, partition: u64) -> Self {
@@ -64,6 +87,7 @@ impl<S, C> NegativeCache<S, C> {
             state,
             classifier,
             partition,
+            memo: None,
         }
     }
 
@@ -95,6 +119,7 @@ impl<S: Clone, C: Clone> Clone for NegativeCache<S, C> {
             state: self.state.clone(),
             classifier: self.classifier.clone(),
             partition: self.partition,
+            memo: None,
         }
     }
 }
@@ -152,12 +177,18 @@ where
             return self.bypass(req, &directives);
         };
         let host = if plain { None } else { headers.get(HOST) };
+        let refresh = directives.refresh || req.extensions().get::<BypassNegativeCache>().is_some();
+        if !refresh {
+            if let Some(fresh) = memo_hit(&mut self.memo, st, uri, host, cred, &directives) {
+                return self.hit(&req, fresh);
+            }
+        }
         let Some(lookup) = st.key_for(uri, host, cred) else {
             return self.bypass(req, &directives);
         };
         // RFC 9111 §5.2.1.4: `no-cache` (and `max-age=0`, §5.2.1.1) — go upstream, and let the
         // answer refresh the entry.
-        if directives.refresh || req.extensions().get::<BypassNegativeCache>().is_some() {
+        if refresh {
             if directives.only_if_cached {
                 return self.bypass(req, &directives);
             }
@@ -178,18 +209,25 @@ where
         }
         let now = Instant::now();
         let inserted = st.store.inserted();
+        let generation = st.store.generation();
         // The key's text is scanned once: the store and the reads in flight take its hash.
         let hashed = Hashed::of(&lookup);
-        let found = st.store.get(&hashed, now, || bump(&st.stats.expirations));
+        let found = st
+            .store
+            .get_entry(&hashed, now, || bump(&st.stats.expirations));
         // An entry too old for the request's `max-age`, or too close to its end for its
         // `min-fresh`, is not used; the answer upstream gives refreshes it.
         let known = match found {
-            Some(fresh) if directives.accepts(fresh.age, fresh.remaining) => {
-                bump(&st.stats.hits);
-                hit_event(&req, &fresh);
-                let synth = Synth::hit(fresh, &req);
-                self.release_reservation();
-                return ResponseFuture::synthesized(synth);
+            Some((entry, fresh)) if directives.accepts(fresh.age, fresh.remaining) => {
+                self.memo = Some(Memo {
+                    uri: uri.clone(),
+                    host: host.cloned(),
+                    cred,
+                    generation,
+                    entry,
+                    uses: 0,
+                });
+                return self.hit(&req, fresh);
             }
             Some(_) => Known::Maybe,
             None => Known::AbsentAt(inserted),
@@ -227,12 +265,8 @@ where
                 // The flight before ours may have landed between our lookup and our join.
                 let again = st.store.get(&key, now, || bump(&st.stats.expirations));
                 if let Some(fresh) = again.filter(|f| directives.accepts(f.age, f.remaining)) {
-                    bump(&st.stats.hits);
-                    hit_event(&req, &fresh);
                     drop(leader);
-                    let synth = Synth::hit(fresh, &req);
-                    self.release_reservation();
-                    return ResponseFuture::synthesized(synth);
+                    return self.hit(&req, fresh);
                 }
                 bump(&st.stats.misses);
                 let pending =
@@ -256,6 +290,47 @@ where
                 )
             }
         }
+    }
+}
+
+/// The memo's entry, if the memo is of this request's target and still valid (see [`Memo`])
+/// and the entry is fresh now and acceptable to the request.
+fn memo_hit(
+    memo: &mut Option<Memo>,
+    st: &State,
+    uri: &http::Uri,
+    host: Option<&http::HeaderValue>,
+    cred: u64,
+    directives: &RequestDirectives,
+) -> Option<Fresh> {
+    let m = memo.as_mut()?;
+    m.uses += 1;
+    let usable = m.uses < MEMO_USES
+        && m.cred == cred
+        && m.generation == st.store.generation()
+        && m.uri == *uri
+        && m.host.as_ref() == host;
+    if !usable {
+        *memo = None;
+        return None;
+    }
+    let fresh = st.store.fresh(&m.entry, Instant::now())?;
+    directives
+        .accepts(fresh.age, fresh.remaining)
+        .then_some(fresh)
+}
+
+impl<S: Clone, C: Clone> NegativeCache<S, C> {
+    /// Answers `req` with `fresh`, calling nothing.
+    fn hit<ReqB>(&mut self, req: &Request<ReqB>, fresh: Fresh) -> ResponseFuture<S, C, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        bump(&self.state.stats.hits);
+        hit_event(req, &fresh);
+        let synth = Synth::hit(fresh, req);
+        self.release_reservation();
+        ResponseFuture::synthesized(synth)
     }
 }
 

@@ -7,7 +7,7 @@
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, SeqCst};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release, SeqCst};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -156,6 +156,10 @@ pub(crate) struct Store {
     /// its lookup and after its answer knows nothing was stored meanwhile (see
     /// [`inserted`](Self::inserted)).
     inserted: AtomicU64,
+    /// Moves after every change of what the store holds (an insert, with the evictions it
+    /// makes; a removal), once the change is made: an [`Entry`] read after the generation was
+    /// read is what the store holds while the generation stays the same (see `Memo`).
+    generation: AtomicU64,
     pub(crate) versions: Versions,
 }
 
@@ -427,12 +431,60 @@ impl Store {
             heaviest: (shard.saturating_mul(96) / 100).min(max_bytes),
             floor,
             inserted: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             versions: Versions::new(),
         }
     }
 
     fn since_epoch(&self, t: Instant) -> Duration {
         t.saturating_duration_since(self.epoch)
+    }
+
+    /// The store's generation (see the field): read it before a lookup whose entry is kept.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Acquire)
+    }
+
+    /// The change just made is complete.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Release);
+    }
+
+    /// The entry for `key`, if it is fresh at `now` (an expired one is removed and reported
+    /// through `expired`), with what it says at `now`.
+    pub(crate) fn get_entry<Q>(
+        &self,
+        key: &Q,
+        now: Instant,
+        expired: impl FnOnce(),
+    ) -> Option<(Entry, Fresh)>
+    where
+        Q: Hash + Equivalent<Key> + ?Sized,
+    {
+        let e = self.cache.get(key)?;
+        let fresh = self.fresh(&e, now);
+        if fresh.is_none() {
+            self.remove_expired(key, now, expired);
+        }
+        Some(e).zip(fresh)
+    }
+
+    /// What `entry` says at `now`, if it is fresh then.
+    pub(crate) fn fresh(&self, entry: &Entry, now: Instant) -> Option<Fresh> {
+        entry.fresh_at(self.since_epoch(now))
+    }
+
+    fn remove_expired<Q>(&self, key: &Q, now: Instant, expired: impl FnOnce())
+    where
+        Q: Hash + Equivalent<Key> + ?Sized,
+    {
+        let now = self.since_epoch(now);
+        // Only if it is still the same expired entry: a fresh one may have replaced it.
+        if let Some((k, v)) = self.cache.remove_if(key, |v| v.expired_at(now)) {
+            self.accounts.left(&k, &v);
+            self.changed();
+            expired();
+        }
     }
 
     /// The fresh entry for `key` at `now`. An expired entry is removed and reported through
@@ -442,16 +494,11 @@ impl Store {
         Q: Hash + Equivalent<Key> + ?Sized,
     {
         let e = self.cache.get(key)?;
-        let now = self.since_epoch(now);
-        if e.expired_at(now) {
-            // Only if it is still the same expired entry: a fresh one may have replaced it.
-            if let Some((k, v)) = self.cache.remove_if(key, |v| v.expired_at(now)) {
-                self.accounts.left(&k, &v);
-                expired();
-            }
-            return None;
+        let fresh = self.fresh(&e, now);
+        if fresh.is_none() {
+            self.remove_expired(key, now, expired);
         }
-        e.fresh_at(now)
+        fresh
     }
 
     /// The fresh entry for `key` at `now`, without touching its recency or removing it.
@@ -494,6 +541,7 @@ impl Store {
         self.accounts.key_bytes.fetch_add(len, AcqRel);
         self.cache.insert(key, entry);
         self.inserted.fetch_add(1, SeqCst);
+        self.changed();
         true
     }
 
@@ -513,6 +561,7 @@ impl Store {
         let removed = self.cache.remove(key);
         if let Some((k, v)) = &removed {
             self.accounts.left(k, v);
+            self.changed();
         }
         removed.is_some()
     }
@@ -528,6 +577,7 @@ impl Store {
             }
             !f
         });
+        self.changed();
         removed.into_inner()
     }
 
