@@ -614,7 +614,7 @@ fn settle<C: Classify, B: Body>(
             // streak ends by the key's target.
             let mut read_key = Some(read_key);
             let mut key = None;
-            if !state.peers.recent.note_if_off(Instant::now()) {
+            if !state.peers.recent.note_if_off(Instant::now) {
                 key = read_key.take().and_then(|k| k.into_key(state));
                 if let Some(k) = &key {
                     state.note_changed(k);

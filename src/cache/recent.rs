@@ -135,14 +135,20 @@ impl Recent {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// While off, a change at `now` of a key not named: only its time is noted (as
+    /// While off, a change at `now()` of a key not named: only its time is noted (as
     /// [`record`](Self::record) notes it then), and `true`. On: `false`, nothing noted — the
     /// caller records the key itself.
-    pub(crate) fn note_if_off(&self, now: Instant) -> bool {
+    ///
+    /// Only a fleet tier ever reads the time noted: built without the `redis` feature, where
+    /// no tier can attach, the clock is not read (a read per 2xx, which every request that
+    /// succeeds would pay for nothing).
+    pub(crate) fn note_if_off(&self, now: impl FnOnce() -> Instant) -> bool {
         if self.on.load(Ordering::Acquire) {
             return false;
         }
-        self.note_before(now);
+        if cfg!(feature = "redis") {
+            self.note_before(now());
+        }
         true
     }
 
