@@ -178,6 +178,14 @@ pub(crate) struct Scoped {
     holds: AtomicUsize,
 }
 
+/// A service's memory of the scope it deposited into last (see [`Scopes::deposit`]), and of
+/// when the slot of that budget it deposited into ends.
+#[derive(Clone)]
+pub(crate) struct LastScope {
+    scope: Arc<Scoped>,
+    until: Option<Instant>,
+}
+
 /// A request's hold on its scope, from its first retry decision to its end: a request waiting
 /// through a `Retry-After` longer than the window looks idle, but forgotten under it the scope
 /// would be made again for the host's new requests, and the host would have two budgets.
@@ -294,7 +302,7 @@ impl Scopes {
         uri: &Uri,
         headers: &HeaderMap,
         now: Instant,
-        last: &mut Option<Arc<Scoped>>,
+        last: &mut Option<LastScope>,
     ) {
         let name = match &self.scope.0 {
             Kind::Layer => return self.shared.budget.deposit_at(now),
@@ -306,16 +314,17 @@ impl Scopes {
             }
             Kind::PerHost => host_name(uri, headers),
         };
-        if let Some(s) = last
-            .as_ref()
-            .filter(|s| s.name.as_bytes() == name && !s.retired.load(Relaxed))
+        if let Some(l) = last
+            .as_mut()
+            .filter(|l| l.scope.name.as_bytes() == name && !l.scope.retired.load(Relaxed))
         {
-            return s.budget.deposit_at(now);
+            return l.scope.budget.deposit_before(now, &mut l.until);
         }
-        let s = self.named(name, now);
-        s.budget.deposit_at(now);
+        let scope = self.named(name, now);
+        let mut until = None;
+        scope.budget.deposit_before(now, &mut until);
         // The overflow budget is not remembered: the host may get a place of its own later.
-        *last = (!Arc::ptr_eq(&s, &self.shared)).then_some(s);
+        *last = (!Arc::ptr_eq(&scope, &self.shared)).then_some(LastScope { scope, until });
     }
 
     /// The budget of the scope `name`, created at `now` if new (or the overflow budget).
@@ -601,23 +610,26 @@ mod tests {
         let t0 = Instant::now();
         let uri = |host: &str| format!("http://{host}/x").parse::<Uri>().unwrap();
         let none = HeaderMap::new();
-        let named = |last: &Option<Arc<Scoped>>| last.as_ref().map(|s| s.name.to_string());
+        let named = |last: &Option<LastScope>| last.as_ref().map(|l| l.scope.name.to_string());
         let mut last = None;
         s.deposit(&uri("a"), &none, t0, &mut last);
         assert_eq!(named(&last).as_deref(), Some("a"));
-        let a = last.clone().unwrap();
+        let a = last.clone().unwrap().scope;
         assert!(Arc::ptr_eq(&a, &s.named(b"a", t0)));
         // Another host: looked up, then remembered instead.
         s.deposit(&uri("b"), &none, t0, &mut last);
         assert_eq!(named(&last).as_deref(), Some("b"));
         s.deposit(&uri("a"), &none, t0, &mut last);
-        assert!(Arc::ptr_eq(last.as_ref().unwrap(), &a));
+        assert!(Arc::ptr_eq(&last.as_ref().unwrap().scope, &a));
         // The map is full: a third host gets the overflow budget, not remembered.
         s.deposit(&uri("c"), &none, t0, &mut last);
         assert!(last.is_none());
         // `a` idle for a whole window (b kept busy) is forgotten when `c` needs a place,
         // though a service remembers it...
-        let mut stale = Some(a.clone());
+        let mut stale = Some(LastScope {
+            scope: a.clone(),
+            until: None,
+        });
         let mut busy = None;
         s.deposit(&uri("b"), &none, t0 + WINDOW, &mut busy);
         let later = t0 + WINDOW + Duration::from_secs(5);
@@ -633,7 +645,7 @@ mod tests {
         // A place again (b and c idle past their window): a gets a scope of its own.
         let much_later = later + WINDOW + WINDOW;
         s.deposit(&uri("a"), &none, much_later, &mut stale);
-        let new_a = stale.expect("a place of its own");
+        let new_a = stale.expect("a place of its own").scope;
         assert!(!Arc::ptr_eq(&new_a, &a));
         assert!(Arc::ptr_eq(
             &new_a,
@@ -667,32 +679,39 @@ mod tests {
         /// Scopes don't share: with room for every host, each host's budget grants exactly
         /// what a budget of its own, alone, would grant, whatever the other hosts do — and so
         /// keeps the bound of one budget: retries <= ratio x its requests + its allowance.
+        /// Requests deposit as services do (each with its memory of its last scope and of
+        /// when that budget's slot ends: `Scopes::deposit`), retries withdraw as a response
+        /// future does, across slots and windows.
         #[test]
         fn every_scope_answers_as_a_budget_of_its_own(
             ratio in 0.0f64..2.0,
             min_per_sec in 0u32..5,
-            steps in proptest::collection::vec((0u64..500, 0usize..4, 0u8..4, 0u8..4), 1..300),
+            steps in proptest::collection::vec(
+                (0u64..500, 0usize..4, 0usize..3, 0u8..4, 0u8..4), 1..300,
+            ),
         ) {
             let s = scopes(ratio, min_per_sec, 16);
             let t0 = Instant::now();
             let mut now = t0;
             let mut alone: Vec<Option<RetryBudget>> = (0..4).map(|_| None).collect();
+            let mut services: [Option<LastScope>; 3] = Default::default();
             let (mut requests, mut retries) = ([0u64; 4], [0u64; 4]);
-            for (advance_ms, host, reqs, tries) in steps {
+            let none = HeaderMap::new();
+            for (advance_ms, host, service, reqs, tries) in steps {
                 now += Duration::from_millis(advance_ms);
-                let name = format!("host{host}.example:80");
+                let uri: Uri = format!("http://host{host}.example:80/x").parse().unwrap();
                 // The host's budget is made at its first request, as its reference.
-                let _ = s.named(name.as_bytes(), now);
+                let _ = s.named(host_name(&uri, &none), now);
                 let reference = alone[host].get_or_insert_with(|| {
                     RetryBudget::starting_at(ratio, min_per_sec, WINDOW, now)
                 });
                 for _ in 0..reqs {
-                    s.named(name.as_bytes(), now).budget.deposit_at(now);
+                    s.deposit(&uri, &none, now, &mut services[service]);
                     reference.deposit_at(now);
                     requests[host] += 1;
                 }
                 for _ in 0..tries {
-                    let granted = s.named(name.as_bytes(), now).budget.withdraw_at(now);
+                    let granted = s.scope_of(&uri, &none, now).budget.withdraw_at(now);
                     prop_assert_eq!(granted, reference.withdraw_at(now), "host {} shares", host);
                     retries[host] += u64::from(granted);
                 }

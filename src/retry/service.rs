@@ -14,7 +14,7 @@ use super::layer::Shared;
 use super::log::Head;
 use super::policy::{Eligible, eligibility};
 use super::replay::{ReplayBody, clone_request, with_body};
-use super::scope::Scoped;
+use super::scope::LastScope;
 use super::stats::RetryStats;
 use super::witness::issue;
 use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
@@ -35,7 +35,7 @@ pub struct StatusAwareRetry<S, C = DefaultClassifier, EC = SourceWalk> {
     inner: S,
     shared: Arc<Shared<C, EC>>,
     /// The budget scope this service deposited into last (see `Scopes::deposit`).
-    last_scope: Option<Arc<Scoped>>,
+    last_scope: Option<LastScope>,
 }
 
 impl<S, C, EC> StatusAwareRetry<S, C, EC> {
