@@ -166,6 +166,7 @@ impl Pending {
     }
 
     /// A read as [`read`](Self::read), its place among the reads of its key taken already.
+    #[inline(always)]
     pub(crate) fn read_ticketed(
         key: ReadKey,
         ticket: Ticket,
@@ -312,6 +313,7 @@ where
         }
     }
 
+    #[inline(always)]
     pub(crate) fn called(
         future: S::Future,
         pending: Pending,

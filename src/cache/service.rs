@@ -400,6 +400,7 @@ where
         drop(std::mem::replace(&mut self.inner, fresh));
     }
 
+    #[inline(always)]
     fn upstream<ReqB>(&mut self, req: Request<ReqB>, pending: Pending) -> ResponseFuture<S, C, ReqB>
     where
         S: Service<Request<ReqB>>,

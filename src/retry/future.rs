@@ -148,6 +148,7 @@ where
     S: Service<Request<ReqB>>,
     S::Response: HttpResponse,
 {
+    #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
         service: Option<S>,
