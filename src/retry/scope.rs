@@ -3,14 +3,17 @@
 //!
 //! The scopes live in a sharded map keyed by a seeded hash of the scope's name (the request's
 //! authority, ASCII case-insensitive as RFC 3986 §3.2.2 makes the host, its userinfo left
-//! out). A request deposits into its scope as it is sent: a service remembers (weakly) the
-//! scope it deposited into last, so a request to the same host as the one before compares
-//! the name and adds — no lock, no hashing, no allocation; another host takes one shard's
-//! read lock. The scope a retry withdraws from is looked up when a retry is decided, and
-//! held (an `Arc`) from then on. The map is bounded (`max_scopes`); scopes past the bound
-//! share one overflow budget, and a scope idle for a whole window, held by no request in
-//! flight, is forgotten: all its deposits and withdrawals have expired by then, so a fresh
-//! budget behaves exactly as the forgotten one would have.
+//! out). A request deposits into its scope as it is sent: a service remembers the scope it
+//! deposited into last ([`LastScope`]: an `Arc` that does not keep the scope in the map, and
+//! when that budget's current slot ends), so a request to the same host as the one before
+//! compares the name and adds — no lock, no hashing, no allocation, no reference count;
+//! another host takes one shard's read lock. The scope a retry withdraws from is looked up
+//! when a retry is decided, and held ([`Hold`], a count the sweep reads) from then on. The
+//! map is bounded (`max_scopes`); scopes past the bound share one overflow budget, and a
+//! scope idle for a whole window, held by no request in flight, is forgotten: all its
+//! deposits and withdrawals have expired by then, so a fresh budget behaves exactly as the
+//! forgotten one would have. A forgotten scope a service still remembers lives on until that
+//! service sends elsewhere or is dropped (one per service at most).
 
 use std::collections::HashMap;
 use std::fmt;
