@@ -293,6 +293,21 @@ where
     }
 }
 
+/// Whether two URIs are spelled alike, byte for byte (a memo is of one spelling): the same
+/// buffer (a client that clones its URIs) is seen without reading it.
+fn same_target(a: &http::Uri, b: &http::Uri) -> bool {
+    fn same(a: &str, b: &str) -> bool {
+        (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+    }
+    fn authority(u: &http::Uri) -> &str {
+        u.authority().map_or("", |a| a.as_str())
+    }
+    fn pq(u: &http::Uri) -> &str {
+        u.path_and_query().map_or("", |p| p.as_str())
+    }
+    a.scheme() == b.scheme() && same(authority(a), authority(b)) && same(pq(a), pq(b))
+}
+
 /// The memo's entry, if the memo is of this request's target and still valid (see [`Memo`])
 /// and the entry is fresh now and acceptable to the request.
 fn memo_hit(
@@ -308,7 +323,7 @@ fn memo_hit(
     let usable = m.uses < MEMO_USES
         && m.cred == cred
         && m.generation == st.store.generation()
-        && m.uri == *uri
+        && same_target(&m.uri, uri)
         && m.host.as_ref() == host;
     if !usable {
         *memo = None;
@@ -407,5 +422,32 @@ where
     {
         let future = self.inner.call(req);
         ResponseFuture::called(future, pending, self.state.clone(), self.classifier.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_target;
+
+    #[test]
+    fn a_memo_is_of_one_spelling_of_its_target() {
+        let u = |s: &str| s.parse::<http::Uri>().unwrap();
+        let a = u("http://h.test/r/1?x=1");
+        assert!(same_target(&a, &a.clone()), "the same buffer");
+        assert!(
+            same_target(&a, &u("http://h.test/r/1?x=1")),
+            "the same bytes"
+        );
+        for other in [
+            "https://h.test/r/1?x=1",
+            "http://H.test/r/1?x=1",
+            "http://h.test:81/r/1?x=1",
+            "http://h.test/r/1?x=2",
+            "http://h.test/r/1",
+            "http://h.test/r/10?x=1",
+            "/r/1?x=1",
+        ] {
+            assert!(!same_target(&a, &u(other)), "{other}");
+        }
     }
 }
