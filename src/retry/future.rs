@@ -573,7 +573,9 @@ fn witnessed<C, EC>(
 /// `http.request.method`, `server.address`, and `http.response.status_code` or, for an error
 /// (or a 4xx/5xx status, as its code), `error.type`. No URI: a path and query are unbounded.
 fn resend_event<B, E>(result: &Result<Response<B>, E>, resend_count: u32, target: Target<'_>) {
-    let (method, host) = (target.method(), target.host());
+    // The fields are worked out only when the event is enabled (inside the macros): the host
+    // is a scan of the authority, which a disabled event must not pay for.
+    let (method, host) = (|| target.method(), || target.host());
     match result {
         Ok(res) => {
             let status = res.status();
@@ -581,8 +583,8 @@ fn resend_event<B, E>(result: &Result<Response<B>, E>, resend_count: u32, target
                 (status.is_client_error() || status.is_server_error()).then(|| status.as_str());
             tracing::debug!(
                 http.request.resend_count = resend_count,
-                http.request.method = %method,
-                server.address = %host,
+                http.request.method = %method(),
+                server.address = %host(),
                 http.response.status_code = status.as_u16(),
                 error.type = error,
                 "http resend answered"
@@ -590,8 +592,8 @@ fn resend_event<B, E>(result: &Result<Response<B>, E>, resend_count: u32, target
         }
         Err(_) => tracing::debug!(
             http.request.resend_count = resend_count,
-            http.request.method = %method,
-            server.address = %host,
+            http.request.method = %method(),
+            server.address = %host(),
             error.type = std::any::type_name::<E>(),
             "http resend answered"
         ),
