@@ -18,8 +18,8 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
-use tower_negative_cache::cache::{BypassNegativeCache, Credentials, NegativeCacheHit};
 use tower_negative_cache::NegativeCacheLayer;
+use tower_negative_cache::cache::{BypassNegativeCache, Credentials, NegativeCacheHit};
 
 type Req = Request<Full<Bytes>>;
 type Res = Response<Full<Bytes>>;
@@ -140,7 +140,8 @@ async fn a_memo_is_dropped_by_every_handle_invalidation() {
     let handle = layer.handle();
     let mut svc = layer.layer(o.service());
     let uri = "http://h.test/a";
-    let forgets: [(&str, Box<dyn Fn()>); 4] = [
+    type Forget = (&'static str, Box<dyn Fn()>);
+    let forgets: [Forget; 4] = [
         ("invalidate", {
             let h = handle.clone();
             Box::new(move || assert!(h.invalidate("http://h.test/a")))
@@ -224,7 +225,11 @@ async fn a_memo_expires_with_its_entry_and_follows_the_requests_directives() {
     }
     // only-if-cached: the memo's entry, while fresh.
     remember_and_memo(&mut svc, &o, uri).await;
-    let (status, hit, _) = send(&mut svc, get_with(uri, &[("cache-control", "only-if-cached")])).await;
+    let (status, hit, _) = send(
+        &mut svc,
+        get_with(uri, &[("cache-control", "only-if-cached")]),
+    )
+    .await;
     assert!(status == 404 && hit);
     // Expired: neither the memo nor the store answers.
     tokio::time::advance(Duration::from_secs(10)).await;
@@ -250,7 +255,11 @@ async fn a_memo_is_of_one_host_one_credential_one_partition() {
     let h1 = get_with("/p", &[("host", "one.test")]);
     assert!(!send(&mut svc, h1).await.1);
     for _ in 0..2 {
-        assert!(send(&mut svc, get_with("/p", &[("host", "one.test")])).await.1);
+        assert!(
+            send(&mut svc, get_with("/p", &[("host", "one.test")]))
+                .await
+                .1
+        );
     }
     let (_, hit, _) = send(&mut svc, get_with("/p", &[("host", "two.test")])).await;
     assert!(!hit, "another Host got the memo's entry");
@@ -272,8 +281,14 @@ async fn a_memo_is_of_one_host_one_credential_one_partition() {
     assert!(send(&mut svc, get_with("http://h.test/f", &alice)).await.1);
     assert!(send(&mut svc, get_with("http://h.test/f", &alice)).await.1);
     let bob = [("authorization", "Bearer bob")];
-    assert!(!send(&mut svc, get_with("http://h.test/f", &bob)).await.1, "bob got alice's");
-    assert!(!send(&mut svc, get("http://h.test/f")).await.1, "none got alice's");
+    assert!(
+        !send(&mut svc, get_with("http://h.test/f", &bob)).await.1,
+        "bob got alice's"
+    );
+    assert!(
+        !send(&mut svc, get("http://h.test/f")).await.1,
+        "none got alice's"
+    );
     assert!(!send(&mut svc, get("http://bob:pw@h.test/f")).await.1);
     // Partitions: one partition's memo is not another's, and a write through either forgets.
     let layer = NegativeCacheLayer::new();
@@ -282,8 +297,16 @@ async fn a_memo_is_of_one_host_one_credential_one_partition() {
     remember_and_memo(&mut p1, &o, "http://h.test/part").await;
     assert!(!send(&mut p2, get("http://h.test/part")).await.1);
     assert!(send(&mut p1, get("http://h.test/part")).await.1);
-    assert_eq!(send(&mut p2, req(Method::DELETE, "http://h.test/part")).await.0, 201);
-    assert!(!send(&mut p1, get("http://h.test/part")).await.1, "a write through p2");
+    assert_eq!(
+        send(&mut p2, req(Method::DELETE, "http://h.test/part"))
+            .await
+            .0,
+        201
+    );
+    assert!(
+        !send(&mut p1, get("http://h.test/part")).await.1,
+        "a write through p2"
+    );
 }
 
 #[tokio::test]
@@ -295,7 +318,10 @@ async fn a_memo_answers_head_and_get_each_their_own_way() {
     let (status, hit, body) = send(&mut svc, req(Method::HEAD, uri)).await;
     assert!(status == 404 && hit && body.is_empty(), "HEAD: {body:?}");
     let (status, hit, body) = send(&mut svc, get(uri)).await;
-    assert!(status == 404 && hit && &body[..] == b"gone", "GET: {body:?}");
+    assert!(
+        status == 404 && hit && &body[..] == b"gone",
+        "GET: {body:?}"
+    );
     // With coalescing on too.
     let layer = NegativeCacheLayer::builder()
         .coalesce(Duration::from_secs(1))
@@ -322,8 +348,16 @@ async fn every_spelling_of_a_target_is_one_key_for_store_memo_and_invalidation()
             "HTTP://H.TEST:80/%7eann/x?q=1",
             "http://h.TEST/%7Eann/x?q=1",
         ],
-        &["https://h.test/a", "https://H.test:443/a", "HTTPS://h.test:443/a"],
-        &["http://h.test:8080/a", "http://H.TEST:8080/a", "http://u:p@h.test:8080/a"],
+        &[
+            "https://h.test/a",
+            "https://H.test:443/a",
+            "HTTPS://h.test:443/a",
+        ],
+        &[
+            "http://h.test:8080/a",
+            "http://H.TEST:8080/a",
+            "http://u:p@h.test:8080/a",
+        ],
         &["http://[::1]:8080/v6", "http://[::1]:8080/v6"],
         &["http://[::1]/v6", "http://[::1]:80/v6"],
         &["http://h.test/caf%C3%A9", "http://h.test/caf%c3%a9"],
@@ -331,7 +365,11 @@ async fn every_spelling_of_a_target_is_one_key_for_store_memo_and_invalidation()
     for family in families {
         let before = o.calls();
         // The userinfo spelling is a credential (bypassed): skipped for hits.
-        let plain: Vec<&str> = family.iter().copied().filter(|u| !u.contains('@')).collect();
+        let plain: Vec<&str> = family
+            .iter()
+            .copied()
+            .filter(|u| !u.contains('@'))
+            .collect();
         assert!(!send(&mut svc, get(plain[0])).await.1);
         for u in &plain {
             for _ in 0..2 {
@@ -349,7 +387,10 @@ async fn every_spelling_of_a_target_is_one_key_for_store_memo_and_invalidation()
         );
         // The service's memo is of the spelling it hit last.
         let memo = plain.last().unwrap();
-        assert!(!send(&mut svc, get(memo)).await.1, "{memo} after the invalidation");
+        assert!(
+            !send(&mut svc, get(memo)).await.1,
+            "{memo} after the invalidation"
+        );
         handle.clear();
         // The key is not another port's, scheme's or host's.
         assert!(!send(&mut svc, get(plain[0])).await.1);
@@ -359,7 +400,11 @@ async fn every_spelling_of_a_target_is_one_key_for_store_memo_and_invalidation()
             plain[0].replacen("h.test", "i.test", 1),
         ] {
             if other != plain[0] && other.parse::<Uri>().is_ok() {
-                assert!(!send(&mut svc, get(&other)).await.1, "{other} hit {}", plain[0]);
+                assert!(
+                    !send(&mut svc, get(&other)).await.1,
+                    "{other} hit {}",
+                    plain[0]
+                );
             }
         }
         handle.clear();
@@ -370,13 +415,20 @@ async fn every_spelling_of_a_target_is_one_key_for_store_memo_and_invalidation()
 async fn a_memo_under_a_key_function_forgets_with_its_id() {
     let o = Origin::default();
     let layer = NegativeCacheLayer::builder()
-        .key_fn(|u: &Uri| u.path().strip_prefix("/users/").map(|id| format!("user:{id}")))
+        .key_fn(|u: &Uri| {
+            u.path()
+                .strip_prefix("/users/")
+                .map(|id| format!("user:{id}"))
+        })
         .build()
         .unwrap();
     let handle = layer.handle();
     let mut svc = layer.layer(o.service());
     remember_and_memo(&mut svc, &o, "http://h.test/users/7").await;
-    assert!(send(&mut svc, get("http://other.test/users/7")).await.1, "one id");
+    assert!(
+        send(&mut svc, get("http://other.test/users/7")).await.1,
+        "one id"
+    );
     assert!(handle.invalidate("user:7"));
     assert!(!send(&mut svc, get("http://h.test/users/7")).await.1);
 }
@@ -430,7 +482,10 @@ async fn after_an_invalidation_returns_no_memo_answers_on_another_thread() {
     }
     drop(go_tx);
     writer.join().unwrap();
-    assert_eq!(stale, 0, "of {ROUNDS} rounds, the memo answered after the invalidation");
+    assert_eq!(
+        stale, 0,
+        "of {ROUNDS} rounds, the memo answered after the invalidation"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,7 +632,10 @@ async fn a_dropped_retry_future_releases_its_scope_at_every_await_point() {
                 1 => {
                     assert!(fut.as_mut().poll(&mut cx).is_pending());
                     tokio::time::advance(Duration::from_secs(5)).await;
-                    assert!(fut.as_mut().poll(&mut cx).is_pending(), "waiting to be ready");
+                    assert!(
+                        fut.as_mut().poll(&mut cx).is_pending(),
+                        "waiting to be ready"
+                    );
                     assert_eq!(down.calls.load(SeqCst), 1);
                 }
                 _ => {
@@ -605,13 +663,17 @@ async fn a_dropped_retry_future_releases_its_scope_at_every_await_point() {
             .collect();
         assert!(
             names.iter().any(|n| *n == format!("other{case}.test")),
-            "{:?}", layer.stats()
+            "{:?}",
+            layer.stats()
         );
         assert!(
             names.iter().any(|n| *n == format!("other{case}.test")),
             "case {case}: the new host did not get the place left by the dropped future: {names:?}"
         );
-        assert!(!names.iter().any(|n| n == "(overflow)"), "case {case}: {names:?}");
+        assert!(
+            !names.iter().any(|n| n == "(overflow)"),
+            "case {case}: {names:?}"
+        );
         tokio::time::advance(Duration::from_secs(25)).await;
     }
 }
@@ -724,7 +786,10 @@ async fn with_hundreds_of_keys_in_flight_no_404_outlives_a_change_that_landed_af
         .filter(|i| handle.peek(&uri(*i).parse().unwrap()).is_some())
         .collect();
     let wrong: Vec<_> = kept.iter().filter(|i| *i % 2 == 1).collect();
-    assert!(wrong.is_empty(), "404s that left before their key changed were kept: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "404s that left before their key changed were kept: {wrong:?}"
+    );
     assert_eq!(kept.len(), N / 2, "the even keys' 404s are kept");
     // 6. And a read that leaves after the change is remembered again (the slots were freed).
     let third: Vec<_> = (1..N).step_by(2).map(|i| spawn(get(&uri(i)))).collect();
@@ -760,10 +825,10 @@ async fn a_clear_frees_the_bodies_the_services_memoised() {
         *res.status_mut() = StatusCode::NOT_FOUND;
         Ok::<_, Infallible>(res)
     });
-    let mut services: Vec<_> = (0..SERVICES).map(|_| layer.layer(inner.clone())).collect();
+    let mut services: Vec<_> = (0..SERVICES).map(|_| layer.layer(inner)).collect();
     // Warm up what allocates once.
     {
-        let mut s = layer.layer(inner.clone());
+        let mut s = layer.layer(inner);
         send(&mut s, get("http://h.test/warm")).await;
         send(&mut s, get("http://h.test/warm")).await;
         drop(s);

@@ -98,8 +98,12 @@ async fn rounds(redis: RedisServer, which: &[usize]) {
     })
     .await;
     // One service instance on A (its memo), B's requests through clones.
-    let mut a = ServiceBuilder::new().layer(la.clone()).service(support::client());
-    let b = ServiceBuilder::new().layer(lb.clone()).service(support::client());
+    let mut a = ServiceBuilder::new()
+        .layer(la.clone())
+        .service(support::client());
+    let b = ServiceBuilder::new()
+        .layer(lb.clone())
+        .service(support::client());
     let get = |url: &str, method: Method| {
         Request::builder()
             .method(method)
@@ -113,9 +117,15 @@ async fn rounds(redis: RedisServer, which: &[usize]) {
         }
         present.store(false, SeqCst);
         let url = origin.url(path);
-        assert_eq!(send_a(&mut a, get(&url, Method::GET)).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            send_a(&mut a, get(&url, Method::GET)).await.0,
+            StatusCode::NOT_FOUND
+        );
         for _ in 0..3 {
-            assert!(send_a(&mut a, get(&url, Method::GET)).await.1, "A hits (the memo after the first)");
+            assert!(
+                send_a(&mut a, get(&url, Method::GET)).await.1,
+                "A hits (the memo after the first)"
+            );
         }
         // B learns A's 404 (so that a 2xx there is told to the peers).
         let key: Uri = url.parse().unwrap();
