@@ -193,7 +193,7 @@ async fn a_memo_is_dropped_by_a_write_or_a_2xx_through_another_clone() {
         status == 200 && !hit,
         "the memo outlived a 2xx through another clone"
     );
-    // A 2xx through another clone whose lookup preceded the 404's store (in flight across it).
+    // A 2xx through another clone that refreshes with `max-age=0`.
     o.set("/w", 404);
     remember_and_memo(&mut a, &o, uri).await;
     o.set("/w", 200);
