@@ -197,6 +197,36 @@ impl Pending {
     }
 }
 
+/// A [`Pending`] held across the inner service's `call`, which may panic (and be caught
+/// above the cache: a catch-panic layer, a tokio task): unwinding, its read's ticket leaves
+/// its key's slot, as the response future's drop would have done.
+pub(crate) struct Unwinding<'a> {
+    versions: &'a super::store::Versions,
+    pending: Option<Pending>,
+}
+
+impl<'a> Unwinding<'a> {
+    pub(crate) fn new(versions: &'a super::store::Versions, pending: Pending) -> Self {
+        Unwinding {
+            versions,
+            pending: Some(pending),
+        }
+    }
+
+    /// The call returned: the pending goes on into the response future.
+    pub(crate) fn into_inner(mut self) -> Pending {
+        self.pending.take().expect("taken once")
+    }
+}
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.pending.as_mut().and_then(|p| p.ticket.take()) {
+            t.abandon(self.versions);
+        }
+    }
+}
+
 /// An answer the cache makes up: a remembered Missing answer, or the 504 an `only-if-cached`
 /// request gets when nothing is remembered (RFC 9111 §5.2.1.7).
 #[derive(Clone, Debug)]
@@ -553,7 +583,6 @@ fn settle<C: Classify, B: Body>(
                     };
                     let head = Head::of(headers);
                     let started = pending.started.unwrap_or_else(Instant::now);
-                    let ticket = pending.ticket.take()?;
                     let body = res.body();
                     let hint = body.size_hint();
                     // The body is kept if the caller reads it whole within the limit: wait for
@@ -567,6 +596,8 @@ fn settle<C: Classify, B: Body>(
                     } else {
                         None
                     };
+                    // Taken once the body (the caller's type, which may panic) has answered.
+                    let ticket = pending.ticket.take()?;
                     match known {
                         Some(body) => {
                             stored.answer = super::answer::Answer::new(head, body);

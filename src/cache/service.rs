@@ -11,7 +11,7 @@ use tower::Service;
 
 use super::body::ResponseBody;
 use super::coalesce::Role;
-use super::future::{Known, Pending, ReadKey, ResponseFuture, Synth, Written};
+use super::future::{Known, Pending, ReadKey, ResponseFuture, Synth, Unwinding, Written};
 use super::handle::NegativeCacheHandle;
 use super::key::{Credentials, Hashed, Lookup};
 use super::key::{credential_fingerprint, has_credentials};
@@ -420,7 +420,10 @@ where
     where
         S: Service<Request<ReqB>>,
     {
+        // The inner `call` may panic: the read's ticket must not stay in its slot then.
+        let guard = Unwinding::new(&self.state.store.versions, pending);
         let future = self.inner.call(req);
+        let pending = guard.into_inner();
         ResponseFuture::called(future, pending, self.state.clone(), self.classifier.clone())
     }
 }
