@@ -197,31 +197,32 @@ impl Pending {
     }
 }
 
-/// A [`Pending`] held across the inner service's `call`, which may panic (and be caught
-/// above the cache: a catch-panic layer, a tokio task): unwinding, its read's ticket leaves
-/// its key's slot, as the response future's drop would have done.
+/// A read's ticket held across the inner service's `call`, which may panic (and be caught
+/// above the cache: a catch-panic layer, a tokio task): unwinding, the ticket leaves its key's
+/// slot, as the response future's drop would have done. Only the ticket is taken out of its
+/// [`Pending`] (not the whole, which would be copied twice more).
 pub(crate) struct Unwinding<'a> {
     versions: &'a super::store::Versions,
-    pending: Option<Pending>,
+    ticket: Option<Ticket>,
 }
 
 impl<'a> Unwinding<'a> {
-    pub(crate) fn new(versions: &'a super::store::Versions, pending: Pending) -> Self {
+    pub(crate) fn new(versions: &'a super::store::Versions, pending: &mut Pending) -> Self {
         Unwinding {
             versions,
-            pending: Some(pending),
+            ticket: pending.ticket.take(),
         }
     }
 
-    /// The call returned: the pending goes on into the response future.
-    pub(crate) fn into_inner(mut self) -> Pending {
-        self.pending.take().expect("taken once")
+    /// The call returned: the ticket goes back into its pending read.
+    pub(crate) fn restore(mut self, pending: &mut Pending) {
+        pending.ticket = self.ticket.take();
     }
 }
 
 impl Drop for Unwinding<'_> {
     fn drop(&mut self) {
-        if let Some(t) = self.pending.as_mut().and_then(|p| p.ticket.take()) {
+        if let Some(t) = self.ticket.take() {
             t.abandon(self.versions);
         }
     }

@@ -39,7 +39,8 @@
 //!   Each entry carries its expiry and is dropped when read after it; no timers, no task.
 //!   A lookup scans the key once into a keyed 64-bit hash that the store and the reads in
 //!   flight share. Each service also keeps a memo of its last hit (the request target as
-//!   spelled, its `Host` and credentials' fingerprint, the entry), valid while the store's
+//!   spelled, copied; its `Host` and credentials' fingerprint; the entry, its answer held
+//!   weakly), valid while the store's
 //!   generation — moved after every insert, eviction and removal — is the one read before
 //!   the entry was: the same request again is answered without a lookup (and without the
 //!   shard lock every core would take for a popular missing key); every 64th still goes to
@@ -148,6 +149,7 @@ mod handle;
 mod history;
 mod key;
 mod layer;
+mod memo;
 mod peers;
 mod percent;
 mod recent;

@@ -15,8 +15,9 @@ use super::future::{Known, Pending, ReadKey, ResponseFuture, Synth, Unwinding, W
 use super::handle::NegativeCacheHandle;
 use super::key::{Credentials, Hashed, Lookup};
 use super::key::{credential_fingerprint, has_credentials};
+use super::memo::{self, Memo};
 use super::state::State;
-use super::store::{Entry, Fresh};
+use super::store::Fresh;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::counter::bump;
 use crate::headers::{RequestDirectives, request_directives};
@@ -58,27 +59,6 @@ pub struct NegativeCache<S, C = DefaultClassifier> {
     /// This service's last hit, to answer the same request again without a lookup.
     memo: Option<Memo>,
 }
-
-/// A service's last hit: the request target it answered (as the request spelled it) and the
-/// entry, valid while the store's generation is the one read before the entry was: any change
-/// to the store since (an insert, an eviction, a removal) sends the next request to the store.
-///
-/// A client asking for one missing record over and over is the case a negative cache exists
-/// for. The store's lookup is a key scan, a hash and a shard lock every core takes for a
-/// popular key; this is a comparison on the service's own memory (the `scaling` bench).
-/// Every [`MEMO_USES`]th answer still goes to the store, so its eviction policy sees the entry
-/// in use.
-struct Memo {
-    uri: http::Uri,
-    host: Option<http::HeaderValue>,
-    cred: u64,
-    generation: u64,
-    entry: Entry,
-    uses: u32,
-}
-
-/// Answers from a service's memo before the next goes to the store.
-const MEMO_USES: u32 = 64;
 
 impl<S, C> NegativeCache<S, C> {
     pub(crate) fn from_parts(inner: S, state: Arc<State>, classifier: C, partition: u64) -> Self {
@@ -179,7 +159,7 @@ where
         let host = if plain { None } else { headers.get(HOST) };
         let refresh = directives.refresh || req.extensions().get::<BypassNegativeCache>().is_some();
         if !refresh {
-            if let Some(fresh) = memo_hit(&mut self.memo, st, uri, host, cred, &directives) {
+            if let Some(fresh) = memo::hit(&mut self.memo, st, uri, host, cred, &directives) {
                 return self.hit(&req, fresh);
             }
         }
@@ -219,14 +199,7 @@ where
         // `min-fresh`, is not used; the answer upstream gives refreshes it.
         let known = match found {
             Some((entry, fresh)) if directives.accepts(fresh.age, fresh.remaining) => {
-                self.memo = Some(Memo {
-                    uri: uri.clone(),
-                    host: host.cloned(),
-                    cred,
-                    generation,
-                    entry,
-                    uses: 0,
-                });
+                self.memo = Memo::new(uri, host, cred, generation, entry);
                 return self.hit(&req, fresh);
             }
             Some(_) => Known::Maybe,
@@ -291,48 +264,6 @@ where
             }
         }
     }
-}
-
-/// Whether two URIs are spelled alike, byte for byte (a memo is of one spelling): the same
-/// buffer (a client that clones its URIs) is seen without reading it.
-fn same_target(a: &http::Uri, b: &http::Uri) -> bool {
-    fn same(a: &str, b: &str) -> bool {
-        (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
-    }
-    fn authority(u: &http::Uri) -> &str {
-        u.authority().map_or("", |a| a.as_str())
-    }
-    fn pq(u: &http::Uri) -> &str {
-        u.path_and_query().map_or("", |p| p.as_str())
-    }
-    a.scheme() == b.scheme() && same(authority(a), authority(b)) && same(pq(a), pq(b))
-}
-
-/// The memo's entry, if the memo is of this request's target and still valid (see [`Memo`])
-/// and the entry is fresh now and acceptable to the request.
-fn memo_hit(
-    memo: &mut Option<Memo>,
-    st: &State,
-    uri: &http::Uri,
-    host: Option<&http::HeaderValue>,
-    cred: u64,
-    directives: &RequestDirectives,
-) -> Option<Fresh> {
-    let m = memo.as_mut()?;
-    m.uses += 1;
-    let usable = m.uses < MEMO_USES
-        && m.cred == cred
-        && m.generation == st.store.generation()
-        && same_target(&m.uri, uri)
-        && m.host.as_ref() == host;
-    if !usable {
-        *memo = None;
-        return None;
-    }
-    let fresh = st.store.fresh(&m.entry, Instant::now())?;
-    directives
-        .accepts(fresh.age, fresh.remaining)
-        .then_some(fresh)
 }
 
 impl<S: Clone, C: Clone> NegativeCache<S, C> {
@@ -416,41 +347,18 @@ where
     }
 
     #[inline(always)]
-    fn upstream<ReqB>(&mut self, req: Request<ReqB>, pending: Pending) -> ResponseFuture<S, C, ReqB>
+    fn upstream<ReqB>(
+        &mut self,
+        req: Request<ReqB>,
+        mut pending: Pending,
+    ) -> ResponseFuture<S, C, ReqB>
     where
         S: Service<Request<ReqB>>,
     {
         // The inner `call` may panic: the read's ticket must not stay in its slot then.
-        let guard = Unwinding::new(&self.state.store.versions, pending);
+        let guard = Unwinding::new(&self.state.store.versions, &mut pending);
         let future = self.inner.call(req);
-        let pending = guard.into_inner();
+        guard.restore(&mut pending);
         ResponseFuture::called(future, pending, self.state.clone(), self.classifier.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same_target;
-
-    #[test]
-    fn a_memo_is_of_one_spelling_of_its_target() {
-        let u = |s: &str| s.parse::<http::Uri>().unwrap();
-        let a = u("http://h.test/r/1?x=1");
-        assert!(same_target(&a, &a.clone()), "the same buffer");
-        assert!(
-            same_target(&a, &u("http://h.test/r/1?x=1")),
-            "the same bytes"
-        );
-        for other in [
-            "https://h.test/r/1?x=1",
-            "http://H.test/r/1?x=1",
-            "http://h.test:81/r/1?x=1",
-            "http://h.test/r/1?x=2",
-            "http://h.test/r/1",
-            "http://h.test/r/10?x=1",
-            "/r/1?x=1",
-        ] {
-            assert!(!same_target(&a, &u(other)), "{other}");
-        }
     }
 }

@@ -63,6 +63,28 @@ impl Entry {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn for_test() -> Entry {
+        Entry {
+            expires_us: u64::MAX,
+            ttl_ms: 1_000,
+            origin_age_s: 0,
+            status: StatusCode::NOT_FOUND,
+            answer: None,
+            source: TtlSource::Base,
+        }
+    }
+
+    /// This entry as a service's memo keeps it: its answer held weakly, so that what the store
+    /// forgets is freed whatever the memos hold.
+    pub(crate) fn into_weak(mut self) -> WeakEntry {
+        let answer = self.answer.take().map(|a| Arc::downgrade(&a));
+        WeakEntry {
+            entry: self,
+            answer,
+        }
+    }
+
     fn expired_at(&self, now: Duration) -> bool {
         Duration::from_micros(self.expires_us) <= now
     }
@@ -71,6 +93,14 @@ impl Entry {
     fn answer_bytes(&self) -> u64 {
         self.answer.as_ref().map_or(0, |a| a.weight())
     }
+}
+
+/// An [`Entry`] whose answer is held weakly ([`Entry::into_weak`]).
+#[derive(Debug)]
+pub(crate) struct WeakEntry {
+    /// The entry without its answer.
+    entry: Entry,
+    answer: Option<std::sync::Weak<Answer>>,
 }
 
 /// What to remember of a Missing answer.
@@ -472,6 +502,18 @@ impl Store {
     /// What `entry` says at `now`, if it is fresh then.
     pub(crate) fn fresh(&self, entry: &Entry, now: Instant) -> Option<Fresh> {
         entry.fresh_at(self.since_epoch(now))
+    }
+
+    /// What a weakly held entry says at `now`, if it is fresh then and its answer is still
+    /// alive.
+    pub(crate) fn fresh_weak(&self, weak: &WeakEntry, now: Instant) -> Option<Fresh> {
+        let answer = match &weak.answer {
+            Some(a) => Some(a.upgrade()?),
+            None => None,
+        };
+        let mut fresh = self.fresh(&weak.entry, now)?;
+        fresh.answer = answer;
+        Some(fresh)
     }
 
     fn remove_expired<Q>(&self, key: &Q, now: Instant, expired: impl FnOnce())
