@@ -195,9 +195,10 @@ impl State {
     /// `key` answered present (a 2xx landed for a read): a peer's 404 from a request that
     /// left before now must not be applied. With a fleet tier, a 404 stored before now (a
     /// peer's, learned while this read was out) is stale too (invariant 7): the entry of this
-    /// exact key is removed (no scan, no peer message). Without a tier this records only the
-    /// time of the last change (for a tier attached later) and looks nothing up: a cache
-    /// alone pays one atomic load, and one write a millisecond at most.
+    /// exact key is removed (no scan) and, as for any read's 2xx that finds a 404 held, the
+    /// peers are told to forget it (GUARANTEES.md: they may hold the same 404). Without a tier
+    /// this records only the time of the last change (for a tier attached later) and looks
+    /// nothing up: a cache alone pays one atomic load, and one write a millisecond at most.
     pub(crate) fn note_changed(&self, key: &Key) {
         // Present: the streak ends, and a Missing answer after this one is a flap.
         if let Some(history) = &self.history {
@@ -206,6 +207,11 @@ impl State {
         if self.peers.recent.record(key.target(), Instant::now()) && self.store.remove(key) {
             bump(&self.stats.invalidations);
             self.tell_size();
+            if key.cred() == 0 {
+                self.peers.send(|| PeerEvent::Forget {
+                    key: key.as_str().into(),
+                });
+            }
         }
     }
 
