@@ -5,7 +5,10 @@
 //! key on every thread: a popular missing key) and one pass-through (a 200 through both
 //! layers, a key of the thread's own), on every thread:
 //! - `1 thread`: one worker;
-//! - `2 threads`: two workers at once, started together, timed until both are done.
+//! - `2 threads`: two workers at once, started together, timed until both are done;
+//! - `bare service_fn, 1 thread` and `bare service_fn, 2 threads`: the same calls on the
+//!   upstream alone, which shares nothing between the threads — what this machine's cores give
+//!   at all (on a virtual machine, 2 vCPUs may not be 2 idle cores), measured in the same run.
 //!
 //! Criterion reports throughput in calls per second; the goal is `2 threads` ≥ 1.8 × `1
 //! thread` — nothing every request writes (a counter, a lock, a reference count on one cache
@@ -124,6 +127,14 @@ fn scaling(c: &mut Criterion) {
         // Each iteration: a hit and a pass-through on every thread.
         group.throughput(Throughput::Elements(2 * threads as u64));
         group.bench_function(name, |b| b.iter_custom(|iters| run(&svc, threads, iters)));
+    }
+    let bare = upstream();
+    for (name, threads) in [
+        ("bare service_fn, 1 thread", 1usize),
+        ("bare service_fn, 2 threads", 2),
+    ] {
+        group.throughput(Throughput::Elements(2 * threads as u64));
+        group.bench_function(name, |b| b.iter_custom(|iters| run(&bare, threads, iters)));
     }
     group.finish();
     let stats = cache.handle().stats();
