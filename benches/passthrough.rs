@@ -8,6 +8,7 @@
 //! - `ours: retry`: `StatusAwareRetryLayer::new()` (default config: a budget per host);
 //! - `ours: retry, one budget for the layer`: the same with `BudgetScope::layer()` (the
 //!   default before per-host budgets), the baseline of their cost;
+//! - `ours: retry, no budget`: the same with `no_budget()`: what the budget's deposit costs;
 //! - `ours: negative cache miss`: `NegativeCacheLayer::new()`; a 200 is never remembered, so
 //!   every call is a miss (lookup, key copy, forget);
 //! - `ours: negative cache miss, adaptive TTL`: the same with `adaptive_ttl(1 h)` (a 2xx
@@ -143,6 +144,14 @@ fn passthrough(c: &mut Criterion) {
                     .build()
                     .unwrap(),
             )
+            .service(upstream_200()),
+    );
+    bench_service(
+        &mut group,
+        &rt,
+        "ours: retry, no budget",
+        ServiceBuilder::new()
+            .layer(StatusAwareRetryLayer::builder().no_budget().build().unwrap())
             .service(upstream_200()),
     );
     let cache = NegativeCacheLayer::new();
