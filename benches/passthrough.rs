@@ -151,7 +151,12 @@ fn passthrough(c: &mut Criterion) {
         &rt,
         "ours: retry, no budget",
         ServiceBuilder::new()
-            .layer(StatusAwareRetryLayer::builder().no_budget().build().unwrap())
+            .layer(
+                StatusAwareRetryLayer::builder()
+                    .no_budget()
+                    .build()
+                    .unwrap(),
+            )
             .service(upstream_200()),
     );
     let cache = NegativeCacheLayer::new();
