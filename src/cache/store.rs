@@ -535,12 +535,7 @@ impl Store {
     where
         Q: Hash + Equivalent<Key> + ?Sized,
     {
-        let e = self.cache.get(key)?;
-        let fresh = self.fresh(&e, now);
-        if fresh.is_none() {
-            self.remove_expired(key, now, expired);
-        }
-        fresh
+        self.get_entry(key, now, expired).map(|(_, fresh)| fresh)
     }
 
     /// The fresh entry for `key` at `now`, without touching its recency or removing it.
