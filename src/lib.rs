@@ -227,7 +227,7 @@
 //! |---|---|
 //! | the negative cache's store | `max_bytes` of key text (default 400 B × `capacity`) plus tables that `capacity` sizes, about 100 B per entry of it: about 5 MB at the defaults, whatever the keys |
 //! | reads in flight (the store's key versions) | one small slot per key with reads in flight, freed when its last read settles: grows with concurrent requests, not with traffic |
-//! | a cache service's memo of its last hit | one per service (clone), in the service: the target as spelled (copied, at most 192 bytes: no request buffer is held) and the entry, its answer held weakly (what the store forgets is freed): about 300 bytes |
+//! | a cache service's memo of its last hit | one per service (clone), in the service: the target as spelled (copied, at most 192 bytes: no request buffer is held) and the entry, its answer held weakly (what the store forgets is freed): 264 bytes on 64-bit targets |
 //! | coalescing flights | one per key with a leader in flight (its key and a notifier), freed when the leader settles or is dropped |
 //! | recent local changes (with a fleet tier) | tombstones of 65,536 keys, each kept 10 s (a key changed again moves its own): under 4 MB |
 //! | the retry layer's copy of a streamed request body | `capture_limit` per request in flight (default 64 KiB; its buffer under twice that), freed as soon as the body outgrows it; in total, that times the requests in flight (bound those with a concurrency limit) |

@@ -76,11 +76,10 @@ impl KeyRef<'_> {
     }
 }
 
-/// The process's secret seed for [`KeyRef::target_hash`]: keys are hashed once per lookup
-/// into a keyed 64-bit value that the store, the reads in flight (`Versions`), the adaptive
-/// TTL's history and a fleet tier's recent changes all hash again cheaply as an integer, so
-/// one request's key is scanned once, not once per structure. Random per process: nobody can
-/// choose targets that collide.
+/// The process's secret seed for [`KeyRef::target_hash`]: a key is hashed into a keyed 64-bit
+/// value that the structures keyed by targets hash again as an integer. On a lookup it is
+/// computed once ([`Hashed`]) and shared by the store and the reads in flight (`Versions`).
+/// Random per process: nobody can choose targets that collide.
 static TARGET_SEED: std::sync::LazyLock<quick_cache::DefaultHashBuilder> =
     std::sync::LazyLock::new(Default::default);
 

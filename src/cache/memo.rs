@@ -199,6 +199,13 @@ mod tests {
         assert!(!m.is_of(&o, None));
     }
 
+    /// The size the crate's memory table states (264 bytes on 64-bit targets, in the service).
+    #[test]
+    fn a_memo_is_a_few_hundred_bytes() {
+        let size = std::mem::size_of::<Option<Memo>>();
+        assert!((256..=288).contains(&size), "{size}");
+    }
+
     #[test]
     fn a_long_target_or_another_scheme_is_not_memoised() {
         let long = format!("http://h.test/{}", "a".repeat(ROOM));

@@ -148,7 +148,7 @@ impl RetryBudget {
             self.slots[self.current.load(Acquire)].fetch_add(self.deposit, Relaxed);
             return;
         }
-        self.slot(now).fetch_add(self.deposit, Relaxed);
+        self.deposit_at(now);
         *until = Some(self.epoch + Duration::from_nanos(self.slot_end.load(Acquire)));
     }
 

@@ -298,8 +298,8 @@ impl Scopes {
     /// retired) takes no lock and writes nothing shared but the deposit — the map is asked
     /// only when the host changes. The memory is a strong reference, but it does not keep the
     /// scope in the map (only a [`Hold`] does): a retired scope lives on only until the
-    /// service sends elsewhere or is dropped. The scope a retry withdraws from is looked up when one is decided (see
-    /// [`scope_of`](Self::scope_of)): the same one, by the same name.
+    /// service sends elsewhere or is dropped. The scope a retry withdraws from is looked up
+    /// when one is decided (see [`scope_of`](Self::scope_of)): the same one, by the same name.
     pub(crate) fn deposit(
         &self,
         uri: &Uri,
