@@ -256,6 +256,7 @@
 
 pub mod cache;
 pub mod classify;
+mod clock;
 mod counter;
 mod error;
 #[cfg(feature = "redis")]

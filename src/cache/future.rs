@@ -189,6 +189,11 @@ impl Pending {
         }
     }
 
+    /// When the read was handed to the inner service, if it is dated.
+    pub(crate) fn sent(&self) -> Option<Instant> {
+        self.sent
+    }
+
     pub(crate) fn write(written: Written) -> Self {
         Pending {
             written: Some(Box::new(written)),

@@ -14,10 +14,10 @@
 
 use http::uri::Scheme;
 use http::{HeaderValue, Uri};
-use tokio::time::Instant;
 
 use super::state::State;
 use super::store::{Entry, Fresh, WeakEntry};
+use crate::clock;
 use crate::headers::RequestDirectives;
 
 /// Answers from a memo before the next goes to the store.
@@ -154,7 +154,7 @@ pub(crate) fn hit(
         *memo = None;
         return None;
     }
-    let fresh = st.store.fresh_weak(&m.entry, Instant::now())?;
+    let fresh = st.store.fresh_weak(&m.entry, clock::now())?;
     directives
         .accepts(fresh.age, fresh.remaining)
         .then_some(fresh)

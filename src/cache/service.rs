@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 
 use http::header::HOST;
 use http::{Method, Request, Response};
-use tokio::time::Instant;
 use tower::Service;
 
 use super::body::ResponseBody;
@@ -19,6 +18,7 @@ use super::memo::{self, Memo};
 use super::state::State;
 use super::store::Fresh;
 use crate::classify::{Classify, DefaultClassifier};
+use crate::clock;
 use crate::counter::bump;
 use crate::headers::{RequestDirectives, request_directives};
 
@@ -180,14 +180,15 @@ where
                     Known::Maybe,
                     None,
                     &directives,
-                    Instant::now(),
+                    clock::now(),
                     req.method(),
                 ),
                 None => Pending::none(),
             };
             return self.upstream(req, pending);
         }
-        let now = Instant::now();
+        // The caller's reading, if a layer of this crate lent one (see `clock`).
+        let now = clock::now();
         let inserted = st.store.inserted();
         let generation = st.store.generation();
         // The key's text is scanned once: the store and the reads in flight take its hash.
@@ -357,7 +358,10 @@ where
     {
         // The inner `call` may panic: the read's ticket must not stay in its slot then.
         let guard = Unwinding::new(&self.state.store.versions, &mut pending);
+        // A read dated when it was sent lends that time to the layers below (see `clock`).
+        let loan = pending.sent().map(clock::lend);
         let future = self.inner.call(req);
+        drop(loan);
         guard.restore(&mut pending);
         ResponseFuture::called(future, pending, self.state.clone(), self.classifier.clone())
     }

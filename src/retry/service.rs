@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower::Service;
 
 use super::future::{Again, ResponseFuture};
@@ -18,6 +17,7 @@ use super::scope::LastScope;
 use super::stats::RetryStats;
 use super::witness::issue;
 use crate::classify::{Classify, ClassifyError, DefaultClassifier, SourceWalk};
+use crate::clock;
 use crate::counter::bump;
 use crate::headers::content_length;
 
@@ -106,7 +106,8 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
-        let now = Instant::now();
+        // The caller's reading, if a layer of this crate lent one (see `clock`).
+        let now = clock::now();
         bump(&shared.stats.requests);
         // Every request deposits, whatever its answer (a 404 too: a final answer is a healthy
         // exchange, as in the SRE book and gRPC), when it is sent: the budget bounds the load a
@@ -157,7 +158,10 @@ where
         // again anyway (`max_retries(0)`): nothing to prove, nothing to warn about.
         let ticket =
             (eligible == Eligible::Unprocessed && replay.is_some()).then(|| issue(&mut req));
-        let future = self.inner.call(req);
+        let future = {
+            let _loan = clock::lend(now);
+            self.inner.call(req)
+        };
         // Only a request that may be retried needs a service for its later attempts.
         let service = replay.as_ref().map(|_| self.inner.clone());
         let again = Again {
