@@ -111,14 +111,18 @@ impl fmt::Debug for BudgetScope {
 
 /// The per-host scope's name: the request's authority, else its `Host` header's value.
 fn host_name<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
-    let name = match uri.authority() {
-        Some(a) => a.as_str().as_bytes(),
-        None => headers.get(HOST).map_or(&b""[..], |h| h.as_bytes()),
-    };
     // The userinfo is not the host (RFC 3986 §3.2: it ends at the authority's last `@`):
     // `alice:pw@h` and `bob:pw@h` are one upstream, and a password must not become a scope's
     // name (`budget_exhausted_scopes` shows it).
-    without_userinfo(name)
+    without_userinfo(authority(uri, headers))
+}
+
+/// The request's authority as sent: the URI's, or its `Host`.
+fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a [u8] {
+    match uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => headers.get(HOST).map_or(&b""[..], |h| h.as_bytes()),
+    }
 }
 
 /// ASCII uppercase to lowercase in the 8 bytes of `x` at once (other bytes unchanged).
@@ -315,12 +319,18 @@ impl Scopes {
                     .budget
                     .deposit_at(now);
             }
-            Kind::PerHost => host_name(uri, headers),
+            Kind::PerHost => authority(uri, headers),
         };
-        if let Some(l) = last
-            .as_mut()
-            .filter(|l| l.scope.name.as_bytes() == name && !l.scope.retired.load(Relaxed))
-        {
+        let same = |l: &&mut LastScope, name: &[u8]| {
+            l.scope.name.as_bytes() == name && !l.scope.retired.load(Relaxed)
+        };
+        // The authority as sent is the remembered name when it has no userinfo (a name never
+        // holds an `@`): then it is not scanned for one.
+        if let Some(l) = last.as_mut().filter(|l| same(l, name)) {
+            return l.scope.budget.deposit_before(now, &mut l.until);
+        }
+        let name = without_userinfo(name);
+        if let Some(l) = last.as_mut().filter(|l| same(l, name)) {
             return l.scope.budget.deposit_before(now, &mut l.until);
         }
         let scope = self.named(name, now);
@@ -654,6 +664,32 @@ mod tests {
             &new_a,
             &s.scope_of(&uri("a"), &none, much_later).0
         ));
+    }
+
+    /// The remembered scope is compared with the authority as sent first (no userinfo scan),
+    /// then with the host it names: userinfo or not, one host deposits into one scope, and an
+    /// authority whose userinfo spells the remembered host is another host.
+    #[test]
+    fn a_remembered_scope_is_found_whatever_the_userinfo() {
+        let s = scopes(0.0, 1, 8);
+        let t0 = Instant::now();
+        let uri = |authority: &str| format!("http://{authority}/x").parse::<Uri>().unwrap();
+        let none = HeaderMap::new();
+        let mut last = None;
+        s.deposit(&uri("h.test"), &none, t0, &mut last);
+        let h = last.clone().unwrap().scope;
+        for same in ["h.test", "alice:pw@h.test", "h.test@h.test", "@h.test"] {
+            s.deposit(&uri(same), &none, t0, &mut last);
+            assert!(Arc::ptr_eq(&last.as_ref().unwrap().scope, &h), "{same}");
+        }
+        s.deposit(&uri("h.test@other.test"), &none, t0, &mut last);
+        assert_eq!(&*last.as_ref().unwrap().scope.name, "other.test");
+        // Origin-form: the `Host` header names it.
+        let mut host = HeaderMap::new();
+        host.insert(HOST, http::HeaderValue::from_static("bob@h.test"));
+        s.deposit(&"/x".parse().unwrap(), &host, t0, &mut last);
+        assert!(Arc::ptr_eq(&last.as_ref().unwrap().scope, &h));
+        assert_eq!(s.len(), 2);
     }
 
     #[test]
