@@ -78,7 +78,24 @@ async fn run(
     Vec<Option<Duration>>,
     StatusAwareRetryLayer,
 ) {
+    run_aged(layer, Duration::ZERO, failures, period, frames).await
+}
+
+/// [`run`], the request sent `age` after the layer was built.
+async fn run_aged(
+    layer: Builder,
+    age: Duration,
+    failures: usize,
+    period: Duration,
+    frames: Option<u32>,
+) -> (
+    StatusCode,
+    Vec<Duration>,
+    Vec<Option<Duration>>,
+    StatusAwareRetryLayer,
+) {
     let layer = layer.build().unwrap();
+    tokio::time::advance(age).await;
     let log = Arc::new(Mutex::new(Log::default()));
     let seen = log.clone();
     let upstream = tower::service_fn(move |_: Request<Empty<Bytes>>| {
@@ -195,4 +212,29 @@ async fn the_drain_timeout_ends_the_drain_within_a_longer_wait() {
     assert_eq!(calls, [Duration::ZERO, Duration::from_secs(1)]);
     assert_eq!(dropped, [Some(50 * MS)]);
     assert_eq!(layer.stats().drained_bytes, 1);
+}
+
+/// Without a budget or a deadline, a request reads the clock only to time a wait: a wait is
+/// still timed from its decision, and its drain from the same instant, however long ago the
+/// layer was built (the time a request that needs none stands in with).
+#[tokio::test(start_paused = true)]
+async fn a_wait_is_timed_from_its_decision_without_budget_or_deadline() {
+    let builder = layer(100 * MS).drain_timeout(50 * MS);
+    let (status, calls, dropped, built) =
+        run_aged(builder, Duration::from_secs(10), 2, 10 * MS, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(calls, [Duration::ZERO, 100 * MS, 300 * MS]);
+    assert_eq!(dropped, [Some(50 * MS), Some(150 * MS)]);
+    assert_eq!(built.stats().retries, 2);
+    // A zero wait reads no clock, and resends at once.
+    let (status, calls, _, _) = run_aged(
+        layer(Duration::ZERO),
+        Duration::from_secs(10),
+        2,
+        MS,
+        Some(0),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(calls, [Duration::ZERO; 3]);
 }

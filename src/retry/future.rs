@@ -78,6 +78,8 @@ pin_project! {
         // again: what the witness on the transport saw of it.
         ticket: Option<Ticket>,
         shared: Arc<Shared<C, EC>>,
+        // When the request came in, if it needs the time (see `Shared::timed`); else the
+        // layer's build time, never read.
         started: Instant,
         attempts: u32,
         // Why the retry being prepared was decided: told when it is sent.
@@ -154,8 +156,9 @@ where
         service: Option<S>,
         again: Again<ReqB>,
         shared: Arc<Shared<C, EC>>,
-        started: Instant,
+        started: Option<Instant>,
     ) -> Self {
+        let started = started.unwrap_or(shared.built);
         let Again {
             replay,
             capture,
@@ -227,7 +230,8 @@ where
                         resend_event(&result, *this.attempts - 1, target);
                     }
                     // The wait is timed from when the retry is decided (read only when the
-                    // policy is asked: a final answer costs no clock read): draining the
+                    // policy is asked: a final answer costs no clock read; and only if the
+                    // budget or the deadline needs it, or the wait is not zero): draining the
                     // discarded body happens during the wait, not before it.
                     let mut now = *this.started;
                     let decision = if !outcome.is_retryable() {
@@ -245,7 +249,9 @@ where
                         bump(&shared.stats.not_replayable);
                         Decision::Stop(Stop::NotEligible)
                     } else {
-                        now = Instant::now();
+                        if shared.timed() {
+                            now = Instant::now();
+                        }
                         let at = Attempt {
                             retries: *this.attempts - 1,
                             elapsed: now.saturating_duration_since(*this.started),
@@ -285,7 +291,12 @@ where
                                 target,
                             ));
                         }
-                        Decision::Retry(delay) => delay,
+                        Decision::Retry(delay) => {
+                            if !shared.timed() && !delay.is_zero() {
+                                now = Instant::now();
+                            }
+                            delay
+                        }
                     };
                     *this.reason = match (&result, outcome.is_unprocessed()) {
                         (_, true) => RetryReason::Unprocessed,

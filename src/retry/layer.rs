@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
+use tokio::time::Instant;
 use tower::Layer;
 
 use super::StatusAwareRetry;
@@ -59,6 +60,17 @@ pub(crate) struct Shared<C, EC = SourceWalk> {
     pub(crate) drain_timeout: Duration,
     pub(crate) capture_limit: usize,
     pub(crate) attempt_header: Option<HeaderName>,
+    /// When the layer was built: stands in for a request's start where nothing needs the time
+    /// (see [`Shared::timed`]), never read as one.
+    pub(crate) built: Instant,
+}
+
+impl<C, EC> Shared<C, EC> {
+    /// Whether a request needs the time before a wait does: for its budget's slots, or for
+    /// its deadline. Without either, the clock is read only to time a wait (a nonzero delay).
+    pub(crate) fn timed(&self) -> bool {
+        self.budget.is_some() || self.policy.deadline.is_some()
+    }
 }
 
 impl StatusAwareRetryLayer {
@@ -606,6 +618,7 @@ impl<C, EC> Builder<C, EC> {
                 drain_timeout: self.drain_timeout,
                 capture_limit: self.capture_limit,
                 attempt_header: self.attempt_header,
+                built: Instant::now(),
             }),
         })
     }

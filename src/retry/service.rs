@@ -106,13 +106,14 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
-        // The caller's reading, if a layer of this crate lent one (see `clock`).
-        let now = clock::now();
+        // The time, for the budget's slot and the deadline's start: the caller's reading if a
+        // layer of this crate lent one (see `clock`). Without either, no clock is read.
+        let now = shared.timed().then(clock::now);
         bump(&shared.stats.requests);
         // Every request deposits, whatever its answer (a 404 too: a final answer is a healthy
         // exchange, as in the SRE book and gRPC), when it is sent: the budget bounds the load a
         // host sees to (1 + ratio) x its requests, which counting answers could not promise.
-        if let Some(scopes) = &shared.budget {
+        if let (Some(scopes), Some(now)) = (&shared.budget, now) {
             scopes.deposit(req.uri(), req.headers(), now, &mut self.last_scope);
         }
         let mut eligible = eligibility(
@@ -159,7 +160,7 @@ where
         let ticket =
             (eligible == Eligible::Unprocessed && replay.is_some()).then(|| issue(&mut req));
         let future = {
-            let _loan = clock::lend(now);
+            let _loan = now.map(clock::lend);
             self.inner.call(req)
         };
         // Only a request that may be retried needs a service for its later attempts.
