@@ -568,10 +568,11 @@ fn settle<C: Classify, B: Body>(
         }
         return None;
     }
-    let read_key = pending.key.take()?;
+    // Taken out only where the key is made: a move of it costs as much as the check.
+    pending.key.as_ref()?;
     match state.outcome(classifier, res) {
         Outcome::Missing => {
-            let key = read_key.into_key(state)?;
+            let key = pending.key.take()?.into_key(state)?;
             let (status, headers) = (res.status(), res.headers());
             // RFC 9111 §4.2.3: response_delay = response_time − request_time.
             let delay = pending.sent.map_or(Duration::ZERO, |sent| {
@@ -651,7 +652,7 @@ fn settle<C: Classify, B: Body>(
             // stored for it: most 2xx answers go by without it. Without a tier only the time
             // of the change is noted (for a tier attached later), and the adaptive TTL's
             // streak ends by the key's target.
-            let mut read_key = Some(read_key);
+            let read_key = &mut pending.key;
             let mut key = None;
             if !state.peers.recent.note_if_off(Instant::now) {
                 key = read_key.take().and_then(|k| k.into_key(state));
@@ -672,7 +673,7 @@ fn settle<C: Classify, B: Body>(
                 Known::AbsentAt(n) => state.store.inserted() != n,
             };
             if maybe {
-                let key = key.or_else(|| read_key.and_then(|k| k.into_key(state)));
+                let key = key.or_else(|| read_key.take().and_then(|k| k.into_key(state)));
                 if let Some(k) = &key {
                     state.forget_exact(k);
                 }
