@@ -78,6 +78,14 @@
 //!   only what this layer's classifier calls Missing, within its limits, never over a newer
 //!   local answer (the cache keeps short-lived tombstones of its recent changes for that), and
 //!   signed when a secret is set.
+//! - A request's layers read tokio's clock once between them, and only where the time is
+//!   needed: the cache for an entry's freshness and a read's request time (RFC 9111 §4.2.3),
+//!   the retry layer for its budget's slot and its deadline (with neither, only to time a
+//!   nonzero wait). A layer lends its reading to the layers it calls synchronously (a
+//!   thread-local set for the inner `call`), so the two stacked read the clock once.
+//! - Statistics count on per-thread stripes, each on a cache line of its own: a thread that
+//!   holds a stripe is its only writer and adds without an atomic read-modify-write. Nothing
+//!   the statistics write is shared between cores.
 //! - One file owns the negative cache's store ([`quick_cache`](https://docs.rs/quick_cache):
 //!   bounded, sharded, scan-resistant). Entries carry their expiry; nothing runs in the
 //!   background.
