@@ -11,7 +11,9 @@
 //! Only a `call` made inside the lender's `call` on the same thread sees the loan: a layer
 //! between them that queues the request (`Buffer`) or spawns it calls the next layer later,
 //! on another task, which reads the clock itself. The loan is always the earlier reading, so a
-//! deadline counted from it ends no later than one counted from a fresh reading would.
+//! deadline counted from it ends no later than one counted from a fresh reading would; it is
+//! stale only by what the layers between spend in their own `call` (a `call` that blocks the
+//! thread would make it so: tower's contract asks `call` to return at once).
 
 use std::cell::Cell;
 
