@@ -224,6 +224,92 @@ mod tests {
         }
     }
 
+    /// Adds made while a thread exits, from the destructors of other thread-locals, are all
+    /// counted: one destroyed before the thread gives its stripe back (it adds on the stripe),
+    /// one destroyed after (it adds on the shared one, while another thread may hold the stripe
+    /// given back), and one that makes the thread's very first count (it takes a stripe during
+    /// the exit). Threads that hammer the counter all along take every stripe given back.
+    #[test]
+    fn adds_from_other_thread_locals_destructors_are_counted() {
+        use std::cell::RefCell;
+        use std::sync::atomic::AtomicBool;
+
+        const ADDS: u64 = 20_000;
+        struct CountsOnDrop(Arc<Counter>);
+        impl Drop for CountsOnDrop {
+            fn drop(&mut self) {
+                for _ in 0..ADDS {
+                    bump(&*self.0);
+                }
+            }
+        }
+        thread_local! {
+            // Registered before the stripe's holder: destroyed after it.
+            static BEFORE: RefCell<Option<CountsOnDrop>> = const { RefCell::new(None) };
+            // Registered after it: destroyed before it.
+            static AFTER: RefCell<Option<CountsOnDrop>> = const { RefCell::new(None) };
+        }
+        let c = Arc::new(Counter::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammers: Vec<_> = (0..STRIPES)
+            .map(|_| {
+                let (c, stop) = (c.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Relaxed) {
+                        // Short-lived threads: each takes a stripe given back, if any.
+                        let c = c.clone();
+                        n += std::thread::spawn(move || {
+                            for _ in 0..ADDS {
+                                bump(&*c);
+                            }
+                            ADDS
+                        })
+                        .join()
+                        .unwrap();
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut exits = 0u64;
+        for round in 0..40 {
+            let exiting: Vec<_> = (0..STRIPES)
+                .map(|t| {
+                    let c = c.clone();
+                    std::thread::spawn(move || match (round + t) % 3 {
+                        0 => {
+                            BEFORE.with(|b| *b.borrow_mut() = Some(CountsOnDrop(c.clone())));
+                            for _ in 0..ADDS {
+                                bump(&*c);
+                            }
+                            AFTER.with(|a| *a.borrow_mut() = Some(CountsOnDrop(c)));
+                            3
+                        }
+                        // The first count is made by a destructor.
+                        1 => {
+                            BEFORE.with(|b| *b.borrow_mut() = Some(CountsOnDrop(c)));
+                            1
+                        }
+                        _ => {
+                            AFTER.with(|a| *a.borrow_mut() = Some(CountsOnDrop(c.clone())));
+                            for _ in 0..ADDS {
+                                bump(&*c);
+                            }
+                            2
+                        }
+                    })
+                })
+                .collect();
+            for t in exiting {
+                exits += t.join().unwrap();
+            }
+        }
+        stop.store(true, Relaxed);
+        let hammered: u64 = hammers.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(c.get(), hammered + exits * ADDS);
+    }
+
     #[test]
     fn stripes_are_on_lines_of_their_own() {
         assert_eq!(std::mem::align_of::<Stripe>(), 64);
