@@ -336,8 +336,12 @@ impl Scopes {
         let scope = self.named(name, now);
         let mut until = None;
         scope.budget.deposit_before(now, &mut until);
-        // The overflow budget is not remembered: the host may get a place of its own later.
-        *last = (!Arc::ptr_eq(&scope, &self.shared)).then_some(LastScope { scope, until });
+        // The overflow budget is not remembered: the host may get a place of its own later. Nor
+        // is a scope whose name is not the host's bytes (up to case): a name that is not UTF-8
+        // is kept lossily, and another host whose bytes spell that name has a scope of its own.
+        let remember =
+            !Arc::ptr_eq(&scope, &self.shared) && scope.name.as_bytes().eq_ignore_ascii_case(name);
+        *last = remember.then_some(LastScope { scope, until });
     }
 
     /// The budget of the scope `name`, created at `now` if new (or the overflow budget).
@@ -692,6 +696,35 @@ mod tests {
         assert_eq!(s.len(), 2);
     }
 
+    /// A name that is not UTF-8 (obs-text in a `Host` field) is kept lossily: `\xff.test`'s
+    /// scope is named `\u{fffd}.test`. Another host whose `Host` is those very bytes has a
+    /// scope of its own in the map (its withdrawals go there), so its deposits must not go
+    /// into the remembered scope of the first.
+    #[test]
+    fn a_host_spelling_a_lossy_name_is_not_the_remembered_scope() {
+        let s = scopes(0.0, 1, 8);
+        let t0 = Instant::now();
+        let origin_form = |host: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, http::HeaderValue::from_bytes(host).unwrap());
+            h
+        };
+        let (a, b) = (
+            origin_form(b"\xff.test"),
+            origin_form("\u{fffd}.test".as_bytes()),
+        );
+        let uri: Uri = "/x".parse().unwrap();
+        let mut last = None;
+        s.deposit(&uri, &a, t0, &mut last);
+        s.deposit(&uri, &b, t0, &mut last);
+        let withdrawn_from = s.scope_of(&uri, &b, t0);
+        let deposited_into = last.as_ref().map(|l| l.scope.clone());
+        assert!(
+            deposited_into.is_some_and(|d| Arc::ptr_eq(&d, &withdrawn_from.0)),
+            "b deposits into a scope it does not withdraw from"
+        );
+    }
+
     #[test]
     fn the_busiest_exhausted_scopes_are_kept_and_bounded() {
         let s = scopes(0.0, 0, 64);
@@ -761,6 +794,51 @@ mod tests {
                 let bound = ratio * requests[h] as f64
                     + f64::from(min_per_sec) * WINDOW.as_secs_f64() * refills + 1.0;
                 prop_assert!(retries[h] as f64 <= bound, "host {}: {} > {}", h, retries[h], bound);
+            }
+        }
+
+        /// Whatever the spelling (case, userinfo, URI or `Host`, bytes that are not UTF-8) and
+        /// whatever the services sent before, a request deposits into the scope its retries
+        /// would withdraw from ([`Scopes::scope_of`]), as the map finds it: the memory of the
+        /// last scope is a shortcut to it, never another scope.
+        #[test]
+        fn a_deposit_lands_in_the_scope_its_retries_withdraw_from(
+            max in 1usize..6,
+            steps in proptest::collection::vec((0u64..3000, 0usize..14, any::<bool>(), 0usize..3), 1..200),
+        ) {
+            const SPELLINGS: [&[u8]; 14] = [
+                b"h.test", b"H.Test", b"alice:pw@h.test", b"h.test@h.test", b"@h.test",
+                b"h.test:80", b"h.test@other.test", b"other.test", b"OTHER.test@h.test",
+                b"\xff.test", b"\xef\xbf\xbd.test", b"a@\xff.test", b"\xEF\xBF\xBD.TEST",
+                b"x@\xef\xbf\xbd.test",
+            ];
+            let s = scopes(0.5, 1, max);
+            let mut now = Instant::now();
+            let mut services: [Option<LastScope>; 3] = Default::default();
+            for (advance_ms, spelling, in_uri, service) in steps {
+                now += Duration::from_millis(advance_ms);
+                let authority = SPELLINGS[spelling];
+                let uri = std::str::from_utf8(authority)
+                    .ok()
+                    .filter(|_| in_uri)
+                    .and_then(|a| format!("http://{a}/x").parse::<Uri>().ok());
+                let (uri, headers) = match uri {
+                    Some(uri) => (uri, HeaderMap::new()),
+                    None => {
+                        let mut h = HeaderMap::new();
+                        h.insert(HOST, http::HeaderValue::from_bytes(authority).unwrap());
+                        ("/x".parse().unwrap(), h)
+                    }
+                };
+                s.deposit(&uri, &headers, now, &mut services[service]);
+                if let Some(last) = &services[service] {
+                    let withdrawn_from = s.scope_of(&uri, &headers, now);
+                    prop_assert!(
+                        Arc::ptr_eq(&last.scope, &withdrawn_from.0),
+                        "{:?} deposited into {:?}, withdraws from {:?}",
+                        String::from_utf8_lossy(authority), last.scope.name, withdrawn_from.name,
+                    );
+                }
             }
         }
 
