@@ -13,7 +13,8 @@
 //! on another task, which reads the clock itself. The loan is always the earlier reading, so a
 //! deadline counted from it ends no later than one counted from a fresh reading would; it is
 //! stale only by what the layers between spend in their own `call` (a `call` that blocks the
-//! thread would make it so: tower's contract asks `call` to return at once).
+//! thread would make it so: tower's contract asks `call` to return at once). For the negative
+//! cache stale is the lenient side: an entry is judged fresh as of the lender's reading.
 
 use std::cell::Cell;
 
