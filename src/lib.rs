@@ -83,9 +83,9 @@
 //!   the retry layer for its budget's slot and its deadline (with neither, only to time a
 //!   nonzero wait). A layer lends its reading to the layers it calls synchronously (a
 //!   thread-local set for the inner `call`), so the two stacked read the clock once.
-//! - Statistics count on per-thread stripes, each on a cache line of its own: a thread that
-//!   holds a stripe is its only writer and adds without an atomic read-modify-write. Nothing
-//!   the statistics write is shared between cores.
+//! - Statistics count on per-thread stripes, each on a cache line of its own: the first 8
+//!   threads alive that count each hold a stripe, as its only writer, and add without an
+//!   atomic read-modify-write; other threads share a ninth stripe with an atomic add.
 //! - One file owns the negative cache's store ([`quick_cache`](https://docs.rs/quick_cache):
 //!   bounded, sharded, scan-resistant). Entries carry their expiry; nothing runs in the
 //!   background.
