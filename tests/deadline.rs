@@ -67,19 +67,17 @@ struct Log {
 /// Sends one GET through `layer` to an upstream answering 503 with a body trickling one byte
 /// per `period` (`frames` times, or forever) for its first `failures` calls, then 200. Returns
 /// the status, the call times and the drop times of the 503 bodies, all relative to the start.
-async fn run(
-    layer: Builder,
-    failures: usize,
-    period: Duration,
-    frames: Option<u32>,
-) -> (
+async fn run(layer: Builder, failures: usize, period: Duration, frames: Option<u32>) -> Ran {
+    run_aged(layer, Duration::ZERO, failures, period, frames).await
+}
+
+/// The status, the call times, the 503 bodies' drop times, and the layer (see [`run`]).
+type Ran = (
     StatusCode,
     Vec<Duration>,
     Vec<Option<Duration>>,
     StatusAwareRetryLayer,
-) {
-    run_aged(layer, Duration::ZERO, failures, period, frames).await
-}
+);
 
 /// [`run`], the request sent `age` after the layer was built.
 async fn run_aged(
@@ -88,12 +86,7 @@ async fn run_aged(
     failures: usize,
     period: Duration,
     frames: Option<u32>,
-) -> (
-    StatusCode,
-    Vec<Duration>,
-    Vec<Option<Duration>>,
-    StatusAwareRetryLayer,
-) {
+) -> Ran {
     let layer = layer.build().unwrap();
     tokio::time::advance(age).await;
     let log = Arc::new(Mutex::new(Log::default()));
