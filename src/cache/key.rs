@@ -106,6 +106,36 @@ impl Hash for KeyRef<'_> {
     }
 }
 
+/// What the store's lookups take: the hash of the target ([`KeyRef::target_hash`]) a key
+/// names, whatever its credentials, which the store's presence counts are kept by.
+pub(crate) trait Targeted {
+    fn target_hash(&self) -> u64;
+}
+
+impl Targeted for KeyRef<'_> {
+    fn target_hash(&self) -> u64 {
+        KeyRef::target_hash(self)
+    }
+}
+
+impl Targeted for Key {
+    fn target_hash(&self) -> u64 {
+        self.target().target_hash()
+    }
+}
+
+impl Targeted for Lookup<'_> {
+    fn target_hash(&self) -> u64 {
+        self.target().target_hash()
+    }
+}
+
+impl Targeted for Hashed<'_> {
+    fn target_hash(&self) -> u64 {
+        self.target
+    }
+}
+
 /// A key to look up with its target's hash computed already ([`KeyRef::target_hash`]): hashes
 /// and compares as the key it stands for, without scanning its text again.
 #[derive(Clone, Copy, Debug)]

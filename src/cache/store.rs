@@ -6,8 +6,8 @@
 
 use std::hash::Hash;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Release, SeqCst};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -20,7 +20,7 @@ use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, Wei
 use tokio::time::Instant;
 
 use super::answer::Answer;
-use super::key::Key;
+use super::key::{Key, Targeted};
 use super::ttl::TtlSource;
 use crate::counter::bump;
 
@@ -149,18 +149,87 @@ impl Weighter<Key, Entry> for EntryBytes {
     }
 }
 
-/// Counts evictions, and keeps the sum of the held keys' text lengths and answers' bytes as
-/// entries leave.
+/// Counts evictions, and keeps the sum of the held keys' text lengths and answers' bytes, and
+/// the [`Presence`] counts, as entries leave.
 #[derive(Clone, Debug)]
 struct Accounts {
     evictions: Arc<AtomicU64>,
     key_bytes: Arc<AtomicU64>,
+    presence: Arc<Presence>,
 }
 
 impl Accounts {
     fn left(&self, key: &Key, entry: &Entry) {
         let n = key.as_str().len() as u64 + entry.answer_bytes();
         self.key_bytes.fetch_sub(n, AcqRel);
+        self.presence.left(key.target_hash());
+    }
+}
+
+/// Which targets the store may hold: a count of held keys per bucket of their targets' hashes
+/// (a counting Bloom filter with one hash). A lookup whose bucket counts none is a miss without
+/// quick_cache's shard lock or probe — most lookups are misses (most keys are not missing), and
+/// most of their buckets are empty: 4 buckets per entry of capacity, so a full store leaves
+/// about 78% of them empty.
+///
+/// Exact, not approximate: every key that enters is counted before quick_cache holds it, and
+/// every key that leaves (removed, replaced, evicted, expired, cleared) is uncounted after,
+/// through the one place that sees them all ([`Accounts::left`], which quick_cache's
+/// `on_evict` calls too). So a count is never below the keys its bucket holds, and a count of
+/// 0 means none. A bucket that reaches [`STUCK`] stays there: it says "maybe" for good, the
+/// safe side, rather than wrap.
+#[derive(Debug)]
+struct Presence {
+    counts: Box<[AtomicU8]>,
+    mask: usize,
+}
+
+/// A count that stopped counting (see [`Presence`]).
+const STUCK: u8 = u8::MAX;
+
+impl Presence {
+    /// Buckets for a store of `capacity`: 4 per entry, a power of two, 64 to 16 Mi (1 byte
+    /// each).
+    fn buckets(capacity: u64) -> usize {
+        let n = capacity.saturating_mul(4).clamp(64, 1 << 24);
+        usize::try_from(n.next_power_of_two()).unwrap_or(1 << 24)
+    }
+
+    fn new(buckets: usize) -> Presence {
+        let buckets = buckets.max(1).next_power_of_two();
+        Presence {
+            counts: (0..buckets).map(|_| AtomicU8::new(0)).collect(),
+            mask: buckets - 1,
+        }
+    }
+
+    fn index(&self, target: u64) -> usize {
+        // The low bits: `Versions` shards by the high ones.
+        (target as usize) & self.mask
+    }
+
+    /// False only if the store holds no key of this target hash.
+    fn may_hold(&self, target: u64) -> bool {
+        // Acquire: pairs with the count a completed insert made (see `Store::inserted`).
+        self.counts[self.index(target)].load(Acquire) != 0
+    }
+
+    /// A key of this target is about to be held.
+    fn entered(&self, target: u64) {
+        let _ = self.counts[self.index(target)]
+            .fetch_update(Release, Relaxed, |n| (n != STUCK).then(|| n + 1));
+    }
+
+    /// A key of this target is no longer held.
+    fn left(&self, target: u64) {
+        let _ = self.counts[self.index(target)].fetch_update(Release, Relaxed, |n| {
+            debug_assert!(n > 0, "a key left that was not counted in");
+            (n != STUCK).then(|| n.saturating_sub(1))
+        });
+    }
+
+    fn bytes(&self) -> u64 {
+        self.counts.len() as u64
     }
 }
 
@@ -421,6 +490,17 @@ impl Store {
     /// A store of at most `capacity` entries (>= 1) and at most `max_bytes` bytes of key text
     /// (see [`EntryBytes`]). `evictions` counts entries pushed out.
     pub(crate) fn new(capacity: u64, max_bytes: u64, evictions: Arc<AtomicU64>) -> Store {
+        Store::with_buckets(capacity, max_bytes, evictions, Presence::buckets(capacity))
+    }
+
+    /// As [`new`](Self::new), with `buckets` for its [`Presence`] (tests use few, to share and
+    /// fill them).
+    fn with_buckets(
+        capacity: u64,
+        max_bytes: u64,
+        evictions: Arc<AtomicU64>,
+        buckets: usize,
+    ) -> Store {
         let floor = (max_bytes / capacity).max(1);
         let max_bytes = floor.saturating_mul(capacity);
         // quick_cache admits an entry only within 97% of its shard: a single-entry store gets
@@ -444,6 +524,7 @@ impl Store {
         let accounts = Accounts {
             evictions,
             key_bytes: Arc::default(),
+            presence: Arc::new(Presence::new(buckets)),
         };
         let cache = Cache::with_options(
             options,
@@ -489,8 +570,11 @@ impl Store {
         expired: impl FnOnce(),
     ) -> Option<(Entry, Fresh)>
     where
-        Q: Hash + Equivalent<Key> + ?Sized,
+        Q: Hash + Equivalent<Key> + Targeted + ?Sized,
     {
+        if !self.accounts.presence.may_hold(key.target_hash()) {
+            return None;
+        }
         let e = self.cache.get(key)?;
         let fresh = self.fresh(&e, now);
         if fresh.is_none() {
@@ -533,7 +617,7 @@ impl Store {
     /// `expired`.
     pub(crate) fn get<Q>(&self, key: &Q, now: Instant, expired: impl FnOnce()) -> Option<Fresh>
     where
-        Q: Hash + Equivalent<Key> + ?Sized,
+        Q: Hash + Equivalent<Key> + Targeted + ?Sized,
     {
         self.get_entry(key, now, expired).map(|(_, fresh)| fresh)
     }
@@ -541,8 +625,11 @@ impl Store {
     /// The fresh entry for `key` at `now`, without touching its recency or removing it.
     pub(crate) fn peek<Q>(&self, key: &Q, now: Instant) -> Option<Fresh>
     where
-        Q: Hash + Equivalent<Key> + ?Sized,
+        Q: Hash + Equivalent<Key> + Targeted + ?Sized,
     {
+        if !self.accounts.presence.may_hold(key.target_hash()) {
+            return None;
+        }
         self.cache.peek(key)?.fresh_at(self.since_epoch(now))
     }
 
@@ -576,6 +663,8 @@ impl Store {
         // entries pushed out for capacity.
         self.remove(&key);
         self.accounts.key_bytes.fetch_add(len, AcqRel);
+        // Counted before it is held: a lookup never finds it uncounted (see `Presence`).
+        self.accounts.presence.entered(key.target_hash());
         self.cache.insert(key, entry);
         self.inserted.fetch_add(1, SeqCst);
         self.changed();
@@ -593,8 +682,11 @@ impl Store {
     /// Forgets `key`; whether it was there.
     pub(crate) fn remove<Q>(&self, key: &Q) -> bool
     where
-        Q: Hash + Equivalent<Key> + ?Sized,
+        Q: Hash + Equivalent<Key> + Targeted + ?Sized,
     {
+        if !self.accounts.presence.may_hold(key.target_hash()) {
+            return false;
+        }
         let removed = self.cache.remove(key);
         if let Some((k, v)) = &removed {
             self.accounts.left(k, v);
@@ -640,14 +732,15 @@ impl Store {
     /// Bytes the store holds: its tables (entries and index, as quick_cache counts them), the
     /// text of the keys in them and their answers' header and body bytes.
     pub(crate) fn memory_used(&self) -> u64 {
-        self.cache.memory_used().total() as u64 + self.accounts.key_bytes.load(Acquire)
+        self.cache.memory_used().total() as u64
+            + self.accounts.presence.bytes()
+            + self.accounts.key_bytes.load(Acquire)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering::Relaxed;
 
     #[test]
     fn bounded_at_every_small_capacity() {
@@ -698,6 +791,187 @@ mod tests {
             assert!(s.len() >= 1, "cap {cap} holds nothing");
             s.clear();
             assert_eq!(s.accounts.key_bytes.load(Acquire), 0, "cap {cap}");
+        }
+    }
+
+    /// The buckets' counts, recounted from what quick_cache holds.
+    fn recount(s: &Store) -> Vec<u32> {
+        let p = &s.accounts.presence;
+        let mut n = vec![0u32; p.counts.len()];
+        for (k, _) in s.cache.iter() {
+            n[p.index(k.target_hash())] += 1;
+        }
+        n
+    }
+
+    /// Each bucket's count is the number of held keys in it (or stuck at its top), and no held
+    /// key is ever said absent.
+    fn presence_is_exact(s: &Store, keys: &[Key]) -> Result<(), String> {
+        let p = &s.accounts.presence;
+        for k in keys {
+            if s.cache.peek(k).is_some() && !p.may_hold(k.target_hash()) {
+                return Err(format!("{} is held but said absent", k.as_str()));
+            }
+        }
+        for (i, held) in recount(s).into_iter().enumerate() {
+            let count = p.counts[i].load(Acquire);
+            if count != STUCK && u32::from(count) != held {
+                return Err(format!("bucket {i}: count {count}, {held} held"));
+            }
+        }
+        Ok(())
+    }
+
+    #[derive(Clone, Debug)]
+    enum StoreOp {
+        Insert(usize, u64),
+        Remove(usize),
+        RemoveWhere(usize),
+        Get(usize, u64),
+        Clear,
+    }
+
+    fn store_op(keys: usize) -> impl proptest::strategy::Strategy<Value = StoreOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            40 => (0..keys, 1u64..5).prop_map(|(k, s)| StoreOp::Insert(k, s)),
+            10 => (0..keys).prop_map(StoreOp::Remove),
+            2 => (2..5usize).prop_map(StoreOp::RemoveWhere),
+            10 => (0..keys, 0u64..6).prop_map(|(k, t)| StoreOp::Get(k, t)),
+            1 => Just(StoreOp::Clear),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::with_cases(128)
+        })]
+        /// Whatever enters and leaves the store (inserts, replacements, evictions for capacity
+        /// or bytes, removals, expiry, clears), in buckets few enough to share and to fill to
+        /// their top: a held key is never said absent, and the counts are exact.
+        #[test]
+        fn presence_never_says_absent_of_a_held_key(
+            cap in proptest::prop_oneof![1u64..40, 250u64..300],
+            buckets in proptest::prop_oneof![
+                proptest::strategy::Just(1usize),
+                proptest::strategy::Just(2),
+                proptest::strategy::Just(8),
+                proptest::strategy::Just(64)
+            ],
+            long in proptest::bool::ANY,
+            ops in proptest::collection::vec(store_op(300), 1..700),
+        ) {
+            let max_bytes = if long { cap * 64 } else { cap * 1024 };
+            let s = Store::with_buckets(cap, max_bytes, Arc::new(AtomicU64::new(0)), buckets);
+            let keys: Vec<Key> = (0..300)
+                .map(|i| Key::with_text(&format!("k{i}{}", "x".repeat(i % 7 * 20))))
+                .collect();
+            let t0 = s.epoch;
+            for op in ops {
+                match op {
+                    StoreOp::Insert(k, secs) => {
+                        let st = stored(StatusCode::NOT_FOUND, Duration::from_secs(secs));
+                        s.insert(keys[k].clone(), st, t0);
+                    }
+                    StoreOp::Remove(k) => {
+                        s.remove(&keys[k]);
+                    }
+                    StoreOp::RemoveWhere(m) => {
+                        s.remove_where(|k| k.as_str().len() % m == 0);
+                    }
+                    StoreOp::Get(k, secs) => {
+                        let found = s.get(&keys[k], t0 + Duration::from_secs(secs), || ());
+                        let held = s.cache.peek(&keys[k]).is_some_and(|e| {
+                            e.fresh_at(s.since_epoch(t0 + Duration::from_secs(secs))).is_some()
+                        });
+                        proptest::prop_assert_eq!(found.is_some(), held);
+                    }
+                    StoreOp::Clear => {
+                        s.clear();
+                    }
+                }
+                presence_is_exact(&s, &keys).map_err(proptest::test_runner::TestCaseError::fail)?;
+            }
+            s.clear();
+            let p = &s.accounts.presence;
+            proptest::prop_assert!(p.counts.iter().all(|c| matches!(c.load(Acquire), 0 | STUCK)));
+        }
+    }
+
+    /// A bucket holding more keys than it can count stops at its top and says "maybe" for
+    /// good: it never wraps to say "none" of a held key.
+    #[test]
+    fn a_full_bucket_stays_stuck_rather_than_wrap() {
+        let s = Store::with_buckets(400, 400 * 1024, Arc::new(AtomicU64::new(0)), 1);
+        let keys: Vec<Key> = (0..300).map(|i| Key::with_text(&format!("k{i}"))).collect();
+        let st = || stored(StatusCode::NOT_FOUND, Duration::from_secs(60));
+        for k in &keys {
+            s.insert(k.clone(), st(), s.epoch);
+        }
+        assert_eq!(s.len(), 300);
+        presence_is_exact(&s, &keys).unwrap();
+        assert_eq!(s.accounts.presence.counts[0].load(Acquire), STUCK);
+        for k in &keys[1..] {
+            s.remove(k);
+        }
+        assert!(
+            s.get(&keys[0], s.epoch, || ()).is_some(),
+            "the one left is found"
+        );
+        s.clear();
+        assert!(
+            s.accounts.presence.may_hold(keys[0].target_hash()),
+            "stuck: maybe"
+        );
+    }
+
+    /// Threads inserting, replacing and removing the same few keys at once, through a store
+    /// small enough to evict: once they are done, the counts are exact.
+    #[test]
+    fn presence_stays_exact_under_racing_inserts_and_removals() {
+        for round in 0..20u64 {
+            let s = Store::with_buckets(4, 4 * 1024, Arc::new(AtomicU64::new(0)), 4);
+            let keys: Vec<Key> = (0..8).map(|i| Key::with_text(&format!("k{i}"))).collect();
+            let now = s.epoch;
+            std::thread::scope(|scope| {
+                for t in 0..4u64 {
+                    let (s, keys) = (&s, &keys);
+                    scope.spawn(move || {
+                        let mut x = round * 31 + t * 7 + 1;
+                        for _ in 0..2_000 {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            let k = &keys[(x % 8) as usize];
+                            match x % 5 {
+                                0 => {
+                                    s.remove(k);
+                                }
+                                1 => {
+                                    s.get(k, now, || ());
+                                }
+                                _ => {
+                                    s.insert(
+                                        k.clone(),
+                                        stored(StatusCode::NOT_FOUND, Duration::from_secs(9)),
+                                        now,
+                                    );
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            presence_is_exact(&s, &keys).unwrap();
+            s.clear();
+            assert!(
+                s.accounts
+                    .presence
+                    .counts
+                    .iter()
+                    .all(|c| c.load(Acquire) == 0)
+            );
         }
     }
 
