@@ -282,14 +282,16 @@ where
                             {
                                 scopes.exhausted(scope);
                             }
-                            return Poll::Ready(finish(
+                            let mut result = result;
+                            finish(
                                 shared,
-                                result,
+                                &mut result,
                                 outcome,
                                 (stop, stop.reason()),
                                 *this.attempts,
                                 target,
-                            ));
+                            );
+                            return Poll::Ready(result);
                         }
                         Decision::Retry(delay) => {
                             if !shared.timed() && !delay.is_zero() {
@@ -425,9 +427,10 @@ where
                             refund(this.budget, this.withdrawn);
                             let (answer, outcome) = *this.kept.take().expect("checked above");
                             let target = Target::of(this.replay.as_ref(), this.head.as_deref());
-                            return Poll::Ready(finish(
+                            let mut answer = answer;
+                            finish(
                                 shared,
-                                answer,
+                                &mut answer,
                                 outcome,
                                 (
                                     Stop::Deadline,
@@ -435,7 +438,8 @@ where
                                 ),
                                 *this.attempts,
                                 target,
-                            ));
+                            );
+                            return Poll::Ready(answer);
                         }
                     }
                     // Ready: the kept answer is discarded now. Without one (its body was
@@ -637,15 +641,16 @@ fn unrecognised<C, EC, E: 'static>(
     Outcome::Fatal
 }
 
+/// Readies the answer to return: counts it, logs why a retryable one is returned, marks it
+/// with [`RetryInfo`]. In place: the answer is moved once, into the `Poll`.
 fn finish<C, EC, B, E>(
     shared: &Shared<C, EC>,
-    result: Result<Response<B>, E>,
+    result: &mut Result<Response<B>, E>,
     outcome: Outcome,
     (stop, reason): (Stop, &'static str),
     attempts: u32,
     target: Target<'_>,
-) -> Result<Response<B>, E>
-where
+) where
     E: 'static,
 {
     let stats = &shared.stats;
@@ -660,7 +665,7 @@ where
     });
     if stop != Stop::Final {
         let (method, uri) = (target.method(), target.uri());
-        match &result {
+        match &*result {
             Ok(res) => tracing::debug!(
                 %method, %uri, attempts, reason, status = %res.status(),
                 "returning a retryable answer"
@@ -671,7 +676,7 @@ where
             ),
         }
     }
-    result.map(|mut res| {
+    if let Ok(res) = result {
         // A first attempt's Success on a 1xx-3xx answer is left unmarked (`RetryInfo::of`
         // reads it): the extension would be the only allocation of the commonest answer.
         let unmarked = attempts == 1
@@ -680,8 +685,7 @@ where
         if !unmarked {
             res.extensions_mut().insert(RetryInfo { outcome, attempts });
         }
-        res
-    })
+    }
 }
 
 #[cfg(test)]
