@@ -975,6 +975,107 @@ mod tests {
         }
     }
 
+    /// Review: `Known::AbsentAt` — a reader that saw `inserted()` count an insert and then looks
+    /// its key up must find it (its bucket's count is seen), with real threads.
+    #[test]
+    fn review_a_counted_insert_is_never_said_absent() {
+        const N: usize = 20_000;
+        let s = Store::new(
+            N as u64 * 2,
+            N as u64 * 2 * 400,
+            Arc::new(AtomicU64::new(0)),
+        );
+        let keys: Vec<Key> = (0..N).map(|i| Key::with_text(&format!("k{i}"))).collect();
+        let st = || stored(StatusCode::NOT_FOUND, Duration::from_secs(600));
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let (s, keys, done) = (&s, &keys, &done);
+            scope.spawn(move || {
+                for k in keys {
+                    s.insert(k.clone(), st(), s.epoch);
+                }
+                done.store(true, Release);
+            });
+            scope.spawn(move || {
+                let mut checked = 0u64;
+                while !done.load(Acquire) {
+                    let n = s.inserted() as usize;
+                    if n == 0 {
+                        continue;
+                    }
+                    let k = &keys[n - 1];
+                    assert!(
+                        s.get(k, s.epoch, || ()).is_some(),
+                        "insert {n} counted, its key said absent"
+                    );
+                    assert!(s.peek(k, s.epoch).is_some());
+                    checked += 1;
+                }
+                assert!(checked > 0);
+            });
+        });
+        assert_eq!(s.len(), N as u64);
+    }
+
+    /// Review: every leaving path at once (replacement, capacity and byte eviction, removal,
+    /// expiry, `remove_where`, clear) racing inserts in few, shared buckets: once quiet, the
+    /// counts are exact and nothing held is said absent.
+    #[test]
+    fn review_presence_exact_under_every_leaving_path_at_once() {
+        for round in 0..10u64 {
+            for buckets in [1usize, 2, 16] {
+                let s = Store::with_buckets(6, 6 * 128, Arc::new(AtomicU64::new(0)), buckets);
+                let keys: Vec<Key> = (0..24)
+                    .map(|i| Key::with_text(&format!("k{i}{}", "x".repeat(i % 4 * 60))))
+                    .collect();
+                let t0 = s.epoch;
+                std::thread::scope(|scope| {
+                    for t in 0..4u64 {
+                        let (s, keys) = (&s, &keys);
+                        scope.spawn(move || {
+                            let mut x = round * 131 + t * 17 + buckets as u64 + 1;
+                            for i in 0..3_000u64 {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                let k = &keys[(x % 24) as usize];
+                                let at = t0 + Duration::from_millis(i % 7);
+                                match x % 11 {
+                                    0 => {
+                                        s.remove(k);
+                                    }
+                                    1 => {
+                                        s.remove_where(|k| k.as_str().len() % 3 == 0);
+                                    }
+                                    2 if i % 50 == 0 => {
+                                        s.clear();
+                                    }
+                                    3 | 4 => {
+                                        s.get(k, at, || ());
+                                    }
+                                    _ => {
+                                        let ttl = Duration::from_millis(x % 5);
+                                        s.insert(k.clone(), stored(StatusCode::NOT_FOUND, ttl), t0);
+                                    }
+                                }
+                            }
+                        });
+                    }
+                });
+                presence_is_exact(&s, &keys).unwrap();
+                s.clear();
+                assert!(
+                    s.accounts
+                        .presence
+                        .counts
+                        .iter()
+                        .all(|c| c.load(Acquire) == 0)
+                );
+                assert_eq!(s.accounts.key_bytes.load(Acquire), 0);
+            }
+        }
+    }
+
     #[test]
     fn entries_are_32_bytes() {
         assert_eq!(std::mem::size_of::<Entry>(), 32);
