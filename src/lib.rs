@@ -236,7 +236,7 @@
 //!
 //! | what | bound |
 //! |---|---|
-//! | the negative cache's store | `max_bytes` of key text (default 400 B × `capacity`) plus tables that `capacity` sizes, about 100 B per entry of it (4 B of which the presence counts): about 5 MB at the defaults, whatever the keys |
+//! | the negative cache's store | `max_bytes` of key text (default 400 B × `capacity`) plus tables that `capacity` sizes, about 100 B per entry of it (of which the presence counts take 4 to 8 B: 4 per entry, rounded up to a power of two; 64 KiB at the default): about 5 MB at the defaults, whatever the keys |
 //! | reads in flight (the store's key versions) | one small slot per key with reads in flight, freed when its last read settles: grows with concurrent requests, not with traffic |
 //! | a cache service's memo of its last hit | one per service (clone), in the service: the target as spelled (copied, at most 192 bytes: no request buffer is held) and the entry, its answer held weakly (what the store forgets is freed): 264 bytes on 64-bit targets |
 //! | coalescing flights | one per key with a leader in flight (its key and a notifier), freed when the leader settles or is dropped |
