@@ -88,10 +88,11 @@
 //!   atomic read-modify-write; other threads share a ninth stripe with an atomic add.
 //! - One file owns the negative cache's store ([`quick_cache`](https://docs.rs/quick_cache):
 //!   bounded, sharded, scan-resistant). Entries carry their expiry; nothing runs in the
-//!   background. Beside it, a count of held keys per bucket of their targets' hashes (a
-//!   counting Bloom filter with one hash, 4 one-byte buckets per entry of capacity), exact
-//!   because every key is counted before it is held and uncounted after it leaves: a lookup
-//!   whose bucket counts none is a miss without quick_cache's shard lock — most lookups.
+//!   background. Beside it, a count of held keys per bucket of a hash of their target and
+//!   credentials (a counting Bloom filter with one hash, one-byte buckets, 4 per entry of
+//!   capacity rounded up to a power of two), exact because every key is counted before it is
+//!   held and uncounted after it leaves: a lookup whose bucket counts none is a miss without
+//!   quick_cache's shard lock — most lookups.
 //!
 //! # Layer ordering
 //!

@@ -106,33 +106,40 @@ impl Hash for KeyRef<'_> {
     }
 }
 
-/// What the store's lookups take: the hash of the target ([`KeyRef::target_hash`]) a key
-/// names, whatever its credentials, which the store's presence counts are kept by.
+/// What the store's lookups take: a hash of the target a key names ([`KeyRef::target_hash`])
+/// and its credentials (or partition), which the store's presence counts are kept by. Equal
+/// keys have equal presence hashes, whatever type spells them.
 pub(crate) trait Targeted {
-    fn target_hash(&self) -> u64;
+    fn presence_hash(&self) -> u64;
+}
+
+/// The target's hash, with the credential mixed in (a key without one keeps the target's):
+/// one target held under many credentials spreads like as many targets.
+fn presence_hash(target: u64, cred: u64) -> u64 {
+    target ^ cred.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
 }
 
 impl Targeted for KeyRef<'_> {
-    fn target_hash(&self) -> u64 {
-        KeyRef::target_hash(self)
+    fn presence_hash(&self) -> u64 {
+        presence_hash(self.target_hash(), self.cred)
     }
 }
 
 impl Targeted for Key {
-    fn target_hash(&self) -> u64 {
-        self.target().target_hash()
+    fn presence_hash(&self) -> u64 {
+        self.parts().presence_hash()
     }
 }
 
 impl Targeted for Lookup<'_> {
-    fn target_hash(&self) -> u64 {
-        self.target().target_hash()
+    fn presence_hash(&self) -> u64 {
+        presence_hash(self.target().target_hash(), self.cred())
     }
 }
 
 impl Targeted for Hashed<'_> {
-    fn target_hash(&self) -> u64 {
-        self.target
+    fn presence_hash(&self) -> u64 {
+        presence_hash(self.target, self.key.cred())
     }
 }
 

@@ -162,12 +162,12 @@ impl Accounts {
     fn left(&self, key: &Key, entry: &Entry) {
         let n = key.as_str().len() as u64 + entry.answer_bytes();
         self.key_bytes.fetch_sub(n, AcqRel);
-        self.presence.left(key.target_hash());
+        self.presence.left(key.presence_hash());
     }
 }
 
-/// Which targets the store may hold: a count of held keys per bucket of their targets' hashes
-/// (a counting Bloom filter with one hash). A lookup whose bucket counts none is a miss without
+/// Which keys the store may hold: a count of held keys per bucket of their presence hashes
+/// (their target's hash and credentials, [`Targeted`]; a counting Bloom filter with one hash). A lookup whose bucket counts none is a miss without
 /// quick_cache's shard lock or probe — most lookups are misses (most keys are not missing), and
 /// most of their buckets are empty: 4 buckets per entry of capacity, so a full store leaves
 /// about 78% of them empty.
@@ -203,26 +203,26 @@ impl Presence {
         }
     }
 
-    fn index(&self, target: u64) -> usize {
+    fn index(&self, hash: u64) -> usize {
         // The low bits: `Versions` shards by the high ones.
-        (target as usize) & self.mask
+        (hash as usize) & self.mask
     }
 
-    /// False only if the store holds no key of this target hash.
-    fn may_hold(&self, target: u64) -> bool {
+    /// False only if the store holds no key of this presence hash.
+    fn may_hold(&self, hash: u64) -> bool {
         // Acquire: pairs with the count a completed insert made (see `Store::inserted`).
-        self.counts[self.index(target)].load(Acquire) != 0
+        self.counts[self.index(hash)].load(Acquire) != 0
     }
 
-    /// A key of this target is about to be held.
-    fn entered(&self, target: u64) {
-        let _ = self.counts[self.index(target)]
+    /// A key of this presence hash is about to be held.
+    fn entered(&self, hash: u64) {
+        let _ = self.counts[self.index(hash)]
             .fetch_update(Release, Relaxed, |n| (n != STUCK).then(|| n + 1));
     }
 
-    /// A key of this target is no longer held.
-    fn left(&self, target: u64) {
-        let _ = self.counts[self.index(target)].fetch_update(Release, Relaxed, |n| {
+    /// A key of this presence hash is no longer held.
+    fn left(&self, hash: u64) {
+        let _ = self.counts[self.index(hash)].fetch_update(Release, Relaxed, |n| {
             debug_assert!(n > 0, "a key left that was not counted in");
             (n != STUCK).then(|| n.saturating_sub(1))
         });
@@ -572,7 +572,7 @@ impl Store {
     where
         Q: Hash + Equivalent<Key> + Targeted + ?Sized,
     {
-        if !self.accounts.presence.may_hold(key.target_hash()) {
+        if !self.accounts.presence.may_hold(key.presence_hash()) {
             return None;
         }
         let e = self.cache.get(key)?;
@@ -627,7 +627,7 @@ impl Store {
     where
         Q: Hash + Equivalent<Key> + Targeted + ?Sized,
     {
-        if !self.accounts.presence.may_hold(key.target_hash()) {
+        if !self.accounts.presence.may_hold(key.presence_hash()) {
             return None;
         }
         self.cache.peek(key)?.fresh_at(self.since_epoch(now))
@@ -664,7 +664,7 @@ impl Store {
         self.remove(&key);
         self.accounts.key_bytes.fetch_add(len, AcqRel);
         // Counted before it is held: a lookup never finds it uncounted (see `Presence`).
-        self.accounts.presence.entered(key.target_hash());
+        self.accounts.presence.entered(key.presence_hash());
         self.cache.insert(key, entry);
         self.inserted.fetch_add(1, SeqCst);
         self.changed();
@@ -684,7 +684,7 @@ impl Store {
     where
         Q: Hash + Equivalent<Key> + Targeted + ?Sized,
     {
-        if !self.accounts.presence.may_hold(key.target_hash()) {
+        if !self.accounts.presence.may_hold(key.presence_hash()) {
             return false;
         }
         let removed = self.cache.remove(key);
@@ -799,7 +799,7 @@ mod tests {
         let p = &s.accounts.presence;
         let mut n = vec![0u32; p.counts.len()];
         for (k, _) in s.cache.iter() {
-            n[p.index(k.target_hash())] += 1;
+            n[p.index(k.presence_hash())] += 1;
         }
         n
     }
@@ -809,7 +809,7 @@ mod tests {
     fn presence_is_exact(s: &Store, keys: &[Key]) -> Result<(), String> {
         let p = &s.accounts.presence;
         for k in keys {
-            if s.cache.peek(k).is_some() && !p.may_hold(k.target_hash()) {
+            if s.cache.peek(k).is_some() && !p.may_hold(k.presence_hash()) {
                 return Err(format!("{} is held but said absent", k.as_str()));
             }
         }
@@ -921,9 +921,34 @@ mod tests {
         );
         s.clear();
         assert!(
-            s.accounts.presence.may_hold(keys[0].target_hash()),
+            s.accounts.presence.may_hold(keys[0].presence_hash()),
             "stuck: maybe"
         );
+    }
+
+    /// One target held under many credentials (a URL that is 404 for every user, with
+    /// `Credentials::Fingerprint`) spreads over the buckets like as many targets: it does not
+    /// fill one bucket to its top for good.
+    #[test]
+    fn one_target_under_many_credentials_fills_no_bucket() {
+        let s = Store::new(1_000, 1_000 * 1024, Arc::new(AtomicU64::new(0)));
+        let keys: Vec<Key> = (1..=300u64)
+            .map(|c| Key::id("/records/gone".to_owned(), c * 2 + 1).unwrap())
+            .collect();
+        for k in &keys {
+            s.insert(
+                k.clone(),
+                stored(StatusCode::NOT_FOUND, Duration::from_secs(60)),
+                s.epoch,
+            );
+        }
+        assert_eq!(s.len(), 300);
+        presence_is_exact(&s, &keys).unwrap();
+        let p = &s.accounts.presence;
+        let top = p.counts.iter().map(|c| c.load(Acquire)).max().unwrap();
+        assert!(top < 16, "one bucket counts {top} of the 300 keys");
+        s.clear();
+        assert!(p.counts.iter().all(|c| c.load(Acquire) == 0));
     }
 
     /// Threads inserting, replacing and removing the same few keys at once, through a store
