@@ -495,13 +495,11 @@ fn synthesize<B>(synth: Synth) -> Response<ResponseBody<B>> {
         Some(a) if !synth.accepts => a.head_only(),
         a => a,
     };
-    let (mut headers, body, body_kept) = match &answer {
-        // Shared, not copied: the map's values and the body are refcounted.
-        Some(a) => (a.headers().clone(), a.body().clone(), a.kept()),
-        None => (bare_headers(), bytes::Bytes::new(), true),
+    let (body, body_kept) = match &answer {
+        // Shared, not copied: the body is refcounted.
+        Some(a) => (a.body().clone(), a.kept()),
+        None => (bytes::Bytes::new(), true),
     };
-    // Overwrites the placeholder in place: the map does not grow.
-    headers.insert(AGE, age_value(fresh.age.as_secs()));
     // RFC 9110 §9.3.2: a HEAD's answer has the GET's fields (its `Content-Length` too), no body.
     let body = if synth.head {
         bytes::Bytes::new()
@@ -511,7 +509,15 @@ fn synthesize<B>(synth: Synth) -> Response<ResponseBody<B>> {
     let mut res = Response::new(ResponseBody::remembered(body));
     *res.version_mut() = synth.version;
     *res.status_mut() = fresh.status;
-    *res.headers_mut() = headers;
+    let headers = res.headers_mut();
+    match &answer {
+        // Shared, not copied: the map's values are refcounted.
+        Some(a) => *headers = a.headers().clone(),
+        // Built in the answer's own (empty, unallocated) map: nothing made to be dropped.
+        None => bare_headers_in(headers),
+    }
+    // Overwrites the placeholder in place: the map does not grow.
+    headers.insert(AGE, age_value(fresh.age.as_secs()));
     res.extensions_mut().insert(NegativeCacheHit {
         status: fresh.status,
         age: fresh.age,
@@ -525,9 +531,15 @@ fn synthesize<B>(synth: Synth) -> Response<ResponseBody<B>> {
 
 /// `Content-Length: 0` and room for `Age`: the default map's first table is 600-odd bytes.
 fn bare_headers() -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(2);
-    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+    let mut headers = HeaderMap::new();
+    bare_headers_in(&mut headers);
     headers
+}
+
+/// [`bare_headers`] in `headers`, an empty map that has not allocated.
+fn bare_headers_in(headers: &mut HeaderMap) {
+    headers.reserve(2);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
 }
 
 /// `Age` without allocating for the first minute (most hits are young).
