@@ -48,6 +48,10 @@ const PATHS: &[(&str, &str)] = &[
     ("hit", "negative_cache_hit/hit"),
     ("tower_retry_503_503_200", "retry_503_503_200/tower::retry"),
     ("retry_503_503_200", "retry_503_503_200/ours: retry"),
+    (
+        "hit_and_200",
+        "scaling_hits_and_passthroughs/1 thread (a hit and a 200, both layers)",
+    ),
 ];
 
 fn request(uri: &Uri) -> Req {
@@ -228,6 +232,32 @@ async fn path(name: &str, calls: u64) -> Result<(), String> {
                 .service(flaky_upstream());
             run(svc, URI_200, ok, false, calls).await;
             assert_eq!(layer.stats().retries, 2 * calls);
+        }
+        "hit_and_200" => {
+            // As `benches/scaling.rs` on one thread: a popular missing record asked for between
+            // other requests, each call a hit and a 200 through both layers.
+            let cache = NegativeCacheLayer::new();
+            let mut svc = ServiceBuilder::new()
+                .layer(cache.clone())
+                .layer(StatusAwareRetryLayer::new())
+                .service(tower::service_fn(|req: Req| {
+                    let status = if req.uri().path() == "/records/404" {
+                        StatusCode::NOT_FOUND
+                    } else {
+                        StatusCode::OK
+                    };
+                    ready(Ok::<_, Infallible>(answer(status)))
+                }));
+            let (missing, present) = (Uri::from_static(URI_404), Uri::from_static(URI_200));
+            for _ in 0..=calls {
+                for (uri, status) in [(&missing, StatusCode::NOT_FOUND), (&present, ok)] {
+                    let res = svc.ready().await.unwrap().call(request(uri)).await.unwrap();
+                    assert_eq!(res.status(), status);
+                    black_box(res);
+                }
+            }
+            let stats = cache.handle().stats();
+            assert_eq!((stats.inserts, stats.hits), (1, calls), "{stats:?}");
         }
         other => return Err(format!("no path named {other:?}")),
     }

@@ -41,10 +41,10 @@
 //!   flight share. Each service also keeps a memo of its last hit (the request target as
 //!   spelled, copied; its `Host` and credentials' fingerprint; the entry, its answer held
 //!   weakly), valid while the store's generation — moved after every insert, eviction and
-//!   removal — is the one read before the entry was: the same request again is answered
-//!   without a lookup (and without the shard lock every core would take for a popular
-//!   missing key); every 64th still goes to the store, so its eviction policy sees the entry
-//!   in use.
+//!   removal — is the one read before the entry was: the same request again, even after
+//!   requests for other targets in between, is answered without a lookup (and without the
+//!   shard lock every core would take for a popular missing key); every 64th still goes to
+//!   the store, so its eviction policy sees the entry in use.
 //! - **Key:** the normalised target the origin will see — the URI's scheme and authority, or
 //!   for an origin-form `/r/3` its `Host` header (RFC 9110 §7.2), then path and query —
 //!   looked up without allocating; or the application's id through a key function. A request
