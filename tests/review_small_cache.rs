@@ -106,6 +106,9 @@ fn f(fields: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A request to send as a hit: its method, version and headers.
+type Hit<'a> = (Method, Version, &'a [(&'a str, &'a str)]);
+
 /// Stores the origin's answer (a GET, or a HEAD when `learn_head`), then sends each of `hits`
 /// through a fresh clone (the store is looked up) and again through that service (its memo
 /// answers), and returns what each answered.
@@ -113,7 +116,7 @@ async fn hits<S>(
     layer: &NegativeCacheLayer,
     origin: S,
     learn_head: bool,
-    hits: &[(Method, Version, &[(&str, &str)])],
+    hits: &[Hit<'_>],
 ) -> Vec<Seen>
 where
     S: Service<Req, Response = Response<Full<Bytes>>, Error = Infallible> + Clone + Send + 'static,
