@@ -148,8 +148,9 @@ enum Scan {
 /// record present (200). The memoised service, asked A right after (a request for another
 /// target in between, which no longer drops the memo), must answer as the store: upstream, 200.
 ///
-/// FAILS on fc00f0b (and before it, without the request for B): the memo answers the removed
-/// 404, after a 200 for the same request was seen.
+/// Failed on fc00f0b (and before it, without the request for B): the memo answered the
+/// removed 404, after a 200 for the same request was seen. Fixed by the store's count of
+/// changes in progress (`Store::settled_generation`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memo_never_answers_an_entry_a_running_scan_removed() {
     for attempt in 0..8 {
@@ -226,7 +227,8 @@ async fn a_memo_never_answers_an_entry_a_running_scan_removed() {
 /// another clone, on another task; the memoised service's task polls the store (a fresh
 /// clone, `only-if-cached`) until A is gone, then asks its memo.
 ///
-/// FAILS on fc00f0b whenever the poll lands inside the scan (most rounds, in a debug build).
+/// Failed on fc00f0b whenever the poll landed inside the scan (most rounds, in a debug
+/// build), before the store counted changes in progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memo_never_answers_an_entry_a_fingerprint_write_is_forgetting() {
     const ENTRIES: usize = 60_000;

@@ -8,12 +8,13 @@
 //! request's buffers (a server's request may share its connection's read buffer) — its `Host`,
 //! the credentials' fingerprint (or partition), and the entry, its answer held weakly: what the
 //! store forgets is freed whatever the memos hold. It is valid while the store's generation is
-//! the one read before the entry was: any change to the store since (an insert, an eviction, a
-//! removal) sends the next request to the store. Every [`USES`]th answer still goes to the
-//! store, so its eviction policy sees the entry in use. Requests for other targets leave it
-//! in place: the missing record is usually asked for between others (the `scaling` bench
-//! alternates a hit and a pass-through), and a memo dropped by each of them was a store
-//! lookup, and its shard lock, for every hit.
+//! the one read before the entry was and no change of the store is in progress: any change to
+//! the store since (an insert, an eviction, a removal), or under way (a scan removes entries
+//! one by one and moves the generation at its end), sends the next request to the store.
+//! Every [`USES`]th answer still goes to the store, so its eviction policy sees the entry in
+//! use. Requests for other targets leave it in place: the missing record is usually asked for
+//! between others (the `scaling` bench alternates a hit and a pass-through), and a memo
+//! dropped by each of them was a store lookup, and its shard lock, for every hit.
 
 use http::uri::Scheme;
 use http::{HeaderValue, Uri};
@@ -150,7 +151,7 @@ pub(crate) fn hit(
     directives: &RequestDirectives,
 ) -> Option<Fresh> {
     let m = memo.as_mut()?;
-    match m.judge(uri, host, cred, st.store.generation()) {
+    match m.judge(uri, host, cred, st.store.settled_generation()) {
         Verdict::Other => return None,
         Verdict::Stale => {
             *memo = None;
@@ -169,8 +170,8 @@ pub(crate) fn hit(
 enum Verdict {
     /// Of another target or other credentials: the request goes to the store, the memo stays.
     Other,
-    /// Of this request, but the store changed since or it has answered [`USES`] times: the
-    /// request goes to the store, and the memo is dropped.
+    /// Of this request, but the store changed since (or is changing) or it has answered
+    /// [`USES`] times: the request goes to the store, and the memo is dropped.
     Stale,
     /// Of this request, and valid.
     Use,
@@ -178,19 +179,20 @@ enum Verdict {
 
 impl Memo {
     /// What this memo is to a request for `uri` and `host` with credentials `cred`, the
-    /// store's generation being `generation`. Counts a use only of a request it is of.
+    /// store's generation being `generation` (`None`: a change is in progress, see
+    /// `Store::settled_generation`). Counts a use only of a request it is of.
     fn judge(
         &mut self,
         uri: &Uri,
         host: Option<&HeaderValue>,
         cred: u64,
-        generation: u64,
+        generation: Option<u64>,
     ) -> Verdict {
         if self.cred != cred || !self.is_of(uri, host) {
             return Verdict::Other;
         }
         self.uses += 1;
-        if self.uses >= USES || self.generation != generation {
+        if self.uses >= USES || generation != Some(self.generation) {
             Verdict::Stale
         } else {
             Verdict::Use
@@ -247,21 +249,35 @@ mod tests {
         let (same_len, _) = spelled("http://h.test/r/405", None);
         let mut m = Memo::new(&a, None, 7, 3, Entry::for_test()).unwrap();
         for _ in 0..(2 * USES) {
-            assert_eq!(m.judge(&b, None, 7, 3), Verdict::Other);
-            assert_eq!(m.judge(&same_len, None, 7, 3), Verdict::Other);
-            assert_eq!(m.judge(&a, None, 8, 3), Verdict::Other, "other credentials");
+            assert_eq!(m.judge(&b, None, 7, Some(3)), Verdict::Other);
+            assert_eq!(m.judge(&same_len, None, 7, Some(3)), Verdict::Other);
+            assert_eq!(
+                m.judge(&a, None, 8, Some(3)),
+                Verdict::Other,
+                "other credentials"
+            );
         }
         assert_eq!(m.uses, 0, "only its own requests count");
         for _ in 1..USES {
-            assert_eq!(m.judge(&a, None, 7, 3), Verdict::Use);
+            assert_eq!(m.judge(&a, None, 7, Some(3)), Verdict::Use);
         }
         assert_eq!(
-            m.judge(&a, None, 7, 3),
+            m.judge(&a, None, 7, Some(3)),
             Verdict::Stale,
             "every USES-th goes to the store"
         );
         let mut m = Memo::new(&a, None, 7, 3, Entry::for_test()).unwrap();
-        assert_eq!(m.judge(&a, None, 7, 4), Verdict::Stale, "the store changed");
+        assert_eq!(
+            m.judge(&a, None, 7, Some(4)),
+            Verdict::Stale,
+            "the store changed"
+        );
+        let mut m = Memo::new(&a, None, 7, 3, Entry::for_test()).unwrap();
+        assert_eq!(
+            m.judge(&a, None, 7, None),
+            Verdict::Stale,
+            "a change in progress"
+        );
     }
 
     /// The size the crate's memory table states (264 bytes on 64-bit targets, in the service).

@@ -41,8 +41,9 @@
 //!   flight share. Each service also keeps a memo of its last hit (the request target as
 //!   spelled, copied; its `Host` and credentials' fingerprint; the entry, its answer held
 //!   weakly), valid while the store's generation — moved after every insert, eviction and
-//!   removal — is the one read before the entry was: the same request again, even after
-//!   requests for other targets in between, is answered without a lookup (and without the
+//!   removal — is the one read before the entry was, and no change of the store is under way
+//!   (a scan has removed entries before its generation moves): the same request again, even
+//!   after requests for other targets in between, is answered without a lookup (and without the
 //!   shard lock every core would take for a popular missing key); every 64th still goes to
 //!   the store, so its eviction policy sees the entry in use.
 //! - **Key:** the normalised target the origin will see — the URI's scheme and authority, or

@@ -257,8 +257,13 @@ pub(crate) struct Store {
     inserted: AtomicU64,
     /// Moves after every change of what the store holds (an insert, with the evictions it
     /// makes; a removal), once the change is made: an [`Entry`] read after the generation was
-    /// read is what the store holds while the generation stays the same (see `Memo`).
+    /// read is what the store holds while the generation stays the same and no change is in
+    /// progress (see `Memo`, [`settled_generation`](Self::settled_generation)).
     generation: AtomicU64,
+    /// Changes in progress ([`Change`]). A change removes entries before it moves the
+    /// generation — a scan (`remove_where`) one by one, running its caller's predicate between
+    /// them — and a lookup misses a removed entry at once: a memo must not answer meanwhile.
+    changing: AtomicU64,
     pub(crate) versions: Versions,
 }
 
@@ -486,6 +491,30 @@ impl std::hash::Hasher for Prehashed {
     }
 }
 
+/// A change of what the store holds, in progress while this lives ([`Store::change`]): counted
+/// in `changing` from its start; when it ends, the generation moves if it [`made`](Self::made)
+/// any change, and then it is counted out — on unwinding too.
+struct Change<'a> {
+    store: &'a Store,
+    made: bool,
+}
+
+impl Change<'_> {
+    /// Something was removed or stored.
+    fn made(&mut self) {
+        self.made = true;
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if self.made {
+            self.store.generation.fetch_add(1, Release);
+        }
+        self.store.changing.fetch_sub(1, Release);
+    }
+}
+
 impl Store {
     /// A store of at most `capacity` entries (>= 1) and at most `max_bytes` bytes of key text
     /// (see [`EntryBytes`]). `evictions` counts entries pushed out.
@@ -543,6 +572,7 @@ impl Store {
             floor,
             inserted: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            changing: AtomicU64::new(0),
             versions: Versions::new(),
         }
     }
@@ -556,9 +586,27 @@ impl Store {
         self.generation.load(Acquire)
     }
 
-    /// The change just made is complete.
-    fn changed(&self) {
-        self.generation.fetch_add(1, Release);
+    /// The generation, if no change is in progress; `None` while one is. An entry read after
+    /// [`generation`](Self::generation) returned `g` is still what the store holds if this
+    /// returns `Some(g)`.
+    ///
+    /// In this order: a change counts itself in before it removes anything and moves the
+    /// generation before it counts itself out. So a reader that has seen (or heard of) a
+    /// removal finds the change still counted, or the generation moved.
+    pub(crate) fn settled_generation(&self) -> Option<u64> {
+        if self.changing.load(Acquire) != 0 {
+            return None;
+        }
+        Some(self.generation.load(Acquire))
+    }
+
+    /// A change of what the store holds begins: see [`Change`].
+    fn change(&self) -> Change<'_> {
+        self.changing.fetch_add(1, AcqRel);
+        Change {
+            store: self,
+            made: false,
+        }
     }
 
     /// The entry for `key`, if it is fresh at `now` (an expired one is removed and reported
@@ -605,10 +653,11 @@ impl Store {
         Q: Hash + Equivalent<Key> + ?Sized,
     {
         let now = self.since_epoch(now);
+        let mut change = self.change();
         // Only if it is still the same expired entry: a fresh one may have replaced it.
         if let Some((k, v)) = self.cache.remove_if(key, |v| v.expired_at(now)) {
             self.accounts.left(&k, &v);
-            self.changed();
+            change.made();
             expired();
         }
     }
@@ -658,6 +707,9 @@ impl Store {
             answer: stored.answer,
             source: stored.source,
         };
+        // Made from the start: the insert below may evict other entries.
+        let mut change = self.change();
+        change.made();
         // quick_cache reports the value an insert replaces through `on_evict`, as if it had
         // been evicted; removing it first (which reports nothing) keeps `evictions` to
         // entries pushed out for capacity.
@@ -667,7 +719,7 @@ impl Store {
         self.accounts.presence.entered(key.presence_hash());
         self.cache.insert(key, entry);
         self.inserted.fetch_add(1, SeqCst);
-        self.changed();
+        drop(change);
         true
     }
 
@@ -687,16 +739,20 @@ impl Store {
         if !self.accounts.presence.may_hold(key.presence_hash()) {
             return false;
         }
+        let mut change = self.change();
         let removed = self.cache.remove(key);
         if let Some((k, v)) = &removed {
             self.accounts.left(k, v);
-            self.changed();
+            change.made();
         }
         removed.is_some()
     }
 
     /// Forgets every key for which `forget` is true; how many.
     pub(crate) fn remove_where(&self, forget: impl Fn(&Key) -> bool) -> u64 {
+        // Made from the start: `forget` may panic halfway, some keys gone.
+        let mut change = self.change();
+        change.made();
         let removed = AtomicU64::new(0);
         self.cache.retain(|k, v| {
             let f = forget(k);
@@ -706,7 +762,7 @@ impl Store {
             }
             !f
         });
-        self.changed();
+        drop(change);
         removed.into_inner()
     }
 
