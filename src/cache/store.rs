@@ -862,6 +862,15 @@ mod tests {
 
     /// Each bucket's count is the number of held keys in it (or stuck at its top), and no held
     /// key is ever said absent.
+    /// Whether every bucket counts none (a store emptied).
+    fn presence_is_empty(s: &Store) -> bool {
+        s.accounts
+            .presence
+            .counts
+            .iter()
+            .all(|c| c.load(Acquire) == 0)
+    }
+
     fn presence_is_exact(s: &Store, keys: &[Key]) -> Result<(), String> {
         let p = &s.accounts.presence;
         for k in keys {
@@ -1046,13 +1055,7 @@ mod tests {
             });
             presence_is_exact(&s, &keys).unwrap();
             s.clear();
-            assert!(
-                s.accounts
-                    .presence
-                    .counts
-                    .iter()
-                    .all(|c| c.load(Acquire) == 0)
-            );
+            assert!(presence_is_empty(&s));
         }
     }
 
@@ -1145,13 +1148,7 @@ mod tests {
                 });
                 presence_is_exact(&s, &keys).unwrap();
                 s.clear();
-                assert!(
-                    s.accounts
-                        .presence
-                        .counts
-                        .iter()
-                        .all(|c| c.load(Acquire) == 0)
-                );
+                assert!(presence_is_empty(&s));
                 assert_eq!(s.accounts.key_bytes.load(Acquire), 0);
             }
         }
