@@ -13,7 +13,9 @@
 //!   every call is a miss (lookup, key copy, forget);
 //! - `ours: negative cache miss, adaptive TTL`: the same with `adaptive_ttl(1 h)` (a 2xx
 //!   looks up the key's history);
-//! - `ours: both layers`: cache outside retry, as the crate recommends.
+//! - `ours: both layers`: cache outside retry, as the crate recommends;
+//! - `ours: both layers, no budget`: the same, the retry layer with `no_budget()`: what the
+//!   budget costs both layers (`benches/attribution/run` reads it).
 //!
 //! Futures are driven by a current-thread tokio runtime, one `block_on` per batch of calls, so
 //! the runtime's entry cost is not in the per-call time.
@@ -190,6 +192,20 @@ fn passthrough(c: &mut Criterion) {
         ServiceBuilder::new()
             .layer(NegativeCacheLayer::new())
             .layer(StatusAwareRetryLayer::new())
+            .service(upstream_200()),
+    );
+    bench_service(
+        &mut group,
+        &rt,
+        "ours: both layers, no budget",
+        ServiceBuilder::new()
+            .layer(NegativeCacheLayer::new())
+            .layer(
+                StatusAwareRetryLayer::builder()
+                    .no_budget()
+                    .build()
+                    .unwrap(),
+            )
             .service(upstream_200()),
     );
     group.finish();
