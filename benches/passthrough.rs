@@ -5,6 +5,8 @@
 //! - `bare service_fn`: the floor;
 //! - `tower::retry no-op`: `tower::retry::Retry` with a policy that never retries but clones
 //!   each request (the same work as ours, which copies every replayable request);
+//! - `tower::retry no-op, TpsBudget`: the same with tower's `TpsBudget::default()` (10 s, 10
+//!   per second, 20%, as ours), every answer deposited into it: what a budget costs tower;
 //! - `ours: retry`: `StatusAwareRetryLayer::new()` (default config: a budget per host);
 //! - `ours: retry, one budget for the layer`: the same with `BudgetScope::layer()` (the
 //!   default before per-host budgets), the baseline of their cost;
@@ -26,6 +28,7 @@ use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::{Ready, ready};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,6 +37,7 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Empty;
 use tokio::runtime::Runtime;
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::{Policy, Retry};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_negative_cache::retry::BudgetScope;
@@ -74,6 +78,24 @@ impl<Res, E> Policy<Req, Res, E> for NoRetry {
         *copy.headers_mut() = req.headers().clone();
         *copy.extensions_mut() = req.extensions().clone();
         Some(copy)
+    }
+}
+
+/// [`NoRetry`] with tower's own retry budget: every answer deposits into it, as tower's docs
+/// show a policy doing (on success), so the pair is what a budget costs `tower::retry`.
+#[derive(Clone, Debug)]
+struct NoRetryBudgeted(Arc<TpsBudget>);
+
+impl<Res, E> Policy<Req, Res, E> for NoRetryBudgeted {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _req: &mut Req, _result: &mut Result<Res, E>) -> Option<Ready<()>> {
+        self.0.deposit();
+        None
+    }
+
+    fn clone_request(&mut self, req: &Req) -> Option<Req> {
+        <NoRetry as Policy<Req, Res, E>>::clone_request(&mut NoRetry, req)
     }
 }
 
@@ -126,6 +148,15 @@ fn passthrough(c: &mut Criterion) {
         &rt,
         "tower::retry no-op",
         Retry::new(NoRetry, upstream_200()),
+    );
+    bench_service(
+        &mut group,
+        &rt,
+        "tower::retry no-op, TpsBudget",
+        Retry::new(
+            NoRetryBudgeted(Arc::new(TpsBudget::default())),
+            upstream_200(),
+        ),
     );
     bench_service(
         &mut group,
