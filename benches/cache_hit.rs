@@ -5,6 +5,8 @@
 //! - `bare service_fn`: an in-process `tower::service_fn` answering 404 (the floor of any call);
 //! - `bare service_fn, same answer as a hit`: the same, answering what a hit synthesizes (two
 //!   headers, one extension), to tell the answer's own cost from the lookup's (reference);
+//! - `bare service_fn, same answer, Age from a clock read`: the same, with `Age` worked out
+//!   from one read of tokio's clock, as any cache must (RFC 9111 §4.2.3): what the clock costs;
 //! - `hit`: `NegativeCacheLayer::new()` over that service, the key remembered by one 404
 //!   beforehand, so every call is answered by a synthesized 404 without calling upstream;
 //! - `loopback 404`: the same 404 fetched from a hyper server on 127.0.0.1 through a hyper-util
@@ -94,6 +96,26 @@ fn upstream_synthesized()
         res.extensions_mut().insert(black_box(HitLike {
             age: Duration::ZERO,
             remaining: Duration::from_secs(60),
+        }));
+        ready(Ok::<_, Infallible>(res))
+    })
+}
+
+/// The same answer, its `Age` worked out from a clock read against when the answer was stored,
+/// as any cache must (RFC 9111 §4.2.3): the answer's cost plus one read of tokio's clock.
+fn upstream_synthesized_timed()
+-> impl Service<Req, Response = Response<Empty<Bytes>>, Error = Infallible> + Clone {
+    let stored = tokio::time::Instant::now();
+    tower::service_fn(move |_req: Req| {
+        let age = tokio::time::Instant::now().saturating_duration_since(stored);
+        let mut res = Response::new(Empty::new());
+        *res.status_mut() = StatusCode::NOT_FOUND;
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        headers.insert(AGE, HeaderValue::from(age.as_secs()));
+        res.extensions_mut().insert(black_box(HitLike {
+            age,
+            remaining: Duration::from_secs(60).saturating_sub(age),
         }));
         ready(Ok::<_, Infallible>(res))
     })
@@ -241,6 +263,13 @@ fn negative_cache_hit(c: &mut Criterion) {
         "bare service_fn, same answer as a hit",
         &uri,
         upstream_synthesized(),
+    );
+    bench_fetch(
+        &mut group,
+        &rt,
+        "bare service_fn, same answer, Age from a clock read",
+        &uri,
+        upstream_synthesized_timed(),
     );
 
     let cache = NegativeCacheLayer::new();
