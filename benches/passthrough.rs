@@ -141,6 +141,12 @@ fn passthrough(c: &mut Criterion) {
         .unwrap();
     let mut group = c.benchmark_group("passthrough_200");
     group.throughput(Throughput::Elements(1));
+    let no_budget = || {
+        StatusAwareRetryLayer::builder()
+            .no_budget()
+            .build()
+            .unwrap()
+    };
 
     bench_service(&mut group, &rt, "bare service_fn", upstream_200());
     bench_service(
@@ -184,12 +190,7 @@ fn passthrough(c: &mut Criterion) {
         &rt,
         "ours: retry, no budget",
         ServiceBuilder::new()
-            .layer(
-                StatusAwareRetryLayer::builder()
-                    .no_budget()
-                    .build()
-                    .unwrap(),
-            )
+            .layer(no_budget())
             .service(upstream_200()),
     );
     let cache = NegativeCacheLayer::new();
@@ -231,12 +232,7 @@ fn passthrough(c: &mut Criterion) {
         "ours: both layers, no budget",
         ServiceBuilder::new()
             .layer(NegativeCacheLayer::new())
-            .layer(
-                StatusAwareRetryLayer::builder()
-                    .no_budget()
-                    .build()
-                    .unwrap(),
-            )
+            .layer(no_budget())
             .service(upstream_200()),
     );
     group.finish();
