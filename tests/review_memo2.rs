@@ -408,12 +408,9 @@ async fn a_key_function_s_aliases_reach_the_memo() {
     );
 }
 
-/// The 64 uses: a GET and a HEAD of the memo's target both count (both are its requests);
-/// the same target under other credentials, another Host, another spelling, don't. Each of
-/// those is a store lookup (counted through the key function, which the memo never calls).
-#[tokio::test(start_paused = true)]
-async fn only_the_memos_own_requests_count_towards_its_uses() {
-    let o = Arc::new(Origin::default());
+/// A layer under `Credentials::Fingerprint` whose key function counts its calls: one per store
+/// lookup, which a memo never makes.
+fn counting_store_lookups() -> (NegativeCacheLayer, Arc<AtomicUsize>) {
     let lookups = Arc::new(AtomicUsize::new(0));
     let n = lookups.clone();
     let layer = NegativeCacheLayer::builder()
@@ -424,6 +421,16 @@ async fn only_the_memos_own_requests_count_towards_its_uses() {
         })
         .build()
         .unwrap();
+    (layer, lookups)
+}
+
+/// The 64 uses: a GET and a HEAD of the memo's target both count (both are its requests);
+/// the same target under other credentials, another Host, another spelling, don't. Each of
+/// those is a store lookup (counted through the key function, which the memo never calls).
+#[tokio::test(start_paused = true)]
+async fn only_the_memos_own_requests_count_towards_its_uses() {
+    let o = Arc::new(Origin::default());
+    let (layer, lookups) = counting_store_lookups();
     let mut svc = layer.layer(origin(o.clone()));
     // Entries for every spelling below, so that each is a hit from the store.
     let others = || {
@@ -481,16 +488,7 @@ async fn only_the_memos_own_requests_count_towards_its_uses() {
 async fn heads_count_and_passing_requests_do_not() {
     let o = Arc::new(Origin::default());
     o.set("/r/b", 200);
-    let lookups = Arc::new(AtomicUsize::new(0));
-    let n = lookups.clone();
-    let layer = NegativeCacheLayer::builder()
-        .credentials(Credentials::Fingerprint)
-        .key_fn(move |uri: &Uri| {
-            n.fetch_add(1, Ordering::SeqCst);
-            Some(uri.to_string())
-        })
-        .build()
-        .unwrap();
+    let (layer, lookups) = counting_store_lookups();
     let mut svc = layer.layer(origin(o.clone()));
     send(&mut svc, get(A)).await;
     assert!(send(&mut svc, get(A)).await.hit.is_some(), "memoised");
