@@ -125,6 +125,10 @@ fn get(uri: &str) -> Req {
     req(Method::GET, uri, &[])
 }
 
+fn head(uri: &str) -> Req {
+    req(Method::HEAD, uri, &[])
+}
+
 fn only_if_cached(uri: &str) -> Req {
     req(Method::GET, uri, &[(CACHE_CONTROL, "only-if-cached")])
 }
@@ -454,31 +458,18 @@ async fn only_the_memos_own_requests_count_towards_its_uses() {
         }
         // Each of those was a hit that memoised itself: A again from the store, then its own.
         let k = count();
-        let own = if use_ % 2 == 0 {
-            req(Method::HEAD, A, &[])
-        } else {
-            get(A)
-        };
+        let own = if use_ % 2 == 0 { head(A) } else { get(A) };
         assert!(send(&mut svc, own).await.hit.is_some());
         assert_eq!(count(), k + 1, "the others replaced the memo");
     }
     // Now without others between: 63 from the memo, the 64th from the store.
     let k = count();
     for use_ in 1..64 {
-        let own = if use_ % 3 == 0 {
-            req(Method::HEAD, A, &[])
-        } else {
-            get(A)
-        };
+        let own = if use_ % 3 == 0 { head(A) } else { get(A) };
         assert!(send(&mut svc, own).await.hit.is_some());
         assert_eq!(count(), k, "use {use_}: from the memo");
     }
-    assert!(
-        send(&mut svc, req(Method::HEAD, A, &[]))
-            .await
-            .hit
-            .is_some()
-    );
+    assert!(send(&mut svc, head(A)).await.hit.is_some());
     assert_eq!(count(), k + 1, "the 64th (a HEAD) went to the store");
 }
 
@@ -497,22 +488,13 @@ async fn heads_count_and_passing_requests_do_not() {
     for use_ in 1..64 {
         // A 200 for B, and A under a credential whose answer is 200 (only `Bearer ok`'s).
         send(&mut svc, get(B)).await;
-        let own = if use_ % 2 == 0 {
-            req(Method::HEAD, A, &[])
-        } else {
-            get(A)
-        };
+        let own = if use_ % 2 == 0 { head(A) } else { get(A) };
         let r = send(&mut svc, own).await;
         assert!(r.hit.is_some(), "use {use_}");
         assert_eq!(count(), k0 + use_, "use {use_}: only B was looked up");
     }
     let k = count();
-    assert!(
-        send(&mut svc, req(Method::HEAD, A, &[]))
-            .await
-            .hit
-            .is_some()
-    );
+    assert!(send(&mut svc, head(A)).await.hit.is_some());
     assert_eq!(count(), k + 1, "the 64th own request went to the store");
 }
 

@@ -860,8 +860,6 @@ mod tests {
         n
     }
 
-    /// Each bucket's count is the number of held keys in it (or stuck at its top), and no held
-    /// key is ever said absent.
     /// Whether every bucket counts none (a store emptied).
     fn presence_is_empty(s: &Store) -> bool {
         s.accounts
@@ -871,6 +869,8 @@ mod tests {
             .all(|c| c.load(Acquire) == 0)
     }
 
+    /// Each bucket's count is the number of held keys in it (or stuck at its top), and no held
+    /// key is ever said absent.
     fn presence_is_exact(s: &Store, keys: &[Key]) -> Result<(), String> {
         let p = &s.accounts.presence;
         for k in keys {
