@@ -518,12 +518,15 @@ async fn a_memo_on_another_thread_never_outlives_an_eviction() {
     let begun = Arc::new(AtomicU64::new(0));
     let gone = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let (b, g, s, o2, h2) = (
+    // The reader's reads of A that have ended.
+    let reads_of_a = Arc::new(AtomicU64::new(0));
+    let (b, g, s, o2, h2, ra) = (
         begun.clone(),
         gone.clone(),
         stop.clone(),
         o.clone(),
         handle.clone(),
+        reads_of_a.clone(),
     );
     let a: Uri = A.parse().unwrap();
     let writer_task = tokio::spawn(async move {
@@ -537,6 +540,14 @@ async fn a_memo_on_another_thread_never_outlives_an_eviction() {
             )
             .await;
             assert_eq!(r.status, status_of(k));
+            // Every hundredth cycle, A stays stored until a read of A that began after it was
+            // stored has ended, so the reader hits at least then (whatever the scheduling).
+            if k % 100 == 1 {
+                let seen = ra.load(Ordering::SeqCst);
+                while ra.load(Ordering::SeqCst) < seen + 2 {
+                    tokio::task::yield_now().await;
+                }
+            }
             tokio::task::yield_now().await;
             o2.set("/r/a", 200);
             while h2.peek(&a).is_some() {
@@ -562,6 +573,9 @@ async fn a_memo_on_another_thread_never_outlives_an_eviction() {
         let of_a = i % 3 != 2;
         let r = send(&mut reader, get(if of_a { A } else { B })).await;
         let after = begun.load(Ordering::SeqCst);
+        if of_a {
+            reads_of_a.fetch_add(1, Ordering::SeqCst);
+        }
         i += 1;
         if of_a && r.hit.is_none() && matches!(r.status, 404 | 410) {
             own_missing = Some((r.status, after));
