@@ -586,9 +586,11 @@ fn settle<C: Classify, B: Body>(
         Outcome::Missing => {
             let key = pending.key.take()?.into_key(state)?;
             let (status, headers) = (res.status(), res.headers());
-            // RFC 9111 §4.2.3: response_delay = response_time − request_time.
+            // RFC 9111 §4.2.3: response_delay = response_time − request_time; the entry is
+            // dated from response_time, however late its body ends.
+            let arrived = Instant::now();
             let delay = pending.sent.map_or(Duration::ZERO, |sent| {
-                Instant::now().saturating_duration_since(sent)
+                arrived.saturating_duration_since(sent)
             });
             let fresh = freshness(&state.ttl, status, headers, SystemTime::now(), delay);
             match fresh.filter(|_| !pending.no_store) {
@@ -623,7 +625,7 @@ fn settle<C: Classify, B: Body>(
                             // Remembered only if the key did not change while this read was
                             // out.
                             ticket.settle_with(&state.store.versions, || {
-                                state.remember(key, stored, started)
+                                state.remember(key, stored, started, arrived)
                             });
                         }
                         None => {
@@ -635,6 +637,7 @@ fn settle<C: Classify, B: Body>(
                                 head,
                                 ticket,
                                 started,
+                                arrived,
                                 leader.take().map(|l| *l),
                                 expected,
                             )));

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use quick_cache::Equivalent;
 
 use super::percent::{normal_host, pct_normal, pct_normalise};
+use super::reference::remove_dot_segments;
 
 /// Maps a request target to the application's own key; `None` leaves the request uncached.
 pub(crate) type KeyFn = Arc<dyn Fn(&Uri) -> Option<String> + Send + Sync>;
@@ -28,7 +29,7 @@ pub enum Credentials {
     #[default]
     Bypass,
     /// Cached under a fingerprint of the credentials: a 64-bit hash keyed by a random secret
-    /// of the cache, so two credentials collide with probability 2^-64 and nobody can pick a
+    /// of the cache, so two credentials collide with probability 2^-63 and nobody can pick a
     /// colliding one. An invalidation (a successful write, a handle call) must then find the
     /// entry under every credential, so it visits every entry: O(capacity) per write.
     Fingerprint,
@@ -435,7 +436,7 @@ fn same_host(scheme: &str, a: &str, b: &str) -> bool {
 
 /// The normalised key of the target a request names (see [`origin_target`]), scheme and host
 /// lower-case, default port elided, an empty path as `/`, percent-encoding normalised (RFC 3986
-/// §6.2.2.1, §6.2.2.2). `None` when it can't be keyed.
+/// §6.2.2.1, §6.2.2.2), dot segments removed (§6.2.2.3). `None` when it can't be keyed.
 pub(crate) fn uri_key<'a>(
     uri: &'a Uri,
     host_header: Option<&'a HeaderValue>,
@@ -485,7 +486,7 @@ pub(crate) fn target_key<'a>(
     let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
     // A host with a percent-escape is rare: it takes the copying path (see `normal_host`).
     let host_ok = plain || (!upper(host) && !host.contains('%'));
-    if pq_ok && !upper(scheme) && host_ok && pct_normal(pq) {
+    if pq_ok && !upper(scheme) && host_ok && pct_normal(pq) && dot_free(pq) {
         return Some(Lookup::Borrowed(KeyRef {
             scheme,
             host,
@@ -497,6 +498,19 @@ pub(crate) fn target_key<'a>(
     let (scheme, host) = (scheme.to_ascii_lowercase(), normal_host(host)?);
     let pq = pct_normalise(pq)?;
     let pq = if pq_ok { pq } else { format!("/{pq}") };
+    // After the escapes are decoded: `%2E%2E` is `..` (RFC 3986 §6.2.2.2, then §6.2.2.3).
+    let pq = if dot_free(&pq) {
+        pq
+    } else {
+        let (path, query) = pq
+            .split_once('?')
+            .map_or((&pq[..], None), |(p, q)| (p, Some(q)));
+        let path = remove_dot_segments(path);
+        match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        }
+    };
     Key::from_parts(KeyRef {
         scheme: &scheme,
         host: &host,
@@ -505,6 +519,16 @@ pub(crate) fn target_key<'a>(
         cred,
     })
     .map(Lookup::Owned)
+}
+
+/// Whether the path of `pq` has no `.` or `..` segment (RFC 3986 §6.2.2.3: `/a/./b` and
+/// `/a/x/../b` are `/a/b`). Most paths have no `/.` at all: one search tells.
+fn dot_free(pq: &str) -> bool {
+    let path = pq.split_once('?').map_or(pq, |(p, _)| p);
+    if !path.contains("/.") && !path.starts_with('.') {
+        return true;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// A `Host` header's value, if it is a valid `host[:port]` (RFC 9110 §7.2): a host that is not
@@ -600,14 +624,20 @@ pub(crate) fn credential_fingerprint<S: BuildHasher>(
     }
     let mut h = secret.build_hasher();
     h.write_u64(partition);
+    // A prefix-free encoding: each value is marked and led by its length, each name's list
+    // ends with its own mark. A value's bytes may be anything a field allows (0x80–0xff
+    // too), so a separator byte alone would let one value stand for two.
     for name in names {
         for v in headers.get_all(name) {
+            h.write_u8(1);
+            h.write_u64(v.as_bytes().len() as u64);
             h.write(v.as_bytes());
-            h.write_u8(0xff);
         }
-        h.write_u8(0xfe);
+        h.write_u8(0);
     }
-    h.write(userinfo(uri).unwrap_or("").as_bytes());
+    let userinfo = userinfo(uri).unwrap_or("");
+    h.write_u64(userinfo.len() as u64);
+    h.write(userinfo.as_bytes());
     h.finish() | 1
 }
 
@@ -799,6 +829,35 @@ mod tests {
         let lookup = uri_key(&uri, Some(&h), "", 0).unwrap();
         assert!(lookup.equivalent(&a));
         assert_eq!(hash_of(&lookup), hash_of(&a));
+    }
+
+    #[test]
+    fn dot_segments_are_removed() {
+        for (a, b) in [
+            ("http://h/items/./7", "http://h/items/7"),
+            ("http://h/items/x/../7", "http://h/items/7"),
+            ("http://h/a/%2E%2E/b", "http://h/b"),
+            ("http://h/a/b/..", "http://h/a/"),
+            ("http://h/a/./b?q=/../", "http://h/a/b?q=/../"),
+            ("http://h/../a", "http://h/a"),
+            ("/p/./q", "/p/q"),
+        ] {
+            assert_eq!(key(a).as_str(), key(b).as_str(), "{a} {b}");
+        }
+        // A segment that only contains dots is a name, not a dot segment.
+        for (a, b) in [
+            ("http://h/a/.../b", "http://h/b"),
+            ("http://h/a/.x/b", "http://h/a/b"),
+            ("http://h/v1.2/x", "http://h/x"),
+        ] {
+            assert_ne!(key(a), key(b), "{a} {b}");
+        }
+        // A path with no dot segment is looked up as it is spelled (no copy).
+        let uri: Uri = "http://h/v1.2/file.json?x=../".parse().unwrap();
+        assert!(matches!(
+            uri_key(&uri, None, "", 0),
+            Some(Lookup::Borrowed(_))
+        ));
     }
 
     #[test]

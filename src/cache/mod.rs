@@ -52,7 +52,8 @@
 //!   whose `Host` is not a valid authority, or names another host than its URI (hyper-util
 //!   sends it as it is: the origin would read one, the connection go to the other), is not
 //!   cached. Percent-encoding is normalised (RFC 3986 §6.2.2.1, §6.2.2.2): `%7E` is `~`,
-//!   `%c3%a9` is `%C3%A9`, but `%2F` is not `/` — in lookups, writes, `Location`, the handle
+//!   `%c3%a9` is `%C3%A9`, but `%2F` is not `/`, and dot segments are removed (§6.2.2.3:
+//!   `/a/./b` and `/a/x/../b` are `/a/b`) — in lookups, writes, `Location`, the handle
 //!   and fleet messages alike, and for what a key function is given; a target already normal
 //!   is still looked up without allocating. An origin-form target is keyed scheme-relative
 //!   (`//host/path`, its scheme being the connection's) unless
@@ -192,8 +193,9 @@ pub struct NegativeCacheHit {
     /// The remembered status (404, 410, or what a custom classifier called Missing).
     pub status: http::StatusCode,
     /// The answer's age (RFC 9111 §4.2.3): the age it arrived with (its `Age`, or how old its
-    /// `Date` made it) plus how long it has been remembered; the `Age` header says the same in
-    /// whole seconds.
+    /// `Date` made it) plus how long it has been remembered since it arrived; the `Age` header
+    /// says the same in whole seconds. An arrival age past 2^32 − 1 seconds counts as that
+    /// (RFC 9111 §1.2.2).
     pub age: Duration,
     /// How long the entry stays fresh (never more than is left: it expires to the microsecond).
     pub remaining: Duration,

@@ -27,6 +27,8 @@ pub(crate) struct Recorder {
     head: Head,
     ticket: Option<Ticket>,
     started: Instant,
+    /// When the answer's head arrived: the entry is dated from then (see `State::remember`).
+    arrived: Instant,
     leader: Option<Leader>,
     buf: BytesMut,
     limit: usize,
@@ -51,6 +53,7 @@ impl Recorder {
         head: Head,
         ticket: Ticket,
         started: Instant,
+        arrived: Instant,
         leader: Option<Leader>,
         expected: Option<u64>,
     ) -> Self {
@@ -64,6 +67,7 @@ impl Recorder {
             head,
             ticket: Some(ticket),
             started,
+            arrived,
             leader,
             buf: BytesMut::with_capacity(expected),
             limit,
@@ -112,9 +116,9 @@ impl Recorder {
         let mut stored = self.stored.clone();
         stored.answer = Answer::new(std::mem::take(&mut self.head), body);
         if let Some(t) = self.ticket.take() {
-            let (state, started) = (&self.state, self.started);
+            let (state, started, arrived) = (&self.state, self.started, self.arrived);
             t.settle_with(&state.store.versions, || {
-                state.remember(key, stored, started)
+                state.remember(key, stored, started, arrived)
             });
         }
         // The waiters wake once the store says what they should see.

@@ -45,7 +45,7 @@ fn split(r: &str) -> Parts<'_> {
 }
 
 /// RFC 3986 §5.2.4.
-fn remove_dot_segments(path: &str) -> String {
+pub(crate) fn remove_dot_segments(path: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     let absolute = path.starts_with('/');
     let segments: Vec<&str> = path.split('/').collect();

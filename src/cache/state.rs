@@ -215,10 +215,21 @@ impl State {
         }
     }
 
-    /// Remembers a Missing answer to a request that left at `started`, and tells the peers
-    /// (only for entries without credentials: a credential's fingerprint means nothing to
-    /// another replica).
-    pub(crate) fn remember(&self, key: Key, mut stored: Stored, started: Instant) {
+    /// Remembers a Missing answer to a request that left at `started` and whose head arrived at
+    /// `arrived`, and tells the peers (only for entries without credentials: a credential's
+    /// fingerprint means nothing to another replica).
+    ///
+    /// The entry is dated from `arrived`, RFC 9111 §4.2.3's `response_time`, however late its
+    /// body ends (the caller may read it seconds later): it expires `ttl` after the answer
+    /// arrived and its hits count their age from then. An answer whose freshness ran out
+    /// before its body ended is not stored.
+    pub(crate) fn remember(
+        &self,
+        key: Key,
+        mut stored: Stored,
+        started: Instant,
+        arrived: Instant,
+    ) {
         // The adaptive TTL (opt-in): a default lifetime grows with the key's streak of
         // confirmations; an explicit one is the origin's and is left alone.
         if let Some(history) = self
@@ -255,7 +266,20 @@ impl State {
             body_kept,
             "negative cache: remembered"
         );
-        let now = Instant::now();
+        if arrived + stored.ttl <= Instant::now() {
+            bump(&self.stats.uncacheable);
+            tracing::debug!(
+                key = key.as_str(),
+                %status,
+                "negative cache: Missing answer not stored (stale once its body ended)"
+            );
+            // It would have replaced what is stored, and expired at once.
+            if self.store.remove(&key) {
+                self.tell_size();
+            }
+            return;
+        }
+        let now = arrived;
         let text =
             (key.cred() == 0 && self.peers.attached()).then(|| Box::<str>::from(key.as_str()));
         if !self.store.insert(key, stored, now) {
@@ -499,7 +523,7 @@ mod tests {
             age: Duration::ZERO,
             source: TtlSource::Base,
         };
-        state.remember(key.clone(), stored, Instant::now());
+        state.remember(key.clone(), stored, Instant::now(), Instant::now());
         state.note_changed(&key);
         // Alone, the cache keeps its own rules (tickets decide what a 2xx overrides).
         assert!(state.store.peek(&key, Instant::now()).is_some());

@@ -1,0 +1,348 @@
+//! A hostile review of the negative cache (fourth round): each test is a guarantee the crate
+//! states (GUARANTEES.md, `src/cache/mod.rs`) that an earlier build broke.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_negative_cache::NegativeCacheLayer;
+use tower_negative_cache::cache::{Credentials, NegativeCacheHit};
+
+type Req = Request<Full<Bytes>>;
+type Res = Response<Full<Bytes>>;
+
+/// An origin that answers every request with what `make` builds, counting calls.
+fn origin(
+    calls: Arc<AtomicUsize>,
+    make: fn() -> Res,
+) -> impl Service<Req, Response = Res, Error = Infallible, Future = impl Send> + Clone {
+    tower::service_fn(move |_req: Req| {
+        calls.fetch_add(1, SeqCst);
+        let res = make();
+        async move { Ok::<_, Infallible>(res) }
+    })
+}
+
+fn get(uri: &str) -> Req {
+    Request::get(uri).body(Full::new(Bytes::new())).unwrap()
+}
+
+fn is_hit<B>(res: &Response<B>) -> bool {
+    res.extensions().get::<NegativeCacheHit>().is_some()
+}
+
+const PROBLEM: &[u8] = b"{\"error\":\"not found\"}";
+
+fn not_found_for_ten_seconds() -> Res {
+    Response::builder()
+        .status(404)
+        .header("cache-control", "max-age=10")
+        .body(Full::new(Bytes::from_static(PROBLEM)))
+        .unwrap()
+}
+
+/// GUARANTEES.md: "Nothing stale is served" and "A hit says its whole age". A 404 with
+/// `max-age=10` whose body the caller reads 8 s after the answer arrived: its entry is dated
+/// from the answer's arrival (RFC 9111 §4.2.3 `response_time`), not from the body's end, so its
+/// hits say their whole age and it is gone 10 s after arrival.
+#[tokio::test(start_paused = true)]
+async fn a_body_read_late_does_not_extend_the_origins_freshness() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ServiceBuilder::new()
+        .layer(NegativeCacheLayer::new())
+        .service(origin(calls.clone(), not_found_for_ten_seconds));
+
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://o.test/r/1"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    tokio::time::advance(Duration::from_secs(8)).await;
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], PROBLEM);
+
+    // 9 s after arrival: a hit, at least 9 s old.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let hit = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://o.test/r/1"))
+        .await
+        .unwrap();
+    let info = *hit.extensions().get::<NegativeCacheHit>().expect("a hit");
+    assert!(
+        info.age >= Duration::from_secs(9) && hit.headers()["age"] == "9",
+        "9 s after arrival the hit says age {:?} (Age: {:?})",
+        info.age,
+        hit.headers().get("age")
+    );
+    assert!(info.remaining <= Duration::from_secs(1), "{info:?}");
+
+    // 12 s after arrival: past the origin's max-age=10, so upstream.
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let again = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://o.test/r/1"))
+        .await
+        .unwrap();
+    assert!(
+        !is_hit(&again),
+        "12 s after arrival a max-age=10 answer was served from the cache: {:?}",
+        again.extensions().get::<NegativeCacheHit>()
+    );
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// The same when the caller drops the body late (the entry is stored head-only then).
+#[tokio::test(start_paused = true)]
+async fn a_body_dropped_late_does_not_extend_the_origins_freshness() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ServiceBuilder::new()
+        .layer(NegativeCacheLayer::new())
+        .service(origin(calls.clone(), not_found_for_ten_seconds));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://o.test/r/1"))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(8)).await;
+    drop(res);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let again = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://o.test/r/1"))
+        .await
+        .unwrap();
+    assert!(
+        !is_hit(&again),
+        "{:?}",
+        again.extensions().get::<NegativeCacheHit>()
+    );
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// A body that ends after the answer's freshness ran out is not stored at all (it would be
+/// stale on arrival in the store), and counted as not stored.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_ends_after_its_freshness_is_not_stored() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = NegativeCacheLayer::new();
+    let handle = layer.handle();
+    let mut svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(origin(calls.clone(), not_found_for_ten_seconds));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://o.test/r/1"))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(11)).await;
+    res.into_body().collect().await.unwrap();
+    let stats = handle.stats();
+    assert_eq!((stats.inserts, stats.uncacheable), (0, 1), "{stats:?}");
+    let again = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://o.test/r/1"))
+        .await
+        .unwrap();
+    assert!(!is_hit(&again));
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// GUARANTEES.md: "A hit says its whole age (`Age` includes the origin's)", up to the largest
+/// age the store represents, 2^32 − 1 seconds (RFC 9111 §1.2.2 lets a cache take a larger
+/// value as the greatest integer it can represent).
+#[tokio::test(start_paused = true)]
+async fn a_hit_never_says_less_age_than_the_origin_reported() {
+    for (origin_age, hit_age) in [
+        ("4000000000", 4_000_000_000u64),
+        ("5000000000", u64::from(u32::MAX)),
+    ] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc_origin = tower::service_fn(move |_req: Req| {
+            let res = Response::builder()
+                .status(404)
+                .header("cache-control", "max-age=99999999999")
+                .header("age", origin_age)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            async move { Ok::<_, Infallible>(res) }
+        });
+        let c = calls.clone();
+        let mut svc = ServiceBuilder::new()
+            .layer(NegativeCacheLayer::new())
+            .map_request(move |r: Req| {
+                c.fetch_add(1, SeqCst);
+                r
+            })
+            .service(svc_origin);
+        let first = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(get("http://o.test/old"))
+            .await
+            .unwrap();
+        assert_eq!(
+            first.headers()["age"],
+            origin_age,
+            "the origin's answer goes through"
+        );
+        first.into_body().collect().await.unwrap();
+        let hit = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(get("http://o.test/old"))
+            .await
+            .unwrap();
+        let info = *hit.extensions().get::<NegativeCacheHit>().expect("a hit");
+        assert_eq!(calls.load(SeqCst), 1);
+        assert_eq!(hit.headers()["age"], hit_age.to_string().as_str());
+        assert_eq!(info.age, Duration::from_secs(hit_age));
+    }
+}
+
+/// An origin answering GET and HEAD 404, and any write 201 with `Location: location`.
+fn writable_origin(
+    location: &'static str,
+) -> impl Service<Req, Response = Res, Error = Infallible, Future = impl Send> + Clone {
+    tower::service_fn(move |req: Req| {
+        let res = if req.method() == http::Method::GET || req.method() == http::Method::HEAD {
+            Response::builder()
+                .status(404)
+                .body(Full::<Bytes>::default())
+                .unwrap()
+        } else {
+            Response::builder()
+                .status(201)
+                .header("location", location)
+                .body(Full::<Bytes>::default())
+                .unwrap()
+        };
+        async move { Ok::<_, Infallible>(res) }
+    })
+}
+
+/// GUARANTEES.md: "A successful write forgets its target and its same-origin
+/// `Location`/`Content-Location` in any spelling (relative, dot segments, default port,
+/// case)". A `Location` spelled exactly as the remembered GET (dot segment and all) forgets it.
+#[tokio::test(start_paused = true)]
+async fn a_location_spelled_as_the_remembered_target_forgets_it() {
+    let url = "http://o.test/items/./7";
+    let mut svc = ServiceBuilder::new()
+        .layer(NegativeCacheLayer::new())
+        .service(writable_origin(url));
+    svc.ready().await.unwrap().call(get(url)).await.unwrap();
+    assert!(is_hit(
+        &svc.ready().await.unwrap().call(get(url)).await.unwrap()
+    ));
+    assert!(
+        is_hit(
+            &svc.ready()
+                .await
+                .unwrap()
+                .call(get("http://o.test/items/7"))
+                .await
+                .unwrap()
+        ),
+        "`/items/./7` and `/items/7` are one target (RFC 3986 §6.2.2.3)"
+    );
+
+    let post = Request::post("http://o.test/items")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(post).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = svc.ready().await.unwrap().call(get(url)).await.unwrap();
+    assert!(
+        !is_hit(&res),
+        "a 201 with Location: {url} left the 404 of GET {url}"
+    );
+}
+
+/// The same rule for the write's own target: `PUT /items/x/../7` writes `/items/7` (RFC 3986
+/// §5.2.4, §6.2.2.3), so the remembered 404 of `GET /items/7` goes.
+#[tokio::test(start_paused = true)]
+async fn a_write_to_a_dot_segment_spelling_forgets_its_target() {
+    let url = "http://o.test/items/7";
+    let mut svc = ServiceBuilder::new()
+        .layer(NegativeCacheLayer::new())
+        .service(writable_origin("/elsewhere"));
+    svc.ready().await.unwrap().call(get(url)).await.unwrap();
+    assert!(is_hit(
+        &svc.ready().await.unwrap().call(get(url)).await.unwrap()
+    ));
+    let put = Request::put("http://o.test/items/x/../7")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let res = svc.ready().await.unwrap().call(put).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = svc.ready().await.unwrap().call(get(url)).await.unwrap();
+    assert!(
+        !is_hit(&res),
+        "PUT /items/x/../7 (201) left the 404 of GET /items/7"
+    );
+}
+
+/// key.rs `Credentials::Fingerprint`: two different credentials share a fingerprint with
+/// probability 2^-63 and nobody can pick a colliding one. One `Authorization: x<0xff>y` and
+/// two lines `x` and `y` are different credentials.
+#[tokio::test(start_paused = true)]
+async fn two_different_credentials_do_not_share_a_fingerprint() {
+    let upstream = tower::service_fn(move |req: Req| {
+        let auth = req.headers().get_all("authorization").iter().count();
+        // Only the one-line credential is refused.
+        let status = if auth == 1 { 404 } else { 200 };
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(status)
+                    .body(Full::<Bytes>::default())
+                    .unwrap(),
+            )
+        }
+    });
+    let layer = NegativeCacheLayer::builder()
+        .credentials(Credentials::Fingerprint)
+        .build()
+        .unwrap();
+    let mut svc = ServiceBuilder::new().layer(layer).service(upstream);
+
+    let mut a = get("http://o.test/private/1");
+    a.headers_mut()
+        .insert("authorization", HeaderValue::from_bytes(b"x\xffy").unwrap());
+    let res = svc.ready().await.unwrap().call(a).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    let mut b = get("http://o.test/private/1");
+    b.headers_mut()
+        .append("authorization", HeaderValue::from_static("x"));
+    b.headers_mut()
+        .append("authorization", HeaderValue::from_static("y"));
+    let res = svc.ready().await.unwrap().call(b).await.unwrap();
+    assert!(
+        !is_hit(&res),
+        "another credential was answered with the first one's 404"
+    );
+    assert_eq!(res.status(), StatusCode::OK);
+}
