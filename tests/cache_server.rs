@@ -462,18 +462,23 @@ async fn head_and_get_share_the_entry() {
     assert_synthesized(send(&mut svc, head("/g")).await, 404, "HEAD after GET").await;
     assert_eq!(server.hits("/g"), 1);
 
-    // HEAD first, GET from the cache.
+    // HEAD first: a HEAD from the cache, but a GET upstream (RFC 9111 §4: a HEAD's answer
+    // has no body to stand for a GET's); the GET's answer then answers both.
     let res = send(&mut svc, head("/h")).await;
     assert_upstream(&res, 404, "HEAD");
+    let origin_length = res.headers().get("content-length").cloned();
     assert!(support::body_bytes(res).await.is_empty());
-    assert_synthesized(
-        send(&mut svc, support::get(&server.url("/h"))).await,
-        404,
-        "GET after HEAD",
-    )
-    .await;
+    let res = send(&mut svc, head("/h")).await;
+    assert!(hit_of(&res).is_some(), "HEAD after HEAD");
+    assert_eq!(res.headers().get("content-length"), origin_length.as_ref());
+    assert!(support::body_bytes(res).await.is_empty());
     assert_eq!(server.hits("/h"), 1);
-    assert_eq!(server.hits_for(Method::GET, "/h"), 0);
+    let get = || support::get(&server.url("/h"));
+    assert_upstream(&send(&mut svc, get()).await, 404, "GET after HEAD");
+    assert_eq!(server.hits_for(Method::GET, "/h"), 1);
+    assert_synthesized(send(&mut svc, get()).await, 404, "GET after GET").await;
+    assert_synthesized(send(&mut svc, head("/h")).await, 404, "HEAD after GET").await;
+    assert_eq!(server.hits("/h"), 2);
 }
 
 // 9 -------------------------------------------------------------------------------------------

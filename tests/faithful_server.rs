@@ -369,12 +369,25 @@ async fn head_and_get_share_an_entry() {
     assert!(read(res).await.is_empty());
     assert_eq!(server.hits("/a"), 1);
 
-    // HEAD first, then GET.
+    // HEAD first: the HEAD's repeat is its answer as the origin sent it (its
+    // `Content-Type` and `Content-Length` are a GET's, RFC 9110 §9.3.2); a GET goes upstream
+    // (RFC 9111 §4: a HEAD's answer has no body to stand for a GET's) and its answer is kept.
     let head_url = server.url("/b");
     let req = support::request(Method::HEAD, &head_url);
     let res = client.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let origin_head = res.headers().clone();
     assert!(read(res).await.is_empty());
+    let req = support::request(Method::HEAD, &head_url);
+    let res = client.ready().await.unwrap().call(req).await.unwrap();
+    let hit = *res.extensions().get::<NegativeCacheHit>().expect("a hit");
+    assert!(!hit.body_kept);
+    for name in ["content-type", "content-length"] {
+        assert_eq!(res.headers().get(name), origin_head.get(name), "{name}");
+    }
+    assert!(read(res).await.is_empty());
+    assert_eq!(server.hits("/b"), 1);
+    assert_eq!(layer.handle().stats().head_only, 1);
     let res = client
         .ready()
         .await
@@ -382,13 +395,24 @@ async fn head_and_get_share_an_entry() {
         .call(support::get(&head_url))
         .await
         .unwrap();
-    let hit = *res.extensions().get::<NegativeCacheHit>().expect("a hit");
-    assert!(!hit.body_kept);
-    assert!(res.headers().get("content-type").is_none());
-    assert_eq!(res.headers()["content-length"], "0");
-    assert!(read(res).await.is_empty());
-    assert_eq!(server.hits("/b"), 1);
-    assert_eq!(layer.handle().stats().head_only, 1);
+    assert!(res.extensions().get::<NegativeCacheHit>().is_none());
+    assert_eq!(read(res).await, JSON_404.as_bytes());
+    assert_eq!(server.hits("/b"), 2);
+    let res = client
+        .ready()
+        .await
+        .unwrap()
+        .call(support::get(&head_url))
+        .await
+        .unwrap();
+    assert!(
+        res.extensions()
+            .get::<NegativeCacheHit>()
+            .expect("a hit")
+            .body_kept
+    );
+    assert_eq!(read(res).await, JSON_404.as_bytes());
+    assert_eq!(server.hits("/b"), 2);
 }
 
 /// A body the caller drops before its end is never replayed in part: the entry is head-only,

@@ -346,3 +346,63 @@ async fn two_different_credentials_do_not_share_a_fingerprint() {
     );
     assert_eq!(res.status(), StatusCode::OK);
 }
+/// mod.rs: "A hit is the origin's answer (RFC 9111 §4)"; RFC 9110 §9.3.2: a HEAD's answer
+/// has the fields a GET's would. The origin answers HEAD with `Content-Length: 21` and a
+/// `Content-Type`; the same HEAD answered from the cache says the same.
+#[tokio::test(start_paused = true)]
+async fn a_head_hit_of_a_heads_answer_keeps_its_fields() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ServiceBuilder::new()
+        .layer(NegativeCacheLayer::new())
+        .service(origin(calls.clone(), || {
+            Response::builder()
+                .status(404)
+                .header("content-type", "application/json")
+                .header("content-length", "21")
+                .body(Full::<Bytes>::default())
+                .unwrap()
+        }));
+    let head = || {
+        Request::head("http://o.test/r/9")
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    let first = svc.ready().await.unwrap().call(head()).await.unwrap();
+    assert_eq!(first.headers()["content-length"], "21");
+    first.into_body().collect().await.unwrap();
+
+    let hit = svc.ready().await.unwrap().call(head()).await.unwrap();
+    assert!(is_hit(&hit));
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(
+        (
+            hit.headers().get("content-length"),
+            hit.headers().get("content-type")
+        ),
+        (
+            Some(&HeaderValue::from_static("21")),
+            Some(&HeaderValue::from_static("application/json"))
+        ),
+        "the origin's HEAD said Content-Length: 21, Content-Type: application/json"
+    );
+    assert!(
+        hit.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
+
+    // RFC 9111 §4: a HEAD's answer can't stand for a GET's (it has no body): a GET goes
+    // upstream, and its own answer is remembered.
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("http://o.test/r/9"))
+        .await
+        .unwrap();
+    assert!(!is_hit(&res), "a GET answered from a HEAD's answer");
+    assert_eq!(calls.load(SeqCst), 2);
+}

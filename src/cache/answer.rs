@@ -41,6 +41,8 @@ pub(crate) struct Answer {
     /// The kept body has a `Content-Encoding` (other than `identity`): it is sent only to a
     /// request that accepts each of its codings (RFC 9110 §12.5.3), else the hit is head-only.
     coded: bool,
+    /// The answer to a HEAD (see [`Answer::of_head`]): it answers a HEAD only.
+    from_head: bool,
     weight: u64,
 }
 
@@ -160,6 +162,7 @@ impl Answer {
                         body: Bytes::new(),
                         kept: false,
                         coded: false,
+                        from_head: false,
                         weight: 0,
                     })
                 });
@@ -187,8 +190,38 @@ impl Answer {
             body,
             kept,
             coded,
+            from_head: false,
             weight,
         }))
+    }
+
+    /// The answer to a HEAD, as the origin sent it: its fields all kept, those describing the
+    /// body and its `Content-Length` too, which are a GET's (RFC 9110 §9.3.2, §8.6). It answers
+    /// only a HEAD: a HEAD's answer has no body to stand for a GET's (RFC 9111 §4).
+    pub(crate) fn of_head(head: Head, length: Option<HeaderValue>) -> Arc<Answer> {
+        let mut headers = HeaderMap::with_capacity(head.fields.len() + 2);
+        let mut weight = std::mem::size_of::<Answer>() as u64 + 2 * FIELD_OVERHEAD;
+        for (n, v) in head.fields {
+            weight += n.as_str().len() as u64 + v.len() as u64 + FIELD_OVERHEAD;
+            headers.append(n, v);
+        }
+        if let Some(length) = length {
+            headers.insert(CONTENT_LENGTH, length);
+        }
+        headers.insert(AGE, HeaderValue::from_static("0"));
+        Arc::new(Answer {
+            headers,
+            body: Bytes::new(),
+            kept: false,
+            coded: false,
+            from_head: true,
+            weight,
+        })
+    }
+
+    /// Whether this answer may answer a GET (one learned from a HEAD may not).
+    pub(crate) fn serves_get(&self) -> bool {
+        !self.from_head
     }
 
     /// A peer's answer: its fields filtered as an origin's are (a peer is not trusted to

@@ -456,7 +456,8 @@ where
                             (Some((state, _)), Some(key)) => state
                                 .store
                                 .get(key, Instant::now(), || bump(&state.stats.expirations))
-                                .filter(|f| w.directives.accepts(f.age, f.remaining)),
+                                .filter(|f| w.directives.accepts(f.age, f.remaining))
+                                .filter(|f| f.serves(this.pending.head)),
                             _ => None,
                         };
                         if let Some((fresh, req)) = found.zip(w.request.as_ref()) {
@@ -518,6 +519,11 @@ fn synthesize<B>(synth: Synth) -> Response<ResponseBody<B>> {
     }
     // Overwrites the placeholder in place: the map does not grow.
     headers.insert(AGE, age_value(fresh.age.as_secs()));
+    // RFC 9110 §8.6: a HEAD's `Content-Length` is the length a GET's body would have; an
+    // entry that kept no body does not know it (one learned from a HEAD keeps the origin's).
+    if synth.head && !body_kept && answer.as_ref().is_some_and(|a| a.serves_get()) {
+        headers.remove(CONTENT_LENGTH);
+    }
     res.extensions_mut().insert(NegativeCacheHit {
         status: fresh.status,
         age: fresh.age,
@@ -602,39 +608,46 @@ fn settle<C: Classify, B: Body>(
                         age: f.age,
                         source: f.source,
                     };
-                    let head = Head::of(headers);
+                    let fields = Head::of(headers);
                     let started = pending.started.unwrap_or_else(Instant::now);
                     let body = res.body();
                     let hint = body.size_hint();
                     // The body is kept if the caller reads it whole within the limit: wait for
-                    // it, unless it is known now (none, or too long to keep).
-                    let known = if pending.head {
-                        Some(None)
+                    // it, unless the answer is known now (`Ok`: a HEAD's, no body, or one too
+                    // long to keep); `Err` gives the fields back to the recorder.
+                    let now = if pending.head {
+                        // RFC 9110 §9.3.2: a HEAD's answer is a GET's head, its
+                        // `Content-Length` the GET's body length (§8.6): kept as it came.
+                        let length = crate::headers::content_length(headers).map(HeaderValue::from);
+                        Ok(Some(super::answer::Answer::of_head(fields, length)))
                     } else if body.is_end_stream() {
-                        Some(Some(bytes::Bytes::new()))
+                        Ok(super::answer::Answer::new(
+                            fields,
+                            Some(bytes::Bytes::new()),
+                        ))
                     } else if hint.lower() > state.body_limit {
-                        Some(None)
+                        Ok(super::answer::Answer::new(fields, None))
                     } else {
-                        None
+                        Err(fields)
                     };
                     // Taken once the body (the caller's type, which may panic) has answered.
                     let ticket = pending.ticket.take()?;
-                    match known {
-                        Some(body) => {
-                            stored.answer = super::answer::Answer::new(head, body);
+                    match now {
+                        Ok(answer) => {
+                            stored.answer = answer;
                             // Remembered only if the key did not change while this read was
                             // out.
                             ticket.settle_with(&state.store.versions, || {
                                 state.remember(key, stored, started, arrived)
                             });
                         }
-                        None => {
+                        Err(fields) => {
                             let expected = hint.exact();
                             return Some(Box::new(Recorder::new(
                                 state.clone(),
                                 key,
                                 stored,
-                                head,
+                                fields,
                                 ticket,
                                 started,
                                 arrived,

@@ -149,6 +149,7 @@ pub(crate) fn hit(
     host: Option<&HeaderValue>,
     cred: u64,
     directives: &RequestDirectives,
+    head: bool,
 ) -> Option<Fresh> {
     let m = memo.as_mut()?;
     match m.judge(uri, host, cred, st.store.settled_generation()) {
@@ -160,9 +161,7 @@ pub(crate) fn hit(
         Verdict::Use => {}
     }
     let fresh = st.store.fresh_weak(&m.entry, clock::now())?;
-    directives
-        .accepts(fresh.age, fresh.remaining)
-        .then_some(fresh)
+    (directives.accepts(fresh.age, fresh.remaining) && fresh.serves(head)).then_some(fresh)
 }
 
 /// What a memo is to a request.

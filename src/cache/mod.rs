@@ -27,8 +27,10 @@
 //!   has ended, and get the same answer.
 //! - **HEAD and GET share an entry** (one key per target): a GET's answer answers a later
 //!   HEAD with the same fields, its `Content-Length` too, and no body (RFC 9110 §9.3.2); a
-//!   HEAD's answer has no body to keep, so its entry is head-only and a later GET gets no body
-//!   (still no upstream request).
+//!   HEAD's answer answers a later HEAD as the origin sent it (its `Content-Type` and
+//!   `Content-Length` are the GET's), but no GET: it has no body to stand for the GET's (RFC
+//!   9111 §4), so a GET goes upstream and its answer replaces the entry. A HEAD's answer is not
+//!   shared with fleet peers (the wire carries no method).
 //!
 //! - **Observing:** [`CacheStats`] from the handle; every counted event also goes to the
 //!   [`Observer`](crate::observe::Observer) given to [`Builder::observer`] (with the feature

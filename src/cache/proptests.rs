@@ -114,6 +114,8 @@ struct Entry {
     status: u16,
     stored: u64,
     expires: u64,
+    /// Learned from a HEAD: it answers a HEAD only (RFC 9111 §4).
+    head: bool,
 }
 
 #[derive(Debug, Default)]
@@ -132,14 +134,15 @@ struct Model {
 
 impl Model {
     /// The fresh entry for `k`; an expired one is dropped, as the store drops it when read.
-    fn lookup(&mut self, k: usize) -> Option<Entry> {
+    /// What a GET (or a HEAD: `head`) of `k` is answered from.
+    fn lookup(&mut self, k: usize, head: bool) -> Option<Entry> {
         let e = *self.entries.get(&k)?;
         if e.expires <= self.now {
             self.entries.remove(&k);
             self.expirations += 1;
             return None;
         }
-        Some(e)
+        Some(e).filter(|e| head || !e.head)
     }
 
     fn forget(&mut self, k: usize) {
@@ -149,8 +152,8 @@ impl Model {
         }
     }
 
-    /// Upstream answered a read of `k` with `a`.
-    fn answered(&mut self, cfg: &Cfg, k: usize, a: Answer) {
+    /// Upstream answered a read of `k` (a HEAD: `head`) with `a`.
+    fn answered(&mut self, cfg: &Cfg, k: usize, a: Answer, head: bool) {
         match a.status {
             200..=399 => self.forget(k),
             404 | 410 => match cfg.ttl(a) {
@@ -159,6 +162,7 @@ impl Model {
                         status: a.status,
                         stored: self.now,
                         expires: self.now + ttl,
+                        head,
                     };
                     // Over an entry still held (a refresh): a replacement, not an eviction.
                     self.entries.insert(k, e);
@@ -268,7 +272,7 @@ fn run(cfg: Cfg, ops: &[Op]) -> R<CacheStats> {
                     None
                 } else {
                     m.lookups += 1;
-                    m.lookup(k)
+                    m.lookup(k, g.head)
                 };
                 let status = res.status().as_u16();
                 let synthesized = res.body().is_synthesized();
@@ -295,7 +299,7 @@ fn run(cfg: Cfg, ops: &[Op]) -> R<CacheStats> {
                         prop_assert!(!lost, "{}: missed {:?} ({} evictions)", at, e, evictions);
                         let want = (once(k), answer.status, false);
                         prop_assert_eq!((called, status, synthesized), want, "{}", at);
-                        m.answered(&cfg, k, answer);
+                        m.answered(&cfg, k, answer, g.head);
                     }
                 }
             }

@@ -157,9 +157,10 @@ where
             return self.bypass(req, &directives);
         };
         let host = if plain { None } else { headers.get(HOST) };
+        let head = method == Method::HEAD;
         let refresh = directives.refresh || req.extensions().get::<BypassNegativeCache>().is_some();
         if !refresh {
-            if let Some(fresh) = memo::hit(&mut self.memo, st, uri, host, cred, &directives) {
+            if let Some(fresh) = memo::hit(&mut self.memo, st, uri, host, cred, &directives, head) {
                 return self.hit(&req, fresh);
             }
         }
@@ -199,7 +200,9 @@ where
         // An entry too old for the request's `max-age`, or too close to its end for its
         // `min-fresh`, is not used; the answer upstream gives refreshes it.
         let known = match found {
-            Some((entry, fresh)) if directives.accepts(fresh.age, fresh.remaining) => {
+            Some((entry, fresh))
+                if directives.accepts(fresh.age, fresh.remaining) && fresh.serves(head) =>
+            {
                 self.memo = Memo::new(uri, host, cred, generation, entry);
                 return self.hit(&req, fresh);
             }
@@ -238,7 +241,8 @@ where
             Role::Leader(leader) => {
                 // The flight before ours may have landed between our lookup and our join.
                 let again = st.store.get(&key, now, || bump(&st.stats.expirations));
-                if let Some(fresh) = again.filter(|f| directives.accepts(f.age, f.remaining)) {
+                let again = again.filter(|f| directives.accepts(f.age, f.remaining));
+                if let Some(fresh) = again.filter(|f| f.serves(head)) {
                     drop(leader);
                     return self.hit(&req, fresh);
                 }

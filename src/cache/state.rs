@@ -280,8 +280,11 @@ impl State {
             return;
         }
         let now = arrived;
-        let text =
-            (key.cred() == 0 && self.peers.attached()).then(|| Box::<str>::from(key.as_str()));
+        // A HEAD's answer is not shared: the wire carries no method, and a peer would take it
+        // for a GET's (RFC 9111 §4: it answers a HEAD only).
+        let shared = answer.as_ref().is_none_or(|a| a.serves_get());
+        let text = (key.cred() == 0 && shared && self.peers.attached())
+            .then(|| Box::<str>::from(key.as_str()));
         if !self.store.insert(key, stored, now) {
             bump(&self.stats.uncacheable);
             return;

@@ -129,6 +129,14 @@ pub(crate) struct Fresh {
     pub(crate) source: TtlSource,
 }
 
+impl Fresh {
+    /// Whether this entry may answer a request of this method (`head`: a HEAD): an answer to a
+    /// HEAD answers a HEAD only (RFC 9111 §4; it has no body to stand for a GET's).
+    pub(crate) fn serves(&self, head: bool) -> bool {
+        head || self.answer.as_ref().is_none_or(|a| a.serves_get())
+    }
+}
+
 /// Shards of a store of 4,096 entries or more.
 const SHARDS_AT_SCALE: usize = 16;
 
