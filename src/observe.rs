@@ -141,8 +141,10 @@ pub enum RetryEvent {
         /// `http.request.resend_count`).
         resend_count: u32,
     },
-    /// A retry decided, with the wait before it (a retry decided is sent after the wait,
-    /// unless its future is dropped or its service fails).
+    /// A retry sent, with the wait before it, told just before its
+    /// [`Resent`](RetryEvent::Resent): a retry decided but never sent (its future dropped, its
+    /// service failing or not ready by the deadline) is not told, so the backoff histogram adds
+    /// up to `retries`.
     Backoff {
         /// The wait: backoff with jitter, or the server's `Retry-After`.
         wait: Duration,

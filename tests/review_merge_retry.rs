@@ -178,14 +178,18 @@ async fn long_host_names_do_not_grow_the_budgets_past_their_stated_bound() {
     assert!(held > 100 << 10, "the scopes were made: {held} bytes");
 }
 
-/// Records when each retry was decided (the observer's `Backoff` event), on tokio's clock.
+/// Records when each retry was decided, on tokio's clock: the observer's `Backoff` event is
+/// told when the retry is sent, with the wait since it was decided.
 #[derive(Debug, Default)]
 struct Decided(std::sync::Mutex<Vec<tokio::time::Instant>>);
 
 impl tower_negative_cache::observe::Observer for Decided {
     fn retry(&self, event: tower_negative_cache::observe::RetryEvent) {
-        if let tower_negative_cache::observe::RetryEvent::Backoff { .. } = event {
-            self.0.lock().unwrap().push(tokio::time::Instant::now());
+        if let tower_negative_cache::observe::RetryEvent::Backoff { wait } = event {
+            self.0
+                .lock()
+                .unwrap()
+                .push(tokio::time::Instant::now() - wait);
         }
     }
 }

@@ -10,8 +10,10 @@
 //! it sends its trailers: they are the last frame a body can send (and [`Capturing`] forwards
 //! nothing after them). hyper's HTTP/1 client never asks for the end after trailers, nor when
 //! the request has a `Content-Length`: it stops after the declared bytes and drops the body.
-//! So a stream dropped after exactly its declared length (a `Content-Length`, or an exact size
-//! hint) is complete too. The bound counts the trailers kept (their names and values, plus 32
+//! So a stream dropped after exactly an HTTP/1 request's `Content-Length` is complete too (no
+//! trailers can follow those bytes, RFC 9112 §7.1.2). A stream dropped at its length otherwise
+//! is complete only if it says it has ended (`is_end_stream`): a service that stopped reading
+//! once it had the bytes it was told of may have left trailers unread, which a copy would lack. The bound counts the trailers kept (their names and values, plus 32
 //! bytes a field) with the data. Nothing is complete while the original
 //! stream may still send: a service reading the body on after its answer (HTTP/2, full
 //! duplex) may yet send trailers or more data, which a copy made before would lack — such a
@@ -43,6 +45,9 @@ enum Kept {
         trailers: Option<HeaderMap>,
         // The whole body's length, when the request or the body says it.
         declared: Option<u64>,
+        // The length is an HTTP/1 request's `Content-Length`: nothing can follow its bytes
+        // (only a chunked HTTP/1 message has trailers, RFC 9112 §6.1, §7.1.2).
+        framed: bool,
     },
     /// The whole stream, within the bound: replayable. Reached only once the original stream
     /// can send nothing more (ended or dropped), so never left.
@@ -102,11 +107,18 @@ impl CaptureState {
         complete(&mut self.lock());
     }
 
-    /// The whole body is `len` bytes long if the request says so (a `Content-Length`), else
-    /// what the body's exact size hint said.
-    fn declare(&self, len: Option<u64>) {
+    /// The whole body is `len` bytes long if the request says so (a `Content-Length`; `http1`:
+    /// the request is HTTP/1.x), else what the body's exact size hint said.
+    fn declare(&self, len: Option<u64>, http1: bool) {
         let mut kept = self.lock();
-        if let Kept::Capturing { data, declared, .. } = &mut *kept {
+        if let Kept::Capturing {
+            data,
+            declared,
+            framed,
+            ..
+        } = &mut *kept
+        {
+            *framed = len.is_some() && http1;
             let Some(len) = len.or(*declared) else {
                 return;
             };
@@ -118,17 +130,26 @@ impl CaptureState {
         }
     }
 
-    /// The original stream was dropped: complete if it had sent exactly its declared length
-    /// (hyper's HTTP/1 client drops it there, without polling its end), else never replayable.
-    fn dropped(&self) {
+    /// The original stream was dropped (`ended`: it had said it could send nothing more).
+    /// Complete if it had ended, or if it had sent exactly the `Content-Length` of an HTTP/1
+    /// request (hyper's HTTP/1 client drops it there, without polling its end; nothing may
+    /// follow). Dropped at its length otherwise — a service that stopped reading once it had
+    /// the bytes it was told of — it may still have had trailers to send, which a copy would
+    /// lack: never replayable then.
+    fn dropped(&self, ended: bool) {
         let mut kept = self.lock();
+        if ended {
+            complete(&mut kept);
+            return;
+        }
         if let Kept::Capturing {
             data,
             trailers,
             declared,
+            framed,
         } = &mut *kept
         {
-            *kept = if *declared == Some(data.len() as u64) {
+            *kept = if *framed && *declared == Some(data.len() as u64) {
                 Kept::Complete {
                     data: std::mem::take(data).freeze(),
                     trailers: trailers.take(),
@@ -156,6 +177,7 @@ fn complete(kept: &mut Kept) {
         data,
         trailers,
         declared,
+        ..
     } = kept
     {
         *kept = if declared.is_some_and(|d| d != data.len() as u64) {
@@ -192,11 +214,12 @@ type Replayer<B> = Arc<dyn Fn(&Arc<CaptureState>) -> B + Send + Sync>;
 
 impl<B> Capture<B> {
     /// Settles the body's whole length before it is sent: the request's `Content-Length` if
-    /// it has one (what goes on the wire), else the body's exact size hint. A stream dropped
-    /// with that many bytes sent is complete; one that ends short of it or goes past it is
-    /// spoiled.
-    pub(crate) fn declare(&self, len: Option<u64>) {
-        self.state.declare(len);
+    /// it has one (what goes on the wire), else the body's exact size hint. A stream that
+    /// ends short of it or goes past it is spoiled; one dropped with that many bytes sent is
+    /// complete if it said it had ended, or if the length is an HTTP/1 request's
+    /// `Content-Length` (`http1`), after which nothing can follow.
+    pub(crate) fn declare(&self, len: Option<u64>, http1: bool) {
+        self.state.declare(len, http1);
     }
 
     /// Whether the whole body was sent and kept, within the bound.
@@ -259,6 +282,7 @@ where
             trailers: None,
             // Settled by `Capture::declare`, which the request's `Content-Length` overrides.
             declared: hint.exact(),
+            framed: false,
         }),
     });
     let sent = wrap(Capturing {
@@ -277,7 +301,10 @@ where
 
 pin_project! {
     /// The original stream, forwarded unchanged while its bytes are kept (see the module docs).
-    pub(crate) struct Capturing<B> {
+    pub(crate) struct Capturing<B>
+    where
+        B: Body,
+    {
         #[pin]
         inner: B,
         state: Arc<CaptureState>,
@@ -286,9 +313,14 @@ pin_project! {
         ended: bool,
     }
 
-    impl<B> PinnedDrop for Capturing<B> {
+    impl<B> PinnedDrop for Capturing<B>
+    where
+        B: Body,
+    {
         fn drop(this: Pin<&mut Self>) {
-            this.project().state.dropped();
+            let this = this.project();
+            let ended = *this.ended || this.inner.is_end_stream();
+            this.state.dropped(ended);
         }
     }
 }
@@ -441,6 +473,7 @@ mod tests {
                 data: BytesMut::new(),
                 trailers: None,
                 declared: hint,
+                framed: false,
             }),
         }
     }
@@ -460,7 +493,7 @@ mod tests {
     #[test]
     fn a_declared_length_completes_at_the_end_or_the_drop_and_stays_complete() {
         let s = state(64, None);
-        s.declare(Some(6));
+        s.declare(Some(6), true);
         s.record(&data("abc"));
         s.record(&data("def"));
         // All declared bytes kept, but the stream may still send trailers (or lie).
@@ -471,30 +504,45 @@ mod tests {
         // What follows never undoes it: more data, a failure, a drop.
         s.record(&data("ghi"));
         s.spoil();
-        s.dropped();
+        s.dropped(false);
         assert_eq!(kept(&s), Some((Bytes::from_static(b"abcdef"), true)));
 
-        // hyper's HTTP/1 client drops the body after its declared bytes.
+        // hyper's HTTP/1 client drops the body after its `Content-Length` bytes.
         let h1 = state(64, None);
-        h1.declare(Some(3));
+        h1.declare(Some(3), true);
         h1.record(&data("abc"));
-        h1.dropped();
+        h1.dropped(false);
         assert_eq!(kept(&h1), Some((Bytes::from_static(b"abc"), false)));
+
+        // Dropped at a length that is not an HTTP/1 `Content-Length` (an exact size hint, or
+        // HTTP/2): trailers may have been left unread, unless the body said it had ended.
+        for (len, http1) in [(None, true), (Some(3), false)] {
+            let unread = state(64, Some(3));
+            unread.declare(len, http1);
+            unread.record(&data("abc"));
+            unread.dropped(false);
+            assert_eq!(kept(&unread), Some((Bytes::from_static(b"spoiled"), false)));
+            let ended = state(64, Some(3));
+            ended.declare(len, http1);
+            ended.record(&data("abc"));
+            ended.dropped(true);
+            assert_eq!(kept(&ended), Some((Bytes::from_static(b"abc"), false)));
+        }
     }
 
     #[test]
     fn trailers_complete_a_capture_and_count_against_its_bound() {
         // Undeclared (chunked): the trailers are the end, though the stream is then dropped.
         let chunked = state(64, None);
-        chunked.declare(None);
+        chunked.declare(None, true);
         chunked.record(&data("abc"));
         chunked.record(&Frame::trailers(HeaderMap::new()));
-        chunked.dropped();
+        chunked.dropped(false);
         assert_eq!(kept(&chunked), Some((Bytes::from_static(b"abc"), true)));
 
         // Short of the declared length: the body lied, never replayed.
         let short = state(64, None);
-        short.declare(Some(6));
+        short.declare(Some(6), true);
         short.record(&data("abc"));
         short.record(&Frame::trailers(HeaderMap::new()));
         assert_eq!(kept(&short), Some((Bytes::from_static(b"spoiled"), false)));
@@ -516,7 +564,7 @@ mod tests {
     #[test]
     fn data_past_the_declared_length_spoils_even_a_full_capture() {
         let s = state(64, None);
-        s.declare(Some(3));
+        s.declare(Some(3), true);
         s.record(&data("abc"));
         s.record(&data("def"));
         s.finish();
@@ -526,15 +574,15 @@ mod tests {
     #[test]
     fn a_stream_dropped_short_of_its_length_or_undeclared_is_spoiled() {
         let short = state(64, None);
-        short.declare(Some(6));
+        short.declare(Some(6), true);
         short.record(&data("abc"));
-        short.dropped();
+        short.dropped(false);
         assert_eq!(kept(&short), Some((Bytes::from_static(b"spoiled"), false)));
 
         let undeclared = state(64, None);
-        undeclared.declare(None);
+        undeclared.declare(None, true);
         undeclared.record(&data("abc"));
-        undeclared.dropped();
+        undeclared.dropped(false);
         assert_eq!(
             kept(&undeclared),
             Some((Bytes::from_static(b"spoiled"), false))
@@ -544,13 +592,13 @@ mod tests {
     #[test]
     fn a_body_short_of_or_crossing_its_declared_length_is_spoiled() {
         let short = state(64, None);
-        short.declare(Some(6));
+        short.declare(Some(6), true);
         short.record(&data("abc"));
         short.finish();
         assert_eq!(kept(&short), Some((Bytes::from_static(b"spoiled"), false)));
 
         let crossing = state(64, None);
-        crossing.declare(Some(4));
+        crossing.declare(Some(4), true);
         crossing.record(&data("abc"));
         crossing.record(&data("def"));
         assert_eq!(
@@ -559,7 +607,7 @@ mod tests {
         );
 
         let too_large = state(4, None);
-        too_large.declare(Some(5));
+        too_large.declare(Some(5), true);
         assert_eq!(
             kept(&too_large),
             Some((Bytes::from_static(b"spoiled"), false))
@@ -568,22 +616,31 @@ mod tests {
 
     #[test]
     fn the_header_overrides_the_hint_and_zero_completes_when_dropped_unpolled() {
+        // An empty body dropped unpolled is complete if it said it had ended; if not, it may
+        // have had trailers to send.
         let zero = state(64, Some(0));
-        zero.declare(None);
+        zero.declare(None, true);
         assert_eq!(kept(&zero), None);
-        zero.dropped();
+        zero.dropped(true);
         assert_eq!(kept(&zero), Some((Bytes::new(), false)));
+        let pending = state(64, Some(0));
+        pending.declare(None, true);
+        pending.dropped(false);
+        assert_eq!(
+            kept(&pending),
+            Some((Bytes::from_static(b"spoiled"), false))
+        );
 
         let header = state(64, Some(0));
-        header.declare(Some(3));
+        header.declare(Some(3), true);
         assert_eq!(kept(&header), None);
         header.record(&data("abc"));
         assert_eq!(kept(&header), None);
-        header.dropped();
+        header.dropped(false);
         assert_eq!(kept(&header), Some((Bytes::from_static(b"abc"), false)));
 
         let undeclared = state(64, None);
-        undeclared.declare(None);
+        undeclared.declare(None, true);
         undeclared.record(&data("abc"));
         assert_eq!(kept(&undeclared), None);
         undeclared.finish();

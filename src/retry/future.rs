@@ -101,6 +101,12 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             refund(this.budget, this.withdrawn);
+            // Dropped while draining a discarded answer: what was read of it is counted.
+            if let StateProj::Releasing { drained, .. } = this.state.project() {
+                if *drained > 0 {
+                    this.shared.stats.drained_bytes.add(*drained as u64);
+                }
+            }
             // Once per request, whether answered or dropped: gRPC A96's retries per call
             // (a call without a retry is not reported).
             if *this.attempts > 1 {
@@ -305,7 +311,6 @@ where
                         (Ok(_), false) => RetryReason::Status,
                         (Err(_), false) => RetryReason::TransportError,
                     };
-                    shared.stats.tell(RetryEvent::Backoff { wait: delay });
                     if this.budget.is_some() {
                         *this.withdrawn = Some(now);
                     }
@@ -474,6 +479,11 @@ where
                     if this.ticket.is_some() {
                         *this.ticket = Some(issue(&mut req));
                     }
+                    // Told when sent, with the wait before it: the backoff histogram adds up
+                    // to `retries` (a retry decided but never sent is not in it).
+                    shared.stats.tell(RetryEvent::Backoff {
+                        wait: *this.prev_delay,
+                    });
                     shared.stats.resent(*this.reason, *this.attempts - 1);
                     let future = service.call(req);
                     this.state.set(State::Called { future });

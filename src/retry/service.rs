@@ -129,7 +129,10 @@ where
                 // A stream: keep what the first attempt sends, up to the bound.
                 capture = req.body_mut().capture(shared.capture_limit);
                 if let Some(c) = &capture {
-                    c.declare(content_length(req.headers()));
+                    c.declare(
+                        content_length(req.headers()),
+                        req.version() < http::Version::HTTP_2,
+                    );
                 }
                 replay = capture.as_ref().map(|c| with_body(&req, c.copy()));
             }
