@@ -28,6 +28,15 @@ fn origin(
     })
 }
 
+/// One call: ready, call, the answer.
+async fn send<S>(svc: &mut S, req: Req) -> S::Response
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+{
+    svc.ready().await.unwrap().call(req).await.unwrap()
+}
+
 fn get(uri: &str) -> Req {
     Request::get(uri).body(Full::new(Bytes::new())).unwrap()
 }
@@ -57,13 +66,7 @@ async fn a_body_read_late_does_not_extend_the_origins_freshness() {
         .layer(NegativeCacheLayer::new())
         .service(origin(calls.clone(), not_found_for_ten_seconds));
 
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://o.test/r/1"))
-        .await
-        .unwrap();
+    let res = send(&mut svc, get("http://o.test/r/1")).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     tokio::time::advance(Duration::from_secs(8)).await;
     let body = res.into_body().collect().await.unwrap().to_bytes();
@@ -71,13 +74,7 @@ async fn a_body_read_late_does_not_extend_the_origins_freshness() {
 
     // 9 s after arrival: a hit, at least 9 s old.
     tokio::time::advance(Duration::from_secs(1)).await;
-    let hit = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://o.test/r/1"))
-        .await
-        .unwrap();
+    let hit = send(&mut svc, get("http://o.test/r/1")).await;
     let info = *hit.extensions().get::<NegativeCacheHit>().expect("a hit");
     assert!(
         info.age >= Duration::from_secs(9) && hit.headers()["age"] == "9",
@@ -89,13 +86,7 @@ async fn a_body_read_late_does_not_extend_the_origins_freshness() {
 
     // 12 s after arrival: past the origin's max-age=10, so upstream.
     tokio::time::advance(Duration::from_secs(3)).await;
-    let again = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://o.test/r/1"))
-        .await
-        .unwrap();
+    let again = send(&mut svc, get("http://o.test/r/1")).await;
     assert!(
         !is_hit(&again),
         "12 s after arrival a max-age=10 answer was served from the cache: {:?}",
@@ -111,23 +102,11 @@ async fn a_body_dropped_late_does_not_extend_the_origins_freshness() {
     let mut svc = ServiceBuilder::new()
         .layer(NegativeCacheLayer::new())
         .service(origin(calls.clone(), not_found_for_ten_seconds));
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://o.test/r/1"))
-        .await
-        .unwrap();
+    let res = send(&mut svc, get("http://o.test/r/1")).await;
     tokio::time::advance(Duration::from_secs(8)).await;
     drop(res);
     tokio::time::advance(Duration::from_secs(4)).await;
-    let again = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://o.test/r/1"))
-        .await
-        .unwrap();
+    let again = send(&mut svc, get("http://o.test/r/1")).await;
     assert!(
         !is_hit(&again),
         "{:?}",
@@ -146,24 +125,12 @@ async fn a_body_that_ends_after_its_freshness_is_not_stored() {
     let mut svc = ServiceBuilder::new()
         .layer(layer)
         .service(origin(calls.clone(), not_found_for_ten_seconds));
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://o.test/r/1"))
-        .await
-        .unwrap();
+    let res = send(&mut svc, get("http://o.test/r/1")).await;
     tokio::time::advance(Duration::from_secs(11)).await;
     res.into_body().collect().await.unwrap();
     let stats = handle.stats();
     assert_eq!((stats.inserts, stats.uncacheable), (0, 1), "{stats:?}");
-    let again = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://o.test/r/1"))
-        .await
-        .unwrap();
+    let again = send(&mut svc, get("http://o.test/r/1")).await;
     assert!(!is_hit(&again));
     assert_eq!(calls.load(SeqCst), 2);
 }
@@ -195,26 +162,14 @@ async fn a_hit_never_says_less_age_than_the_origin_reported() {
                 r
             })
             .service(svc_origin);
-        let first = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(get("http://o.test/old"))
-            .await
-            .unwrap();
+        let first = send(&mut svc, get("http://o.test/old")).await;
         assert_eq!(
             first.headers()["age"],
             origin_age,
             "the origin's answer goes through"
         );
         first.into_body().collect().await.unwrap();
-        let hit = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(get("http://o.test/old"))
-            .await
-            .unwrap();
+        let hit = send(&mut svc, get("http://o.test/old")).await;
         let info = *hit.extensions().get::<NegativeCacheHit>().expect("a hit");
         assert_eq!(calls.load(SeqCst), 1);
         assert_eq!(hit.headers()["age"], hit_age.to_string().as_str());
@@ -252,28 +207,19 @@ async fn a_location_spelled_as_the_remembered_target_forgets_it() {
     let mut svc = ServiceBuilder::new()
         .layer(NegativeCacheLayer::new())
         .service(writable_origin(url));
-    svc.ready().await.unwrap().call(get(url)).await.unwrap();
-    assert!(is_hit(
-        &svc.ready().await.unwrap().call(get(url)).await.unwrap()
-    ));
+    send(&mut svc, get(url)).await;
+    assert!(is_hit(&send(&mut svc, get(url)).await));
     assert!(
-        is_hit(
-            &svc.ready()
-                .await
-                .unwrap()
-                .call(get("http://o.test/items/7"))
-                .await
-                .unwrap()
-        ),
+        is_hit(&send(&mut svc, get("http://o.test/items/7")).await),
         "`/items/./7` and `/items/7` are one target (RFC 3986 §6.2.2.3)"
     );
 
     let post = Request::post("http://o.test/items")
         .body(Full::<Bytes>::default())
         .unwrap();
-    let res = svc.ready().await.unwrap().call(post).await.unwrap();
+    let res = send(&mut svc, post).await;
     assert_eq!(res.status(), StatusCode::CREATED);
-    let res = svc.ready().await.unwrap().call(get(url)).await.unwrap();
+    let res = send(&mut svc, get(url)).await;
     assert!(
         !is_hit(&res),
         "a 201 with Location: {url} left the 404 of GET {url}"
@@ -288,16 +234,14 @@ async fn a_write_to_a_dot_segment_spelling_forgets_its_target() {
     let mut svc = ServiceBuilder::new()
         .layer(NegativeCacheLayer::new())
         .service(writable_origin("/elsewhere"));
-    svc.ready().await.unwrap().call(get(url)).await.unwrap();
-    assert!(is_hit(
-        &svc.ready().await.unwrap().call(get(url)).await.unwrap()
-    ));
+    send(&mut svc, get(url)).await;
+    assert!(is_hit(&send(&mut svc, get(url)).await));
     let put = Request::put("http://o.test/items/x/../7")
         .body(Full::<Bytes>::default())
         .unwrap();
-    let res = svc.ready().await.unwrap().call(put).await.unwrap();
+    let res = send(&mut svc, put).await;
     assert_eq!(res.status(), StatusCode::CREATED);
-    let res = svc.ready().await.unwrap().call(get(url)).await.unwrap();
+    let res = send(&mut svc, get(url)).await;
     assert!(
         !is_hit(&res),
         "PUT /items/x/../7 (201) left the 404 of GET /items/7"
@@ -331,7 +275,7 @@ async fn two_different_credentials_do_not_share_a_fingerprint() {
     let mut a = get("http://o.test/private/1");
     a.headers_mut()
         .insert("authorization", HeaderValue::from_bytes(b"x\xffy").unwrap());
-    let res = svc.ready().await.unwrap().call(a).await.unwrap();
+    let res = send(&mut svc, a).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 
     let mut b = get("http://o.test/private/1");
@@ -339,7 +283,7 @@ async fn two_different_credentials_do_not_share_a_fingerprint() {
         .append("authorization", HeaderValue::from_static("x"));
     b.headers_mut()
         .append("authorization", HeaderValue::from_static("y"));
-    let res = svc.ready().await.unwrap().call(b).await.unwrap();
+    let res = send(&mut svc, b).await;
     assert!(
         !is_hit(&res),
         "another credential was answered with the first one's 404"
@@ -367,11 +311,11 @@ async fn a_head_hit_of_a_heads_answer_keeps_its_fields() {
             .body(Full::<Bytes>::default())
             .unwrap()
     };
-    let first = svc.ready().await.unwrap().call(head()).await.unwrap();
+    let first = send(&mut svc, head()).await;
     assert_eq!(first.headers()["content-length"], "21");
     first.into_body().collect().await.unwrap();
 
-    let hit = svc.ready().await.unwrap().call(head()).await.unwrap();
+    let hit = send(&mut svc, head()).await;
     assert!(is_hit(&hit));
     assert_eq!(calls.load(SeqCst), 1);
     assert_eq!(
@@ -396,13 +340,7 @@ async fn a_head_hit_of_a_heads_answer_keeps_its_fields() {
 
     // RFC 9111 §4: a HEAD's answer can't stand for a GET's (it has no body): a GET goes
     // upstream, and its own answer is remembered.
-    let res = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(get("http://o.test/r/9"))
-        .await
-        .unwrap();
+    let res = send(&mut svc, get("http://o.test/r/9")).await;
     assert!(!is_hit(&res), "a GET answered from a HEAD's answer");
     assert_eq!(calls.load(SeqCst), 2);
 }

@@ -87,6 +87,18 @@ fn connection_options(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// An answer's map of `fields`, with room for the two a hit states itself (`Content-Length`,
+/// `Age`), and what the answer weighs with them (its body aside).
+fn with_room_for_two(fields: Vec<(HeaderName, HeaderValue)>) -> (HeaderMap, u64) {
+    let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+    let mut weight = std::mem::size_of::<Answer>() as u64 + 2 * FIELD_OVERHEAD;
+    for (n, v) in fields {
+        weight += n.as_str().len() as u64 + v.len() as u64 + FIELD_OVERHEAD;
+        headers.append(n, v);
+    }
+    (headers, weight)
+}
+
 /// The origin's end-to-end fields, copied: what an entry keeps of a Missing answer's head.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Head {
@@ -151,8 +163,8 @@ impl Answer {
             return if kept {
                 None
             } else {
-                // One for every bare head-only entry (a HEAD's answer without fields): it weighs
-                // nothing, as the bare entry that `None` stands for.
+                // One for every bare head-only entry (a GET's answer without fields whose body
+                // was not kept): it weighs nothing, as the bare entry that `None` stands for.
                 static BARE: std::sync::LazyLock<Arc<Answer>> = std::sync::LazyLock::new(|| {
                     let mut headers = HeaderMap::with_capacity(2);
                     headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -169,16 +181,11 @@ impl Answer {
                 Some(BARE.clone())
             };
         }
-        let mut headers = HeaderMap::with_capacity(fields.len() + 2);
-        let mut weight = (std::mem::size_of::<Answer>() + body.len()) as u64;
-        for (n, v) in fields {
-            weight += n.as_str().len() as u64 + v.len() as u64 + FIELD_OVERHEAD;
-            headers.append(n, v);
-        }
+        let (mut headers, weight) = with_room_for_two(fields);
+        let weight = weight + body.len() as u64;
         // RFC 9110 §8.6: the length of what this hit sends.
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         headers.insert(AGE, HeaderValue::from_static("0"));
-        weight += 2 * FIELD_OVERHEAD;
         let coded = kept
             && !body.is_empty()
             && headers
@@ -199,12 +206,7 @@ impl Answer {
     /// body and its `Content-Length` too, which are a GET's (RFC 9110 §9.3.2, §8.6). It answers
     /// only a HEAD: a HEAD's answer has no body to stand for a GET's (RFC 9111 §4).
     pub(crate) fn of_head(head: Head, length: Option<HeaderValue>) -> Arc<Answer> {
-        let mut headers = HeaderMap::with_capacity(head.fields.len() + 2);
-        let mut weight = std::mem::size_of::<Answer>() as u64 + 2 * FIELD_OVERHEAD;
-        for (n, v) in head.fields {
-            weight += n.as_str().len() as u64 + v.len() as u64 + FIELD_OVERHEAD;
-            headers.append(n, v);
-        }
+        let (mut headers, weight) = with_room_for_two(head.fields);
         if let Some(length) = length {
             headers.insert(CONTENT_LENGTH, length);
         }
