@@ -36,6 +36,40 @@ impl Observer for Tally {
     }
 }
 
+/// The trailers the two trailer tests' bodies carry.
+fn checksum() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    trailers
+}
+
+/// A PUT of `data` followed by [`checksum`]'s trailers, boxed, through a retry layer over
+/// `upstream`.
+async fn put_with_trailers<S, D>(upstream: S, data: D) -> Response<Empty<Bytes>>
+where
+    S: Service<
+            Request<http_body_util::combinators::BoxBody<Bytes, Infallible>>,
+            Response = Response<Empty<Bytes>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    D: http_body::Body<Data = Bytes, Error = Infallible> + Send + Sync + 'static,
+{
+    let t = checksum();
+    let body = data
+        .with_trailers(async move { Some(Ok::<_, Infallible>(t)) })
+        .boxed();
+    fast()
+        .build()
+        .unwrap()
+        .layer(upstream)
+        .oneshot(Request::put("http://h.test/r").body(body).unwrap())
+        .await
+        .unwrap()
+}
+
 fn fast() -> tower_negative_cache::retry::Builder {
     StatusAwareRetryLayer::builder()
         .backoff_base(Duration::from_millis(1))
@@ -70,18 +104,8 @@ async fn an_unread_zero_length_body_with_trailers_is_not_replayed_without_them()
             Ok(Response::new(Empty::<Bytes>::new()))
         }
     });
-    let layer = fast().build().unwrap();
-    let mut trailers = HeaderMap::new();
-    trailers.insert("x-checksum", "abc".parse().unwrap());
-    let t = trailers.clone();
-    let body = Empty::<Bytes>::new()
-        .with_trailers(async move { Some(Ok::<_, Infallible>(t)) })
-        .boxed();
-    let res = layer
-        .layer(upstream)
-        .oneshot(Request::put("http://h.test/r").body(body).unwrap())
-        .await
-        .unwrap();
+    let trailers = checksum();
+    let res = put_with_trailers(upstream, Empty::<Bytes>::new()).await;
     let seen = seen.lock().unwrap().clone();
     let n = calls.load(SeqCst);
     assert!(
@@ -231,18 +255,8 @@ async fn a_body_read_to_its_length_but_not_its_trailers_is_not_replayed_without_
             Ok(Response::new(Empty::<Bytes>::new()))
         }
     });
-    let layer = fast().build().unwrap();
-    let mut trailers = HeaderMap::new();
-    trailers.insert("x-checksum", "abc".parse().unwrap());
-    let t = trailers.clone();
-    let body = Full::new(Bytes::from_static(b"abc"))
-        .with_trailers(async move { Some(Ok::<_, Infallible>(t)) })
-        .boxed();
-    let res = layer
-        .layer(upstream)
-        .oneshot(Request::put("http://h.test/r").body(body).unwrap())
-        .await
-        .unwrap();
+    let trailers = checksum();
+    let res = put_with_trailers(upstream, Full::new(Bytes::from_static(b"abc"))).await;
     let seen = seen.lock().unwrap().clone();
     let n = calls.load(SeqCst);
     assert!(
