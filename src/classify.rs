@@ -27,7 +27,7 @@ use std::error::Error;
 use std::fmt;
 use std::io;
 
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 
 use crate::BuildError;
 use crate::headers;
@@ -63,7 +63,8 @@ pub enum Outcome {
         /// [`WitnessLayer`](crate::retry::WitnessLayer) ties it to the request sent.
         unprocessed: bool,
     },
-    /// Any other failure: return it, do not retry, do not remember.
+    /// Any other failure: return it, do not retry, do not remember. Final all the same: the
+    /// negative cache forgets a 404 it held for the key, as for a `Success`.
     Fatal,
 }
 
@@ -575,7 +576,7 @@ impl Classify for DefaultClassifier {
             Outcome::Missing
         } else if self.is_retryable_status(status) {
             Outcome::Retryable {
-                after: headers::retry_after(headers.get(header::RETRY_AFTER)),
+                after: headers::retry_after_of(headers),
                 unprocessed: false,
             }
         } else {
@@ -587,6 +588,7 @@ impl Classify for DefaultClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
     use std::time::Duration;
 
     fn outcome(status: u16) -> Outcome {

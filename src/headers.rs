@@ -37,6 +37,30 @@ pub(crate) fn retry_after(value: Option<&HeaderValue>) -> Option<RetryAfter> {
     httpdate::parse_http_date(s).ok().map(RetryAfter::At)
 }
 
+/// An answer's `Retry-After`. A singleton field (RFC 9110 §5.3) that came several times (a
+/// proxy added its own): the longest wait any valid line asks for, seen from now — the origin
+/// asked for at least that much — a line that is not valid hiding none that is. One line,
+/// the usual case, reads no clock.
+pub(crate) fn retry_after_of(headers: &HeaderMap) -> Option<RetryAfter> {
+    let mut lines = headers.get_all(header::RETRY_AFTER).iter();
+    let mut best = retry_after(lines.next());
+    let mut now = None;
+    for hint in lines.filter_map(|v| retry_after(Some(v))) {
+        best = match best {
+            Some(b) => {
+                let now = *now.get_or_insert_with(SystemTime::now);
+                Some(if hint.delay_from(now) > b.delay_from(now) {
+                    hint
+                } else {
+                    b
+                })
+            }
+            None => Some(hint),
+        };
+    }
+    best
+}
+
 /// RFC 9111 §1.2.2 delta-seconds: one or more digits; values past `u64::MAX` saturate.
 pub(crate) fn delta_seconds(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {

@@ -398,6 +398,11 @@ async fn start_goaway() -> (SocketAddr, Arc<Seen>, Arc<Notify>) {
                         while conn.accept().await.is_some() {}
                         drop(respond);
                         c.notify_one();
+                        // The socket stays open (half-closed) until the test ends: closed, it
+                        // would answer the client's stream 3 with a reset, and a loaded machine
+                        // could let the client's write see the reset (a broken pipe, which
+                        // proves nothing unprocessed) before it reads the GOAWAY.
+                        std::future::pending::<()>().await;
                         return;
                     }
                     let s = s.clone();

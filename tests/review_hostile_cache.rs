@@ -344,3 +344,160 @@ async fn a_head_hit_of_a_heads_answer_keeps_its_fields() {
     assert!(!is_hit(&res), "a GET answered from a HEAD's answer");
     assert_eq!(calls.load(SeqCst), 2);
 }
+
+// Fifth round: the suspicions the fourth round's reviewers left unconfirmed.
+
+/// An origin whose n-th answer (from 0) is `answers[n]` (the last one repeated), counting
+/// calls.
+fn answering(
+    calls: Arc<AtomicUsize>,
+    answers: &'static [(u16, &'static str, &'static str)],
+) -> impl Service<Req, Response = Res, Error = Infallible, Future = impl Send> + Clone {
+    tower::service_fn(move |_req: Req| {
+        let n = calls.fetch_add(1, SeqCst);
+        let (status, cache_control, body) = answers[n.min(answers.len() - 1)];
+        let res = Response::builder()
+            .status(status)
+            .header("cache-control", cache_control)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        async move { Ok::<_, Infallible>(res) }
+    })
+}
+
+fn refresh(uri: &str) -> Req {
+    Request::get(uri)
+        .header("cache-control", "no-cache")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// RFC 9111 §4: of the answers a cache holds for a request, the most recent is used. A 404
+/// whose body the caller reads late is remembered once it is read; by then a 410 that arrived
+/// after it was stored. The older 404 does not replace the newer 410.
+#[tokio::test(start_paused = true)]
+async fn an_older_answer_read_late_does_not_replace_a_newer_one() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ServiceBuilder::new()
+        .layer(NegativeCacheLayer::new())
+        .service(answering(
+            calls.clone(),
+            &[(404, "max-age=100", "old"), (410, "max-age=100", "new")],
+        ));
+    let old = send(&mut svc, get("http://o.test/r/1")).await;
+    assert_eq!(old.status(), StatusCode::NOT_FOUND);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let new = send(&mut svc, refresh("http://o.test/r/1")).await;
+    assert_eq!(new.status(), StatusCode::GONE);
+    new.into_body().collect().await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    old.into_body().collect().await.unwrap();
+
+    let hit = send(&mut svc, get("http://o.test/r/1")).await;
+    assert!(is_hit(&hit));
+    assert_eq!(
+        hit.status(),
+        StatusCode::GONE,
+        "the 404 that arrived first replaced the 410 that arrived after it"
+    );
+    assert_eq!(hit.headers()["age"], "1");
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// The same when the older answer's freshness ran out before its body ended: it is not
+/// stored, and the newer answer stays.
+#[tokio::test(start_paused = true)]
+async fn an_older_answer_stale_by_its_end_leaves_a_newer_one() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ServiceBuilder::new()
+        .layer(NegativeCacheLayer::new())
+        .service(answering(
+            calls.clone(),
+            &[(404, "max-age=10", "old"), (410, "max-age=100", "new")],
+        ));
+    let old = send(&mut svc, get("http://o.test/r/1")).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let new = send(&mut svc, refresh("http://o.test/r/1")).await;
+    new.into_body().collect().await.unwrap();
+    tokio::time::advance(Duration::from_secs(6)).await;
+    old.into_body().collect().await.unwrap();
+
+    let hit = send(&mut svc, get("http://o.test/r/1")).await;
+    assert!(
+        is_hit(&hit),
+        "a stale older answer removed the newer one stored before it ended"
+    );
+    assert_eq!(hit.status(), StatusCode::GONE);
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// "The latest answer wins" for every final answer: a refresh answered 403 (the resource is
+/// there now, behind a credential) forgets the remembered 404, so the next plain GET asks the
+/// origin rather than repeat a 404 the origin no longer gives. A 503 says nothing about the
+/// resource (RFC 9111 §4.3.3 lets a cache keep using what it holds): the 404 stays.
+#[tokio::test(start_paused = true)]
+async fn a_final_answer_other_than_missing_forgets_the_remembered_404() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = ServiceBuilder::new()
+        .layer(NegativeCacheLayer::new())
+        .service(answering(
+            calls.clone(),
+            &[
+                (404, "max-age=100", "gone"),
+                (503, "no-store", "busy"),
+                (403, "no-store", "forbidden"),
+            ],
+        ));
+    let url = "http://o.test/r/1";
+    send(&mut svc, get(url))
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        send(&mut svc, refresh(url)).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        is_hit(&send(&mut svc, get(url)).await),
+        "a 503 to a refresh forgot the 404"
+    );
+    assert_eq!(
+        send(&mut svc, refresh(url)).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let res = send(&mut svc, get(url)).await;
+    assert!(
+        !is_hit(&res),
+        "the origin answered 403 last, and the cache still answered its older 404"
+    );
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(calls.load(SeqCst), 4);
+}
+
+/// RFC 9110 §7.2: a request in absolute form goes to its URI's authority, and an origin
+/// serving several hosts reads its `Host`. A write whose `Host` names another host than its
+/// URI is not keyed, but it may have changed either: both targets' 404s are forgotten.
+#[tokio::test(start_paused = true)]
+async fn a_write_whose_host_disagrees_with_its_uri_forgets_both_targets() {
+    let mut svc = ServiceBuilder::new()
+        .layer(NegativeCacheLayer::new())
+        .service(writable_origin("/elsewhere"));
+    let (by_address, by_name) = ("http://10.0.0.1/r/3", "http://tenant-a.test/r/3");
+    for url in [by_address, by_name] {
+        send(&mut svc, get(url)).await;
+        assert!(is_hit(&send(&mut svc, get(url)).await));
+    }
+    let put = Request::put(by_address)
+        .header("host", "tenant-a.test")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    assert_eq!(send(&mut svc, put).await.status(), StatusCode::CREATED);
+    for url in [by_address, by_name] {
+        assert!(
+            !is_hit(&send(&mut svc, get(url)).await),
+            "PUT {by_address} with Host: tenant-a.test left the 404 of GET {url}"
+        );
+    }
+}

@@ -265,3 +265,54 @@ async fn a_body_read_to_its_length_but_not_its_trailers_is_not_replayed_without_
         res.status()
     );
 }
+
+/// RFC 9110 §10.2.3, §5.3: `Retry-After` is a singleton field. An answer that carries it
+/// several times (a proxy added its own) is honoured for the longest wait any valid line asks
+/// for — the origin asked for at least that much — and a line that is not valid does not hide
+/// a valid one.
+#[tokio::test(start_paused = true)]
+async fn of_several_retry_after_lines_the_longest_valid_wait_is_honoured() {
+    for (lines, wait) in [
+        (&["1", "5"][..], 5),
+        (&["5", "1"][..], 5),
+        (&["soon", "3"][..], 3),
+        (&["2", "soon"][..], 2),
+    ] {
+        let sent: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+        let s = sent.clone();
+        let upstream = tower::service_fn(move |_: Request<Empty<Bytes>>| {
+            let n = {
+                let mut s = s.lock().unwrap();
+                s.push(tokio::time::Instant::now());
+                s.len()
+            };
+            let mut res = Response::builder();
+            if n == 1 {
+                res = res.status(StatusCode::SERVICE_UNAVAILABLE);
+                for line in lines {
+                    res = res.header("retry-after", *line);
+                }
+            }
+            let res = res.body(Empty::<Bytes>::new()).unwrap();
+            async move { Ok::<_, Infallible>(res) }
+        });
+        let res = StatusAwareRetryLayer::builder()
+            .backoff_base(Duration::from_millis(10))
+            .jitter(Jitter::None)
+            .no_budget()
+            .build()
+            .unwrap()
+            .layer(upstream)
+            .oneshot(Request::new(Empty::<Bytes>::new()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(
+            sent[1] - sent[0],
+            Duration::from_secs(wait),
+            "Retry-After lines {lines:?}"
+        );
+    }
+}

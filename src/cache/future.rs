@@ -673,9 +673,11 @@ fn settle<C: Classify, B: Body>(
                 }
             }
         }
-        // Present: a Missing answer remembered for this key is forgotten, and those still on
-        // their way are not remembered.
-        Outcome::Success => {
+        // Present, or another final answer (a 403, a 400): the origin's latest word on this
+        // key is not Missing. A Missing answer remembered for it is forgotten, and those still
+        // on their way are not remembered. A Retryable answer (a 503) says nothing about the
+        // resource and leaves what is held (RFC 9111 §4.3.3 lets a cache keep using it).
+        Outcome::Success | Outcome::Fatal => {
             // The key is made only if a fleet tier records the change or something may be
             // stored for it: most 2xx answers go by without it. Without a tier only the time
             // of the change is noted (for a tier attached later), and the adaptive TTL's
@@ -729,18 +731,38 @@ fn forget_unanswered(state: &State, w: &Written) {
 /// `Content-Location` name on the same origin (RFC 9111 §4.4), resolved against the target
 /// (RFC 3986 §5.2) and compared as keys are (scheme and host lower-case, default port elided).
 fn forget_written(state: &State, w: &Written, headers: &HeaderMap) {
-    let Some(target) = state.key_for(&w.uri, w.host.as_ref(), 0) else {
-        return;
-    };
-    if let Some(k) = target.to_key() {
-        state.forget(&k);
-    }
-    // The same target the key was made from, as owned parts to resolve against.
     let Some((scheme, authority, pq)) =
         origin_target(&w.uri, w.host.as_ref(), &state.origin_scheme)
     else {
+        // Not keyed: a `Host` naming another host than the URI. The request went to the URI's
+        // authority and the origin may have read the `Host` (RFC 9110 §7.2): the write may
+        // have changed either target, so both are forgotten, with what the answer names.
+        if let (Some(_), Some(host)) = (w.uri.authority(), &w.host) {
+            forget_written(
+                state,
+                &Written {
+                    uri: w.uri.clone(),
+                    host: None,
+                },
+                headers,
+            );
+            let mut parts = w.uri.clone().into_parts();
+            if let Some(authority) = host.to_str().ok().and_then(|h| h.parse().ok()) {
+                parts.authority = Some(authority);
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    forget_written(state, &Written { uri, host: None }, headers);
+                }
+            }
+        }
         return;
     };
+    if let Some(k) = state
+        .key_for(&w.uri, w.host.as_ref(), 0)
+        .and_then(|t| t.to_key())
+    {
+        state.forget(&k);
+    }
+    // The same target the key was made from, as owned parts to resolve against.
     let base = Target {
         scheme: scheme.to_ascii_lowercase(),
         authority: authority.to_owned(),

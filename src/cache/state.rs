@@ -222,7 +222,7 @@ impl State {
     /// The entry is dated from `arrived`, RFC 9111 §4.2.3's `response_time`, however late its
     /// body ends (the caller may read it seconds later): it expires `ttl` after the answer
     /// arrived and its hits count their age from then. An answer whose freshness ran out
-    /// before its body ended is not stored.
+    /// before its body ended is not stored, nor one older than the key's stored entry.
     pub(crate) fn remember(
         &self,
         key: Key,
@@ -230,6 +230,18 @@ impl State {
         started: Instant,
         arrived: Instant,
     ) {
+        // RFC 9111 §4: of the answers a cache holds, the most recent is the one used. An
+        // answer whose body ended late does not replace (or, stale, remove) one that arrived
+        // after it and was stored first.
+        if self.store.holds_newer(&key, arrived) {
+            bump(&self.stats.uncacheable);
+            tracing::debug!(
+                key = key.as_str(),
+                status = %stored.status,
+                "negative cache: Missing answer not stored (a newer one is)"
+            );
+            return;
+        }
         // The adaptive TTL (opt-in): a default lifetime grows with the key's streak of
         // confirmations; an explicit one is the origin's and is left alone.
         if let Some(history) = self
@@ -259,13 +271,6 @@ impl State {
         }
         let body_kept = stored.answer.as_ref().is_none_or(|a| a.kept());
         let answer = stored.answer.clone();
-        tracing::debug!(
-            key = key.as_str(),
-            %status,
-            ?ttl,
-            body_kept,
-            "negative cache: remembered"
-        );
         if arrived + stored.ttl <= Instant::now() {
             bump(&self.stats.uncacheable);
             tracing::debug!(
@@ -279,6 +284,13 @@ impl State {
             }
             return;
         }
+        tracing::debug!(
+            key = key.as_str(),
+            %status,
+            ?ttl,
+            body_kept,
+            "negative cache: remembered"
+        );
         let now = arrived;
         // A HEAD's answer is not shared: the wire carries no method, and a peer would take it
         // for a GET's (RFC 9111 §4: it answers a HEAD only).

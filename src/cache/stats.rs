@@ -29,8 +29,10 @@ pub struct CacheStats {
     /// without a body (see [`NegativeCacheHit::body_kept`](super::NegativeCacheHit)).
     pub head_only: u64,
     /// Missing answers that could not be remembered: the answer said `no-store`, `no-cache`
-    /// (or `private` in shared mode), had a `Vary` field, or was stale on arrival; or the
-    /// request said `no-store`. Logged at debug level with the reason.
+    /// (or `private` in shared mode), had a `Vary` field, or was stale on arrival or by the
+    /// end of its body; or the request said `no-store`; or an answer for the same key that
+    /// arrived after it was stored while its body was read (RFC 9111 §4: the most recent
+    /// answer is used). Logged at debug level with the reason.
     pub uncacheable: u64,
     /// Requests with `only-if-cached` that the cache could not answer (nothing fresh stored,
     /// or a request it can't serve: credentials, a refresh) and answered 504 without an

@@ -697,6 +697,22 @@ impl Store {
         len.max(self.floor) <= self.heaviest
     }
 
+    /// Whether `key`'s entry (fresh or not) arrived more than a millisecond after `arrived`.
+    /// An entry keeps its expiry and its TTL to the millisecond, not its arrival: the arrival
+    /// read back from them is up to 1 ms late, so an entry that arrived within about a
+    /// millisecond of `arrived` does not count as newer (the later stored then wins).
+    pub(crate) fn holds_newer(&self, key: &Key, arrived: Instant) -> bool {
+        if !self.accounts.presence.may_hold(key.presence_hash()) {
+            return false;
+        }
+        let Some(e) = self.cache.peek(key) else {
+            return false;
+        };
+        let entry_arrived = e.expires_us.saturating_sub(u64::from(e.ttl_ms) * 1_000);
+        let at = u64::try_from(self.since_epoch(arrived).as_micros()).unwrap_or(u64::MAX);
+        entry_arrived > at.saturating_add(1_001)
+    }
+
     /// Remembers `stored` under `key`; false (nothing stored) when the entry alone would take
     /// more than its shard's share of `max_bytes`.
     pub(crate) fn insert(&self, key: Key, stored: Stored, now: Instant) -> bool {
