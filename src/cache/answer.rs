@@ -186,12 +186,7 @@ impl Answer {
         // RFC 9110 §8.6: the length of what this hit sends.
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         headers.insert(AGE, HeaderValue::from_static("0"));
-        let coded = kept
-            && !body.is_empty()
-            && headers
-                .get_all(CONTENT_ENCODING)
-                .iter()
-                .any(|c| !c.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let coded = kept && !body.is_empty() && has_coding(&headers);
         Some(Arc::new(Answer {
             headers,
             body,
@@ -211,11 +206,15 @@ impl Answer {
             headers.insert(CONTENT_LENGTH, length);
         }
         headers.insert(AGE, HeaderValue::from_static("0"));
+        // Its fields describe a coded body (the GET's): replayed only to a request that
+        // accepts the coding, as a kept coded body is (RFC 9110 §12.5.3); to another, the hit
+        // is head-only.
+        let coded = has_coding(&headers);
         Arc::new(Answer {
             headers,
             body: Bytes::new(),
             kept: false,
-            coded: false,
+            coded,
             from_head: true,
             weight,
         })
@@ -292,6 +291,14 @@ impl Answer {
     pub(crate) fn weight(&self) -> u64 {
         self.weight
     }
+}
+
+/// Whether `headers` state a content coding other than `identity`.
+fn has_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .any(|c| !c.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 /// Whether a request's `Accept-Encoding` (RFC 9110 §12.5.3) accepts every coding in `coding`

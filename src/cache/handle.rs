@@ -54,7 +54,9 @@ impl NegativeCacheHandle {
         let fresh = self
             .state
             .store
-            .peek(&lookup, tokio::time::Instant::now())?;
+            .peek(&lookup, tokio::time::Instant::now())
+            // A HEAD's answer does not answer a GET (RFC 9111 §4).
+            .filter(|fresh| fresh.serves(false))?;
         Some(NegativeCacheHit {
             status: fresh.status,
             age: fresh.age,

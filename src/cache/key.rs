@@ -482,11 +482,18 @@ pub(crate) fn target_key<'a>(
         return None;
     }
     // An absolute URI's path-and-query must start with '/' ("http://a" and "http://a?q" don't).
-    let pq_ok = (scheme.is_empty() && host.is_empty()) || pq.starts_with('/');
+    let no_authority = scheme.is_empty() && host.is_empty();
+    let pq_ok = no_authority || pq.starts_with('/');
     let upper = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
     // A host with a percent-escape is rare: it takes the copying path (see `normal_host`).
     let host_ok = plain || (!upper(host) && !host.contains('%'));
-    if pq_ok && !upper(scheme) && host_ok && pct_normal(pq) && dot_free(pq) {
+    if pq_ok
+        && !upper(scheme)
+        && host_ok
+        && pct_normal(pq)
+        && dot_free(pq)
+        && !(no_authority && pq.starts_with("//"))
+    {
         return Some(Lookup::Borrowed(KeyRef {
             scheme,
             host,
@@ -499,18 +506,13 @@ pub(crate) fn target_key<'a>(
     let pq = pct_normalise(pq)?;
     let pq = if pq_ok { pq } else { format!("/{pq}") };
     // After the escapes are decoded: `%2E%2E` is `..` (RFC 3986 §6.2.2.2, then §6.2.2.3).
-    let pq = if dot_free(&pq) {
-        pq
-    } else {
-        let (path, query) = pq
-            .split_once('?')
-            .map_or((&pq[..], None), |(p, q)| (p, Some(q)));
-        let path = remove_dot_segments(path);
-        match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        }
-    };
+    let pq = without_dot_segments(pq);
+    // RFC 3986 §3.3: without an authority a path can't begin with `//` (a key's text would
+    // read it as one: `//evil.test/x` is the key of `/x` with `Host: evil.test`). Such a
+    // target (`//x`, or `/.//x` once its dot segments are gone) is not keyed.
+    if no_authority && pq.starts_with("//") {
+        return None;
+    }
     Key::from_parts(KeyRef {
         scheme: &scheme,
         host: &host,
@@ -519,6 +521,37 @@ pub(crate) fn target_key<'a>(
         cred,
     })
     .map(Lookup::Owned)
+}
+
+/// `pq` with the dot segments of its path removed (RFC 3986 §6.2.2.3, §5.2.4); its query as
+/// it is.
+fn without_dot_segments(pq: String) -> String {
+    if dot_free(&pq) {
+        return pq;
+    }
+    let (path, query) = pq
+        .split_once('?')
+        .map_or((&pq[..], None), |(p, q)| (p, Some(q)));
+    let path = remove_dot_segments(path);
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    }
+}
+
+/// The URI a key function is given: `uri` itself when its path and query are normal
+/// ([`pct_normal`], no dot segment); else a copy with them normalised as keys are, so that
+/// every spelling of one target gives the key function the same URI (RFC 3986 §6.2.2). `None`
+/// if the copy won't parse.
+pub(crate) fn normal_uri(uri: &Uri) -> Option<std::borrow::Cow<'_, Uri>> {
+    use std::borrow::Cow;
+    let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
+    if pct_normal(pq) && dot_free(pq) {
+        return Some(Cow::Borrowed(uri));
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(without_dot_segments(pct_normalise(pq)?).parse().ok()?);
+    Uri::from_parts(parts).ok().map(Cow::Owned)
 }
 
 /// Whether the path of `pq` has no `.` or `..` segment (RFC 3986 §6.2.2.3: `/a/./b` and

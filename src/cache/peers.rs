@@ -40,6 +40,10 @@ pub(crate) enum PeerEvent {
         at: Instant,
         /// The adaptive TTL's streak behind `ttl` (0 without it): travels to the peers.
         confirmed: u8,
+        /// The age the answer had on arrival (the origin's `Age`, or what its `Date` says):
+        /// travels in the answer section as an `Age` field, so that a peer's hit says its
+        /// whole age (RFC 9111 §4.2.3).
+        origin_age: Duration,
     },
     /// `key` was forgotten.
     Forget { key: Box<str> },
@@ -218,6 +222,7 @@ mod tests {
             started: Instant::now(),
             at: Instant::now(),
             confirmed: 0,
+            origin_age: Duration::ZERO,
         };
         peers.send(missing);
         // Full: a 404 is dropped and owes nothing.

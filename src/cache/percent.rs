@@ -1,8 +1,6 @@
 //! Percent-encoding normalisation of keys (RFC 3986 §6.2.2.1, §6.2.2.2): one target in any
 //! spelling is one key. Pure: no I/O, no panics on any bytes.
 
-use http::Uri;
-
 /// Whether `s` is already in the normal form of RFC 3986 §6.2.2.1 and §6.2.2.2: every
 /// percent-escape in upper-case hex, and none of an unreserved character (`ALPHA / DIGIT / "-"
 /// / "." / "_" / "~"`, §2.3). Most targets have no `%` at all: one `memchr` says so. A target
@@ -90,20 +88,6 @@ fn escape_at(b: &[u8], i: usize) -> Option<(u8, bool)> {
 /// RFC 3986 §2.3.
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-/// The URI a key function is given: `uri` itself when its path and query are normal
-/// ([`pct_normal`]); else a copy with them normalised, so that every spelling of one target
-/// gives the key function the same URI (RFC 3986 §6.2.2). `None` if the copy won't parse.
-pub(crate) fn normal_uri(uri: &Uri) -> Option<std::borrow::Cow<'_, Uri>> {
-    use std::borrow::Cow;
-    let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
-    if pct_normal(pq) {
-        return Some(Cow::Borrowed(uri));
-    }
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(pct_normalise(pq)?.parse().ok()?);
-    Uri::from_parts(parts).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use tokio::time::Instant;
 use super::answer::Answer;
 use super::coalesce::Flights;
 use super::history::Histories;
-use super::key::{Credentials, Key, KeyFn, Lookup, partition_tag, target_key, text_key, uri_key};
+use super::key::{
+    Credentials, Key, KeyFn, Lookup, normal_uri, partition_tag, target_key, text_key, uri_key,
+};
 use super::peers::{PeerEvent, Peers};
-use super::percent::normal_uri;
 use super::reference::Target;
 use super::stats::{CacheStats, Counters};
 use super::store::{Store, Stored};
@@ -262,7 +263,7 @@ impl State {
             TtlSource::Learned { confirmed } => confirmed,
             _ => 0,
         };
-        let (status, ttl) = (stored.status, stored.ttl);
+        let (status, ttl, origin_age) = (stored.status, stored.ttl, stored.age);
         // An answer too heavy for the store keeps its head: the repeat stays free.
         if !self.store.fits(&key, stored.answer.as_ref()) {
             if let Some(a) = stored.answer.as_ref().filter(|a| a.kept()) {
@@ -315,6 +316,7 @@ impl State {
                 started,
                 at: now,
                 confirmed,
+                origin_age,
             });
         }
     }

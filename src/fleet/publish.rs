@@ -4,6 +4,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
+use http::header::AGE;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -283,22 +285,31 @@ impl Link {
 /// Issue 17: a `m` message's answer section (see [`wire::encode_answer`]): the remembered
 /// answer; head-only when it is larger than [`wire::MAX_ANSWER`]; bare head-only when even its
 /// fields are. `None` for other events.
+///
+/// The age the answer had on arrival travels as an `Age` field (whole seconds, none when 0):
+/// the receiver adds it to the age of the request, so a peer's hit says its whole age, the
+/// origin's included (RFC 9111 §4.2.3, §5.1).
 fn answer_section(event: &PeerEvent) -> Option<Vec<u8>> {
-    let PeerEvent::Missing { answer, .. } = event else {
+    let PeerEvent::Missing {
+        answer, origin_age, ..
+    } = event
+    else {
         return None;
     };
-    let bare_head_only = || wire::encode_answer(false, std::iter::empty(), &[]);
+    let age = (origin_age.as_secs() > 0).then(|| HeaderValue::from(origin_age.as_secs()));
+    let age = age.as_ref().map(|v| (&AGE, v));
+    let bare_head_only = || wire::encode_answer(false, age.into_iter(), &[]);
     let Some(a) = answer else {
         // Nothing but the status: kept, no fields, an empty body.
-        return Some(wire::encode_answer(true, std::iter::empty(), &[]));
+        return Some(wire::encode_answer(true, age.into_iter(), &[]));
     };
-    let full = wire::encode_answer(a.kept(), a.fields(), a.body());
+    let full = wire::encode_answer(a.kept(), a.fields().chain(age), a.body());
     if full.len() <= wire::MAX_ANSWER {
         return Some(full);
     }
     let head = a
         .head_only()
-        .map(|h| wire::encode_answer(false, h.fields(), &[]))
+        .map(|h| wire::encode_answer(false, h.fields().chain(age), &[]))
         .filter(|h| h.len() <= wire::MAX_ANSWER);
     Some(head.unwrap_or_else(bare_head_only))
 }
@@ -315,6 +326,8 @@ fn outgoing(event: &PeerEvent, now: Instant) -> Option<Body> {
             started,
             at,
             confirmed,
+            // In the answer section (see `answer_section`).
+            origin_age: _,
         } => {
             let left = (*at + *ttl).checked_duration_since(now)?;
             let age = now.saturating_duration_since(*started);
@@ -453,6 +466,7 @@ mod tests {
             started: Instant::now(),
             at: Instant::now(),
             confirmed: 0,
+            origin_age: Duration::ZERO,
         };
         let head = |fields: &[(&str, String)]| {
             let mut m = http::HeaderMap::new();
@@ -530,6 +544,7 @@ mod tests {
             started: now - Duration::from_secs(age),
             at: now - Duration::from_secs(age),
             confirmed: 0,
+            origin_age: Duration::ZERO,
         };
         assert!(outgoing(&missing("k".into(), 60, 1), now).is_some());
         assert!(outgoing(&missing("k".repeat(wire::MAX_KEY + 1), 60, 1), now).is_none());

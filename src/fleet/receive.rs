@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use http::StatusCode;
+use http::header::AGE;
 use tokio::time::{Instant, timeout};
 
 use super::Counters;
@@ -268,12 +269,20 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
             let Some(answer) = signed.answer.and_then(wire::decode_answer) else {
                 return bump(&rejected.malformed);
             };
+            // The age the answer had on arrival at the peer (see `publish::answer_section`).
+            let origin_age = answer
+                .fields
+                .iter()
+                .find(|(n, _)| n == AGE)
+                .and_then(|(_, v)| crate::headers::age(Some(v)))
+                .map_or(Duration::ZERO, Duration::from_secs);
             let answer =
                 Answer::from_peer(answer.kept, answer.fields, answer.body, state.body_limit);
             let heard = Heard {
                 status,
                 ttl,
                 age,
+                origin_age,
                 confirmed,
                 answer,
             };
@@ -298,7 +307,11 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
 struct Heard {
     status: StatusCode,
     ttl: Duration,
+    /// How long ago its request left.
     age: Duration,
+    /// The age its answer had on arrival at the peer (the origin's), added to `age` for the
+    /// entry's `Age` but not for ordering it.
+    origin_age: Duration,
     /// Its adaptive TTL's streak (0 from a stored copy, which does not keep it).
     confirmed: u8,
     /// The origin's answer as the peer remembered it (head-only from a stored copy).
@@ -310,6 +323,7 @@ fn learn(state: &State, counters: &Counters, key: &str, heard: Heard, stored: &C
         status,
         ttl,
         age,
+        origin_age,
         confirmed,
         answer,
     } = heard;
@@ -317,6 +331,7 @@ fn learn(state: &State, counters: &Counters, key: &str, heard: Heard, stored: &C
         // Before this process's clock began: nothing to check it against.
         return bump(&counters.rejected.superseded);
     };
+    let age = age.saturating_add(origin_age);
     match state.learn(key, status, ttl, started, answer, confirmed, age) {
         Learned::Stored { clamped } => {
             bump(stored);
@@ -567,11 +582,14 @@ fn warm_one(
     let age = Duration::from_millis(age);
     let ttl = Duration::from_millis(left);
     // A stored copy carries no answer: what the origin said besides its status is unknown,
-    // so the entry says plainly that it has no body (head-only, no fields).
+    // so the entry says plainly that it has no body (head-only, no fields). Nor the age the
+    // answer had on arrival: its `Age` counts from the request (GUARANTEES.md, "Not
+    // guaranteed").
     let heard = Heard {
         status,
         ttl,
         age,
+        origin_age: Duration::ZERO,
         confirmed: 0,
         answer: Answer::new(Head::default(), None),
     };

@@ -16,7 +16,9 @@
 //!
 //! A `m` message is followed by its answer section (see [`encode_answer`]): a NUL byte, then
 //! the remembered answer's head fields and kept body, at most [`MAX_ANSWER`] bytes (a larger
-//! one travels head-only). The MAC covers it too.
+//! one travels head-only). The MAC covers it too. Its `Age` field, when there is one, is the
+//! age the answer had on arrival at the publisher (the origin's): the receiver adds it to
+//! `age_ms` for the entry's `Age`, never for ordering.
 //!
 //! Versions 1 (`tnc1`, no age) and 2 (`tnc2`, no answer) are refused and counted (`version`):
 //! without the age a receiver cannot tell a stale 404 from a fresh one, and without the
