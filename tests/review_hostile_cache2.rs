@@ -272,7 +272,7 @@ async fn a_path_only_keys_text_names_it_again() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
 
-// 1. Arrival dating, through the fleet ----------------------------------------------------------
+// Through the fleet ------------------------------------------------------------------------------
 
 #[cfg(feature = "redis")]
 #[path = "support/redis.rs"]
@@ -294,7 +294,7 @@ mod fleet {
     }
 
     /// GUARANTEES.md: "A hit says its whole age (`Age` includes the origin's)" and, for the
-    /// fleet, "a warmed or learned 404 keeps its age (`Age`)"; RFC 9111 §4.2.3 (the age on
+    /// fleet, "a learned 404 keeps its age (`Age`)"; RFC 9111 §4.2.3 (the age on
     /// arrival is at least the origin's `Age`) and §5.1. An origin's 404 arrives with `Age: 100`
     /// and `max-age=300`: replica A's hit says `Age: 100`; replica B, which learned the same
     /// entry from A (dated from A's arrival, 200 s left), must not say it is younger.
@@ -311,7 +311,7 @@ mod fleet {
         )
         .await;
         let tier = || {
-            Fleet::builder(&redis.url())
+            Fleet::builder(redis.url())
                 .prefix("review14")
                 .reconnect(Duration::from_millis(20), Duration::from_millis(200))
                 .timeout(Duration::from_millis(300))
@@ -358,7 +358,7 @@ mod fleet {
         let users = TestServer::always(Reply::status(404)).await;
         let evil = TestServer::always(Reply::ok("here")).await;
         let tier = || {
-            Fleet::builder(&redis.url())
+            Fleet::builder(redis.url())
                 .prefix("review14b")
                 .reconnect(Duration::from_millis(20), Duration::from_millis(200))
                 .timeout(Duration::from_millis(300))
