@@ -47,6 +47,14 @@ fn hit_of<B>(res: &Response<B>) -> Option<NegativeCacheHit> {
     res.extensions().get::<NegativeCacheHit>().copied()
 }
 
+/// A cache whose key function keys a target by its path.
+fn keyed_by_path() -> NegativeCacheLayer {
+    NegativeCacheLayer::builder()
+        .key_fn(|uri: &http::Uri| Some(uri.path().to_owned()))
+        .build()
+        .unwrap()
+}
+
 fn head(url: &str) -> Request<Empty<Bytes>> {
     support::request(Method::HEAD, url)
 }
@@ -60,10 +68,7 @@ fn head(url: &str) -> Request<Empty<Bytes>> {
 #[tokio::test]
 async fn a_key_function_is_given_one_uri_for_dot_segment_spellings() {
     let server = TestServer::always(Reply::status(404)).await;
-    let layer = NegativeCacheLayer::builder()
-        .key_fn(|uri: &http::Uri| Some(uri.path().to_owned()))
-        .build()
-        .unwrap();
+    let layer = keyed_by_path();
     let mut svc = cached(&layer);
     let first = send(&mut svc, support::get(&server.url("/items/./7"))).await;
     assert_eq!(first.status(), StatusCode::NOT_FOUND);
@@ -89,10 +94,7 @@ async fn with_a_key_function_a_write_to_a_dot_segment_spelling_forgets_its_targe
         .default_reply(Reply::status(404))
         .start()
         .await;
-    let layer = NegativeCacheLayer::builder()
-        .key_fn(|uri: &http::Uri| Some(uri.path().to_owned()))
-        .build()
-        .unwrap();
+    let layer = keyed_by_path();
     let mut svc = cached(&layer);
     drop(send(&mut svc, support::get(&server.url("/items/7"))).await);
     assert!(hit_of(&send(&mut svc, support::get(&server.url("/items/7"))).await).is_some());
@@ -125,10 +127,7 @@ async fn with_a_key_function_a_location_forgets_its_own_dot_segment_spelling() {
         .default_reply(Reply::status(404))
         .start()
         .await;
-    let layer = NegativeCacheLayer::builder()
-        .key_fn(|uri: &http::Uri| Some(uri.path().to_owned()))
-        .build()
-        .unwrap();
+    let layer = keyed_by_path();
     let mut svc = cached(&layer);
     let url = server.url("/items/./7");
     drop(send(&mut svc, support::get(&url)).await);
