@@ -40,9 +40,10 @@ pub(crate) enum PeerEvent {
         at: Instant,
         /// The adaptive TTL's streak behind `ttl` (0 without it): travels to the peers.
         confirmed: u8,
-        /// The age the answer had on arrival (the origin's `Age`, or what its `Date` says):
-        /// travels in the answer section as an `Age` field, so that a peer's hit says its
-        /// whole age (RFC 9111 §4.2.3).
+        /// The age the answer had on arrival beyond the time since its request left (the
+        /// origin's `Age`, or what its `Date` says, less the response delay, which the
+        /// message's age counts): travels in the answer section as an `Age` field, so that a
+        /// peer's hit says its whole age (RFC 9111 §4.2.3).
         origin_age: Duration,
     },
     /// `key` was forgotten.

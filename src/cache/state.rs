@@ -263,7 +263,13 @@ impl State {
             TtlSource::Learned { confirmed } => confirmed,
             _ => 0,
         };
-        let (status, ttl, origin_age) = (stored.status, stored.ttl, stored.age);
+        let (status, ttl) = (stored.status, stored.ttl);
+        // What a peer adds to its message's age (the time since this request left, which
+        // counts the response delay already): the rest of the age on arrival (RFC 9111
+        // §4.2.3: the origin's `Age`, or what its `Date` says).
+        let origin_age = stored
+            .age
+            .saturating_sub(arrived.saturating_duration_since(started));
         // An answer too heavy for the store keeps its head: the repeat stays free.
         if !self.store.fits(&key, stored.answer.as_ref()) {
             if let Some(a) = stored.answer.as_ref().filter(|a| a.kept()) {
@@ -324,6 +330,14 @@ impl State {
     /// Remembers what a peer learned from a request that left at `started` (at the latest),
     /// for `ttl` capped at this cache's `max_ttl` — unless the key changed here since. The
     /// caller has checked the status.
+    ///
+    /// `request_age` is how long ago the peer's request left (`started` is earlier still, by
+    /// the transit allowance, for ordering only), `origin_age` the age its answer had on
+    /// arrival beyond that (the origin's `Age`, less the response delay the request's age
+    /// already counts). The entry is dated from the peer's request, not from now: its
+    /// `Age` is `origin_age` plus the time since the peer's request left, and a local answer
+    /// that arrived after that request left is newer than it (RFC 9111 §4, see
+    /// [`remember`](Self::remember)).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn learn(
@@ -334,7 +348,8 @@ impl State {
         started: Instant,
         answer: Option<Arc<Answer>>,
         confirmed: u8,
-        age: Duration,
+        request_age: Duration,
+        origin_age: Duration,
     ) -> Learned {
         let Some(key) = self.key_from_text(text) else {
             return Learned::Unreadable;
@@ -353,12 +368,14 @@ impl State {
             Some(a) if a.kept() && !self.store.fits(&key, Some(&a)) => a.head_only(),
             a => a,
         };
+        // Dated from the peer's request: what is left of its TTL is left from now, and its
+        // age grows from the peer's (RFC 9111 §5.1).
+        let dated = now.checked_sub(request_age).unwrap_or(now);
         let stored = Stored {
             status,
             answer,
-            ttl: ttl.min(self.ttl.max),
-            // The peer's entry's age travels with it: its `Age` (RFC 9111 §5.1) goes on.
-            age,
+            ttl: ttl.min(self.ttl.max) + now.saturating_duration_since(dated),
+            age: origin_age,
             source: TtlSource::Peer,
         };
         // The peer's streak carries on here: once this entry expires, this replica's own
@@ -366,7 +383,7 @@ impl State {
         if let (Some(history), 1..) = (&self.history, confirmed) {
             history.learned(&key, status, confirmed);
         }
-        let kept = self.store.insert(key, stored, now);
+        let kept = self.store.insert(key, stored, dated);
         drop(guard);
         self.tell_size();
         if kept {
@@ -487,6 +504,7 @@ mod tests {
                 None,
                 0,
                 Duration::ZERO,
+                Duration::ZERO,
             );
         }));
         let forgetter = spawn(Box::new(move |text| {
@@ -519,6 +537,7 @@ mod tests {
             Instant::now(),
             None,
             0,
+            Duration::ZERO,
             Duration::ZERO,
         );
         assert_eq!(learned, Learned::Stored { clamped: false });

@@ -715,9 +715,18 @@ impl Store {
 
     /// Remembers `stored` under `key`; false (nothing stored) when the entry alone would take
     /// more than its shard's share of `max_bytes`.
-    pub(crate) fn insert(&self, key: Key, stored: Stored, now: Instant) -> bool {
+    pub(crate) fn insert(&self, key: Key, mut stored: Stored, mut now: Instant) -> bool {
         if !self.fits(&key, stored.answer.as_ref()) {
             return false;
+        }
+        // An entry dated before the store began (a peer's, dated from the peer's request): it
+        // is dated from the store's start, the time before it counted in its age, and it
+        // expires when it would have.
+        let before = self.epoch.saturating_duration_since(now);
+        if !before.is_zero() {
+            now = self.epoch;
+            stored.ttl = stored.ttl.saturating_sub(before);
+            stored.age = stored.age.saturating_add(before);
         }
         let answer_bytes = stored.answer.as_ref().map_or(0, |a| a.weight());
         let len = key.as_str().len() as u64 + answer_bytes;

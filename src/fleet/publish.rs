@@ -296,7 +296,9 @@ fn answer_section(event: &PeerEvent) -> Option<Vec<u8>> {
     else {
         return None;
     };
-    let age = (origin_age.as_secs() > 0).then(|| HeaderValue::from(origin_age.as_secs()));
+    // Whole seconds, rounded up: an age is never understated (RFC 9111 §4.2.3).
+    let secs = origin_age.as_secs() + u64::from(origin_age.subsec_nanos() > 0);
+    let age = (secs > 0).then(|| HeaderValue::from(secs));
     let age = age.as_ref().map(|v| (&AGE, v));
     let bare_head_only = || wire::encode_answer(false, age.into_iter(), &[]);
     let Some(a) = answer else {

@@ -309,8 +309,8 @@ struct Heard {
     ttl: Duration,
     /// How long ago its request left.
     age: Duration,
-    /// The age its answer had on arrival at the peer (the origin's), added to `age` for the
-    /// entry's `Age` but not for ordering it.
+    /// The age its answer had on arrival at the peer beyond the request's own (the origin's
+    /// `Age`), added to `age` for the entry's `Age` but not for ordering it.
     origin_age: Duration,
     /// Its adaptive TTL's streak (0 from a stored copy, which does not keep it).
     confirmed: u8,
@@ -331,8 +331,9 @@ fn learn(state: &State, counters: &Counters, key: &str, heard: Heard, stored: &C
         // Before this process's clock began: nothing to check it against.
         return bump(&counters.rejected.superseded);
     };
-    let age = age.saturating_add(origin_age);
-    match state.learn(key, status, ttl, started, answer, confirmed, age) {
+    match state.learn(
+        key, status, ttl, started, answer, confirmed, age, origin_age,
+    ) {
         Learned::Stored { clamped } => {
             bump(stored);
             if clamped {
