@@ -70,6 +70,23 @@ mod fleet {
     use super::*;
     use tower_negative_cache::fleet::Fleet;
 
+    /// Two caches, A and B, each with a tier on `redis` under `prefix`, both connected.
+    async fn two_replicas(
+        redis: &RedisServer,
+        prefix: &str,
+    ) -> (NegativeCacheLayer, NegativeCacheLayer, Fleet, Fleet) {
+        let (la, lb) = (NegativeCacheLayer::new(), NegativeCacheLayer::new());
+        let (fa, fb) = (
+            tier(redis, prefix).start(&la).unwrap(),
+            tier(redis, prefix).start(&lb).unwrap(),
+        );
+        wait_until(Duration::from_secs(10), || {
+            fa.stats().connected && fb.stats().connected
+        })
+        .await;
+        (la, lb, fa, fb)
+    }
+
     async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
         let t = std::time::Instant::now();
         while !f() {
@@ -99,15 +116,7 @@ mod fleet {
         let Some(redis) = RedisServer::try_start("a_peers_older_answer_does_not_refuse") else {
             return;
         };
-        let (la, lb) = (NegativeCacheLayer::new(), NegativeCacheLayer::new());
-        let (fa, fb) = (
-            tier(&redis, "session6a").start(&la).unwrap(),
-            tier(&redis, "session6a").start(&lb).unwrap(),
-        );
-        wait_until(Duration::from_secs(10), || {
-            fa.stats().connected && fb.stats().connected
-        })
-        .await;
+        let (la, lb, fa, fb) = two_replicas(&redis, "session6a").await;
         let (ca, cb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut a = ServiceBuilder::new().layer(la.clone()).service(answering(
             ca.clone(),
@@ -169,15 +178,7 @@ mod fleet {
         else {
             return;
         };
-        let (la, lb) = (NegativeCacheLayer::new(), NegativeCacheLayer::new());
-        let (fa, fb) = (
-            tier(&redis, "session6b").start(&la).unwrap(),
-            tier(&redis, "session6b").start(&lb).unwrap(),
-        );
-        wait_until(Duration::from_secs(10), || {
-            fa.stats().connected && fb.stats().connected
-        })
-        .await;
+        let (la, lb, fa, fb) = two_replicas(&redis, "session6b").await;
         let (ca, cb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut a = ServiceBuilder::new().layer(la.clone()).service(answering(
             ca.clone(),
