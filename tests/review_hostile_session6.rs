@@ -163,6 +163,79 @@ mod fleet {
         drop((fa, fb));
     }
 
+    /// RFC 9111 §4 ("the most recent response ... MUST be used") and GUARANTEES.md "The latest
+    /// answer wins", the other way round: a peer's older 404 does not replace a newer local
+    /// 410.
+    ///
+    /// B asks first: its 404 arrives, its caller reads the body late. A, not connected to the
+    /// fleet yet (so B never hears of A's answer, as with a Redis down for A), asks after
+    /// that: its 410 arrives and is stored. A connects. B's caller then ends the 404's body: B
+    /// stores it and tells A, the message saying B's request left before A's answer arrived.
+    /// A keeps its own newer 410 (an earlier build stored the peer's 404 over it: the learn
+    /// path did not compare).
+    #[tokio::test]
+    async fn a_peers_older_answer_does_not_replace_a_newer_local_one() {
+        let Some(redis) = RedisServer::try_start("a_peers_older_answer_does_not_replace") else {
+            return;
+        };
+        let (la, lb) = (NegativeCacheLayer::new(), NegativeCacheLayer::new());
+        let fb = tier(&redis, "session7a").start(&lb).unwrap();
+        wait_until(Duration::from_secs(10), || fb.stats().connected).await;
+        let (ca, cb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut a = ServiceBuilder::new().layer(la.clone()).service(answering(
+            ca.clone(),
+            410,
+            "max-age=300",
+            "gone (A, newer)",
+            Duration::ZERO,
+        ));
+        let mut b = ServiceBuilder::new().layer(lb.clone()).service(answering(
+            cb.clone(),
+            404,
+            "max-age=300",
+            "not found (B, older)",
+            Duration::ZERO,
+        ));
+        let url = "http://o.test/records/2";
+        let uri: http::Uri = url.parse().unwrap();
+
+        // B's request leaves and its 404 arrives first; its body is not read yet.
+        let older = send(&mut b, get(url)).await;
+        assert_eq!(older.status(), StatusCode::NOT_FOUND);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // A's request leaves after B's answer arrived; A's 410 arrives and is stored.
+        send(&mut a, get(url))
+            .await
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(la.handle().peek(&uri).unwrap().status, StatusCode::GONE);
+        let fa = tier(&redis, "session7a").start(&la).unwrap();
+        wait_until(Duration::from_secs(10), || fa.stats().connected).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // B's caller ends the older body: B stores the 404 and tells A.
+        older.into_body().collect().await.unwrap();
+        wait_until(Duration::from_secs(5), || {
+            let s = fa.stats();
+            s.learned + s.rejected.superseded > 0
+        })
+        .await;
+
+        let res = send(&mut a, get(url)).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::GONE,
+            "A answered {} (hit: {:?}): B's 404, whose request left and whose answer arrived \
+             before A's own 410, replaced it (A's fleet stats: {:?})",
+            res.status(),
+            hit_of(&res),
+            fa.stats()
+        );
+        assert_eq!(ca.load(SeqCst), 1, "A's repeat is a hit");
+        drop((fa, fb));
+    }
+
     /// RFC 9111 §4.2.3 (`corrected_initial_age = age_value + response_delay`, `current_age =
     /// corrected_initial_age + resident_time`) and GUARANTEES.md "A hit says its whole age"; "a
     /// learned 404 keeps its age (`Age`): the time since its request, and for a learned one the

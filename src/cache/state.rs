@@ -358,7 +358,12 @@ impl State {
         // Checked and stored under the key's tombstone lock: a local change comes before (and
         // is seen) or after (and forgets what is stored here).
         let mut guard = self.peers.recent.lock(key.target());
-        if guard.changed_since(started, now) {
+        // Dated from the peer's request: what is left of its TTL is left from now, and its
+        // age grows from the peer's (RFC 9111 §5.1).
+        let dated = now.checked_sub(request_age).unwrap_or(now);
+        // RFC 9111 §4: the most recent answer is used. A local answer that arrived after the
+        // peer's request left is newer, as in `remember`.
+        if guard.changed_since(started, now) || self.store.holds_newer(&key, dated) {
             return Learned::Superseded;
         }
         // Never raised: what is left of a peer's entry must not be extended.
@@ -368,9 +373,6 @@ impl State {
             Some(a) if a.kept() && !self.store.fits(&key, Some(&a)) => a.head_only(),
             a => a,
         };
-        // Dated from the peer's request: what is left of its TTL is left from now, and its
-        // age grows from the peer's (RFC 9111 §5.1).
-        let dated = now.checked_sub(request_age).unwrap_or(now);
         let stored = Stored {
             status,
             answer,

@@ -127,7 +127,8 @@ pub struct FleetRejections {
     /// A sequence number not above the last one seen from its replica: a copy played again.
     pub replayed: u64,
     /// A 404 whose key changed here (a 2xx, a successful write, an invalidation, a clear)
-    /// after the peer's request left, less 1 s for transit: the answer here is newer.
+    /// after the peer's request left, less 1 s for transit, or whose key holds an answer that
+    /// arrived here after the peer's request left: the answer here is newer.
     pub superseded: u64,
     /// With a [`secret`](crate::fleet::FleetBuilder::secret): a message or stored copy without a MAC.
     pub unsigned: u64,
