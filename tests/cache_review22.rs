@@ -524,3 +524,56 @@ async fn absolute_and_origin_form_share_a_key_once_the_scheme_is_declared() {
         .unwrap();
     assert!(res.extensions().get::<NegativeCacheHit>().is_none());
 }
+
+/// With a key function and a declared scheme, the function is given an origin-form request's
+/// target URI (RFC 9110 §7.1: the scheme, `Host` and path), as it is given a resolved
+/// `Location`'s: a function keyed by the whole URI then keys both forms alike, and a
+/// `Location` on a write forgets what an origin-form GET remembered (an earlier build gave
+/// it the origin-form `/gone` and the `Location`'s `http://host/gone`: two keys).
+#[tokio::test]
+async fn a_key_function_is_given_an_origin_form_targets_absolute_uri_once_the_scheme_is_declared() {
+    let server = TestServer::builder()
+        .handler(|r| {
+            Some(if r.method == Method::GET {
+                Reply::status(404)
+            } else {
+                Reply::status(201).header("location", "/gone")
+            })
+        })
+        .start()
+        .await;
+    let host = server.addr.to_string();
+    let url = server.url("/gone");
+    let cache = NegativeCacheLayer::builder()
+        .origin_form_scheme(Scheme::HTTP)
+        .key_fn(|uri: &Uri| Some(format!("whole:{uri}")))
+        .build()
+        .unwrap();
+    let svc = origin_form_stack(cache.clone());
+    svc.clone()
+        .oneshot(origin_form(Method::GET, "/gone", &host))
+        .await
+        .unwrap();
+    let res = svc.clone().oneshot(get(&url)).await.unwrap();
+    assert!(
+        res.extensions().get::<NegativeCacheHit>().is_some(),
+        "the absolute form missed what the origin form remembered: two keys"
+    );
+    assert_eq!(server.hits_for(Method::GET, "/gone"), 1);
+    let created = svc
+        .clone()
+        .oneshot(origin_form(Method::POST, "/new", &host))
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let res = svc
+        .clone()
+        .oneshot(origin_form(Method::GET, "/gone", &host))
+        .await
+        .unwrap();
+    assert!(
+        res.extensions().get::<NegativeCacheHit>().is_none(),
+        "a 404 was served after a 201 with Location: /gone"
+    );
+    assert_eq!(server.hits_for(Method::GET, "/gone"), 2);
+}

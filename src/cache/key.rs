@@ -554,6 +554,38 @@ pub(crate) fn normal_uri(uri: &Uri) -> Option<std::borrow::Cow<'_, Uri>> {
     Uri::from_parts(parts).ok().map(Cow::Owned)
 }
 
+/// The URI a key function is given for a request: [`normal_uri`] of its target, and for an
+/// origin-form target with a `Host` on connections of a declared scheme
+/// (`Builder::origin_form_scheme`) its absolute URI (RFC 9110 §7.1: that scheme, the `Host`
+/// and the path), as a resolved `Location` is given ([`target_uri`]): one target, one URI,
+/// in either form. `None` (not cached) for a `Host` that is not a valid authority then.
+pub(crate) fn key_fn_uri<'a>(
+    uri: &'a Uri,
+    host: Option<&HeaderValue>,
+    origin_scheme: &str,
+) -> Option<std::borrow::Cow<'a, Uri>> {
+    match host {
+        Some(h)
+            if uri.scheme().is_none() && uri.authority().is_none() && !origin_scheme.is_empty() =>
+        {
+            let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let absolute = target_uri(origin_scheme, valid_authority(h)?, pq)?;
+            Some(std::borrow::Cow::Owned(normal_uri(&absolute)?.into_owned()))
+        }
+        _ => normal_uri(uri),
+    }
+}
+
+/// The URI of a target given as parts: absolute with a scheme, else its path and query alone
+/// (an origin-form target whose scheme is not known).
+pub(crate) fn target_uri(scheme: &str, authority: &str, pq: &str) -> Option<Uri> {
+    if scheme.is_empty() {
+        pq.parse().ok()
+    } else {
+        format!("{scheme}://{authority}{pq}").parse().ok()
+    }
+}
+
 /// Whether the path of `pq` has no `.` or `..` segment (RFC 3986 §6.2.2.3: `/a/./b` and
 /// `/a/x/../b` are `/a/b`). Most targets have no `.` at all: one pass without early exit,
 /// which the compiler vectorises, tells (a lookup's scan, as `pct_normal`'s).

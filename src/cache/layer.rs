@@ -419,6 +419,9 @@ impl<C> Builder<C> {
     /// Maps request targets to the application's own key, so several URLs share one entry;
     /// `None` leaves a request uncached. Default: the normalised target (scheme and host
     /// lower-case, default port elided, path and query). A key function allocates its key.
+    /// It is given the request's URI with its percent-encoding and dot segments normalised
+    /// (RFC 3986 §6.2.2); an origin-form target (`/r/3`) as it is, or as its absolute URI when
+    /// [`origin_form_scheme`](Self::origin_form_scheme) is declared.
     ///
     /// ```
     /// use tower_negative_cache::NegativeCacheLayer;
@@ -488,7 +491,9 @@ impl<C> Builder<C> {
     /// `http://h/x` and `https://h/x` are different resources (RFC 9110 §4.2.1, §4.2.2), so
     /// it never shares a key with an absolute-form request. Declare it only if every
     /// origin-form request through this cache goes out on connections of this scheme.
-    /// Valid: any scheme; a key function (see [`key_fn`](Self::key_fn)) is unaffected.
+    /// A key function (see [`key_fn`](Self::key_fn)) is then given an origin-form target's
+    /// absolute URI (this scheme, the `Host` and the path: RFC 9110 §7.1), as it is given a
+    /// resolved `Location`. Valid: any scheme.
     pub fn origin_form_scheme(mut self, scheme: Scheme) -> Self {
         self.origin_scheme = Some(scheme);
         self

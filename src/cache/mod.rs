@@ -59,7 +59,8 @@
 //!   and fleet messages alike, and for what a key function is given; a target already normal
 //!   is still looked up without allocating. An origin-form target is keyed scheme-relative
 //!   (`//host/path`, its scheme being the connection's) unless
-//!   [`Builder::origin_form_scheme`] declares it: then it shares the absolute form's key.
+//!   [`Builder::origin_form_scheme`] declares it: then it shares the absolute form's key,
+//!   and a key function is given its absolute URI (RFC 9110 §7.1).
 //! - **Freshness (RFC 9111 §4.2):** the origin's lifetime on the 404/410 (`s-maxage` in shared
 //!   mode, `max-age`, `Expires` − `Date`, the arrival time standing in for a missing `Date`),
 //!   else 60 s for 404 and 1 h for 410; less the age it arrived with (§4.2.3: `Age` plus the

@@ -14,7 +14,8 @@ use super::answer::Answer;
 use super::coalesce::Flights;
 use super::history::Histories;
 use super::key::{
-    Credentials, Key, KeyFn, Lookup, normal_uri, partition_tag, target_key, text_key, uri_key,
+    Credentials, Key, KeyFn, Lookup, key_fn_uri, normal_uri, partition_tag, target_key, target_uri,
+    text_key, uri_key,
 };
 use super::peers::{PeerEvent, Peers};
 use super::reference::Target;
@@ -70,7 +71,9 @@ impl State {
         match &self.key_fn {
             // Every spelling of one target gives the key function the same URI (RFC 3986
             // §6.2.2); already normal (most), it is the request's own.
-            Some(f) => Key::id(f(&*normal_uri(uri)?)?, cred).map(Lookup::Owned),
+            Some(f) => {
+                Key::id(f(&*key_fn_uri(uri, host, &self.origin_scheme)?)?, cred).map(Lookup::Owned)
+            }
             None => uri_key(uri, host, &self.origin_scheme, cred),
         }
     }
@@ -79,13 +82,7 @@ impl State {
     pub(crate) fn key_for_target(&self, t: &Target) -> Option<Key> {
         match &self.key_fn {
             Some(f) => {
-                let uri: Uri = if t.scheme.is_empty() {
-                    t.pq.parse().ok()?
-                } else {
-                    format!("{}://{}{}", t.scheme, t.authority, t.pq)
-                        .parse()
-                        .ok()?
-                };
+                let uri = target_uri(&t.scheme, &t.authority, &t.pq)?;
                 Key::id(f(&*normal_uri(&uri)?)?, 0)
             }
             None => target_key(&t.scheme, &t.authority, &t.pq, 0)?.to_key(),
