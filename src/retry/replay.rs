@@ -295,11 +295,15 @@ impl<B> ReplayBody for SendOnce<B> {
 }
 
 /// A copy of `req` for another attempt, if its body can be replayed.
+#[inline(always)]
 pub(crate) fn clone_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
     Some(with_body(req, req.body().try_clone_body()?))
 }
 
-/// A copy of `req`'s head with `body`.
+/// A copy of `req`'s head with `body`. Inlined, as `clone_request`: the copy is then made
+/// in its place in the caller's, not made apart and moved (a `memcpy` of the request's
+/// 224 bytes on every request through the retry layer).
+#[inline(always)]
 pub(crate) fn with_body<B, B2>(req: &Request<B>, body: B2) -> Request<B2> {
     let mut copy = Request::new(body);
     *copy.method_mut() = req.method().clone();
