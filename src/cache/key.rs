@@ -539,19 +539,57 @@ fn without_dot_segments(pq: String) -> String {
     }
 }
 
-/// The URI a key function is given: `uri` itself when its path and query are normal
-/// ([`pct_normal`], no dot segment); else a copy with them normalised as keys are, so that
-/// every spelling of one target gives the key function the same URI (RFC 3986 §6.2.2). `None`
-/// if the copy won't parse.
+/// The URI a key function is given: `uri` itself when it is normal (path and query:
+/// [`pct_normal`], no dot segment; authority: [`normal_authority`]); else a copy normalised as
+/// keys are, so that every spelling of one target gives the key function the same URI (RFC
+/// 3986 §6.2.2, §6.2.3). `None` if the copy won't parse.
 pub(crate) fn normal_uri(uri: &Uri) -> Option<std::borrow::Cow<'_, Uri>> {
     use std::borrow::Cow;
     let pq = uri.path_and_query().map_or("", |pq| pq.as_str());
-    if pct_normal(pq) && dot_free(pq) {
+    let scheme = uri.scheme_str().unwrap_or("");
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let pq_normal = pct_normal(pq) && dot_free(pq);
+    // A lower-case host alone (most) is told in one pass.
+    let authority = (!plain_host(authority))
+        .then(|| normal_authority(scheme, authority))
+        .flatten();
+    if pq_normal && authority.is_none() {
         return Some(Cow::Borrowed(uri));
     }
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(without_dot_segments(pct_normalise(pq)?).parse().ok()?);
+    if !pq_normal {
+        parts.path_and_query = Some(without_dot_segments(pct_normalise(pq)?).parse().ok()?);
+    }
+    if let Some(a) = authority {
+        parts.authority = Some(a.parse().ok()?);
+    }
     Uri::from_parts(parts).ok().map(Cow::Owned)
+}
+
+/// `authority` as keys compare it (RFC 3986 §6.2.2.1, §6.2.3): its host in lower case and the
+/// scheme's default port, or an empty one, elided (`H.Test:80` is `h.test` for `http`);
+/// `None` if it is so already, or its port is not a number (left as it is). A userinfo is
+/// kept as it is.
+fn normal_authority(scheme: &str, authority: &str) -> Option<String> {
+    let userinfo = authority.rfind('@').map_or("", |i| &authority[..=i]);
+    let (host, _) = host_port(authority);
+    let port = &authority[userinfo.len() + host.len()..];
+    let port = match port.strip_prefix(':') {
+        None => "",
+        Some("") => ":",
+        Some(p) => {
+            let n: u16 = p.parse().ok()?;
+            match (scheme, n) {
+                ("http", 80) | ("https", 443) => ":",
+                _ => port,
+            }
+        }
+    };
+    if port != ":" && !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let port = if port == ":" { "" } else { port };
+    Some(format!("{userinfo}{}{port}", host.to_ascii_lowercase()))
 }
 
 /// The URI a key function is given for a request: [`normal_uri`] of its target, and for an

@@ -229,6 +229,8 @@ const DEFAULT_MIN_BYTES: u64 = 16 * 1024;
 /// The longest TTL: 30 days. Entries keep their TTL in 32 bits of milliseconds (49.7 days),
 /// which keeps them at 32 bytes; negative answers are rarely worth remembering for longer.
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
+// An entry dated from a request as old as the longest TTL keeps its order in the store.
+const _: () = assert!(super::store::OLDEST.as_secs() >= MAX_TTL.as_secs());
 
 impl<C> Builder<C> {
     fn check_ttl(&mut self, setting: &'static str, ttl: Duration) -> bool {
@@ -419,8 +421,9 @@ impl<C> Builder<C> {
     /// Maps request targets to the application's own key, so several URLs share one entry;
     /// `None` leaves a request uncached. Default: the normalised target (scheme and host
     /// lower-case, default port elided, path and query). A key function allocates its key.
-    /// It is given the request's URI with its percent-encoding and dot segments normalised
-    /// (RFC 3986 §6.2.2); an origin-form target (`/r/3`) as it is, or as its absolute URI when
+    /// It is given the request's URI normalised as keys are (RFC 3986 §6.2.2, §6.2.3: the
+    /// host in lower case, the scheme's default port elided, percent-encoding and dot
+    /// segments); an origin-form target (`/r/3`) as it is, or as its absolute URI when
     /// [`origin_form_scheme`](Self::origin_form_scheme) is declared.
     ///
     /// ```

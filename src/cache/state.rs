@@ -334,7 +334,7 @@ impl State {
     /// already counts). The entry is dated from the peer's request, not from now: its
     /// `Age` is `origin_age` plus the time since the peer's request left, and a local answer
     /// that arrived after that request left is newer than it (RFC 9111 §4, see
-    /// [`remember`](Self::remember)).
+    /// [`remember`](Self::remember)): the peer's entry is refused.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn learn(

@@ -523,6 +523,27 @@ impl Drop for Change<'_> {
     }
 }
 
+/// How long before the store began an entry may be dated: a peer's is dated from its request
+/// (a stored copy warmed up, up to its TTL before), at most the longest TTL.
+pub(crate) const OLDEST: Duration = Duration::from_secs(30 * 86_400);
+
+/// The store's epoch, from which entries count their times: [`OLDEST`] before now, so that
+/// entries dated before the store began keep their order (RFC 9111 §4, [`Store::holds_newer`])
+/// — or as far back as the clock goes, on a clock that began later (a machine up for less
+/// than that); [`Store::insert`] dates an entry older than that from the epoch.
+fn epoch() -> Instant {
+    let now = Instant::now();
+    [
+        OLDEST,
+        Duration::from_secs(86_400),
+        Duration::from_secs(3_600),
+        Duration::from_secs(60),
+    ]
+    .into_iter()
+    .find_map(|d| now.checked_sub(d))
+    .unwrap_or(now)
+}
+
 impl Store {
     /// A store of at most `capacity` entries (>= 1) and at most `max_bytes` bytes of key text
     /// (see [`EntryBytes`]). `evictions` counts entries pushed out.
@@ -573,7 +594,7 @@ impl Store {
         Store {
             cache,
             accounts,
-            epoch: Instant::now(),
+            epoch: epoch(),
             capacity,
             max_bytes,
             heaviest: (shard.saturating_mul(96) / 100).min(max_bytes),
@@ -719,9 +740,9 @@ impl Store {
         if !self.fits(&key, stored.answer.as_ref()) {
             return false;
         }
-        // An entry dated before the store began (a peer's, dated from the peer's request): it
-        // is dated from the store's start, the time before it counted in its age, and it
-        // expires when it would have.
+        // An entry dated before the epoch (a peer's, dated from the peer's request, on a clock
+        // younger than `OLDEST`): it is dated from the epoch, the time before it counted in its
+        // age, and it expires when it would have.
         let before = self.epoch.saturating_duration_since(now);
         if !before.is_zero() {
             now = self.epoch;

@@ -70,9 +70,11 @@
 //!   16 KiB + 257 bytes (a key and an answer of 8 KiB each) are refused unread, and keys over 8 KiB are neither sent nor accepted (nor, in a Missing message, keys holding a NUL byte: its answer section starts at the first NUL; their forgets are sent).
 //! - **Only news newer than its own.** The latest answer wins across replicas as it does
 //!   locally: a peer's 404 is refused if this replica saw that key answered 2xx, written,
-//!   invalidated or cleared after the peer's request left. The message says how long before
-//!   publishing the request left; the receiver subtracts that and 1 s for transit from the
-//!   time it handles it (never held back by warm-up), and checks its recent changes (short-lived tombstones: 10 s, at most
+//!   invalidated or cleared after the peer's request left, or holds an answer that arrived
+//!   after it. The message says how long before its send time (which it carries) the request
+//!   left; the receiver subtracts that and the transit the two wall clocks tell (within 1 s)
+//!   to date the entry, and 1 s more for its changes (the clocks may disagree), from the time
+//!   it handles it (never held back by warm-up), and checks its recent changes (short-lived tombstones: 10 s, at most
 //!   65,536, and when full it errs towards refusing). A 404 whose request left more than 5 s
 //!   before it was published is refused as stale, so the tombstones always cover it. Stored
 //!   copies in Redis follow the same rule with Redis's own clock: a forget writes a tombstone

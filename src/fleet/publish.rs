@@ -147,7 +147,8 @@ pub(crate) async fn run(
             event = rx.recv() => event,
         };
         let Some(event) = event else { return };
-        let Some(body) = outgoing(&event, Instant::now()) else {
+        let made = Instant::now();
+        let Some(body) = outgoing(&event, made) else {
             bump(&counters.unshared);
             continue;
         };
@@ -156,7 +157,8 @@ pub(crate) async fn run(
                 bump(&counters.publish_failures);
             } else {
                 let section = answer_section(&event);
-                link.send(&cfg, &counters, &body, section.as_deref()).await;
+                link.send(&cfg, &counters, &body, made, section.as_deref())
+                    .await;
             }
             continue;
         }
@@ -219,7 +221,7 @@ impl Link {
     /// Sends what waits, in order, until one fails.
     async fn flush(&mut self, cfg: &Config, counters: &Counters, waiting: &mut Waiting) {
         while let Some((body, failed)) = waiting.front_mut() {
-            if !self.send(cfg, counters, body, None).await {
+            if !self.send(cfg, counters, body, Instant::now(), None).await {
                 *failed = true;
                 return;
             }
@@ -230,13 +232,14 @@ impl Link {
         }
     }
 
-    /// One attempt; whether it went through.
-    /// One attempt; whether it went through. `answer`: a `m` message's answer section.
+    /// One attempt; whether it went through. `made`: when `body` was made (a 404's age and
+    /// TTL are as of then); `answer`: a `m` message's answer section.
     async fn send(
         &mut self,
         cfg: &Config,
         counters: &Counters,
         body: &Body,
+        made: Instant,
         answer: Option<&[u8]>,
     ) -> bool {
         if self.conn.is_none() {
@@ -257,7 +260,7 @@ impl Link {
         let sent = match self.conn.as_mut() {
             Some(c) => match timeout(
                 cfg.timeout,
-                send(cfg, c, self.seq, body, answer, &mut self.generation),
+                send(cfg, c, self.seq, body, made, answer, &mut self.generation),
             )
             .await
             {
@@ -357,6 +360,7 @@ async fn send(
     conn: &mut ConnectionManager,
     seq: u64,
     body: &Body,
+    made: Instant,
     answer: Option<&[u8]>,
     generation: &mut Option<String>,
 ) -> redis::RedisResult<()> {
@@ -373,6 +377,30 @@ async fn send(
         *generation = Some(current);
     }
     let sent = unix_ms();
+    // A 404's age and what is left of its TTL as of the send time the message carries: the
+    // connection (made at the first send) or the generation read may have taken a while,
+    // which the age must count (a receiver counts what comes after `sent` from the clocks).
+    let aged;
+    let body = match body {
+        Body::Missing {
+            key,
+            status,
+            ttl,
+            age,
+            confirmed,
+        } if !made.elapsed().is_zero() => {
+            let late = made.elapsed();
+            aged = Body::Missing {
+                key: key.clone(),
+                status: *status,
+                ttl: ttl.saturating_sub(late),
+                age: *age + late,
+                confirmed: *confirmed,
+            };
+            &aged
+        }
+        _ => body,
+    };
     let covered = wire::with_answer(wire::encode_body(cfg.replica, seq, sent, body), answer);
     let mac = cfg
         .signer

@@ -278,10 +278,15 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
                 .map_or(Duration::ZERO, Duration::from_secs);
             let answer =
                 Answer::from_peer(answer.kept, answer.fields, answer.body, state.body_limit);
+            // The time the message spent between the peer and here, which its age (counted
+            // when it was sent) can't show: told by the two wall clocks, which may disagree,
+            // so within `[0, TRANSIT]`. It dates the entry (its `Age`, and its order against
+            // an answer that arrived here: RFC 9111 §4).
+            let transit = Duration::from_millis(unix_ms().saturating_sub(sent_ms)).min(TRANSIT);
             let heard = Heard {
                 status,
                 ttl,
-                age,
+                age: age + transit,
                 origin_age,
                 confirmed,
                 answer,
@@ -307,7 +312,8 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
 struct Heard {
     status: StatusCode,
     ttl: Duration,
-    /// How long ago its request left.
+    /// How long ago its request left: the message's age, plus its time in transit as the
+    /// wall clocks tell it (within `TRANSIT`).
     age: Duration,
     /// The age its answer had on arrival at the peer beyond the request's own (the origin's
     /// `Age`), added to `age` for the entry's `Age` but not for ordering it.
