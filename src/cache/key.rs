@@ -935,6 +935,35 @@ mod tests {
         assert_eq!(hash_of(&lookup), hash_of(&a));
     }
 
+    /// What a key function is given: the host in lower case, the scheme's default port (or
+    /// an empty one) elided, a userinfo and any other port kept (RFC 3986 §6.2.2.1, §6.2.3);
+    /// a URI normal already is the request's own.
+    #[test]
+    fn a_key_functions_uri_has_a_normal_authority() {
+        let given = |s: &str| normal_uri(&s.parse().unwrap()).unwrap().to_string();
+        for (a, b) in [
+            ("http://H.Test:80/x", "http://h.test/x"),
+            ("https://h.test:443/x?q=A", "https://h.test/x?q=A"),
+            ("http://h.test:443/x", "http://h.test:443/x"),
+            ("https://h.test:80/x", "https://h.test:80/x"),
+            ("http://h.test:/x", "http://h.test/x"),
+            ("http://h.test:8080/x", "http://h.test:8080/x"),
+            ("http://Us%45r@H.test:80/x", "http://Us%45r@h.test/x"),
+            ("http://u:p@h.test:81/x", "http://u:p@h.test:81/x"),
+            ("http://[::FFFF]:80/x", "http://[::ffff]/x"),
+            ("http://[::1]:8080/x", "http://[::1]:8080/x"),
+            ("HTTP://H.TEST/%7e/./x", "http://h.test/~/x"),
+            ("/r/3", "/r/3"),
+        ] {
+            assert_eq!(given(a), b, "{a}");
+        }
+        let plain: Uri = "http://h.test:8080/x".parse().unwrap();
+        assert!(matches!(
+            normal_uri(&plain),
+            Some(std::borrow::Cow::Borrowed(_))
+        ));
+    }
+
     #[test]
     fn dot_segments_are_removed() {
         for (a, b) in [
