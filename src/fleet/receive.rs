@@ -281,7 +281,9 @@ fn apply(cfg: &Config, state: &State, counters: &Counters, seen: &mut Seen, payl
             // The time the message spent between the peer and here, which its age (counted
             // when it was sent) can't show: told by the two wall clocks, which may disagree,
             // so within `[0, TRANSIT]`. It dates the entry (its `Age`, and its order against
-            // an answer that arrived here: RFC 9111 §4).
+            // an answer that arrived here: RFC 9111 §4). What is left of its TTL stays as
+            // the message says, left from now: a peer whose clock lags would otherwise shorten
+            // every entry by the whole allowance.
             let transit = Duration::from_millis(unix_ms().saturating_sub(sent_ms)).min(TRANSIT);
             let heard = Heard {
                 status,
